@@ -1,0 +1,132 @@
+"""The interface every backend implements: one Device subclass per backend."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What ``xdev.available_backends()`` reports for one backend."""
+
+    available: bool
+    reason: str
+    devices: tuple[str, ...] = field(default_factory=tuple)
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend (or one of its devices) cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Validated conv2d geometry, shared by every backend (built by xdev._conv)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    kh: int
+    kw: int
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+    Ho: int
+    Wo: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def Og(self) -> int:
+        return self.O // self.groups
+
+    @property
+    def K(self) -> int:
+        """Reduction length of one output element."""
+        return self.Cg * self.kh * self.kw
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.O, self.Ho, self.Wo)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.N * self.O * self.Ho * self.Wo * self.K
+
+
+class Device(abc.ABC):
+    """One device of one backend. Arrays it returns are the backend's native arrays.
+
+    ``backend`` is the backend name, ``key`` the canonical selector (``"opencl:1:0"``),
+    ``name`` a human-readable device name. Instances are cached by the registry, so
+    identity (``a is b``) means "same device".
+    """
+
+    backend: str
+    key: str
+    name: str
+    conv_algorithms: tuple[str, ...]
+
+    @abc.abstractmethod
+    def check_dtype(self, dtype: np.dtype) -> None:
+        """Raise TypeError naming the device if it cannot compute in ``dtype``."""
+
+    @abc.abstractmethod
+    def acc_dtype(self, dtype: np.dtype) -> np.dtype:
+        """The dtype reductions accumulate in for inputs of ``dtype``."""
+
+    @abc.abstractmethod
+    def upload(self, host: np.ndarray) -> Any:
+        """Copy a host array (already of a supported dtype) to the device."""
+
+    @abc.abstractmethod
+    def borrow(self, host: np.ndarray) -> Any:
+        """Like upload, for an operand only read by one call (may avoid the copy)."""
+
+    @abc.abstractmethod
+    def download(self, data: Any) -> np.ndarray:
+        """Copy device data to a new host array of the same shape and dtype."""
+
+    @abc.abstractmethod
+    def astype(self, data: Any, dtype: np.dtype) -> Any:
+        """Convert on the device."""
+
+    @abc.abstractmethod
+    def transpose(self, data: Any, axes: tuple[int, ...]) -> Any:
+        """A view with permuted axes (no copy)."""
+
+    @abc.abstractmethod
+    def getitem(self, data: Any, key: tuple[Any, ...]) -> Any:
+        """Basic indexing (ints, slices with steps, Ellipsis, None): a view, no copy."""
+
+    @abc.abstractmethod
+    def reshape(self, data: Any, shape: tuple[int, ...]) -> Any:
+        """A view with a new shape where strides allow, else a copy (as numpy.reshape)."""
+
+    @abc.abstractmethod
+    def matmul(self, a: Any, b: Any) -> Any:
+        """numpy.matmul semantics; both operands have the same dtype."""
+
+    @abc.abstractmethod
+    def conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
+        """Cross-correlation with NCHW data; returns (result, algorithm that ran)."""
+
+    @abc.abstractmethod
+    def synchronize(self) -> None:
+        """Wait until all work queued on this device has finished."""
+
+    def info(self) -> dict[str, Any]:
+        """Machine-readable description (name, driver, library versions) for info and bench."""
+        return {"backend": self.backend, "device": self.key, "name": self.name}
+
+    def __repr__(self) -> str:
+        return f"<xdev device {self.key}: {self.name}>"

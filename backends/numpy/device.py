@@ -1,0 +1,143 @@
+"""NumPy device: np.matmul, and conv2d as im2col (stride tricks) + one batched GEMM."""
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..base import FLOAT_DTYPES, BackendStatus, ConvParams, Device
+
+F16, F32, F64 = FLOAT_DTYPES
+# Upper bound for one im2col buffer; larger problems are done in blocks of images/rows.
+COLS_BUDGET_BYTES = 64 << 20
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_name() -> str:
+    try:
+        cfg = np.show_config(mode="dicts")  # type: ignore[call-arg]
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older NumPy: no dict mode
+        return "unknown BLAS"
+
+
+def probe() -> BackendStatus:
+    return BackendStatus(True, f"NumPy {np.__version__}", ("numpy",))
+
+
+def open_device(selector: str | None) -> NumpyDevice:
+    if selector not in (None, "", "0", "cpu"):
+        raise ValueError(f"the numpy backend has one device, 'numpy'; received selector {selector!r}")
+    return _DEVICE
+
+
+class NumpyDevice(Device):
+    backend = "numpy"
+    key = "numpy"
+    conv_algorithms = ("gemm",)
+
+    def __init__(self) -> None:
+        self.name = cpu_name()
+
+    def check_dtype(self, dtype: np.dtype) -> None:
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"the numpy backend computes in float16/32/64; received {dtype}")
+
+    def acc_dtype(self, dtype: np.dtype) -> np.dtype:
+        return F32 if dtype == F16 else np.dtype(dtype)
+
+    def upload(self, host: np.ndarray) -> np.ndarray:
+        return np.array(host, copy=True)
+
+    def borrow(self, host: np.ndarray) -> np.ndarray:
+        return host
+
+    def download(self, data: np.ndarray) -> np.ndarray:
+        return np.array(data, copy=True)
+
+    def astype(self, data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return data.astype(dtype)
+
+    def transpose(self, data: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        return data.transpose(axes)
+
+    def getitem(self, data: np.ndarray, key: tuple[Any, ...]) -> np.ndarray:
+        return data[key]
+
+    def reshape(self, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return data.reshape(shape)
+
+    def synchronize(self) -> None:
+        pass
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.dtype == F16:
+            # NumPy has no half-precision BLAS: compute in float32 (the documented accumulation).
+            return np.matmul(a.astype(F32), b.astype(F32)).astype(F16)
+        return np.matmul(a, b)
+
+    def conv2d(
+        self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, p: ConvParams, algorithm: str
+    ) -> tuple[np.ndarray, str]:
+        dt = x.dtype
+        cdt = F32 if dt == F16 else dt
+        y = conv2d_im2col(x.astype(cdt, copy=False), w.astype(cdt, copy=False), p)
+        if bias is not None:
+            y += bias.astype(cdt, copy=False).reshape(1, p.O, 1, 1)
+        return (y if cdt == dt else y.astype(dt)), "gemm"
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "numpy": np.__version__, "blas": blas_name()}
+
+
+def conv2d_im2col(x: np.ndarray, w: np.ndarray, p: ConvParams) -> np.ndarray:
+    """y[n, g*Og+o, :] = W[g, o, :] @ cols[n, g, :, :] with cols built by one strided copy."""
+    N, G, Cg, Og, K = p.N, p.groups, p.Cg, p.Og, p.K
+    Ho, Wo, (sh, sw), (dh, dw) = p.Ho, p.Wo, p.stride, p.dilation
+    pt, pb, pl, pr = p.pad
+    out = np.empty((N, G, Og, Ho * Wo), x.dtype)
+    if out.size == 0:
+        return out.reshape(p.out_shape)
+    wm = w.reshape(G, Og, K)
+    if K == 0:
+        out.fill(0)
+        return out.reshape(p.out_shape)
+    if p.kh == p.kw == 1 and (sh, sw) == (1, 1) and not any(p.pad):
+        # 1x1 convolution: the input already is the column matrix.
+        np.matmul(wm, x.reshape(N, G, Cg, p.H * p.W), out=out)
+        return out.reshape(p.out_shape)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(p.pad) else x
+    sN, sC, sH, sW = xp.strides
+    per_row = G * K * Wo * x.itemsize  # im2col bytes of one output row of one image
+    rows = max(1, min(Ho, COLS_BUDGET_BYTES // max(per_row, 1)))
+    imgs = max(1, min(N, COLS_BUDGET_BYTES // max(per_row * Ho, 1))) if rows == Ho else 1
+    for n0 in range(0, N, imgs):
+        nb = min(imgs, N - n0)
+        for h0 in range(0, Ho, rows):
+            hb = min(rows, Ho - h0)
+            base = xp[n0 : n0 + nb, :, h0 * sh :, :]
+            view = as_strided(
+                base,
+                shape=(nb, G, Cg, p.kh, p.kw, hb, Wo),
+                strides=(sN, sC * Cg, sC, sH * dh, sW * dw, sH * sh, sW * sw),
+                writeable=False,
+            )
+            cols = view.reshape(nb, G, K, hb * Wo)  # the im2col copy
+            np.matmul(wm, cols, out=out[n0 : n0 + nb, :, :, h0 * Wo : (h0 + hb) * Wo])
+    return out.reshape(p.out_shape)
+
+
+_DEVICE = NumpyDevice()

@@ -1,0 +1,68 @@
+"""Float64 references written independently of the code under test."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def matmul_ref(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a @ b, |a| @ |b|) in float64 by broadcasting multiply and sum (no BLAS)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    va, vb = a.ndim == 1, b.ndim == 1
+    a2 = a[None, :] if va else a
+    b2 = b[:, None] if vb else b
+
+    def prod(x, y):
+        return (x[..., :, :, None] * y[..., None, :, :]).sum(axis=-2)
+
+    out, out_abs = prod(a2, b2), prod(np.abs(a2), np.abs(b2))
+    if va:
+        out, out_abs = out[..., 0, :], out_abs[..., 0, :]
+    if vb:
+        out, out_abs = out[..., 0], out_abs[..., 0]
+    return out, out_abs
+
+
+def conv_padding(padding, kh, kw, dh, dw):
+    """(top, bottom, left, right) for PyTorch's padding argument."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return ph, ph, pw, pw
+
+
+def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """(y, |x| * |w| + |bias|) in float64 with explicit loops over groups and kernel taps."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    pt, pb, pl, pr = conv_padding(padding, kh, kw, dh, dw)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xp[:, :, pt : pt + H, pl : pl + W] = x
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    Og = O // groups
+    y = np.zeros((N, O, Ho, Wo))
+    y_abs = np.zeros((N, O, Ho, Wo))
+    for g in range(groups):
+        xs = xp[:, g * Cg : (g + 1) * Cg]
+        ws = w[g * Og : (g + 1) * Og]
+        for i in range(kh):
+            for j in range(kw):
+                r0, c0 = i * dh, j * dw
+                patch = xs[:, :, r0 : r0 + sh * (Ho - 1) + 1 : sh, c0 : c0 + sw * (Wo - 1) + 1 : sw]
+                y[:, g * Og : (g + 1) * Og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+                y_abs[:, g * Og : (g + 1) * Og] += np.einsum(
+                    "nchw,oc->nohw", np.abs(patch), np.abs(ws[:, :, i, j])
+                )
+    if bias is not None:
+        b = np.asarray(bias, np.float64).reshape(1, O, 1, 1)
+        y += b
+        y_abs += np.abs(b)
+    return y, y_abs

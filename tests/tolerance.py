@@ -1,0 +1,38 @@
+"""The one numeric-agreement check of the suite (design: worst-case bound, never tuned)."""
+from __future__ import annotations
+
+import numpy as np
+
+UNIT_ROUNDOFF = {
+    np.dtype(np.float16): 2.0**-11,
+    np.dtype(np.float32): 2.0**-24,
+    np.dtype(np.float64): 2.0**-53,
+}
+
+
+def bound(ref_abs: np.ndarray, ref: np.ndarray, K: int, acc_dtype, out_dtype) -> np.ndarray:
+    """(K + 2) * u_acc * (|a| . |b|) + u_out * |ref| + tiny."""
+    u_acc = UNIT_ROUNDOFF[np.dtype(acc_dtype)]
+    u_out = UNIT_ROUNDOFF[np.dtype(out_dtype)]
+    tiny = float(np.finfo(np.dtype(out_dtype)).smallest_subnormal)
+    return (K + 2) * u_acc * ref_abs + u_out * np.abs(ref) + tiny
+
+
+def assert_agrees(y, ref, ref_abs, K: int, acc_dtype, out_dtype, what: str = "") -> None:
+    """Fail unless every element of y is within the bound of the float64 reference."""
+    y = np.asarray(y)
+    assert y.shape == ref.shape, f"{what}: shape {y.shape}, expected {ref.shape}"
+    assert y.dtype == np.dtype(out_dtype), f"{what}: dtype {y.dtype}, expected {np.dtype(out_dtype)}"
+    err = np.abs(y.astype(np.float64) - ref)
+    lim = bound(ref_abs, ref, K, acc_dtype, out_dtype)
+    bad = ~(err <= lim)  # NaN and inf fail too
+    if bad.any():
+        idx = np.argwhere(bad)
+        first = tuple(int(i) for i in idx[0])
+        ratio = np.nanmax(np.where(bad, err / lim, 0))
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {y.size} elements outside the bound (K={K}, "
+            f"acc={np.dtype(acc_dtype)}, out={np.dtype(out_dtype)}); first at {first}: "
+            f"got {y[first]!r}, reference {ref[first]!r}, bound {lim[first]:.3g}; "
+            f"worst error/bound {ratio:.3g}"
+        )

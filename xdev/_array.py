@@ -1,0 +1,180 @@
+"""xdev.Array: a device array of one backend, with explicit transfers."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Device
+
+
+class Array:
+    """An n-d float array that lives on one device of one backend.
+
+    Create with :func:`xdev.asarray` or as the result of an xdev operation. Data moves
+    only when asked: ``numpy()`` / ``np.asarray(a)`` download, ``to(...)`` moves.
+    """
+
+    __slots__ = ("_data", "_dev", "algorithm", "__weakref__")
+    # NumPy must not turn `ndarray @ Array` into a silent download: defer to __rmatmul__.
+    __array_ufunc__ = None
+
+    _data: Any
+    _dev: Device
+    algorithm: str | None  # conv2d results: the algorithm that ran
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("create an xdev.Array with xdev.asarray(data, dtype=None, backend=None)")
+
+    @classmethod
+    def _wrap(cls, data: Any, dev: Device, algorithm: str | None = None) -> Array:
+        self = object.__new__(cls)
+        self._data = data
+        self._dev = dev
+        self.algorithm = algorithm
+        return self
+
+    # -- metadata -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._data.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._data.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self._data.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def backend(self) -> str:
+        """Backend name: ``"numpy"``, ``"cuda"`` or ``"opencl"``."""
+        return self._dev.backend
+
+    @property
+    def device(self) -> str:
+        """Canonical device selector, usable with ``to()`` and ``backend=``."""
+        return self._dev.key
+
+    @property
+    def data(self) -> Any:
+        """The backend's native array (numpy.ndarray, cupy.ndarray, or an OpenCL buffer view)."""
+        return self._data
+
+    def __len__(self) -> int:
+        if not self._data.shape:
+            raise TypeError("len() of a 0-d xdev.Array")
+        return int(self._data.shape[0])
+
+    # -- transfers ------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """Download to a new NumPy array."""
+        return self._dev.download(self._data)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(
+                "an xdev.Array cannot be viewed as a NumPy array without a copy; "
+                "use np.asarray(a) or a.numpy()"
+            )
+        host = self.numpy()
+        return host if dtype is None else host.astype(dtype, copy=False)
+
+    def to(self, backend: str) -> Array:
+        """Move to another backend or device (``"numpy"``, ``"cuda:1"``, ...); explicit copy."""
+        from ._registry import get_device
+
+        dev = get_device(backend)
+        if dev is self._dev:
+            return self
+        dev.check_dtype(self.dtype)
+        return Array._wrap(dev.upload(self.numpy()), dev)
+
+    # -- views ----------------------------------------------------------------------
+    @property
+    def T(self) -> Array:
+        """All axes reversed (NumPy's ``.T``); a view, no copy."""
+        return Array._wrap(self._dev.transpose(self._data, tuple(range(self.ndim))[::-1]), self._dev)
+
+    @property
+    def mT(self) -> Array:
+        """The last two axes swapped (a stack of transposed matrices); a view, no copy."""
+        n = self.ndim
+        if n < 2:
+            raise ValueError(f"mT needs at least 2 dimensions; this array has shape {self.shape}")
+        axes = tuple(range(n - 2)) + (n - 1, n - 2)
+        return Array._wrap(self._dev.transpose(self._data, axes), self._dev)
+
+    def transpose(self, *axes: int) -> Array:
+        """Permute axes like ``numpy.ndarray.transpose``; a view, no copy."""
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = tuple(axes[0])
+        n = self.ndim
+        if not axes:
+            axes = tuple(range(n))[::-1]
+        norm = tuple(a + n if isinstance(a, int) and -n <= a < 0 else a for a in axes)
+        if sorted(norm) != list(range(n)):
+            raise ValueError(f"transpose axes {axes} are not a permutation of the {n} axes of shape {self.shape}")
+        return Array._wrap(self._dev.transpose(self._data, norm), self._dev)
+
+    def reshape(self, *shape: int) -> Array:
+        """A new shape with the same elements (a view where the strides allow, else a copy)."""
+        if len(shape) == 1 and not isinstance(shape[0], int):
+            shape = tuple(shape[0])
+        new = _reshape_target(self.shape, shape)
+        return Array._wrap(self._dev.reshape(self._data, new), self._dev)
+
+    def __getitem__(self, key: Any) -> Array:
+        """Basic indexing only (ints, slices, ``...``, ``None``): returns a view."""
+        key = key if isinstance(key, tuple) else (key,)
+        for k in key:
+            if not (k is None or k is Ellipsis or isinstance(k, slice)
+                    or (isinstance(k, (int, np.integer)) and not isinstance(k, bool))):
+                raise TypeError(
+                    f"xdev.Array supports basic indexing (ints, slices, ..., None); received "
+                    f"{type(k).__name__} {k!r}; download with .numpy() for advanced indexing"
+                )
+        return Array._wrap(self._dev.getitem(self._data, key), self._dev)
+
+    # -- operators ------------------------------------------------------------------
+    def __matmul__(self, other: Any) -> Array:
+        return _matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Array:
+        return _matmul(other, self)
+
+    def __repr__(self) -> str:
+        head = f"xdev.Array(shape={self.shape}, dtype={self.dtype}, device='{self.device}'"
+        if self.algorithm:
+            head += f", algorithm='{self.algorithm}'"
+        if self.size <= 64:
+            body = np.array2string(self.numpy(), separator=", ", prefix="  ")
+            return f"{head},\n  {body})"
+        return head + ")"
+
+
+def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
+    """Resolve one -1 and check the element count, with NumPy's rules and a clear message."""
+    size = int(np.prod(old, dtype=np.int64))
+    if sum(1 for d in new if d == -1) > 1 or any(d < -1 for d in new):
+        raise ValueError(f"reshape: at most one -1 and no other negative sizes; received {new}")
+    known = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+    if -1 in new:
+        if known == 0 or size % known:
+            raise ValueError(f"cannot reshape an array of shape {old} (size {size}) into {new}")
+        new = tuple(size // known if d == -1 else d for d in new)
+    elif known != size:
+        raise ValueError(f"cannot reshape an array of shape {old} (size {size}) into {new}")
+    return tuple(int(d) for d in new)
+
+
+from ._ops import matmul as _matmul  # noqa: E402  (circular: _ops needs Array)

@@ -1,0 +1,136 @@
+"""conv2d argument checking and geometry (PyTorch's conv2d rules), shared by all backends."""
+from __future__ import annotations
+
+from typing import Union
+
+from .backends.base import ConvParams
+
+IntPair = Union[int, tuple[int, int]]
+
+
+def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        a, b = vals  # type: ignore[misc]
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in (a, b))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"conv2d {name} must be an int >= {minimum} or a pair of them; received {value!r}"
+        )
+    return int(a), int(b)
+
+
+def conv_params(
+    xshape: tuple[int, ...],
+    wshape: tuple[int, ...],
+    bshape: tuple[int, ...] | None,
+    stride: IntPair,
+    padding: IntPair | str,
+    dilation: IntPair,
+    groups: int,
+) -> ConvParams:
+    """Validate conv2d arguments; x must already be 4-D (N, C, H, W)."""
+    if len(wshape) != 4:
+        raise ValueError(
+            f"conv2d weight must have shape (O, C/groups, kH, kW); received shape {tuple(wshape)}"
+        )
+    N, C, H, W = xshape
+    O, Cg, kh, kw = wshape
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"conv2d groups must be a positive int; received {groups!r}")
+    if C % groups:
+        raise ValueError(
+            f"conv2d groups={groups} must divide the input channels C={C} of x {tuple(xshape)}; "
+            f"choose groups among the divisors of {C}"
+        )
+    if O % groups:
+        raise ValueError(
+            f"conv2d groups={groups} must divide the output channels O={O} of weight "
+            f"{tuple(wshape)}; choose groups among the divisors of {O}"
+        )
+    if Cg != C // groups:
+        raise ValueError(
+            f"conv2d weight {tuple(wshape)} has {Cg} input channels per group, but x "
+            f"{tuple(xshape)} with groups={groups} has C/groups = {C // groups}; the weight "
+            f"must have shape ({O}, {C // groups}, {kh}, {kw}) or x must have {Cg * groups} channels"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"conv2d kernel size must be at least 1x1; received weight {tuple(wshape)}")
+    if bshape is not None and tuple(bshape) != (O,):
+        raise ValueError(
+            f"conv2d bias must have shape ({O},) for weight {tuple(wshape)}; received {tuple(bshape)}"
+        )
+    sh, sw = _pair("stride", stride, 1)
+    dh, dw = _pair("dilation", dilation, 1)
+    ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # extent of the dilated kernel
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            pad = (0, 0, 0, 0)
+        elif mode == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(
+                    f"conv2d padding='same' needs stride 1 (as in PyTorch); received stride {(sh, sw)}; "
+                    f"pass explicit padding for a strided convolution"
+                )
+            # PyTorch puts the odd extra pixel at the bottom/right.
+            th, tw = ekh - 1, ekw - 1
+            pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        else:
+            raise ValueError(
+                f"conv2d padding must be an int, a pair of ints, 'valid' or 'same'; received {padding!r}"
+            )
+    else:
+        ph, pw = _pair("padding", padding, 0)
+        pad = (ph, ph, pw, pw)
+    Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
+    if ekh > Hp or ekw > Wp:
+        raise ValueError(
+            f"conv2d kernel {kh}x{kw} with dilation {(dh, dw)} spans {ekh}x{ekw} pixels, larger "
+            f"than the padded input {Hp}x{Wp} (x {tuple(xshape)}, padding {pad[0]},{pad[1]},"
+            f"{pad[2]},{pad[3]} top,bottom,left,right); use a smaller kernel or more padding"
+        )
+    Ho = (Hp - ekh) // sh + 1
+    Wo = (Wp - ekw) // sw + 1
+    return ConvParams(N, C, H, W, O, kh, kw, groups, (sh, sw), (dh, dw), pad, Ho, Wo)
+
+
+def matmul_shape(ashape: tuple[int, ...], bshape: tuple[int, ...]) -> tuple[int, ...]:
+    """The result shape of numpy.matmul, or a ValueError naming both shapes."""
+    if len(ashape) == 0 or len(bshape) == 0:
+        raise ValueError(
+            f"matmul needs operands with at least 1 dimension; received shapes "
+            f"{tuple(ashape)} and {tuple(bshape)} (use multiplication for scalars)"
+        )
+    a2 = (1,) + tuple(ashape) if len(ashape) == 1 else tuple(ashape)
+    b2 = tuple(bshape) + (1,) if len(bshape) == 1 else tuple(bshape)
+    if a2[-1] != b2[-2]:
+        raise ValueError(
+            f"matmul shape mismatch: a {tuple(ashape)} @ b {tuple(bshape)}: the last dimension of a "
+            f"({a2[-1]}) must equal the {'only' if len(bshape) == 1 else 'second-to-last'} "
+            f"dimension of b ({b2[-2]})"
+        )
+    batch = broadcast_batch(a2[:-2], b2[:-2], ashape, bshape)
+    out = batch + (a2[-2], b2[-1])
+    if len(ashape) == 1:
+        out = out[:-2] + out[-1:]
+    if len(bshape) == 1:
+        out = out[:-1]
+    return out
+
+
+def broadcast_batch(ab, bb, ashape, bshape) -> tuple[int, ...]:
+    n = max(len(ab), len(bb))
+    ab = (1,) * (n - len(ab)) + tuple(ab)
+    bb = (1,) * (n - len(bb)) + tuple(bb)
+    out = []
+    for x, y in zip(ab, bb):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(
+                f"matmul batch dimensions do not broadcast: a {tuple(ashape)} @ b {tuple(bshape)} "
+                f"(batch {ab[:]} vs {bb[:]}); each batch dimension must match or be 1"
+            )
+        out.append(y if x == 1 else x)
+    return tuple(out)

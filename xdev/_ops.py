@@ -1,0 +1,174 @@
+"""The public operations and the one dispatch path every backend goes through."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._array import Array
+from ._config import _context, default_device
+from ._conv import IntPair, conv_params, matmul_shape
+from ._registry import get_device
+from .backends.base import FLOAT_DTYPES, Device
+
+_F16, _F32, _F64 = FLOAT_DTYPES
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(
+            f"xdev computes in float16, float32 or float64; received dtype {dtype!r}; "
+            f"pass one of those (e.g. dtype='float32')"
+        )
+    return dt  # type: ignore[return-value]
+
+
+def _host(obj: Any, dtype: np.dtype | None, role: str) -> np.ndarray:
+    arr = np.asarray(obj) if dtype is None else np.asarray(obj, dtype=dtype)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{role}: xdev computes in float16, float32 or float64; received data of dtype "
+            f"{arr.dtype}; convert it first, e.g. xdev.asarray(data, dtype='float32')"
+        )
+    return arr
+
+
+def _device_for(backend: str | None, inputs: Sequence[Any]) -> tuple[Device, str]:
+    """Resolve the device and say what chose it (for error messages)."""
+    if backend is not None:
+        return get_device(backend), f"backend={backend!r}"
+    spec = _context.get()
+    if spec is not None:
+        return get_device(spec), f"use_backend({spec!r})"
+    for x in inputs:
+        if isinstance(x, Array):
+            return x._dev, "its first xdev.Array input"
+    return default_device(), "the default backend"
+
+
+def _mixed(op: str, role: str, x: Array, dev: Device, why: str) -> TypeError:
+    return TypeError(
+        f"{op} runs on {dev.key} (chosen by {why}) but {role} is an xdev.Array on {x.device}; "
+        f"nothing moves between devices silently: move it with {role}.to({dev.key!r}), or "
+        f"move the others with .to({x.device!r})"
+    )
+
+
+def _operands(op: str, dev: Device, why: str, xs: Sequence[Any], roles: Sequence[str]) -> list[Any]:
+    """Native device arrays for every operand (None stays None), promoted to one dtype."""
+    hosts: list[Any] = []
+    for x, role in zip(xs, roles):
+        if x is None or isinstance(x, Array):
+            if x is not None and x._dev is not dev:
+                raise _mixed(op, role, x, dev, why)
+            hosts.append(x)
+        else:
+            hosts.append(_host(x, None, role))
+    dts = [(h._data.dtype if isinstance(h, Array) else h.dtype) for h in hosts if h is not None]
+    dt = np.result_type(*dts)
+    dev.check_dtype(dt)
+    out: list[Any] = []
+    for h in hosts:
+        if h is None:
+            out.append(None)
+        elif isinstance(h, Array):
+            out.append(h._data if h._data.dtype == dt else dev.astype(h._data, dt))
+        else:
+            out.append(dev.borrow(h if h.dtype == dt else h.astype(dt)))
+    return out
+
+
+def asarray(obj: Any, dtype: Any = None, backend: str | None = None) -> Array:
+    """Upload ``obj`` (anything NumPy accepts) to a device; always a copy.
+
+    An xdev.Array already on the resolved device is returned as is (converted if
+    ``dtype`` differs); one on another device is an error: use ``.to()``.
+    """
+    dt = None if dtype is None else _dtype(dtype)
+    dev, why = _device_for(backend, (obj,))
+    if isinstance(obj, Array):
+        if obj._dev is not dev:
+            raise _mixed("asarray", "obj", obj, dev, why)
+        if dt is None or obj.dtype == dt:
+            return obj
+        dev.check_dtype(dt)
+        return Array._wrap(dev.astype(obj._data, dt), dev)
+    host = _host(obj, dt, "asarray")
+    dev.check_dtype(host.dtype)
+    return Array._wrap(dev.upload(host), dev)
+
+
+def matmul(a: Any, b: Any, *, backend: str | None = None) -> Array:
+    """Matrix product with ``numpy.matmul`` semantics (1-D promotion, broadcast batches)."""
+    # Fast path: two arrays of one device, same dtype, no context or explicit backend.
+    if (
+        backend is None
+        and type(a) is Array
+        and type(b) is Array
+        and a._dev is b._dev
+        and a._data.dtype == b._data.dtype
+        and _context.get() is None
+    ):
+        dev = a._dev
+        ad, bd = a._data, b._data
+    else:
+        dev, why = _device_for(backend, (a, b))
+        ad, bd = _operands("matmul", dev, why, (a, b), ("a", "b"))
+    try:
+        out = dev.matmul(ad, bd)
+    except ValueError:
+        matmul_shape(tuple(ad.shape), tuple(bd.shape))  # raises the contract's message
+        raise
+    return Array._wrap(out, dev)
+
+
+def conv2d(
+    x: Any,
+    w: Any,
+    bias: Any = None,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    algorithm: str = "auto",
+    *,
+    backend: str | None = None,
+) -> Array:
+    """2-D cross-correlation with ``torch.nn.functional.conv2d`` semantics.
+
+    x ``(N, C, H, W)`` or ``(C, H, W)``, w ``(O, C/groups, kH, kW)``, bias ``(O,)``.
+    ``algorithm``: ``"auto"``, ``"direct"``, ``"gemm"`` (and ``"cudnn"`` on CUDA); the
+    result's ``.algorithm`` says which ran.
+    """
+    dev, why = _device_for(backend, (x, w, bias))
+    xd, wd, bd = _operands("conv2d", dev, why, (x, w, bias), ("x", "w", "bias"))
+    xshape = tuple(xd.shape)
+    if len(xshape) not in (3, 4):
+        raise ValueError(
+            f"conv2d expects x of shape (N, C, H, W) or (C, H, W); received shape {xshape}"
+        )
+    unbatched = len(xshape) == 3
+    if unbatched:
+        xd = dev.reshape(xd, (1,) + xshape)
+    p = conv_params(
+        tuple(xd.shape), tuple(wd.shape), None if bd is None else tuple(bd.shape),
+        stride, padding, dilation, groups,
+    )
+    if algorithm != "auto" and algorithm not in dev.conv_algorithms:
+        raise ValueError(
+            f"conv2d algorithm {algorithm!r} is not available on {dev.key}; choose one of "
+            f"{', '.join(('auto',) + tuple(dev.conv_algorithms))}"
+        )
+    out, ran = dev.conv2d(xd, wd, bd, p, algorithm)
+    if unbatched:
+        out = dev.reshape(out, p.out_shape[1:])
+    return Array._wrap(out, dev, ran)
+
+
+def synchronize(backend: str | None = None) -> None:
+    """Wait for the queued work of a device (by default the active one) to finish."""
+    _device_for(backend, ())[0].synchronize()

@@ -1,0 +1,1 @@
+"""python -m xdev.bench (being written)."""
