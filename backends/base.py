@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -123,6 +124,29 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait until all work queued on this device has finished."""
+
+    def elapsed(self, fn: Callable[[], Any], repeat: int) -> list[float]:
+        """Seconds taken by each of ``repeat`` calls of ``fn`` (device work included).
+
+        The default synchronizes around each call and reads the host clock; backends
+        with device events (CUDA) override it.
+        """
+        out = []
+        self.synchronize()
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            self.synchronize()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A page-locked host array for fast transfers, or None if the backend has none."""
+        return None
+
+    def unavailable_reason(self, algorithm: str) -> str | None:
+        """Why a conv2d algorithm known to this backend cannot run here (e.g. a missing extra)."""
+        return None
 
     def info(self) -> dict[str, Any]:
         """Machine-readable description (name, driver, library versions) for info and bench."""

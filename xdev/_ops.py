@@ -159,9 +159,11 @@ def conv2d(
         stride, padding, dilation, groups,
     )
     if algorithm != "auto" and algorithm not in dev.conv_algorithms:
+        hint = dev.unavailable_reason(algorithm)
         raise ValueError(
-            f"conv2d algorithm {algorithm!r} is not available on {dev.key}; choose one of "
-            f"{', '.join(('auto',) + tuple(dev.conv_algorithms))}"
+            f"conv2d algorithm {algorithm!r} is not available on {dev.key}"
+            + (f" ({hint})" if hint else "")
+            + f"; choose one of {', '.join(('auto',) + tuple(dev.conv_algorithms))}"
         )
     out, ran = dev.conv2d(xd, wd, bd, p, algorithm)
     if unbatched:
