@@ -1,10 +1,11 @@
-"""The opencl backend (in progress)."""
-from ..base import BackendStatus, BackendUnavailable
+"""The OpenCL backend: any OpenCL device through PyOpenCL (PoCL for CPUs is the default extra)."""
+import os
 
+# PoCL's worker threads, left unpinned, were seen sharing one core for whole kernels
+# (GEMM throughput halving at random on a 2-core VM); pinning them keeps timings steady.
+# Read by PoCL when it starts, so it must be set before pyopencl is first used.
+os.environ.setdefault("POCL_AFFINITY", "1")
 
-def probe() -> BackendStatus:
-    return BackendStatus(False, "the opencl backend is not built yet", ())
+from .device import OpenCLDevice, open_device, probe  # noqa: E402
 
-
-def open_device(selector):
-    raise BackendUnavailable("the opencl backend is not built yet")
+__all__ = ["OpenCLDevice", "open_device", "probe"]

@@ -1,0 +1,343 @@
+"""OpenCL devices: discovery, the selector, and the Device implementation."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.tools
+
+from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from . import array as cla
+from .array import CLArray
+from .program import ProgramCache, type_options
+
+F16, F32, F64 = FLOAT_DTYPES
+PROBE_SOURCE = "__kernel void probe(__global float* a) { a[get_global_id(0)] *= 2.0f; }"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    p: int
+    d: int
+    platform: cl.Platform
+    device: cl.Device
+
+    @property
+    def key(self) -> str:
+        return f"opencl:{self.p}:{self.d}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.device.name.strip()} ({short_version(self.platform.version)})"
+
+    @property
+    def is_gpu(self) -> bool:
+        return bool(self.device.type & cl.device_type.GPU)
+
+
+def short_version(version: str) -> str:
+    """'OpenCL 3.0 PoCL 3.1+debian  Linux, ..., LLVM 15.0.6, ...' -> 'PoCL 3.1+debian, LLVM 15.0.6'."""
+    words = version.replace(",", " ").split()
+    core = " ".join(words[2:4]) if len(words) >= 4 and words[0] == "OpenCL" else version.strip()
+    llvm = re.search(r"LLVM [0-9.]+", version)
+    return core + (f", {llvm.group(0)}" if llvm else "")
+
+
+@lru_cache(maxsize=1)
+def candidates() -> tuple[Candidate, ...]:
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as e:
+        raise BackendUnavailable(
+            f"no OpenCL platform found ({e}); install one: pip install \"xdev[opencl]\" brings "
+            f"PoCL for the CPU, GPU vendors ship their own OpenCL drivers"
+        ) from None
+    out = []
+    for p, plat in enumerate(platforms):
+        try:
+            devs = plat.get_devices()
+        except cl.Error:
+            devs = []
+        out.extend(Candidate(p, d, plat, dev) for d, dev in enumerate(devs))
+    return tuple(out)
+
+
+_usable: dict[str, str | None] = {}
+
+
+def unusable_reason(c: Candidate) -> str | None:
+    """None if the device compiles and runs a trivial kernel, else why not (cached)."""
+    if c.key in _usable:
+        return _usable[c.key]
+    reason = None
+    try:
+        ctx = cl.Context([c.device])
+        cl.Program(ctx, PROBE_SOURCE).build()
+    except cl.Error as e:
+        msg = str(e)
+        reason = f"{c.key} {c.label} cannot build kernels: " + _first_error_line(msg)
+        if "unknown target CPU" in msg:
+            reason += (
+                f" -- its compiler is older than this CPU. Install a "
+                f"newer PoCL: on Debian/Ubuntu `sudo apt-get install pocl-opencl-icd`, or "
+                f"`conda install -c conda-forge pocl`; xdev then picks the working one"
+            )
+    _usable[c.key] = reason
+    return reason
+
+
+def _first_error_line(msg: str) -> str:
+    for line in msg.splitlines():
+        if "error" in line.lower() and "clBuildProgram" not in line:
+            return line.strip()
+    return msg.strip().splitlines()[0] if msg.strip() else "unknown error"
+
+
+def _select(selector: str | None) -> list[Candidate]:
+    """Candidates matching a selector, in preference order (GPUs first by default)."""
+    cands = list(candidates())
+    if not cands:
+        raise BackendUnavailable(
+            "OpenCL has platforms but no devices; install a driver (pip install \"xdev[opencl]\" "
+            "brings PoCL for the CPU)"
+        )
+    if selector is None or selector.strip() == "":
+        return [c for c in cands if c.is_gpu] + [c for c in cands if not c.is_gpu]
+    sel = selector.strip()
+    parts = sel.split(":")
+    if all(x.isdigit() for x in parts) and len(parts) <= 2:
+        p = int(parts[0])
+        matches = [c for c in cands if c.p == p and (len(parts) == 1 or c.d == int(parts[1]))]
+    else:
+        low = sel.lower()
+        matches = [
+            c for c in cands
+            if low in f"{c.platform.name} {c.platform.version} {c.device.name}".lower()
+        ]
+    if not matches:
+        listing = "; ".join(f"{c.key} = {c.label}" for c in cands)
+        raise ValueError(
+            f"no OpenCL device matches {selector!r}; use 'opencl:P:D' indexes or a case-insensitive "
+            f"part of the platform or device name. Devices: {listing}"
+        )
+    return matches
+
+
+def open_device(selector: str | None) -> OpenCLDevice:
+    if selector is None and os.environ.get("PYOPENCL_CTX", "").strip():
+        selector = os.environ["PYOPENCL_CTX"].strip()
+    matches = _select(selector)
+    reasons = []
+    for c in matches:
+        why = unusable_reason(c)
+        if why is None:
+            return OpenCLDevice(c)
+        reasons.append(why)
+    raise BackendUnavailable("no usable OpenCL device: " + " | ".join(reasons))
+
+
+def probe() -> BackendStatus:
+    try:
+        cands = candidates()
+    except BackendUnavailable as e:
+        return BackendStatus(False, str(e), ())
+    good = [c for c in cands if unusable_reason(c) is None]
+    bad = [unusable_reason(c) for c in cands if unusable_reason(c) is not None]
+    if not good:
+        why = " | ".join(b for b in bad if b) or "no OpenCL devices found"
+        return BackendStatus(False, why, ())
+    reason = f"pyopencl {cl.VERSION_TEXT}; " + "; ".join(f"{c.key}: {c.label}" for c in good)
+    if bad:
+        reason += " (skipped: " + " | ".join(b for b in bad if b) + ")"
+    return BackendStatus(True, reason, tuple(c.key for c in good))
+
+
+class OpenCLDevice(Device):
+    backend = "opencl"
+    conv_algorithms = ("gemm", "direct")
+
+    def __init__(self, cand: Candidate) -> None:
+        self.cand = cand
+        self.cl_device = cand.device
+        self.key = cand.key
+        self.name = cand.label
+        self.is_cpu = not cand.is_gpu
+        self.family = kernel_family(self.is_cpu)
+        self.ctx = cl.Context([cand.device])
+        self.queue = cl.CommandQueue(self.ctx)
+        self.programs = ProgramCache(self.ctx, cand.device, f"{self.key} {self.name}")
+        self.pool = cl.tools.MemoryPool(cl.tools.ImmediateAllocator(self.queue))
+        exts = cand.device.extensions.split()
+        self.has_fp64 = "cl_khr_fp64" in exts
+        self.has_fp16 = "cl_khr_fp16" in exts
+        self.max_alloc = int(cand.device.max_mem_alloc_size)
+        self.global_mem = int(cand.device.global_mem_size)
+        self._kernels: dict[tuple, cl.Kernel] = {}
+        self._lock = threading.Lock()
+        from . import tuning
+
+        self.params = tuning.params_for(self)
+
+    # -- dtypes and memory --------------------------------------------------------------
+    def check_dtype(self, dtype: np.dtype) -> None:
+        if dtype == F64 and not self.has_fp64:
+            raise TypeError(
+                f"{self.key} ({self.name}) has no cl_khr_fp64: float64 is not supported there; "
+                f"use float32, or a device with double precision (see xdev.available_backends())"
+            )
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{self.key} computes in float16 (storage), float32 or float64; received {dtype}")
+
+    def acc_dtype(self, dtype: np.dtype) -> np.dtype:
+        return F64 if dtype == F64 else F32  # float16 is storage only: kernels compute in float
+
+    def alloc(self, nbytes: int) -> Any:
+        if nbytes > self.max_alloc:
+            raise MemoryError(
+                f"{self.key} ({self.name}): cannot allocate {nbytes} bytes in one buffer; the device "
+                f"allows at most {self.max_alloc} bytes per buffer ({self.global_mem} bytes in all)"
+            )
+        try:
+            return self.pool.allocate(max(nbytes, 1))
+        except (cl.MemoryError, cl.RuntimeError) as e:
+            self.pool.free_held()
+            raise MemoryError(
+                f"{self.key} ({self.name}): out of device memory allocating {nbytes} bytes ({e})"
+            ) from None
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> CLArray:
+        shape = tuple(int(n) for n in shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        buf = self.alloc(size * dtype.itemsize) if size else None
+        return CLArray(buf, 0, shape, cla.c_strides(shape), np.dtype(dtype))
+
+    def kernel(self, file: str, name: str, options: dict[str, int]) -> cl.Kernel:
+        key = (file, name, tuple(sorted(options.items())))
+        k = self._kernels.get(key)
+        if k is None:
+            k = getattr(self.programs.get(file, options), name)
+            self._kernels[key] = k
+        return k
+
+    # -- transfers ----------------------------------------------------------------------
+    def upload(self, host: np.ndarray) -> CLArray:
+        host = np.ascontiguousarray(host)
+        out = self.empty(host.shape, host.dtype)
+        if out.buf is not None:
+            cl.enqueue_copy(self.queue, out.buf, host, is_blocking=True)
+        return out
+
+    borrow = upload
+
+    def download(self, a: CLArray) -> np.ndarray:
+        if a.size == 0:
+            return np.empty(a.shape, a.dtype)
+        item = a.dtype.itemsize
+        if a.is_c_contiguous():
+            out = np.empty(a.shape, a.dtype)
+            cl.enqueue_copy(self.queue, out, a.buf, src_offset=a.offset * item, is_blocking=True)
+            return out
+        lo, hi = a.span()
+        tmp = np.empty(hi - lo + 1, a.dtype)
+        cl.enqueue_copy(self.queue, tmp, a.buf, src_offset=lo * item, is_blocking=True)
+        view = np.lib.stride_tricks.as_strided(
+            tmp[a.offset - lo :], a.shape, tuple(s * item for s in a.strides), writeable=False
+        )
+        return np.array(view, copy=True)
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        return None  # PoCL and most CPU drivers: host memory is device memory already
+
+    # -- views and copies ---------------------------------------------------------------
+    def transpose(self, a: CLArray, axes: tuple[int, ...]) -> CLArray:
+        return cla.transpose(a, axes)
+
+    def getitem(self, a: CLArray, key: tuple[Any, ...]) -> CLArray:
+        return cla.getitem(a, key)
+
+    def reshape(self, a: CLArray, shape: tuple[int, ...]) -> CLArray:
+        if not a.is_c_contiguous():
+            a = self.astype(a, a.dtype)
+        return a.with_view(a.offset, tuple(shape), cla.c_strides(tuple(shape)))
+
+    def astype(self, a: CLArray, dtype: np.dtype) -> CLArray:
+        """A contiguous copy of `a`, converted to `dtype`."""
+        dtype = np.dtype(dtype)
+        out = self.empty(a.shape, dtype)
+        if out.size == 0:
+            return out
+        shape, (strides,) = cla.collapse(a.shape, a.strides)
+        if len(shape) == 0:
+            shape, strides = (1,), (0,)
+        k = self.kernel("copy.cl", "copy_cast", type_options(a.dtype, dtype))
+        lead = shape[:-4] if len(shape) > 4 else ()
+        tail, tstr = shape[-4:], strides[-4:]
+        tail = (1,) * (4 - len(tail)) + tuple(tail)
+        tstr = (0,) * (4 - len(tstr)) + tuple(tstr)
+        n = int(np.prod(tail))
+        for j, idx in enumerate(np.ndindex(*lead) if lead else [()]):
+            off = a.offset + sum(i * s for i, s in zip(idx, strides[: len(lead)]))
+            k(self.queue, (_round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
+              np.int64(tail[1]), np.int64(tail[2]), np.int64(tail[3]),
+              *(np.int64(s) for s in tstr), np.int64(n))
+        return out
+
+    def fill(self, out: CLArray, value: float) -> None:
+        k = self.kernel("copy.cl", "fill", type_options(out.dtype, out.dtype))
+        real = np.float64 if out.dtype == F64 else np.float32
+        k(self.queue, (_round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
+
+    def synchronize(self) -> None:
+        self.queue.finish()
+
+    # -- compute ------------------------------------------------------------------------
+    def matmul(self, a: CLArray, b: CLArray) -> CLArray:
+        from .gemm import matmul
+
+        return matmul(self, a, b)
+
+    def conv2d(self, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str) -> tuple[CLArray, str]:
+        from .conv import conv2d
+
+        return conv2d(self, x, w, bias, p, algorithm)
+
+    def info(self) -> dict[str, Any]:
+        d = self.cl_device
+        return {
+            **super().info(),
+            "platform": self.cand.platform.name.strip(),
+            "platform_version": self.cand.platform.version.strip(),
+            "driver": d.driver_version.strip(),
+            "type": "CPU" if self.is_cpu else "GPU",
+            "kernel_family": self.family,
+            "compute_units": int(d.max_compute_units),
+            "clock_mhz": int(d.max_clock_frequency),
+            "global_mem_bytes": self.global_mem,
+            "fp64": self.has_fp64,
+            "fp16_arithmetic": self.has_fp16,
+            "pyopencl": cl.VERSION_TEXT,
+            "params": self.params,
+        }
+
+
+ENV_KERNELS = "XDEV_OPENCL_KERNELS"
+
+
+def kernel_family(is_cpu: bool) -> str:
+    """'cpu' (register-blocked, packed panels) or 'gpu' (local-memory tiles)."""
+    v = os.environ.get(ENV_KERNELS, "auto").strip().lower() or "auto"
+    if v == "auto":
+        return "cpu" if is_cpu else "gpu"
+    if v not in ("cpu", "gpu"):
+        raise ValueError(f"{ENV_KERNELS}={v!r} is not valid; expected auto, cpu or gpu")
+    return v
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m

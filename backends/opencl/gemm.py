@@ -1,0 +1,153 @@
+"""matmul on OpenCL: shape logic, then one of three kernel families.
+
+* ``packed`` (the CPU kernel family): operands packed into panels, register-blocked
+  micro-kernel;
+* ``tiled`` (the GPU kernel family): local-memory tiles read straight from the strided
+  operands;
+* ``small``: one work-item per output, for problems too small to repay either
+  (fewer than ``params["small_work"]`` multiply-adds per matrix).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from xdev._conv import broadcast_batch, matmul_shape
+
+from . import array as cla
+from .array import CLArray
+from .program import type_options
+
+F64 = np.dtype(np.float64)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def family(dev, M: int, N: int, K: int) -> str:
+    if M * N * K < dev.params["small_work"]:
+        return "small"
+    return "packed" if dev.family == "cpu" else "tiled"
+
+
+def pad3(shape, *strides):
+    """Left-pad batch dims to exactly 3 (size 1, stride 0)."""
+    k = 3 - len(shape)
+    return (1,) * k + tuple(shape), [(0,) * k + tuple(s) for s in strides]
+
+
+def matmul(dev, a: CLArray, b: CLArray) -> CLArray:
+    out_shape = matmul_shape(a.shape, b.shape)
+    dt = a.dtype
+    if a.ndim == 1:
+        a = a.with_view(a.offset, (1,) + a.shape, (0,) + a.strides)
+    if b.ndim == 1:
+        b = b.with_view(b.offset, b.shape + (1,), b.strides + (0,))
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    batch = broadcast_batch(a.shape[:-2], b.shape[:-2], a.shape, b.shape)
+    nb = len(batch)
+
+    def batch_strides(x: CLArray) -> tuple[int, ...]:
+        shp = (1,) * (nb - (x.ndim - 2)) + x.shape[:-2]
+        st = (0,) * (nb - (x.ndim - 2)) + x.strides[:-2]
+        return tuple(0 if n == 1 else s for n, s in zip(shp, st))
+
+    out = dev.empty(batch + (M, N), dt)
+    if out.size:
+        if K == 0:
+            dev.fill(out, 0.0)
+        else:
+            astr, bstr = batch_strides(a), batch_strides(b)
+            ostr = tuple(s // (M * N) for s in cla.c_strides(batch)) if batch else ()
+            shape, (astr, bstr, _) = cla.collapse(batch, astr, bstr, ostr)
+            if len(shape) > 3:
+                # Rare: materialize the broadcast so all batch dims merge into one.
+                full = batch + (M, K)
+                a = dev.astype(a.with_view(a.offset, full, astr_full(a, nb, batch)), dt)
+                full = batch + (K, N)
+                b = dev.astype(b.with_view(b.offset, full, astr_full(b, nb, batch)), dt)
+                shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
+            run = {"packed": _packed, "tiled": _tiled, "small": _small}[family(dev, M, N, K)]
+            run(dev, a, b, out, M, N, K, shape, astr, bstr)
+    return out.with_view(0, out_shape, cla.c_strides(out_shape))
+
+
+def astr_full(x: CLArray, nb: int, batch: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides of x broadcast to batch + its matrix dims (0 on broadcast batch dims)."""
+    k = nb - (x.ndim - 2)
+    shp = (1,) * k + x.shape[:-2]
+    st = (0,) * k + x.strides[:-2]
+    return tuple(0 if n == 1 else s for n, s in zip(shp, st)) + x.strides[-2:]
+
+
+def _small(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+    shape3, (as3, bs3) = pad3(shape, astr, bstr)
+    B = int(np.prod(shape3))
+    k = dev.kernel("gemm_small.cl", "gemm_small", type_options(a.dtype, out.dtype))
+    i64 = np.int64
+    k(dev.queue, (N, M, B), None, out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
+      np.int32(M), np.int32(N), np.int32(K), np.int32(shape3[1]), np.int32(shape3[2]),
+      *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
+      *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
+
+
+def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int, R: int):
+    """Panels of R rows for the packed GEMM; returns (buffer, packed strides per batch dim)."""
+    real = F64 if src.dtype == F64 else np.dtype(np.float32)
+    own = [(n, s) for n, s in zip(shape, strides) if s != 0]
+    own_shape, (own_str,) = pad3(tuple(n for n, _ in own), tuple(s for _, s in own))
+    PB = int(np.prod(own_shape))
+    T = cdiv(rows, R)
+    panel = T * K * R
+    buf = dev.alloc(PB * panel * real.itemsize)
+    KB = dev.params["KB"]
+    k = dev.kernel("pack.cl", "pack", type_options(src.dtype, src.dtype))
+    i64, i32 = np.int64, np.int32
+    k(dev.queue, (cdiv(K, KB), T, PB), None, buf, src.buf, i64(src.offset),
+      i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
+      i64(rs), i64(ks), i32(rows), i32(K), i32(R), i32(KB))
+    # Element stride of each (collapsed) out-batch dim inside the packed buffer.
+    pstr, acc = [], panel
+    for n, s in reversed(list(zip(shape, strides))):
+        if s != 0:
+            pstr.append(acc)
+            acc *= n
+        else:
+            pstr.append(0)
+    return buf, tuple(reversed(pstr))
+
+
+def _packed(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+    g = dev.params["gemm"]
+    vw = g["VWD"] if a.dtype == F64 else g["VW"]
+    MR, NV = g["MR"], g["NV"]
+    NR = vw * NV
+    pa, pa_str = pack(dev, a, shape, astr, a.strides[-2], a.strides[-1], M, K, MR)
+    pb, pb_str = pack(dev, b, shape, bstr, b.strides[-1], b.strides[-2], N, K, NR)
+    shape3, (pa3, pb3) = pad3(shape, pa_str, pb_str)
+    B = int(np.prod(shape3))
+    opts = {**type_options(a.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw}
+    k = dev.kernel("gemm_cpu.cl", "gemm_packed", opts)
+    i64, i32 = np.int64, np.int32
+    k(dev.queue, (cdiv(N, NR), cdiv(M, MR), B), None, out.buf, pa, pb,
+      i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
+      *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+
+
+def tile_options(t: dict) -> dict[str, int]:
+    return {k: int(t[k]) for k in ("TSM", "TSN", "TSK", "WPTM", "WPTN")}
+
+
+def _tiled(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+    t = tile_options(dev.params["gemm_gpu"])
+    shape3, (as3, bs3) = pad3(shape, astr, bstr)
+    B = int(np.prod(shape3))
+    rtsm, rtsn = t["TSM"] // t["WPTM"], t["TSN"] // t["WPTN"]
+    k = dev.kernel("gemm_gpu.cl", "gemm_tiled", {**type_options(a.dtype, out.dtype), **t})
+    i64, i32 = np.int64, np.int32
+    k(dev.queue, (cdiv(N, t["TSN"]) * rtsn, cdiv(M, t["TSM"]) * rtsm, B), (rtsn, rtsm, 1),
+      out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
+      i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
+      *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
+      *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))

@@ -1,0 +1,70 @@
+// Register-blocked GEMM for CPU devices (PoCL and other CPU drivers).
+// Each work-item computes an MR x (VW*NV) tile of C from packed panels
+//   Ap[pa][Mt][K][MR] and Bp[pb][Nt][K][VW*NV]
+// with the accumulators in MR*NV vector registers. The K loop has the same trip count
+// in every work-item, so the CPU compiler can keep its loops simple.
+// Options: MR, NV, VW (vector width: 16 floats / 8 doubles on AVX-512).
+#define NR (VW * NV)
+typedef CAT(REAL_T, VW) realv;
+#define VLOAD CAT(vload, VW)
+#if OUT_BITS == 16
+#define VSTORE(v, i, p) CAT(CAT(vstore_half, VW), _rte)((v), (i), (p))
+#else
+#define VSTORE(v, i, p) CAT(vstore, VW)((v), (i), (p))
+#endif
+
+__kernel void gemm_packed(__global out_t* restrict C,
+                          __global const real* restrict Ap,
+                          __global const real* restrict Bp,
+                          const int M, const int N, const int K,
+                          const int n1, const int n2,
+                          const long pa0, const long pa1, const long pa2,
+                          const long pb0, const long pb1, const long pb2)
+{
+    const int nt = get_global_id(0);
+    const int mt = get_global_id(1);
+    const int bt = get_global_id(2);
+    const int i2 = bt % n2, i1 = (bt / n2) % n1, i0 = bt / (n1 * n2);
+    const int Mt = (M + MR - 1) / MR, Nt = (N + NR - 1) / NR;
+    __global const real* a = Ap + i0 * pa0 + i1 * pa1 + i2 * pa2 + (size_t)mt * K * MR;
+    __global const real* b = Bp + i0 * pb0 + i1 * pb1 + i2 * pb2 + (size_t)nt * K * NR;
+
+    realv acc[MR][NV];
+    #pragma unroll
+    for (int i = 0; i < MR; ++i)
+        #pragma unroll
+        for (int v = 0; v < NV; ++v) acc[i][v] = (realv)(0);
+
+    for (int k = 0; k < K; ++k) {
+        realv bv[NV];
+        #pragma unroll
+        for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, b);
+        #pragma unroll
+        for (int i = 0; i < MR; ++i) {
+            const realv av = (realv)(a[i]);
+            #pragma unroll
+            for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
+        }
+        a += MR;
+        b += NR;
+    }
+
+    const int m0 = mt * MR, n0 = nt * NR;
+    __global out_t* c = C + (size_t)bt * M * N;
+    #pragma unroll
+    for (int i = 0; i < MR; ++i) {
+        if (m0 + i < M) {
+            const size_t row = (size_t)(m0 + i) * N + n0;
+            if (n0 + NR <= N) {
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) VSTORE(acc[i][v], 0, c + row + v * VW);
+            } else {
+                real tmp[NR];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) CAT(vstore, VW)(acc[i][v], v, tmp);
+                const int nn = min(NR, N - n0);
+                for (int j = 0; j < nn; ++j) STORE_OUT(tmp[j], c, row + j);
+            }
+        }
+    }
+}

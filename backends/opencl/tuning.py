@@ -1,0 +1,83 @@
+"""Kernel parameters per device: a small built-in table, overridden by `python -m xdev.tune`.
+
+Tuned values are stored per (device name, driver version) in
+``$XDEV_CACHE_DIR/opencl-tuning.json`` (default ``~/.cache/xdev``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ENV_CACHE = "XDEV_CACHE_DIR"
+
+
+def cache_file() -> Path:
+    root = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
+    )
+    return Path(root) / "opencl-tuning.json"
+
+
+def device_id(dev) -> str:
+    d = dev.cl_device
+    return f"{d.name.strip()} | {dev.cand.platform.version.strip()} | {d.driver_version.strip()}"
+
+
+GPU_TILE = {"TSM": 64, "TSN": 64, "TSK": 16, "WPTM": 4, "WPTN": 4}
+
+
+def defaults(dev) -> dict[str, Any]:
+    """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
+    d = dev.cl_device
+    tile = dict(GPU_TILE)
+    vendor = d.vendor.lower()
+    if not dev.is_cpu and ("nvidia" in vendor or "advanced micro" in vendor or "amd" in vendor):
+        tile = {"TSM": 128, "TSN": 128, "TSK": 16, "WPTM": 8, "WPTN": 8}
+    vw = int(d.preferred_vector_width_float)
+    vw = vw if vw in (4, 8, 16) else 8
+    vwd = max(2, vw // 2)
+    # 12 rows x 2 vectors: 24 accumulators of the 32 AVX-512 registers (measured best of
+    # 4..14 rows on PoCL/Zen 5); on narrower SIMD, more vectors per row.
+    nv = 2 if vw == 16 else 3
+    return {
+        "gemm": {"MR": 12, "NV": nv, "VW": vw, "VWD": vwd},
+        # Conv: 8 channels x 48 pixels, measured best of 2..14 rows on PoCL/Zen 5.
+        "conv": {"MR": 8, "NV": 3, "VW": vw, "VWD": vwd},
+        "gemm_gpu": tile,
+        "conv_gpu": dict(tile),
+        "small_work": 1 << 15,  # multiply-adds under which GEMM uses the simple kernel
+        "KB": 64,  # k-block of the packing kernel
+    }
+
+
+def load_all() -> dict[str, Any]:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def params_for(dev) -> dict[str, Any]:
+    params = defaults(dev)
+    tuned = load_all().get(device_id(dev))
+    if isinstance(tuned, dict):
+        for k, v in tuned.items():
+            if isinstance(v, dict) and isinstance(params.get(k), dict):
+                params[k] = {**params[k], **v}
+            elif k in params:
+                params[k] = v
+        params["tuned"] = True
+    return params
+
+
+def store(dev, params: dict[str, Any]) -> Path:
+    path = cache_file()
+    data = load_all()
+    data[device_id(dev)] = params
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path

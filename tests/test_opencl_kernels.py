@@ -1,0 +1,176 @@
+"""OpenCL kernel edges: every GEMM/conv kernel family, tile edges, broadcasts, fp16 storage."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import xdev
+from conftest import require
+from reference import conv2d_ref, matmul_ref
+from strategies import supported_dtypes, values
+from tolerance import assert_agrees
+
+
+@pytest.fixture(scope="module")
+def cl_dev():
+    return require("opencl")
+
+
+@pytest.fixture(params=["small", "cpu", "gpu"])
+def family(request, cl_dev):
+    """Run a test with one kernel family forced on the device (restored afterwards)."""
+    saved = (cl_dev.family, cl_dev.params["small_work"])
+    if request.param == "small":
+        cl_dev.params["small_work"] = 1 << 62
+    else:
+        cl_dev.family, cl_dev.params["small_work"] = request.param, 0
+    yield request.param
+    cl_dev.family, cl_dev.params["small_work"] = saved
+
+
+def check(dev, a, b, xa, xb, what):
+    y = xdev.matmul(xa, xb)
+    ref, ref_abs = matmul_ref(a, b)
+    assert_agrees(y.numpy(), ref, ref_abs, a.shape[-1], dev.acc_dtype(a.dtype), a.dtype, what)
+
+
+def tile_edges(dev) -> list[int]:
+    """Sizes around every tile size of every family: t-1, t, t+1."""
+    p = dev.params
+    tiles = {p["gemm"]["MR"], p["gemm"]["VW"] * p["gemm"]["NV"], p["gemm_gpu"]["TSM"], p["gemm_gpu"]["TSN"], p["gemm_gpu"]["TSK"]}
+    return sorted({n + d for n in tiles for d in (-1, 0, 1) if n + d > 0})
+
+
+def test_gemm_tile_edges(cl_dev, family):
+    sizes = tile_edges(cl_dev)
+    for M, N, K in itertools.islice(itertools.product(sizes, repeat=3), 0, None, 7):
+        a, b = values(M, (M, K), np.float32), values(N, (K, N), np.float32)
+        check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
+              f"{family} {M}x{K}x{N}")
+
+
+@pytest.mark.parametrize("dt", [np.float16, np.float32, np.float64])
+def test_gemm_dtypes_and_views(cl_dev, family, dt):
+    if np.dtype(dt) not in supported_dtypes(cl_dev):
+        pytest.skip(f"{cl_dev.key} lacks {np.dtype(dt)}")
+    a, b = values(1, (3, 37, 29), dt), values(2, (29, 41), dt)
+    xa = xdev.asarray(np.ascontiguousarray(np.swapaxes(a, 1, 2)), backend=cl_dev.key).mT
+    big = values(3, (60, 90), dt)
+    big[1::2, ::2][:29, :41] = b
+    xb = xdev.asarray(big, backend=cl_dev.key)[1::2, ::2][:29, :41]
+    check(cl_dev, a, b, xa, xb, f"{family} {np.dtype(dt)} transposed @ strided")
+
+
+def test_gemm_broadcast_batches(cl_dev, family):
+    cases = [((2, 1, 5, 7), (1, 3, 7, 4)), ((4, 6, 5), (5, 3)), ((6, 5), (2, 3, 5, 2)),
+             ((2, 1, 3, 1, 4, 5), (1, 2, 1, 3, 5, 2))]  # the last needs more than 3 batch dims
+    for sa, sb in cases:
+        a, b = values(len(sa), sa, np.float32), values(len(sb), sb, np.float32)
+        check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
+              f"{family} {sa} @ {sb}")
+
+
+def test_gemm_vectors_and_empty(cl_dev, family):
+    a, b = values(1, (33,), np.float32), values(2, (33, 17), np.float32)
+    check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key), "vec @ mat")
+    check(cl_dev, b.T.copy(), a, xdev.asarray(b.T.copy(), backend=cl_dev.key), xdev.asarray(a, backend=cl_dev.key), "mat @ vec")
+    z = xdev.matmul(np.ones((4, 0), np.float32), np.ones((0, 3), np.float32), backend=cl_dev.key)
+    np.testing.assert_array_equal(z.numpy(), np.zeros((4, 3), np.float32))
+    assert xdev.matmul(np.ones((0, 5), np.float32), np.ones((5, 3), np.float32), backend=cl_dev.key).shape == (0, 3)
+
+
+CONVS = [
+    # x shape, w shape, stride, padding, dilation, groups
+    ((2, 5, 23, 37), (13, 5, 3, 3), 1, 1, 1, 1),
+    ((1, 6, 20, 21), (8, 3, 5, 3), (2, 3), (2, 0), (1, 2), 2),
+    ((1, 7, 16, 40), (7, 1, 3, 3), 1, "same", 2, 7),  # depthwise
+    ((2, 4, 9, 50), (12, 1, 5, 5), 2, 2, 1, 4),  # depthwise, multiplier 3, strided
+    ((1, 3, 11, 11), (70, 3, 1, 1), 1, 0, 1, 1),  # 1x1, more channels than a tile
+    ((1, 2, 64, 3), (5, 2, 2, 3), 1, "same", 1, 1),  # image narrower than a vector
+]
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONVS)
+@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+def test_conv_kernels(cl_dev, family, xs, ws, stride, padding, dilation, groups, algorithm):
+    if family == "small" and algorithm == "direct":
+        pytest.skip("the small family is GEMM-only")
+    for dt in supported_dtypes(cl_dev):
+        x, w, b = values(1, xs, dt), values(2, ws, dt), values(3, (ws[0],), dt)
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        y = xdev.conv2d(xdev.asarray(x, backend=cl_dev.key), xdev.asarray(w, backend=cl_dev.key),
+                        xdev.asarray(b, backend=cl_dev.key), algorithm=algorithm, **kw)
+        assert y.algorithm == algorithm
+        ref, ref_abs = conv2d_ref(x, w, b, **kw)
+        K = ws[1] * ws[2] * ws[3] + 1
+        assert_agrees(y.numpy(), ref, ref_abs, K, cl_dev.acc_dtype(dt), dt, f"{family} {algorithm} {np.dtype(dt)} {xs} {ws}")
+
+
+def test_auto_picks_direct_for_depthwise(cl_dev):
+    x = xdev.asarray(values(1, (1, 4, 8, 8), np.float32), backend=cl_dev.key)
+    assert xdev.conv2d(x, values(2, (4, 1, 3, 3), np.float32), groups=4).algorithm == "direct"
+    assert xdev.conv2d(x, values(2, (4, 2, 3, 3), np.float32), groups=2).algorithm == "gemm"
+
+
+def test_kernels_build_once_and_shapes_do_not_rebuild(cl_dev):
+    a = xdev.asarray(values(1, (70, 80), np.float32), backend=cl_dev.key)
+    xdev.matmul(a, a.T)
+    n = len(cl_dev.programs._programs)
+    for m in (71, 90, 130):
+        xdev.matmul(a[:m % 70 + 1], a.T)
+    xdev.matmul(xdev.asarray(values(2, (300, 200), np.float32), backend=cl_dev.key),
+                xdev.asarray(values(3, (200, 150), np.float32), backend=cl_dev.key))
+    after_big = len(cl_dev.programs._programs)
+    xdev.matmul(xdev.asarray(values(4, (301, 203), np.float32), backend=cl_dev.key),
+                xdev.asarray(values(5, (203, 157), np.float32), backend=cl_dev.key))
+    assert len(cl_dev.programs._programs) == after_big  # a new shape compiles nothing
+    assert after_big - n <= 2  # the packed family: pack + micro-kernel
+
+
+def test_build_error_carries_log_and_options(cl_dev):
+    from xdev.backends.opencl.program import KernelBuildError
+
+    with pytest.raises(KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output"):
+        cl_dev.programs.get("gemm_cpu.cl", {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5})
+
+
+def test_out_of_memory_is_memory_error_and_device_survives(cl_dev):
+    a = xdev.asarray(values(1, (5, 5), np.float32), backend=cl_dev.key)
+    n = cl_dev.max_alloc // 4 + 1
+    with pytest.raises(MemoryError, match=rf"cannot allocate {4 * n} bytes"):
+        cl_dev.empty((n,), np.dtype(np.float32))
+    side = int((cl_dev.max_alloc // 4) ** 0.5) + 2  # an outer product too large for one buffer
+    col = xdev.asarray(np.ones((side, 1), np.float32), backend=cl_dev.key)
+    with pytest.raises(MemoryError, match=rf"cannot allocate {4 * side * side} bytes"):
+        xdev.matmul(col, col.T)
+    np.testing.assert_array_equal(a.numpy(), values(1, (5, 5), np.float32))
+    assert (a @ a).shape == (5, 5)
+
+
+def test_float64_refused_without_fp64(cl_dev, monkeypatch):
+    monkeypatch.setattr(cl_dev, "has_fp64", False)
+    with pytest.raises(TypeError, match=r"has no cl_khr_fp64"):
+        xdev.asarray(np.ones(3), backend=cl_dev.key)
+
+
+def test_selector_forms(cl_dev):
+    from xdev.backends.opencl.device import _select
+
+    c = cl_dev.cand
+    assert _select(f"{c.p}:{c.d}")[0] is c
+    assert c in _select(c.device.name.strip().upper()[-6:])
+    with pytest.raises(ValueError, match="no OpenCL device matches 'no-such-device'.*Devices:"):
+        _select("no-such-device")
+
+
+def test_two_pocls_with_one_platform_name_are_told_apart():
+    from xdev.backends.opencl.device import candidates
+
+    names = [c.platform.name for c in candidates()]
+    keys = [c.key for c in candidates()]
+    assert len(set(keys)) == len(keys)
+    if len(names) != len(set(names)):  # e.g. pip's PoCL beside Debian's
+        labels = [c.label for c in candidates()]
+        assert len(set(labels)) == len(labels), labels
