@@ -76,6 +76,8 @@ class Device(abc.ABC):
     key: str
     name: str
     conv_algorithms: tuple[str, ...]
+    is_cpu: bool = True  # decides batch sizes and peak estimates in the benchmark
+    build_seconds: float = 0.0  # total kernel compile time so far (the benchmark reports deltas)
 
     @abc.abstractmethod
     def check_dtype(self, dtype: np.dtype) -> None:

@@ -179,6 +179,7 @@ class OpenCLDevice(Device):
         self.max_alloc = int(cand.device.max_mem_alloc_size)
         self.global_mem = int(cand.device.global_mem_size)
         self._kernels: dict[tuple, cl.Kernel] = {}
+        self._peak: dict[np.dtype, float] = {}
         self._lock = threading.Lock()
         from . import tuning
 
@@ -296,6 +297,10 @@ class OpenCLDevice(Device):
     def synchronize(self) -> None:
         self.queue.finish()
 
+    @property
+    def build_seconds(self) -> float:  # type: ignore[override]
+        return self.programs.build_seconds
+
     # -- compute ------------------------------------------------------------------------
     def matmul(self, a: CLArray, b: CLArray) -> CLArray:
         from .gemm import matmul
@@ -306,6 +311,33 @@ class OpenCLDevice(Device):
         from .conv import conv2d
 
         return conv2d(self, x, w, bias, p, algorithm)
+
+    def measured_peak_gflops(self, dtype: np.dtype = F32) -> float:
+        """Calibrated multiply-add rate (GFLOP/s) from a kernel of independent FMA chains."""
+        import time
+
+        dtype = np.dtype(dtype)
+        cached = self._peak.get(dtype)
+        if cached is not None:
+            return cached
+        vw = self.params["gemm"]["VWD" if dtype == F64 else "VW"] if self.is_cpu else 4
+        k = self.kernel("peak.cl", "fma_peak", {**type_options(dtype, dtype), "VW": vw})
+        items = int(self.cl_device.max_compute_units) * (64 if self.is_cpu else 2048)
+        iters = 20000 if self.is_cpu else 4000
+        out = self.alloc(items * dtype.itemsize)
+        real = np.float64 if dtype == F64 else np.float32
+        args = (out, np.int32(iters), real(0.999), real(1e-3))
+        k(self.queue, (items,), None, *args)
+        self.queue.finish()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            k(self.queue, (items,), None, *args)
+            self.queue.finish()
+            best = min(best, time.perf_counter() - t0)
+        gf = items * iters * 12 * vw * 2 / best / 1e9
+        self._peak[dtype] = gf
+        return gf
 
     def info(self) -> dict[str, Any]:
         d = self.cl_device

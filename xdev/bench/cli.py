@@ -1,0 +1,144 @@
+"""python -m xdev.bench: CPU vs CUDA vs OpenCL, measured on this machine."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+import xdev
+from xdev._registry import BACKEND_NAMES, get_device
+
+from . import machine as mach
+from . import workloads as wl
+from .run import Settings, add_speedups, conv_row, conv_total, matmul_row, roundtrip_rows, transfer_rows
+
+OPS = ("matmul", "conv2d", "transfer")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__)
+    p.add_argument("--backends", help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated: matmul, conv2d, transfer (default: all)")
+    p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
+    p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
+    p.add_argument("--sizes", help="comma-separated n for the n x n x n matmul sweep")
+    p.add_argument("--image", type=int, default=224, help="VGG-16 input size (default 224, the real network)")
+    p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 on CPUs, 16 on GPUs)")
+    p.add_argument("--json", metavar="FILE", help="write {machine, results} as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers")
+    a = p.parse_args(argv)
+    a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
+    bad = [o for o in a.ops if o not in OPS]
+    if bad:
+        p.error(f"unknown op(s) {', '.join(bad)}; choose from {', '.join(OPS)}")
+    if a.repeat is not None and a.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return a
+
+
+def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
+    """(label, thunk returning result rows) for one device."""
+    steps: list[tuple[str, Any]] = []
+    if "matmul" in a.ops:
+        sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else (wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES)
+        for n in sizes:
+            steps.append((f"matmul {n}", lambda n=n: [matmul_row(dev, a.settings, n, n, n, "square")]))
+        M, K, N = wl.SKINNY_QUICK if (a.quick or a.sizes) else wl.SKINNY
+        steps.append((f"matmul {M}x{K}x{N}", lambda: [matmul_row(dev, a.settings, M, K, N, "skinny")]))
+    if "conv2d" in a.ops:
+        batch = a.batch or (1 if dev.is_cpu else 16)
+        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
+        for algo in algos:
+            layers = wl.vgg16(batch, a.image)
+            acc: list[dict[str, Any]] = []
+            for i, layer in enumerate(layers):
+                def step(layer=layer, algo=algo, acc=acc, last=i == len(layers) - 1):
+                    row = conv_row(dev, a.settings, layer, algo)
+                    acc.append(row)
+                    return [row] + ([conv_total(acc, dev, a.settings)] if last else [])
+                steps.append((f"conv2d {algo} {layer.name}", step))
+    if "transfer" in a.ops:
+        for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
+            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)))
+        for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES):
+            steps.append((f"round trip {n}", lambda n=n: roundtrip_rows(dev, a.settings, n)))
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        raise SystemExit('python -m xdev.bench needs rich and matplotlib: pip install "xdev[bench]"') from None
+    from . import report
+
+    console = Console() if Console().is_terminal else Console(width=110)
+    status = xdev.available_backends()
+    wanted = [s.strip() for s in a.backends.split(",")] if a.backends else [n for n, s in status.items() if s.available]
+    devices, skipped = [], []
+    for spec in wanted:
+        name = spec.split(":")[0].lower()
+        if name in status and not status[name].available:
+            skipped.append({"backend": spec, "reason": status[name].reason})
+            continue
+        try:
+            devices.append(get_device(spec))
+        except (xdev.BackendUnavailable, ValueError) as e:
+            skipped.append({"backend": spec, "reason": str(e)})
+    dtype = np.dtype(a.dtype)
+    supported = []
+    for dev in devices:
+        try:
+            dev.check_dtype(dtype)
+            supported.append(dev)
+        except TypeError as e:
+            skipped.append({"backend": dev.key, "reason": str(e)})
+    devices = supported
+
+    doc_machine = mach.machine(devices, a.dtype)
+    cpu = doc_machine["cpu"]
+    calibrated = None
+    for dev in devices:
+        if dev.is_cpu and hasattr(dev, "measured_peak_gflops"):
+            calibrated = dev.measured_peak_gflops(dtype)
+            break
+    a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
+    for dev, info in zip(devices, doc_machine["devices"]):
+        peak, how = mach.peak_gflops(dev, a.dtype, cpu, calibrated)
+        a.settings.peak[dev.key] = (peak, how)
+        info["peak_gflops"], info["peak_method"] = peak, how
+    report.header(console, doc_machine, skipped)
+
+    steps = [(dev, label, fn) for dev in devices for label, fn in plan(a, dev)]
+    results: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(steps))
+        previous = None
+        for dev, label, fn in steps:
+            if previous is not None and dev is not previous:
+                # Let the previous backend's worker threads (BLAS, PoCL) go idle first:
+                # spinning threads of one backend slow the next one down.
+                time.sleep(0.5)
+            previous = dev
+            progress.update(task, description=f"{dev.key}: {label}")
+            results.extend(fn())
+            progress.advance(task)
+    add_speedups(results)
+    report.tables(console, results)
+    console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
+    doc = {"machine": doc_machine, "config": {k: v for k, v in vars(a).items() if k != "settings"},
+           "skipped": skipped, "published": wl.PUBLISHED, "results": results}
+    if a.json:
+        report.write_json(a.json, doc)
+        console.print(f"wrote {a.json}")
+    if a.plot:
+        report.plot(a.plot, results)
+        console.print(f"wrote {a.plot}")
+    return 0

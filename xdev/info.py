@@ -1,0 +1,48 @@
+"""python -m xdev.info: backends, devices, versions, and why a backend is unavailable."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+import xdev
+from xdev._registry import get_device
+
+
+def lines() -> list[str]:
+    from xdev.backends.numpy.device import blas_name
+
+    out = [
+        f"xdev {xdev.__version__}  Python {platform.python_version()}  NumPy {np.__version__} ({blas_name()})",
+        f"platform: {platform.platform()}",
+        f"XDEV_BACKEND={os.environ.get('XDEV_BACKEND', '')!r} -> default backend {xdev.get_backend()!r}",
+        "",
+    ]
+    for name, st in xdev.available_backends().items():
+        if not st.available:
+            out.append(f"{name:7s} unavailable: {st.reason}")
+            continue
+        out.append(f"{name:7s} available: {st.reason}")
+        try:
+            dev = get_device(name)
+        except Exception as e:  # noqa: BLE001 - report, never crash the report
+            out.append(f"{'':8s}default device failed to open: {e}")
+            continue
+        info = dev.info()
+        details = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("backend", "device", "name", "params"))
+        out.append(f"{'':8s}default device {dev.key}: {dev.name}")
+        if details:
+            out.append(f"{'':8s}  {details}")
+        out.append(f"{'':8s}  conv2d algorithms: {', '.join(dev.conv_algorithms)}")
+    return out
+
+
+def main() -> int:
+    print("\n".join(lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""python -m xdev.tune: measure OpenCL kernel parameters on your device and cache the best.
+
+The cache lives in $XDEV_CACHE_DIR/opencl-tuning.json (default ~/.cache/xdev), keyed by
+device name, platform version and driver version; the OpenCL backend reads it when it
+opens the device. Delete the file (or pass --reset) to return to the built-in table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xdev.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="opencl", help="OpenCL selector (default: the default OpenCL device)")
+    p.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
+    p.add_argument("--reset", action="store_true", help="forget this device's tuned parameters")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, do not store")
+    a = p.parse_args(argv)
+    if not a.device.startswith("opencl"):
+        p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
+    from xdev._registry import get_device
+    from xdev.backends.opencl import tune, tuning
+
+    dev = get_device(a.device)
+    if a.reset:
+        data = tuning.load_all()
+        data.pop(tuning.device_id(dev), None)
+        path = tuning.cache_file()
+        if path.exists():
+            path.write_text(json.dumps(data, indent=2, sort_keys=True))
+        print(f"forgot tuned parameters of {dev.key} ({dev.name}) in {path}")
+        return 0
+    print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
+    found = tune.tune(dev, quick=a.quick)
+    print("best:", json.dumps(found))
+    if not a.dry_run:
+        print(f"stored in {tune.save(dev, found)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
