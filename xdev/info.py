@@ -31,11 +31,14 @@ def lines() -> list[str]:
             out.append(f"{'':8s}default device failed to open: {e}")
             continue
         info = dev.info()
-        details = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("backend", "device", "name", "params"))
+        details = ", ".join(f"{k}={v}" for k, v in info.items()
+                            if k not in ("backend", "device", "name", "params", "advice"))
         out.append(f"{'':8s}default device {dev.key}: {dev.name}")
         if details:
             out.append(f"{'':8s}  {details}")
         out.append(f"{'':8s}  conv2d algorithms: {', '.join(dev.conv_algorithms)}")
+        if info.get("advice"):
+            out.append(f"{'':8s}  note: {info['advice']}")
     return out
 
 

@@ -29,6 +29,8 @@ def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, st
         console.print(f"  {d['device']}: {d['name']}" + (f"  [{extra}]" if extra else ""))
         if d.get("peak_gflops"):
             console.print(f"    peak {d['peak_gflops']:.0f} GFLOP/s ({d['peak_method']})")
+        if d.get("advice"):
+            console.print(f"    [yellow]note:[/yellow] {d['advice']}")
     for s in skipped:
         console.print(f"  [yellow]{s['backend']} skipped:[/yellow] {s['reason']}")
 
