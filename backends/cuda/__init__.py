@@ -1,10 +1,10 @@
-"""The cuda backend (in progress)."""
-from ..base import BackendStatus, BackendUnavailable
+"""The cuda backend: NVIDIA GPUs through CuPy (cuBLAS matmul; conv2d through cuDNN, im2col + cuBLAS
+or a direct CUDA kernel). Install with ``pip install "xdev[cuda]"`` (and ``"xdev[cuda,cudnn]"``
+for cuDNN); see docs/cuda.md.
 
+CuPy is imported here, at the package's first use: xdev imports this package only when the
+cuda backend is asked for, and the registry turns a missing CuPy into that install hint.
+"""
+from .device import CudaDevice, open_device, probe
 
-def probe() -> BackendStatus:
-    return BackendStatus(False, "the cuda backend is not built yet", ())
-
-
-def open_device(selector):
-    raise BackendUnavailable("the cuda backend is not built yet")
+__all__ = ["CudaDevice", "open_device", "probe"]

@@ -106,6 +106,9 @@ def peak_gflops(dev, dtype: str, cpu: dict[str, Any], calibrated_cpu: float | No
             return p, "datasheet"
         if hasattr(dev, "measured_peak_gflops"):
             return dev.measured_peak_gflops(np.dtype(dtype)), "calibrated FMA loop"
+        est = dev.info().get("peak_gflops_est", {}).get(dtype)
+        if est:
+            return est, "estimate: SMs x lanes x 2 x max clock"
         return None, "unknown device"
     if calibrated_cpu is not None:
         return calibrated_cpu, "calibrated FMA loop (OpenCL on the CPU)"

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# xdev on a machine with one NVIDIA GPU and no network: the whole test suite on CUDA, the
+# benchmark on CUDA (matmul sweep, VGG-16 conv layers at batch 16 with every algorithm,
+# transfers) and on OpenCL through NVIDIA's OpenCL driver, and a float32 matmul TFLOP/s check.
+# Everything is logged; results land in $OUT when the device tool sets it, else bench/results/.
+#
+#   here:   bash bench/gpu_prepare.sh          # wheels the GPU machine lacks -> .whl/
+#   there:  bash bench/gpu_check.sh            # from the repository root, .whl/ beside it
+#   dry run on any machine: PYTHON=.venv/bin/python bash bench/gpu_check.sh --dry-run
+#
+# The GPU machine's Python 3.12 has numpy, pytest, hypothesis, rich, matplotlib, cupy-cuda13x
+# and cuDNN; the wheels from gpu_prepare.sh add pyopencl and the cuDNN frontend. xdev is not
+# installed there: a symlink shim makes the checkout importable. Each step runs under a
+# timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 470, < 8 min).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+REPO=$PWD
+
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+PY=${PYTHON:-python3}
+RES=${OUT:-$REPO/bench/results}
+WORK=${GPU_CHECK_WORK:-/tmp/xdev_gpu_check}
+BUDGET=${GPU_CHECK_BUDGET_S:-470}
+START=$(date +%s)
+mkdir -p "$RES" "$WORK"
+LOG=$RES/gpu_check.log
+SUMMARY=$WORK/steps.tsv
+
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# step NAME CAP_SECONDS COMMAND...: run under a timeout that also respects the total budget.
+step() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( BUDGET - $(elapsed) - 10 ))
+  local t=$(( cap < left ? cap : left ))
+  if [ "$t" -lt 5 ]; then
+    echo "=== SKIP $name: the ${BUDGET}s budget is spent"
+    printf '%s\tskipped\t0\n' "$name" >>"$SUMMARY"
+    return 0
+  fi
+  echo
+  echo "=== $name (timeout ${t}s, at $(elapsed)s) ==="
+  echo "+ $*"
+  local t0; t0=$(date +%s)
+  timeout -k 10 "$t" "$@"
+  local rc=$?
+  [ "$rc" = 124 ] && echo "!!! $name timed out after ${t}s"
+  echo "=== $name: exit $rc after $(( $(date +%s) - t0 ))s"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >>"$SUMMARY"
+  return 0
+}
+
+main() {
+  : >"$SUMMARY"
+  echo "xdev GPU check $( [ $DRY = 1 ] && echo '(dry run)' ) — $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  echo "repo $REPO ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no git')), results in $RES"
+
+  # -- the machine ----------------------------------------------------------------------------
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv
+  else
+    echo "nvidia-smi: not found (no NVIDIA driver here)"
+  fi
+  "$PY" -c 'import sys, platform; print("python", sys.version.split()[0], platform.machine())'
+
+  # -- Python packages: carried wheels, and xdev from the checkout ------------------------------
+  local site=$WORK/site shim=$WORK/shim
+  if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
+    if [ $DRY = 1 ]; then
+      echo "dry run: would install into $site:"; ls -1 "$REPO"/.whl/*.whl | sed 's/^/  /'
+    else
+      rm -rf "$site"
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" "$REPO"/.whl/*.whl || echo "!!! installing the carried wheels failed"
+    fi
+  else
+    echo "no .whl/ here: run bench/gpu_prepare.sh where pip works and carry .whl (OpenCL and cuDNN may be missing)"
+  fi
+  # xdev.backends lives in backends/ (package-dir mapping): mirror xdev/ with symlinks and
+  # link backends/ inside it, so `import xdev` works without installing anything.
+  rm -rf "$shim" && mkdir -p "$shim" && cp -rs "$REPO/xdev" "$shim/xdev" && ln -s "$REPO/backends" "$shim/xdev/backends"
+  export PYTHONPATH="$shim:$site${PYTHONPATH:+:$PYTHONPATH}"
+  # Python puts the working directory (this checkout) first on sys.path, where xdev/ has no
+  # backends/: PYTHONSAFEPATH=1 (Python 3.11+) leaves it out, here and in the tests' subprocesses.
+  export PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+  # cuDNN: the frontend looks on LD_LIBRARY_PATH first; point it at the pip-installed library.
+  local cudnn_dir
+  cudnn_dir=$("$PY" - <<'EOF'
+import glob, os, site, sys
+dirs = list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()] + sys.path
+for d in dirs:
+    for hit in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcudnn.so.9*"))):
+        print(os.path.dirname(hit)); raise SystemExit
+EOF
+)
+  if [ -n "$cudnn_dir" ]; then
+    export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuDNN library: $cudnn_dir"
+  else
+    echo "cuDNN library: no pip-installed libcudnn.so.9 found (the frontend will try the loader path)"
+  fi
+
+  # -- NVIDIA's OpenCL driver: register it with the ICD loader if nobody did -------------------
+  local ocl_lib="" icd=/etc/OpenCL/vendors/nvidia.icd
+  ocl_lib=$(ldconfig -p 2>/dev/null | awk '/libnvidia-opencl\.so\.1/ {print $NF; exit}')
+  if [ -z "$ocl_lib" ]; then
+    ocl_lib=$(ls /usr/local/nvidia/lib64/libnvidia-opencl.so.1 /usr/local/nvidia/lib/libnvidia-opencl.so.1 \
+      /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 /usr/lib64/libnvidia-opencl.so.1 2>/dev/null | head -n 1)
+  fi
+  local have_ocl=0
+  if [ -n "$ocl_lib" ]; then
+    have_ocl=1
+    if [ -e "$icd" ]; then
+      echo "OpenCL: $icd exists ($(cat "$icd"))"
+    elif [ $DRY = 1 ]; then
+      echo "dry run: would write $icd -> $ocl_lib"
+    elif mkdir -p /etc/OpenCL/vendors 2>/dev/null && echo "$ocl_lib" >"$icd" 2>/dev/null; then
+      echo "OpenCL: wrote $icd -> $ocl_lib"
+    else  # read-only /etc: the ICD loader also reads OCL_ICD_VENDORS
+      mkdir -p "$WORK/icd" && echo "$ocl_lib" >"$WORK/icd/nvidia.icd"
+      export OCL_ICD_VENDORS=$WORK/icd
+      echo "OpenCL: /etc is not writable; OCL_ICD_VENDORS=$OCL_ICD_VENDORS -> $ocl_lib"
+    fi
+  else
+    echo "OpenCL: no libnvidia-opencl.so.1 on this machine; the OpenCL steps are skipped"
+  fi
+
+  # -- versions and availability ----------------------------------------------------------------
+  step "versions" 60 "$PY" - <<'EOF'
+import importlib, json
+for name in ("numpy", "cupy", "cudnn", "pyopencl", "pytest", "hypothesis", "rich", "matplotlib"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name:12s} {getattr(m, '__version__', getattr(m, 'VERSION_TEXT', '?'))}  {m.__file__}")
+    except Exception as e:
+        print(f"{name:12s} -- {type(e).__name__}: {e}")
+import xdev
+print("xdev", xdev.__version__, xdev.__file__)
+for k, s in xdev.available_backends().items():
+    print(f"  {k:7s} {'yes' if s.available else 'no '}  {s.reason}")
+if xdev.available_backends()["cuda"].available:
+    dev = xdev.asarray([1.0], backend="cuda")._dev
+    print(json.dumps(dev.info(), indent=1, default=str))
+EOF
+
+  # -- the whole test suite with CUDA as the default backend ------------------------------------
+  local timeout_opt=()
+  "$PY" -c "import pytest_timeout" 2>/dev/null && timeout_opt=(-p pytest_timeout --timeout=150)
+  if [ $DRY = 1 ]; then
+    echo
+    echo "dry run: the GPU run is: XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra --durations=15"
+    echo "dry run: running tests/test_cuda.py with the default backend instead (no GPU here)"
+    step "pytest (dry run: tests/test_cuda.py)" 240 env XDEV_HYPOTHESIS_PROFILE=ci \
+      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/test_cuda.py
+  else
+    step "pytest (XDEV_BACKEND=cuda)" 210 env XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci \
+      "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"
+  fi
+
+  # -- matmul TFLOP/s through xdev, timed with CUDA events ----------------------------------------
+  step "matmul TFLOP/s" 90 "$PY" - "$RES/matmul_tflops.json" "$DRY" <<'EOF'
+import json, os, subprocess, sys
+import numpy as np
+import xdev
+out_path, dry = sys.argv[1], sys.argv[2] == "1"
+status = xdev.available_backends()["cuda"]
+if not status.available:
+    print(f"cuda unavailable: {status.reason}" + (" (expected in a dry run)" if dry else ""))
+    raise SystemExit(0 if dry else 1)
+CODE = r'''
+import json, sys
+import numpy as np, xdev
+rows = []
+for dtype in sys.argv[1].split(","):
+    for n in (4096, 8192):
+        rng = np.random.default_rng(n)
+        a = xdev.asarray(rng.standard_normal((n, n)).astype(dtype), backend="cuda")
+        b = xdev.asarray(rng.standard_normal((n, n)).astype(dtype), backend="cuda")
+        dev = a._dev
+        xdev.matmul(a, b); dev.synchronize()          # warm-up (cuBLAS heuristics, handles)
+        t = sorted(dev.elapsed(lambda: xdev.matmul(a, b), 10))
+        med = t[len(t) // 2]
+        rows.append(dict(n=n, dtype=dtype, median_ms=med * 1e3, min_ms=t[0] * 1e3, tflops=2 * n**3 / med / 1e12))
+print(json.dumps(rows))
+'''
+results = []
+for label, env, dtypes in (("fp32", {}, "float32"), ("tf32 (XDEV_CUDA_TF32=1)", {"XDEV_CUDA_TF32": "1"}, "float32"),
+                           ("fp16/fp64", {}, "float16,float64")):
+    r = subprocess.run([sys.executable, "-c", CODE, dtypes], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=120)
+    if r.returncode != 0:
+        print(f"{label}: failed\n{r.stderr[-2000:]}")
+        continue
+    for row in json.loads(r.stdout.strip().splitlines()[-1]):
+        row["mode"] = label
+        results.append(row)
+        print(f"{label:26s} {row['dtype']:8s} n={row['n']:5d}  {row['median_ms']:8.2f} ms  {row['tflops']:7.1f} TFLOP/s")
+info = xdev.asarray([1.0], backend="cuda")._dev.info()
+json.dump({"device": info, "results": results}, open(out_path, "w"), indent=1, default=str)
+print("wrote", out_path)
+EOF
+
+  # -- the benchmark: CUDA, then OpenCL on the same GPU -----------------------------------------
+  local bench_cuda=("$PY" -m xdev.bench --backends cuda --ops matmul,conv2d,transfer
+                    --json "$RES/bench_cuda.json" --plot "$RES/bench_cuda.png")
+  local bench_ocl=("$PY" -m xdev.bench --backends opencl --ops matmul,conv2d,transfer
+                   --json "$RES/bench_opencl.json" --plot "$RES/bench_opencl.png")
+  if [ $DRY = 1 ]; then
+    echo
+    echo "dry run: the GPU run is: ${bench_cuda[*]}"
+    echo "dry run: then, with NVIDIA's OpenCL: ${bench_ocl[*]}"
+    step "bench CLI accepts the flags (--help)" 60 "$PY" -m xdev.bench --help
+  else
+    step "bench cuda" 130 "${bench_cuda[@]}"
+    if [ $have_ocl = 1 ]; then
+      step "bench opencl (NVIDIA OpenCL)" 100 "${bench_ocl[@]}"
+    fi
+  fi
+
+  # -- summary ---------------------------------------------------------------------------------
+  echo
+  echo "=== summary after $(elapsed)s (budget ${BUDGET}s) ==="
+  column -t -s $'\t' "$SUMMARY" 2>/dev/null || cat "$SUMMARY"
+  "$PY" - "$SUMMARY" "$RES/gpu_check_summary.json" "$DRY" "$(elapsed)" <<'EOF'
+import json, sys
+steps = [dict(zip(("step", "exit", "seconds"), line.rstrip("\n").split("\t"))) for line in open(sys.argv[1]) if line.strip()]
+json.dump({"dry_run": sys.argv[3] == "1", "seconds": int(sys.argv[4]), "steps": steps}, open(sys.argv[2], "w"), indent=1)
+print("wrote", sys.argv[2])
+EOF
+  echo "files in $RES:"; ls -l "$RES"
+}
+
+main "$@" 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
