@@ -10,7 +10,7 @@
 #
 # The GPU machine's Python 3.12 has numpy, pytest, hypothesis, rich, matplotlib, cupy-cuda13x
 # and cuDNN; the wheels from gpu_prepare.sh add pyopencl and the cuDNN frontend. xdev is not
-# installed there: a symlink shim makes the checkout importable. Each step runs under a
+# installed there: it is imported from the checkout. Each step runs under a
 # timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 470, < 8 min).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -66,7 +66,7 @@ main() {
   "$PY" -c 'import sys, platform; print("python", sys.version.split()[0], platform.machine())'
 
   # -- Python packages: carried wheels, and xdev from the checkout ------------------------------
-  local site=$WORK/site shim=$WORK/shim
+  local site=$WORK/site
   if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
     if [ $DRY = 1 ]; then
       echo "dry run: would install into $site:"; ls -1 "$REPO"/.whl/*.whl | sed 's/^/  /'
@@ -78,13 +78,9 @@ main() {
   else
     echo "no .whl/ here: run bench/gpu_prepare.sh where pip works and carry .whl (OpenCL and cuDNN may be missing)"
   fi
-  # xdev.backends lives in backends/ (package-dir mapping): mirror xdev/ with symlinks and
-  # link backends/ inside it, so `import xdev` works without installing anything.
-  rm -rf "$shim" && mkdir -p "$shim" && cp -rs "$REPO/xdev" "$shim/xdev" && ln -s "$REPO/backends" "$shim/xdev/backends"
-  export PYTHONPATH="$shim:$site${PYTHONPATH:+:$PYTHONPATH}"
-  # Python puts the working directory (this checkout) first on sys.path, where xdev/ has no
-  # backends/: PYTHONSAFEPATH=1 (Python 3.11+) leaves it out, here and in the tests' subprocesses.
-  export PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+  # xdev runs from the checkout: xdev/__init__.py finds backends/ beside it.
+  export PYTHONPATH="$REPO:$site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
   # cuDNN: the frontend looks on LD_LIBRARY_PATH first; point it at the pip-installed library.
   local cudnn_dir

@@ -3,7 +3,18 @@
 Pick the backend with ``XDEV_BACKEND``, :func:`set_backend`, :func:`use_backend` or
 ``backend=``; compare them with ``python -m xdev.bench``. See docs/ for the contract.
 """
-from ._array import Array
+import os as _os
+
+# Installed, setuptools maps backends/ to xdev/backends/. In a source checkout (running from
+# the repository root, or from a non-editable install shadowed by it) backends/ sits beside
+# xdev/: let the package look there too, so `import xdev.backends` works either way.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.path.isdir(
+    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")
+):
+    __path__.append(_checkout)  # noqa: F821 (the package's own __path__)
+
+from ._array import Array  # noqa: E402
 from ._config import get_backend, set_backend, use_backend
 from ._ops import asarray, conv2d, matmul, synchronize
 from ._registry import available_backends
