@@ -158,3 +158,11 @@ def test_conv_result_records_algorithm():
 def test_synchronize_runs():
     xdev.synchronize()
     xdev.synchronize("numpy")
+
+
+def test_info_lists_every_backend_with_a_reason():
+    r = run_py("import runpy; runpy.run_module('xdev.info', run_name='__main__')")
+    assert r.returncode == 0, r.stderr
+    for name in ("numpy", "opencl", "cuda"):
+        assert any(line.startswith(name) and (" available:" in line or " unavailable:" in line)
+                   for line in r.stdout.splitlines()), (name, r.stdout)

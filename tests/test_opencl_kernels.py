@@ -174,3 +174,33 @@ def test_two_pocls_with_one_platform_name_are_told_apart():
     if len(names) != len(set(names)):  # e.g. pip's PoCL beside Debian's
         labels = [c.label for c in candidates()]
         assert len(set(labels)) == len(labels), labels
+
+
+def test_tuning_cache_round_trip(cl_dev, tmp_path, monkeypatch):
+    from xdev.backends.opencl import tuning
+
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    assert tuning.cache_file() == tmp_path / "opencl-tuning.json"
+    saved = cl_dev.params
+    try:
+        assert "tuned" not in tuning.params_for(cl_dev)
+        tuning.store(cl_dev, {"gemm": {"MR": 8, "NV": 2}})
+        tuned = tuning.params_for(cl_dev)
+        assert tuned["tuned"] and tuned["gemm"]["MR"] == 8 and tuned["gemm"]["VW"] == saved["gemm"]["VW"]
+        cl_dev.params = tuned  # the backend really uses what was stored
+        a = values(1, (100, 90), np.float32)
+        cl_dev.params["small_work"] = 0
+        check(cl_dev, a, a.T.copy(), xdev.asarray(a, backend=cl_dev.key), xdev.asarray(a.T.copy(), backend=cl_dev.key), "tuned MR=8")
+    finally:
+        cl_dev.params = saved
+
+
+def test_tune_cli_dry_run(cl_dev, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "XDEV_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--device", cl_dev.key, "--quick", "--dry-run"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "best:" in r.stdout and not (tmp_path / "opencl-tuning.json").exists()

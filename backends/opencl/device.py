@@ -327,12 +327,15 @@ class OpenCLDevice(Device):
         out = self.alloc(items * dtype.itemsize)
         real = np.float64 if dtype == F64 else np.float32
         args = (out, np.int32(iters), real(0.999), real(1e-3))
-        k(self.queue, (items,), None, *args)
+        # On CPUs one work-item per work-group, so PoCL spreads them over all its threads
+        # (left to choose, it may put all of them in one group: one core busy).
+        local = (1,) if self.is_cpu else None
+        k(self.queue, (items,), local, *args)
         self.queue.finish()
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            k(self.queue, (items,), None, *args)
+            k(self.queue, (items,), local, *args)
             self.queue.finish()
             best = min(best, time.perf_counter() - t0)
         gf = items * iters * 12 * vw * 2 / best / 1e9

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit('python -m xdev.bench needs rich and matplotlib: pip install "xdev[bench]"') from None
     from . import report
 
-    console = Console() if Console().is_terminal else Console(width=110)
+    console = Console() if Console().is_terminal else Console(width=120)
     status = xdev.available_backends()
     wanted = [s.strip() for s in a.backends.split(",")] if a.backends else [n for n, s in status.items() if s.available]
     devices, skipped = [], []

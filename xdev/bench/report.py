@@ -44,8 +44,8 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
 
     mm = [r for r in results if r["op"] == "matmul"]
     if mm:
-        t = table("matmul (float GEMM, C = A @ B)", ["device", "shape", "median ms", "spread ms", "GFLOP/s",
-                                                      "% peak", "vs NumPy", "build s"])
+        t = table("matmul (C = A @ B; shape MxKxN)", ["device", "shape", "median ms", "spread ms", "GFLOP/s",
+                                                       "% peak", "vs NumPy", "build s"])
         for r in mm:
             t.add_row(r["device"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]), _f(r["gflops"], ".1f"),
                       _f(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
@@ -55,7 +55,7 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
     if conv:
         batches = sorted({r["batch"] for r in conv})
         t = table(f"conv2d: VGG-16 convolution layers (3x3, stride 1, pad 1; batch {'/'.join(map(str, batches))})",
-                  ["device", "algorithm", "layer", "C>O @H", "median ms", "spread ms", "GFLOP/s", "% peak",
+                  ["device", "algorithm", "layer", "C>O @HxW", "ms", "spread", "GFLOP/s", "% peak",
                    "vs NumPy", "build s"])
         for r in conv:
             style = "bold" if r["layer"] == "total" else None

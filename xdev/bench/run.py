@@ -69,7 +69,7 @@ def conv_row(dev, s: Settings, layer: ConvLayer, algorithm: str) -> dict[str, An
     ran = xdev.conv2d(x, w, b, padding=1, algorithm=algorithm).algorithm
     t = _time(dev, lambda: xdev.conv2d(x, w, b, padding=1, algorithm=algorithm), s)
     return _row(dev, s, "conv2d", layer.shape, ran, t, layer.flops, layer=layer.name, batch=layer.N,
-                geometry=f"{layer.C}>{layer.O} @{layer.H}")
+                geometry=f"{layer.C}>{layer.O}@{layer.H}")
 
 
 def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
