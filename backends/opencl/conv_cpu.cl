@@ -7,14 +7,7 @@
 // p = ho*Wp + wo, so every tap reads NR consecutive floats: one vector load each.
 // The wo >= Wo lanes of that grid are computed and dropped (kW-1 of every Wp).
 // Otherwise each lane gathers its own input element.
-#define NR (VW * NV)
-typedef CAT(REAL_T, VW) realv;
-#define VLOAD CAT(vload, VW)
-#if OUT_BITS == 16
-#define VSTORE(v, i, p) CAT(CAT(vstore_half, VW), _rte)((v), (i), (p))
-#else
-#define VSTORE(v, i, p) CAT(vstore, VW)((v), (i), (p))
-#endif
+// (realv, VLOAD, VSTORE, NR, MICRO_ZERO and MICRO_STEP come from common.cl.)
 
 __kernel void conv_packed(__global out_t* restrict Y,
                           __global const real* restrict Xp,
@@ -48,10 +41,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
 #endif
 
     realv acc[MR][NV];
-    #pragma unroll
-    for (int i = 0; i < MR; ++i)
-        #pragma unroll
-        for (int v = 0; v < NV; ++v) acc[i][v] = (realv)(0);
+    MICRO_ZERO(acc);
 
     for (int c = 0; c < Cg; ++c) {
         for (int ki = 0; ki < kh; ++ki) {
@@ -69,12 +59,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
                     bv[v] = VLOAD(0, t);
                 }
 #endif
-                #pragma unroll
-                for (int i = 0; i < MR; ++i) {
-                    const realv av = (realv)(a[i]);
-                    #pragma unroll
-                    for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
-                }
+                MICRO_STEP(acc, a, bv);
                 a += MR;
             }
         }

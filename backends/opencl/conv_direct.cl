@@ -2,8 +2,6 @@
 // looping over the taps of its group. Best for depthwise convolution (C/groups == 1),
 // where a GEMM would have K = kH*kW only; correct for any groups.
 // Reads the zero-padded input (conv_pad.cl), so no bounds checks on the taps.
-typedef CAT(REAL_T, VW) realv;
-#define VLOAD CAT(vload, VW)
 
 __kernel void conv_direct(__global out_t* restrict Y,
                           __global const real* restrict Xp,

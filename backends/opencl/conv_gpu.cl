@@ -2,9 +2,7 @@
 //   A (TSM rows of output channels) is read from the weights, k = (c, i, j), and
 //   B (TSN output pixels) is gathered from the zero-padded input by im2col addressing.
 // Nothing the size of an im2col matrix is ever stored.
-#define RTSM (TSM / WPTM)
-#define RTSN (TSN / WPTN)
-#define NTHREADS (RTSM * RTSN)
+// (RTSM, RTSN, NTHREADS and TILE_STEP come from common.cl.)
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void conv_tiled(__global out_t* restrict Y,
@@ -53,14 +51,7 @@ void conv_tiled(__global out_t* restrict Y,
             Bs[kk][nn] = v;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < TSK; ++kk) {
-            real ar[WPTM];
-            for (int wm = 0; wm < WPTM; ++wm) ar[wm] = As[kk][tm + wm * RTSM];
-            for (int wn = 0; wn < WPTN; ++wn) {
-                const real bv = Bs[kk][tn + wn * RTSN];
-                for (int wm = 0; wm < WPTM; ++wm) acc[wm][wn] = fma(ar[wm], bv, acc[wm][wn]);
-            }
-        }
+        TILE_STEP(acc, As, Bs, tm, tn);
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     for (int wm = 0; wm < WPTM; ++wm) {

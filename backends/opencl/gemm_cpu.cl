@@ -4,14 +4,7 @@
 // with the accumulators in MR*NV vector registers. The K loop has the same trip count
 // in every work-item, so the CPU compiler can keep its loops simple.
 // Options: MR, NV, VW (vector width: 16 floats / 8 doubles on AVX-512).
-#define NR (VW * NV)
-typedef CAT(REAL_T, VW) realv;
-#define VLOAD CAT(vload, VW)
-#if OUT_BITS == 16
-#define VSTORE(v, i, p) CAT(CAT(vstore_half, VW), _rte)((v), (i), (p))
-#else
-#define VSTORE(v, i, p) CAT(vstore, VW)((v), (i), (p))
-#endif
+// (realv, VLOAD, VSTORE, NR, MICRO_ZERO and MICRO_STEP come from common.cl.)
 
 __kernel void gemm_packed(__global out_t* restrict C,
                           __global const real* restrict Ap,
@@ -24,27 +17,17 @@ __kernel void gemm_packed(__global out_t* restrict C,
     const int nt = get_global_id(0);
     const int mt = get_global_id(1);
     const int bt = get_global_id(2);
-    const int i2 = bt % n2, i1 = (bt / n2) % n1, i0 = bt / (n1 * n2);
-    const int Mt = (M + MR - 1) / MR, Nt = (N + NR - 1) / NR;
+    BATCH3(bt, n1, n2);
     __global const real* a = Ap + i0 * pa0 + i1 * pa1 + i2 * pa2 + (size_t)mt * K * MR;
     __global const real* b = Bp + i0 * pb0 + i1 * pb1 + i2 * pb2 + (size_t)nt * K * NR;
 
     realv acc[MR][NV];
-    #pragma unroll
-    for (int i = 0; i < MR; ++i)
-        #pragma unroll
-        for (int v = 0; v < NV; ++v) acc[i][v] = (realv)(0);
-
+    MICRO_ZERO(acc);
     for (int k = 0; k < K; ++k) {
         realv bv[NV];
         #pragma unroll
         for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, b);
-        #pragma unroll
-        for (int i = 0; i < MR; ++i) {
-            const realv av = (realv)(a[i]);
-            #pragma unroll
-            for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
-        }
+        MICRO_STEP(acc, a, bv);
         a += MR;
         b += NR;
     }

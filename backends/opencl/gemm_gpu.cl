@@ -4,9 +4,7 @@
 // in place through their strides (transposed views need no copy); the loads into local
 // memory walk whichever of the two axes is contiguous in memory.
 // Options: TSM, TSN, TSK, WPTM, WPTN.
-#define RTSM (TSM / WPTM)
-#define RTSN (TSN / WPTN)
-#define NTHREADS (RTSM * RTSN)
+// (RTSM, RTSN, NTHREADS and TILE_STEP come from common.cl.)
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void gemm_tiled(__global out_t* restrict C,
@@ -21,7 +19,7 @@ void gemm_tiled(__global out_t* restrict C,
     const int tid = tm * RTSN + tn;
     const int n0 = get_group_id(0) * TSN, m0 = get_group_id(1) * TSM;
     const int bt = get_global_id(2);
-    const int i2 = bt % n2, i1 = (bt / n2) % n1, i0 = bt / (n1 * n2);
+    BATCH3(bt, n1, n2);
     const long abase = a_off + i0 * as0 + i1 * as1 + i2 * as2;
     const long bbase = b_off + i0 * bs0 + i1 * bs1 + i2 * bs2;
     __local real As[TSK][TSM];
@@ -44,14 +42,7 @@ void gemm_tiled(__global out_t* restrict C,
             Bs[kk][nn] = (n < N && k < K) ? LOAD_IN(B, bbase + k * brs + n * bcs) : (real)0;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < TSK; ++kk) {
-            real ar[WPTM];
-            for (int wm = 0; wm < WPTM; ++wm) ar[wm] = As[kk][tm + wm * RTSM];
-            for (int wn = 0; wn < WPTN; ++wn) {
-                const real bv = Bs[kk][tn + wn * RTSN];
-                for (int wm = 0; wm < WPTM; ++wm) acc[wm][wn] = fma(ar[wm], bv, acc[wm][wn]);
-            }
-        }
+        TILE_STEP(acc, As, Bs, tm, tn);
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     __global out_t* c = C + (size_t)bt * M * N;

@@ -12,7 +12,7 @@ __kernel void gemm_small(__global out_t* restrict C,
     const int m = get_global_id(1);
     const int bt = get_global_id(2);
     if (n >= N || m >= M) return;
-    const int i2 = bt % n2, i1 = (bt / n2) % n1, i0 = bt / (n1 * n2);
+    BATCH3(bt, n1, n2);
     long pa = a_off + i0 * as0 + i1 * as1 + i2 * as2 + m * ars;
     long pb = b_off + i0 * bs0 + i1 * bs1 + i2 * bs2 + n * bcs;
     real acc = 0;

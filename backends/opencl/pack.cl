@@ -13,7 +13,7 @@ __kernel void pack(__global real* restrict dst,
     const int t = get_global_id(1);
     const int pb = get_global_id(2);
     const int T = get_global_size(1);
-    const int i2 = pb % n2, i1 = (pb / n2) % n1, i0 = pb / (n1 * n2);
+    BATCH3(pb, n1, n2);
     const long base = off + i0 * s0 + i1 * s1 + i2 * s2;
     __global real* d = dst + ((size_t)pb * T + t) * (size_t)K * R;
     const int k0 = kb * KB, k1 = min(K, k0 + KB);

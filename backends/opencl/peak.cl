@@ -1,6 +1,5 @@
 // Calibration of a device's multiply-add rate: CHAINS independent vector FMA chains per
 // work-item (enough to hide FMA latency on CPUs and GPUs), nothing else in the loop.
-typedef CAT(REAL_T, VW) realv;
 #define CHAINS 12
 
 __kernel void fma_peak(__global real* restrict out, const int iters, const real m, const real c)
