@@ -71,6 +71,13 @@ typedef CAT(REAL_T, VW) realv;
 #define RTSM (TSM / WPTM)
 #define RTSN (TSN / WPTN)
 #define NTHREADS (RTSM * RTSN)
+// The work-group's two tiles in local memory and a work-item's zeroed accumulators.
+#define TILE_SETUP(acc, As, Bs)                                          \
+    __local real As[TSK][TSM];                                           \
+    __local real Bs[TSK][TSN];                                           \
+    real acc[WPTM][WPTN];                                                \
+    for (int wm_ = 0; wm_ < WPTM; ++wm_)                                 \
+        for (int wn_ = 0; wn_ < WPTN; ++wn_) (acc)[wm_][wn_] = 0
 // acc[wm][wn] += As[k][tm + wm*RTSM] * Bs[k][tn + wn*RTSN] over one TSK-deep slice.
 #define TILE_STEP(acc, As, Bs, tm, tn)                                   \
     for (int kk_ = 0; kk_ < TSK; ++kk_) {                                \

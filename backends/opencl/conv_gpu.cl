@@ -2,7 +2,7 @@
 //   A (TSM rows of output channels) is read from the weights, k = (c, i, j), and
 //   B (TSN output pixels) is gathered from the zero-padded input by im2col addressing.
 // Nothing the size of an im2col matrix is ever stored.
-// (RTSM, RTSN, NTHREADS and TILE_STEP come from common.cl.)
+// (RTSM, RTSN, NTHREADS, TILE_SETUP and TILE_STEP come from common.cl.)
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void conv_tiled(__global out_t* restrict Y,
@@ -22,11 +22,7 @@ void conv_tiled(__global out_t* restrict Y,
     const int n = ng / G, g = ng - (ng / G) * G;
     const int K = Cg * kh * kw, khw = kh * kw, P = Ho * Wo;
     __global const real* x = Xp + ((size_t)n * C + (size_t)g * Cg) * Hp * Wp;
-    __local real As[TSK][TSM];
-    __local real Bs[TSK][TSN];
-    real acc[WPTM][WPTN];
-    for (int wm = 0; wm < WPTM; ++wm)
-        for (int wn = 0; wn < WPTN; ++wn) acc[wm][wn] = 0;
+    TILE_SETUP(acc, As, Bs);
 
     for (int k0 = 0; k0 < K; k0 += TSK) {
         for (int l = tid; l < TSK * TSM; l += NTHREADS) {

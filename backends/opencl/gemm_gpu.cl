@@ -4,7 +4,7 @@
 // in place through their strides (transposed views need no copy); the loads into local
 // memory walk whichever of the two axes is contiguous in memory.
 // Options: TSM, TSN, TSK, WPTM, WPTN.
-// (RTSM, RTSN, NTHREADS and TILE_STEP come from common.cl.)
+// (RTSM, RTSN, NTHREADS, TILE_SETUP and TILE_STEP come from common.cl.)
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void gemm_tiled(__global out_t* restrict C,
@@ -22,11 +22,7 @@ void gemm_tiled(__global out_t* restrict C,
     BATCH3(bt, n1, n2);
     const long abase = a_off + i0 * as0 + i1 * as1 + i2 * as2;
     const long bbase = b_off + i0 * bs0 + i1 * bs1 + i2 * bs2;
-    __local real As[TSK][TSM];
-    __local real Bs[TSK][TSN];
-    real acc[WPTM][WPTN];
-    for (int wm = 0; wm < WPTM; ++wm)
-        for (int wn = 0; wn < WPTN; ++wn) acc[wm][wn] = 0;
+    TILE_SETUP(acc, As, Bs);
 
     for (int k0 = 0; k0 < K; k0 += TSK) {
         for (int l = tid; l < TSK * TSM; l += NTHREADS) {
