@@ -384,7 +384,7 @@ class Emulator:
 
 def P(xs, ws, stride=1, padding=0, dilation=1, groups=1):
     """ConvParams as xdev.conv2d builds them."""
-    from xdev._conv import conv_params
+    from xdev._shapes import conv_params
 
     return conv_params(xs, ws, (ws[0],), stride, padding, dilation, groups)
 

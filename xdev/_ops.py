@@ -7,7 +7,7 @@ import numpy as np
 
 from ._array import Array
 from ._config import _context, default_device
-from ._conv import IntPair, conv_params, matmul_shape
+from ._shapes import IntPair, conv_params, matmul_shape
 from ._registry import get_device
 from .backends.base import FLOAT_DTYPES, Device
 

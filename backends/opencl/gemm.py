@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev._conv import broadcast_batch, matmul_shape
+from xdev._shapes import broadcast_batch, matmul_shape
 
 from . import array as cla
 from .array import CLArray

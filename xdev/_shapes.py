@@ -1,4 +1,4 @@
-"""conv2d argument checking and geometry (PyTorch's conv2d rules), shared by all backends."""
+"""Argument geometry shared by every backend: conv2d parameters (PyTorch rules), matmul shapes (NumPy rules)."""
 from __future__ import annotations
 
 from typing import Union
