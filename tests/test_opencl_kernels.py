@@ -204,3 +204,28 @@ def test_tune_cli_dry_run(cl_dev, tmp_path):
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "best:" in r.stdout and not (tmp_path / "opencl-tuning.json").exists()
+
+
+def test_threads_sharing_the_device_get_their_own_results(cl_dev):
+    """A smoke test: threads launching different shapes at once on one device (kernel
+    arguments are set and enqueued under the device's lock; kernels are created once)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            for i in range(15):
+                m, k, n = 20 + seed + i, 30 + i, 40 - i  # different shapes: different kernel args
+                a, b = values(seed * 100 + i, (m, k), np.float32), values(seed * 100 + i + 50, (k, n), np.float32)
+                check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
+                      f"thread {seed}")
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]

@@ -31,11 +31,11 @@ def pad_input(dev, x: CLArray, p: ConvParams, slack: int) -> tuple[object, int, 
     Hp, Wp = p.H + pt + pb, p.W + pl + pr
     buf = dev.alloc((p.N * p.C * Hp * Wp + slack) * real.itemsize)
     if p.N * p.C:
-        k = dev.kernel("conv_pad.cl", "pad_input", type_options(x.dtype, real))
         i64, i32 = np.int64, np.int32
-        k(dev.queue, (cdiv(Wp, 8) * 8, Hp, p.N * p.C), None, buf, x.buf, i64(x.offset),
-          *(i64(s) for s in x.strides), i32(p.C), i32(p.H), i32(p.W), i32(Hp), i32(Wp),
-          i32(pt), i32(pl))
+        dev.launch("conv_pad.cl", "pad_input", type_options(x.dtype, real),
+                   (cdiv(Wp, 8) * 8, Hp, p.N * p.C), None, buf, x.buf, i64(x.offset),
+                   *(i64(s) for s in x.strides), i32(p.C), i32(p.H), i32(p.W), i32(Hp), i32(Wp),
+                   i32(pt), i32(pl))
     return buf, Hp, Wp
 
 
@@ -70,11 +70,11 @@ def _direct(dev, x, w, bias, p, out) -> None:
     vw = dev.params["conv"]["VWD" if x.dtype == F64 else "VW"]
     xp, Hp, Wp = pad_input(dev, x, p, slack=2 * vw + p.W + 64)
     opts = {**type_options(x.dtype, out.dtype), "VW": vw}
-    k = dev.kernel("conv_direct.cl", "conv_direct", opts)
     i32, i64 = np.int32, np.int64
-    k(dev.queue, (cdiv(p.Wo, vw), p.Ho, p.N * p.O), None, out.buf, xp,
-      w.buf, i64(w.offset), *(i64(s) for s in w.strides), *bias_args(bias),
-      i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
+    dev.launch("conv_direct.cl", "conv_direct", opts,
+               (cdiv(p.Wo, vw), p.Ho, p.N * p.O), None, out.buf, xp,
+               w.buf, i64(w.offset), *(i64(s) for s in w.strides), *bias_args(bias),
+               i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
 def _packed(dev, x, w, bias, p, out) -> None:
@@ -92,20 +92,20 @@ def _packed(dev, x, w, bias, p, out) -> None:
     wk, _ = pack(dev, w, (p.groups,), (p.Og * w.strides[0],), w.strides[0], ks, p.Og, p.K, MR)
     npix = p.Ho * Wp if s1 else p.Ho * p.Wo
     opts = {**type_options(x.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw, "S1": int(s1)}
-    k = dev.kernel("conv_cpu.cl", "conv_packed", opts)
     i32 = np.int32
-    k(dev.queue, (cdiv(p.Og, MR), cdiv(npix, NR), p.N * p.groups), None, out.buf, xp, wk,
-      *bias_args(bias), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(p.groups),
-      i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
+    dev.launch("conv_cpu.cl", "conv_packed", opts,
+               (cdiv(p.Og, MR), cdiv(npix, NR), p.N * p.groups), None, out.buf, xp, wk,
+               *bias_args(bias), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(p.groups),
+               i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
 def _tiled(dev, x, w, bias, p, out) -> None:
     t = tile_options(dev.params["conv_gpu"])
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)
     rtsm, rtsn = t["TSM"] // t["WPTM"], t["TSN"] // t["WPTN"]
-    k = dev.kernel("conv_gpu.cl", "conv_tiled", {**type_options(x.dtype, out.dtype), **t})
     i32, i64 = np.int32, np.int64
-    k(dev.queue, (cdiv(p.Ho * p.Wo, t["TSN"]) * rtsn, cdiv(p.Og, t["TSM"]) * rtsm, p.N * p.groups),
-      (rtsn, rtsm, 1), out.buf, xp, w.buf, i64(w.offset), *(i64(s) for s in w.strides),
-      *bias_args(bias), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(p.groups),
-      i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
+    dev.launch("conv_gpu.cl", "conv_tiled", {**type_options(x.dtype, out.dtype), **t},
+               (cdiv(p.Ho * p.Wo, t["TSN"]) * rtsn, cdiv(p.Og, t["TSM"]) * rtsm, p.N * p.groups),
+               (rtsn, rtsm, 1), out.buf, xp, w.buf, i64(w.offset), *(i64(s) for s in w.strides),
+               *bias_args(bias), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(p.groups),
+               i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))

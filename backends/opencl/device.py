@@ -222,9 +222,21 @@ class OpenCLDevice(Device):
         key = (file, name, tuple(sorted(options.items())))
         k = self._kernels.get(key)
         if k is None:
-            k = getattr(self.programs.get(file, options), name)
-            self._kernels[key] = k
+            prg = self.programs.get(file, options)
+            with self._lock:
+                k = self._kernels.get(key)
+                if k is None:
+                    k = self._kernels[key] = cl.Kernel(prg, name)
         return k
+
+    def launch(self, file: str, name: str, options: dict[str, int], global_size: tuple[int, ...],
+               local_size: tuple[int, ...] | None, *args: Any) -> cl.Event:
+        """Enqueue kernel `name` of `file` (built with `options`) on this device's queue."""
+        k = self.kernel(file, name, options)
+        # A cl.Kernel holds its arguments: setting them and enqueueing must not interleave
+        # between threads that share this device.
+        with self._lock:
+            return k(self.queue, global_size, local_size, *args)
 
     # -- transfers ----------------------------------------------------------------------
     def upload(self, host: np.ndarray) -> CLArray:
@@ -276,7 +288,6 @@ class OpenCLDevice(Device):
         shape, (strides,) = cla.collapse(a.shape, a.strides)
         if len(shape) == 0:
             shape, strides = (1,), (0,)
-        k = self.kernel("copy.cl", "copy_cast", type_options(a.dtype, dtype))
         lead = shape[:-4] if len(shape) > 4 else ()
         tail, tstr = shape[-4:], strides[-4:]
         tail = (1,) * (4 - len(tail)) + tuple(tail)
@@ -284,15 +295,16 @@ class OpenCLDevice(Device):
         n = int(np.prod(tail))
         for j, idx in enumerate(np.ndindex(*lead) if lead else [()]):
             off = a.offset + sum(i * s for i, s in zip(idx, strides[: len(lead)]))
-            k(self.queue, (_round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
-              np.int64(tail[1]), np.int64(tail[2]), np.int64(tail[3]),
-              *(np.int64(s) for s in tstr), np.int64(n))
+            self.launch("copy.cl", "copy_cast", type_options(a.dtype, dtype),
+                        (_round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
+                        np.int64(tail[1]), np.int64(tail[2]), np.int64(tail[3]),
+                        *(np.int64(s) for s in tstr), np.int64(n))
         return out
 
     def fill(self, out: CLArray, value: float) -> None:
-        k = self.kernel("copy.cl", "fill", type_options(out.dtype, out.dtype))
         real = np.float64 if out.dtype == F64 else np.float32
-        k(self.queue, (_round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
+        self.launch("copy.cl", "fill", type_options(out.dtype, out.dtype),
+                    (_round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
 
     def synchronize(self) -> None:
         self.queue.finish()
@@ -307,7 +319,9 @@ class OpenCLDevice(Device):
 
         return matmul(self, a, b)
 
-    def conv2d(self, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str) -> tuple[CLArray, str]:
+    def conv2d(
+        self, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str
+    ) -> tuple[CLArray, str]:
         from .conv import conv2d
 
         return conv2d(self, x, w, bias, p, algorithm)
@@ -321,7 +335,6 @@ class OpenCLDevice(Device):
         if cached is not None:
             return cached
         vw = self.params["gemm"]["VWD" if dtype == F64 else "VW"] if self.is_cpu else 4
-        k = self.kernel("peak.cl", "fma_peak", {**type_options(dtype, dtype), "VW": vw})
         items = int(self.cl_device.max_compute_units) * (64 if self.is_cpu else 2048)
         iters = 20000 if self.is_cpu else 4000
         out = self.alloc(items * dtype.itemsize)
@@ -330,12 +343,13 @@ class OpenCLDevice(Device):
         # On CPUs one work-item per work-group, so PoCL spreads them over all its threads
         # (left to choose, it may put all of them in one group: one core busy).
         local = (1,) if self.is_cpu else None
-        k(self.queue, (items,), local, *args)
+        opts = {**type_options(dtype, dtype), "VW": vw}
+        self.launch("peak.cl", "fma_peak", opts, (items,), local, *args)
         self.queue.finish()
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            k(self.queue, (items,), local, *args)
+            self.launch("peak.cl", "fma_peak", opts, (items,), local, *args)
             self.queue.finish()
             best = min(best, time.perf_counter() - t0)
         gf = items * iters * 12 * vw * 2 / best / 1e9

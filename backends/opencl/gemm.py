@@ -84,12 +84,12 @@ def astr_full(x: CLArray, nb: int, batch: tuple[int, ...]) -> tuple[int, ...]:
 def _small(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))
-    k = dev.kernel("gemm_small.cl", "gemm_small", type_options(a.dtype, out.dtype))
     i64 = np.int64
-    k(dev.queue, (N, M, B), None, out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
-      np.int32(M), np.int32(N), np.int32(K), np.int32(shape3[1]), np.int32(shape3[2]),
-      *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
-      *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
+    dev.launch("gemm_small.cl", "gemm_small", type_options(a.dtype, out.dtype),
+               (N, M, B), None, out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
+               np.int32(M), np.int32(N), np.int32(K), np.int32(shape3[1]), np.int32(shape3[2]),
+               *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
+               *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
 
 
 def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int, R: int):
@@ -102,11 +102,11 @@ def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int,
     panel = T * K * R
     buf = dev.alloc(PB * panel * real.itemsize)
     KB = dev.params["KB"]
-    k = dev.kernel("pack.cl", "pack", type_options(src.dtype, src.dtype))
     i64, i32 = np.int64, np.int32
-    k(dev.queue, (cdiv(K, KB), T, PB), None, buf, src.buf, i64(src.offset),
-      i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
-      i64(rs), i64(ks), i32(rows), i32(K), i32(R), i32(KB))
+    dev.launch("pack.cl", "pack", type_options(src.dtype, src.dtype),
+               (cdiv(K, KB), T, PB), None, buf, src.buf, i64(src.offset),
+               i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
+               i64(rs), i64(ks), i32(rows), i32(K), i32(R), i32(KB))
     # Element stride of each (collapsed) out-batch dim inside the packed buffer.
     pstr, acc = [], panel
     for n, s in reversed(list(zip(shape, strides))):
@@ -128,11 +128,11 @@ def _packed(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
     shape3, (pa3, pb3) = pad3(shape, pa_str, pb_str)
     B = int(np.prod(shape3))
     opts = {**type_options(a.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw}
-    k = dev.kernel("gemm_cpu.cl", "gemm_packed", opts)
     i64, i32 = np.int64, np.int32
-    k(dev.queue, (cdiv(N, NR), cdiv(M, MR), B), None, out.buf, pa, pb,
-      i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
-      *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+    dev.launch("gemm_cpu.cl", "gemm_packed", opts,
+               (cdiv(N, NR), cdiv(M, MR), B), None, out.buf, pa, pb,
+               i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
+               *(i64(s) for s in pa3), *(i64(s) for s in pb3))
 
 
 def tile_options(t: dict) -> dict[str, int]:
@@ -144,10 +144,10 @@ def _tiled(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))
     rtsm, rtsn = t["TSM"] // t["WPTM"], t["TSN"] // t["WPTN"]
-    k = dev.kernel("gemm_gpu.cl", "gemm_tiled", {**type_options(a.dtype, out.dtype), **t})
     i64, i32 = np.int64, np.int32
-    k(dev.queue, (cdiv(N, t["TSN"]) * rtsn, cdiv(M, t["TSM"]) * rtsm, B), (rtsn, rtsm, 1),
-      out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
-      i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
-      *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
-      *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
+    dev.launch("gemm_gpu.cl", "gemm_tiled", {**type_options(a.dtype, out.dtype), **t},
+               (cdiv(N, t["TSN"]) * rtsn, cdiv(M, t["TSM"]) * rtsm, B), (rtsn, rtsm, 1),
+               out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
+               i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
+               *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
+               *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))

@@ -49,12 +49,18 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
                 xdev.asarray(rng.standard_normal((o, c, 3, 3), dtype=np.float32), backend=dev.key))
                for c, o, h in convs]
     found: dict[str, Any] = {}
+
+    def gemm():
+        return xdev.matmul(a, b)
+
+    def convs():
+        return [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in]
+
     try:
         dev.params["small_work"] = 0
         if dev.family == "cpu":
             vw = dev.params["gemm"]["VW"]
-            for key, run in (("gemm", lambda: xdev.matmul(a, b)),
-                             ("conv", lambda: [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in])):
+            for key, run in (("gemm", gemm), ("conv", convs)):
                 best = None
                 for mr, nv in cpu_candidates(vw):
                     dev.params[key] = {**saved[key], "MR": mr, "NV": nv}
@@ -65,8 +71,7 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
                 found[key] = best[1]
                 dev.params[key] = {**saved[key], **best[1]}
         else:
-            for key, run in (("gemm_gpu", lambda: xdev.matmul(a, b)),
-                             ("conv_gpu", lambda: [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in])):
+            for key, run in (("gemm_gpu", gemm), ("conv_gpu", convs)):
                 best = None
                 for cand in gpu_candidates(dev):
                     dev.params[key] = cand

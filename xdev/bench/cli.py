@@ -19,7 +19,8 @@ OPS = ("matmul", "conv2d", "transfer")
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__)
-    p.add_argument("--backends", help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
+    p.add_argument("--backends",
+                   help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated: matmul, conv2d, transfer (default: all)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
@@ -43,7 +44,9 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
     """(label, thunk returning result rows) for one device."""
     steps: list[tuple[str, Any]] = []
     if "matmul" in a.ops:
-        sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else (wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES)
+        sizes = wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES
+        if a.sizes:
+            sizes = [int(s) for s in a.sizes.split(",")]
         for n in sizes:
             steps.append((f"matmul {n}", lambda n=n: [matmul_row(dev, a.settings, n, n, n, "square")]))
         M, K, N = wl.SKINNY_QUICK if (a.quick or a.sizes) else wl.SKINNY
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console() if Console().is_terminal else Console(width=120)
     status = xdev.available_backends()
-    wanted = [s.strip() for s in a.backends.split(",")] if a.backends else [n for n, s in status.items() if s.available]
+    if a.backends:
+        wanted = [s.strip() for s in a.backends.split(",")]
+    else:
+        wanted = [n for n, s in status.items() if s.available]
     devices, skipped = [], []
     for spec in wanted:
         name = spec.split(":")[0].lower()

@@ -59,14 +59,16 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
                    "vs NumPy", "build s"])
         for r in conv:
             style = "bold" if r["layer"] == "total" else None
-            t.add_row(r["device"], r["algorithm"], r["layer"], r.get("geometry", ""), _ms(r["median_s"]), _ms(r["spread_s"]),
+            t.add_row(r["device"], r["algorithm"], r["layer"], r.get("geometry", ""),
+                      _ms(r["median_s"]), _ms(r["spread_s"]),
                       _f(r["gflops"], ".1f"), _f(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
                       _f(r["speedup_vs_numpy"], ".2f"), _f(r["build_s"], ".2f"), style=style)
         console.print(t)
         lecture(console, [r for r in conv if r["layer"] == "total"])
     tr = [r for r in results if r["op"] == "transfer"]
     if tr:
-        t = table("transfers (claim 4: data must reach the device)", ["device", "algorithm", "shape", "median ms", "GB/s"])
+        t = table("transfers (claim 4: data must reach the device)",
+                  ["device", "algorithm", "shape", "median ms", "GB/s"])
         for r in tr:
             t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _f(r["gbps"], ".2f"))
         console.print(t)

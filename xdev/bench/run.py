@@ -30,7 +30,8 @@ def _time(dev, fn: Callable[[], Any], s: Settings) -> Timing:
     return measure(dev, fn, s.target_s)
 
 
-def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None, **extra) -> dict[str, Any]:
+def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
+         **extra: Any) -> dict[str, Any]:
     peak, _ = s.peak.get(dev.key, (None, ""))
     gflops = flops / t.median_s / 1e9 if flops else None
     return {
@@ -118,10 +119,11 @@ def roundtrip_rows(dev, s: Settings, n: int) -> list[dict[str, Any]]:
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
     """Throughput relative to the NumPy backend on the same op, shape and dtype."""
-    base = {(r["op"], r.get("layer") or r["shape"], r["dtype"], r["algorithm"] if r["op"] == "roundtrip" else ""): r["gflops"]
-            for r in results if r["backend"] == "numpy" and r["gflops"]}
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["op"], r.get("layer") or r["shape"], r["dtype"], r["algorithm"] if r["op"] == "roundtrip" else "")
+
+    base = {key(r): r["gflops"] for r in results if r["backend"] == "numpy" and r["gflops"]}
     for r in results:
-        key = (r["op"], r.get("layer") or r["shape"], r["dtype"], r["algorithm"] if r["op"] == "roundtrip" else "")
-        ref = base.get(key)
+        ref = base.get(key(r))
         if ref and r["gflops"]:
             r["speedup_vs_numpy"] = r["gflops"] / ref
