@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .workloads import PUBLISHED
@@ -24,15 +25,15 @@ def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, st
     console.print(f"[bold]xdev.bench[/bold]  CPU: {cpu['model']} ({cpu['physical_cores']} cores, "
                   f"{cpu['simd']}), Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']})")
     for d in machine["devices"]:
-        extra = ", ".join(f"{k} {d[k]}" for k in ("driver", "platform_version", "cupy", "cuda_runtime", "cudnn")
-                          if d.get(k))
-        console.print(f"  {d['device']}: {d['name']}" + (f"  [{extra}]" if extra else ""))
+        extra = ", ".join(f"{k} {d[k]}" for k in ("driver", "pyopencl", "cupy", "cuda_runtime", "cudnn",
+                                                      "compute_units", "multiprocessors") if d.get(k))
+        console.print(escape(f"  {d['device']}: {d['name']}" + (f"  [{extra}]" if extra else "")))
         if d.get("peak_gflops"):
             console.print(f"    peak {d['peak_gflops']:.0f} GFLOP/s ({d['peak_method']})")
         if d.get("advice"):
-            console.print(f"    [yellow]note:[/yellow] {d['advice']}")
+            console.print(f"    [yellow]note:[/yellow] {escape(d['advice'])}")
     for s in skipped:
-        console.print(f"  [yellow]{s['backend']} skipped:[/yellow] {s['reason']}")
+        console.print(f"  [yellow]{escape(s['backend'])} skipped:[/yellow] {escape(s['reason'])}")
 
 
 def tables(console: Console, results: list[dict[str, Any]]) -> None:
