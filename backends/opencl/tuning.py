@@ -47,7 +47,10 @@ def defaults(dev) -> dict[str, Any]:
         "conv": {"MR": 8, "NV": 3, "VW": vw, "VWD": vwd},
         "gemm_gpu": tile,
         "conv_gpu": dict(tile),
-        "small_work": 1 << 15,  # multiply-adds under which GEMM uses the simple kernel
+        # Multiply-adds under which GEMM runs the one-launch simple kernel rather than
+        # pack + pack + micro-kernel: on PoCL each launch costs ~0.1 ms, and the simple
+        # kernel won up to 64^3 (0.22 vs 0.32 ms) and lost from 96^3 (0.41 vs 0.32 ms).
+        "small_work": 1 << 19,
         "KB": 64,  # k-block of the packing kernel
     }
 
