@@ -82,10 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console() if Console().is_terminal else Console(width=120)
     status = xdev.available_backends()
-    if a.backends:
-        wanted = [s.strip() for s in a.backends.split(",")]
-    else:
-        wanted = [n for n, s in status.items() if s.available]
+    # By default every backend: the unavailable ones are listed with their reasons, so a
+    # missing backend is never just absent from the report.
+    wanted = [s.strip() for s in a.backends.split(",")] if a.backends else list(status)
     devices, skipped = [], []
     for spec in wanted:
         name = spec.split(":")[0].lower()
