@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -15,15 +16,35 @@ F16, F32, F64 = FLOAT_DTYPES
 COLS_BUDGET_BYTES = 64 << 20
 
 
-def cpu_name() -> str:
+@lru_cache(maxsize=1)
+def cpuinfo() -> dict[str, Any]:
+    """Model, flags, physical cores and clock of this CPU from /proc/cpuinfo (Linux)."""
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": frozenset(),
+                            "physical_cores": None, "mhz": None}
+    cores: set[tuple[str, str]] = set()
     try:
         with open("/proc/cpuinfo") as f:
+            phys = ""
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+                k, _, v = (x.strip() for x in line.partition(":"))
+                if k == "model name":
+                    info["model"] = v
+                elif k == "flags" and not info["flags"]:
+                    info["flags"] = frozenset(v.split())
+                elif k == "physical id":
+                    phys = v
+                elif k == "core id":
+                    cores.add((phys, v))
+                elif k == "cpu MHz" and info["mhz"] is None:
+                    info["mhz"] = float(v)
+    except (OSError, ValueError):
         pass
-    return platform.processor() or platform.machine()
+    info["physical_cores"] = len(cores) or None
+    return info
+
+
+def cpu_name() -> str:
+    return cpuinfo()["model"]
 
 
 def blas_name() -> str:
@@ -62,11 +83,7 @@ def openblas_core() -> str | None:
 def blas_advice() -> str | None:
     """A hint when OpenBLAS runs AVX2 kernels on an AVX-512 CPU (it misdetects AMD Zen 5)."""
     core = openblas_core()
-    try:
-        with open("/proc/cpuinfo") as f:
-            avx512 = " avx512f " in f.read(100_000).replace("\n", " ")
-    except OSError:
-        return None
+    avx512 = "avx512f" in cpuinfo()["flags"]
     if core and avx512 and core.lower() in ("haswell", "zen", "sandybridge"):
         return (f"OpenBLAS chose its {core} (AVX2) kernels on this AVX-512 CPU; setting "
                 f"OPENBLAS_CORETYPE=SkylakeX before NumPy is imported selects its AVX-512 kernels "

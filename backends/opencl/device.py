@@ -69,6 +69,7 @@ def candidates() -> tuple[Candidate, ...]:
 
 
 _usable: dict[str, str | None] = {}
+_contexts: dict[str, cl.Context] = {}  # the probe's context, kept for the device to use
 
 
 def unusable_reason(c: Candidate) -> str | None:
@@ -79,14 +80,15 @@ def unusable_reason(c: Candidate) -> str | None:
     try:
         ctx = cl.Context([c.device])
         cl.Program(ctx, PROBE_SOURCE).build()
+        _contexts[c.key] = ctx
     except cl.Error as e:
         msg = str(e)
         reason = f"{c.key} {c.label} cannot build kernels: " + _first_error_line(msg)
         if "unknown target CPU" in msg:
             reason += (
-                f" -- its compiler is older than this CPU. Install a "
-                f"newer PoCL: on Debian/Ubuntu `sudo apt-get install pocl-opencl-icd`, or "
-                f"`conda install -c conda-forge pocl`; xdev then picks the working one"
+                " -- its compiler is older than this CPU. Install a "
+                "newer PoCL: on Debian/Ubuntu `sudo apt-get install pocl-opencl-icd`, or "
+                "`conda install -c conda-forge pocl`; xdev then picks the working one"
             )
     _usable[c.key] = reason
     return reason
@@ -169,7 +171,7 @@ class OpenCLDevice(Device):
         self.name = cand.label
         self.is_cpu = not cand.is_gpu
         self.family = kernel_family(self.is_cpu)
-        self.ctx = cl.Context([cand.device])
+        self.ctx = _contexts.get(cand.key) or cl.Context([cand.device])
         self.queue = cl.CommandQueue(self.ctx)
         self.programs = ProgramCache(self.ctx, cand.device, f"{self.key} {self.name}")
         self.pool = cl.tools.MemoryPool(cl.tools.ImmediateAllocator(self.queue))
@@ -263,9 +265,6 @@ class OpenCLDevice(Device):
             tmp[a.offset - lo :], a.shape, tuple(s * item for s in a.strides), writeable=False
         )
         return np.array(view, copy=True)
-
-    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-        return None  # PoCL and most CPU drivers: host memory is device memory already
 
     # -- views and copies ---------------------------------------------------------------
     def transpose(self, a: CLArray, axes: tuple[int, ...]) -> CLArray:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import sys
 from typing import Any
 
@@ -35,36 +34,17 @@ def gpu_peak_gflops(name: str, dtype: str) -> float | None:
 
 
 def cpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
-    flags: set[str] = set()
-    cores: set[tuple[str, str]] = set()
-    mhz = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            phys = core = ""
-            for line in f:
-                k, _, v = line.partition(":")
-                k, v = k.strip(), v.strip()
-                if k == "model name":
-                    info["model"] = v
-                elif k == "flags" and not flags:
-                    flags = set(v.split())
-                elif k == "physical id":
-                    phys = v
-                elif k == "core id":
-                    core = v
-                    cores.add((phys, core))
-                elif k == "cpu MHz" and mhz is None:
-                    mhz = float(v)
-    except OSError:
-        pass
-    info["physical_cores"] = len(cores) or info["logical_cores"]
+    from xdev.backends.numpy.device import cpuinfo
+
+    base = cpuinfo()
+    flags = base["flags"]
+    info: dict[str, Any] = {"model": base["model"], "logical_cores": os.cpu_count(),
+                            "physical_cores": base["physical_cores"] or os.cpu_count(), "mhz": base["mhz"]}
     try:
         with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
             info["max_mhz"] = int(f.read().strip()) / 1000.0
     except (OSError, ValueError):
         info["max_mhz"] = None
-    info["mhz"] = mhz
     info["simd"] = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse" if flags else "unknown"
     info["fma"] = "fma" in flags
     return info
@@ -114,6 +94,3 @@ def peak_gflops(dev, dtype: str, cpu: dict[str, Any], calibrated_cpu: float | No
         return calibrated_cpu, "calibrated FMA loop (OpenCL on the CPU)"
     return cpu_peak_formula(cpu, dtype)
 
-
-def short(name: str) -> str:
-    return re.sub(r"\s+", " ", name).strip()
