@@ -70,26 +70,38 @@ def candidates() -> tuple[Candidate, ...]:
 
 _usable: dict[str, str | None] = {}
 _contexts: dict[str, cl.Context] = {}  # the probe's context, kept for the device to use
+_widths: dict[str, int] = {}  # vector width the proof settled on, per device key
+
+
+class _Shim:
+    """What tuning.params_for reads of a device, before the device is opened."""
+
+    def __init__(self, c: Candidate) -> None:
+        self.cand, self.cl_device, self.is_cpu = c, c.device, not c.is_gpu
 
 
 def unusable_reason(c: Candidate) -> str | None:
-    """None if the device compiles and runs a trivial kernel, else why not (cached)."""
+    """None if the device builds and runs xdev's kernels (proven in a child process), else why not."""
     if c.key in _usable:
         return _usable[c.key]
+    from . import proof, tuning
+
     reason = None
     try:
         ctx = cl.Context([c.device])
+        # A compiler that fails politely (e.g. "unknown target CPU") says so here, in-process.
         cl.Program(ctx, PROBE_SOURCE).build()
-        _contexts[c.key] = ctx
     except cl.Error as e:
         msg = str(e)
         reason = f"{c.key} {c.label} cannot build kernels: " + _first_error_line(msg)
         if "unknown target CPU" in msg:
-            reason += (
-                " -- its compiler is older than this CPU. Install a "
-                "newer PoCL: on Debian/Ubuntu `sudo apt-get install pocl-opencl-icd`, or "
-                "`conda install -c conda-forge pocl`; xdev then picks the working one"
-            )
+            reason += " -- its compiler is older than this CPU. " + proof.FIX[0].upper() + proof.FIX[1:]
+    else:
+        family = kernel_family(not c.is_gpu)
+        vw, reason = proof.prove(c, family, tuning.params_for(_Shim(c)))
+        if reason is None:
+            _contexts[c.key] = ctx
+            _widths[c.key] = int(vw)  # type: ignore[arg-type]
     _usable[c.key] = reason
     return reason
 
@@ -124,6 +136,13 @@ def _select(selector: str | None) -> list[Candidate]:
         ]
     if not matches:
         listing = "; ".join(f"{c.key} = {c.label}" for c in cands)
+        if all(x.isdigit() for x in parts) and len(parts) <= 2:
+            n_plat = len({c.p for c in cands})
+            where = (f"platform index {parts[0]} is out of range (there are {n_plat} platforms)"
+                     if not any(c.p == int(parts[0]) for c in cands) else
+                     f"device index {parts[1]} is out of range on platform {parts[0]} (it has "
+                     f"{sum(1 for c in cands if c.p == int(parts[0]))} devices)")
+            raise ValueError(f"OpenCL selector {selector!r}: {where}; valid devices: {listing}")
         raise ValueError(
             f"no OpenCL device matches {selector!r}; use 'opencl:P:D' indexes or a case-insensitive "
             f"part of the platform or device name. Devices: {listing}"
@@ -164,7 +183,7 @@ class OpenCLDevice(Device):
     backend = "opencl"
     conv_algorithms = ("gemm", "direct")
 
-    def __init__(self, cand: Candidate) -> None:
+    def __init__(self, cand: Candidate, vector_width: int | None = None) -> None:
         self.cand = cand
         self.cl_device = cand.device
         self.key = cand.key
@@ -180,12 +199,26 @@ class OpenCLDevice(Device):
         self.has_fp16 = "cl_khr_fp16" in exts
         self.max_alloc = int(cand.device.max_mem_alloc_size)
         self.global_mem = int(cand.device.global_mem_size)
+        self.pool_cap = pool_cap(self.global_mem)
         self._kernels: dict[tuple, cl.Kernel] = {}
         self._peak: dict[np.dtype, float] = {}
         self._lock = threading.Lock()
+
+        self._vector_width = vector_width if vector_width is not None else _widths.get(cand.key)
+        self.reload_params()
+
+    def reload_params(self) -> None:
+        """Kernel parameters: built-in table, tuning cache, and the proof's vector width."""
         from . import tuning
 
         self.params = tuning.params_for(self)
+        # The proof (proof.py) may have found the preferred vector width broken on this
+        # device's compiler and settled on a narrower one.
+        vw = self._vector_width
+        if vw is not None and vw != self.params["gemm"]["VW"]:
+            from .proof import with_width
+
+            self.params = with_width(self.params, vw)
 
     # -- dtypes and memory --------------------------------------------------------------
     def check_dtype(self, dtype: np.dtype) -> None:
@@ -206,13 +239,27 @@ class OpenCLDevice(Device):
                 f"{self.key} ({self.name}): cannot allocate {nbytes} bytes in one buffer; the device "
                 f"allows at most {self.max_alloc} bytes per buffer ({self.global_mem} bytes in all)"
             )
+        pool = self.pool
+        if pool.managed_bytes + nbytes > self.global_mem:
+            pool.free_held()  # the pool's spare blocks first, before the device runs out
+        if pool.active_bytes + nbytes > self.global_mem:
+            # PoCL never fails an allocation (it is host memory): without this check a
+            # process grew past the device's reported memory into the OOM killer.
+            raise MemoryError(
+                f"{self.key} ({self.name}): out of device memory allocating {nbytes} bytes: "
+                f"{pool.active_bytes} bytes are in use by live arrays and the device has "
+                f"{self.global_mem}; free arrays you no longer need (del, or let them go out of scope)"
+            )
         try:
-            return self.pool.allocate(max(nbytes, 1))
+            buf = pool.allocate(max(nbytes, 1))
         except (cl.MemoryError, cl.RuntimeError) as e:
-            self.pool.free_held()
+            pool.free_held()
             raise MemoryError(
                 f"{self.key} ({self.name}): out of device memory allocating {nbytes} bytes ({e})"
             ) from None
+        if pool.managed_bytes - pool.active_bytes > self.pool_cap:
+            pool.free_held()  # held (freed, kept for reuse) bytes stay under the cap
+        return buf
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> CLArray:
         shape = tuple(int(n) for n in shape)
@@ -228,7 +275,15 @@ class OpenCLDevice(Device):
             with self._lock:
                 k = self._kernels.get(key)
                 if k is None:
-                    k = self._kernels[key] = cl.Kernel(prg, name)
+                    try:
+                        k = cl.Kernel(prg, name)
+                    except cl.LogicError as e:
+                        if "INVALID_KERNEL_NAME" not in str(e):
+                            raise
+                        # A half-written entry in PoCL's kernel cache (a process killed
+                        # mid-build) yields a program without kernels: build it afresh.
+                        k = cl.Kernel(self.programs.get(file, options, fresh=True), name)
+                    self._kernels[key] = k
         return k
 
     def launch(self, file: str, name: str, options: dict[str, int], global_size: tuple[int, ...],
@@ -242,7 +297,7 @@ class OpenCLDevice(Device):
 
     # -- transfers ----------------------------------------------------------------------
     def upload(self, host: np.ndarray) -> CLArray:
-        host = np.ascontiguousarray(host)
+        host = np.asarray(host, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         out = self.empty(host.shape, host.dtype)
         if out.buf is not None:
             cl.enqueue_copy(self.queue, out.buf, host, is_blocking=True)
@@ -307,6 +362,8 @@ class OpenCLDevice(Device):
 
     def synchronize(self) -> None:
         self.queue.finish()
+        if self.pool.managed_bytes - self.pool.active_bytes > self.pool_cap:
+            self.pool.free_held()
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
@@ -325,19 +382,23 @@ class OpenCLDevice(Device):
 
         return conv2d(self, x, w, bias, p, algorithm)
 
-    def measured_peak_gflops(self, dtype: np.dtype = F32) -> float:
+    def measured_peak_gflops(self, dtype: np.dtype = F32, iters: int | None = None,
+                             repeat: int = 3) -> float:
         """Calibrated multiply-add rate (GFLOP/s) from a kernel of independent FMA chains."""
         import time
 
         dtype = np.dtype(dtype)
-        cached = self._peak.get(dtype)
+        calibrate = iters is None
+        cached = self._peak.get(dtype) if calibrate else None
         if cached is not None:
             return cached
         vw = self.params["gemm"]["VWD" if dtype == F64 else "VW"] if self.is_cpu else 4
         items = int(self.cl_device.max_compute_units) * (64 if self.is_cpu else 2048)
-        iters = 20000 if self.is_cpu else 4000
-        out = self.alloc(items * dtype.itemsize)
+        iters = iters or (20000 if self.is_cpu else 4000)
+        # peak.cl writes one compute-type value (`real`: float, or double) per work-item,
+        # whatever the storage dtype: float16 must not size the buffer (it overflowed it).
         real = np.float64 if dtype == F64 else np.float32
+        out = self.alloc(items * np.dtype(real).itemsize)
         args = (out, np.int32(iters), real(0.999), real(1e-3))
         # On CPUs one work-item per work-group, so PoCL spreads them over all its threads
         # (left to choose, it may put all of them in one group: one core busy).
@@ -346,13 +407,14 @@ class OpenCLDevice(Device):
         self.launch("peak.cl", "fma_peak", opts, (items,), local, *args)
         self.queue.finish()
         best = float("inf")
-        for _ in range(3):
+        for _ in range(repeat):
             t0 = time.perf_counter()
             self.launch("peak.cl", "fma_peak", opts, (items,), local, *args)
             self.queue.finish()
             best = min(best, time.perf_counter() - t0)
         gf = items * iters * 12 * vw * 2 / best / 1e9
-        self._peak[dtype] = gf
+        if calibrate:
+            self._peak[dtype] = gf
         return gf
 
     def info(self) -> dict[str, Any]:
@@ -375,6 +437,22 @@ class OpenCLDevice(Device):
 
 
 ENV_KERNELS = "XDEV_OPENCL_KERNELS"
+ENV_POOL_CAP = "XDEV_OPENCL_POOL_CAP"
+
+
+def pool_cap(global_mem: int) -> int:
+    """Bytes of freed buffers the memory pool may keep for reuse (XDEV_OPENCL_POOL_CAP).
+
+    Default: a quarter of the device's memory, at most 1 GiB. Accepts bytes or a size
+    with K/M/G suffix (powers of 1024); 0 keeps nothing.
+    """
+    v = os.environ.get(ENV_POOL_CAP, "").strip()
+    if not v:
+        return min(global_mem // 4, 1 << 30)
+    m = re.fullmatch(r"(\d+)\s*([kKmMgG]?)i?[bB]?", v)
+    if not m:
+        raise ValueError(f"{ENV_POOL_CAP}={v!r} is not a size; use bytes or e.g. 512M, 2G")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
 
 
 def kernel_family(is_cpu: bool) -> str:

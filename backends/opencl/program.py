@@ -38,15 +38,19 @@ class ProgramCache:
         self._lock = threading.Lock()
         self.build_seconds = 0.0  # total spent compiling in this process (bench reports it)
 
-    def get(self, name: str, options: dict[str, int]) -> cl.Program:
+    def get(self, name: str, options: dict[str, int], fresh: bool = False) -> cl.Program:
+        """The built program; ``fresh`` bypasses the driver's on-disk kernel cache."""
         key = (name, tuple(sorted(options.items())))
-        prg = self._programs.get(key)
+        prg = None if fresh else self._programs.get(key)
         if prg is not None:
             return prg
         with self._lock:
-            prg = self._programs.get(key)
+            prg = None if fresh else self._programs.get(key)
             if prg is None:
                 opts = [f"-D{k}={v}" for k, v in key[1]]
+                if fresh:
+                    # An option no earlier build used: PoCL keys its cache by the options.
+                    opts.append(f"-DXDEV_FRESH_BUILD={time.time_ns()}")
                 t0 = time.perf_counter()
                 try:
                     prg = cl.Program(self.ctx, source(name)).build(options=opts)

@@ -1,0 +1,345 @@
+"""Device proof: an OpenCL device is used only after xdev's kernels ran on it in a child process.
+
+A broken OpenCL compiler does not always fail politely: pip's PoCL 3.0 (LLVM 14) on an
+AVX-512 AMD CPU builds a trivial kernel, then aborts the whole process (``LLVM ERROR:
+Cannot select ... _cl_fmaDv16_f``) on the first 16-wide GEMM. An abort cannot be caught,
+so the kernels xdev will run on a device -- GEMM (small and the device's family), both
+conv paths, the copy/fill/peak kernels, in every dtype the device offers, at the chosen
+vector width and tile parameters -- are built and run on tiny shapes in a child process
+and checked against NumPy. When a vector width is what breaks, narrower ones are tried;
+the device is used with the first that works. The verdict is cached in
+``$XDEV_CACHE_DIR/opencl-proof/`` per (platform, device, driver, kernel sources,
+parameters), so only the first use of a device pays for it (a few seconds).
+
+Test hook: ``XDEV_OPENCL_PROOF_FAULT=abort`` makes every proof child call ``abort()``
+(what an LLVM crash does); ``abort-first`` only the first vector width tried.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ENV_PROOF = "XDEV_OPENCL_PROOF"  # on (default) | off
+ENV_TIMEOUT = "XDEV_OPENCL_PROOF_TIMEOUT"  # seconds one step may take, default 60
+ENV_FAULT = "XDEV_OPENCL_PROOF_FAULT"  # test hook: abort | abort-first
+VERSION = 1  # bump when the set of kernels checked below changes: cached verdicts expire
+_HERE = Path(__file__).resolve().parent
+
+FIX = (
+    "install a PoCL whose compiler supports this CPU: on Debian/Ubuntu "
+    "`sudo apt-get install pocl-opencl-icd`, or `conda install -c conda-forge pocl`; "
+    "xdev then picks the working device by itself"
+)
+
+
+def enabled() -> bool:
+    v = os.environ.get(ENV_PROOF, "on").strip().lower()
+    if v in ("", "on", "1", "true", "yes"):
+        return True
+    if v in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"{ENV_PROOF}={v!r} is not valid; expected on or off")
+
+
+def timeout_s() -> float:
+    v = os.environ.get(ENV_TIMEOUT, "").strip()
+    try:
+        t = float(v) if v else 60.0
+    except ValueError:
+        raise ValueError(f"{ENV_TIMEOUT}={v!r} is not a number of seconds") from None
+    return t if t > 0 else 60.0
+
+
+def sources_hash() -> str:
+    """Hash of every kernel source (VERSION, in the identity, covers the check itself)."""
+    h = hashlib.sha256()
+    for f in sorted(_HERE.glob("*.cl")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def widths(vw: int) -> list[int]:
+    """Vector widths to try: the chosen one, then narrower ones."""
+    return [vw] + [w for w in (8, 4) if w < vw]
+
+
+def with_width(params: dict[str, Any], vw: int) -> dict[str, Any]:
+    out = json.loads(json.dumps(params))
+    for fam in ("gemm", "conv"):
+        out[fam]["VW"] = vw
+        out[fam]["VWD"] = max(2, vw // 2)
+    return out
+
+
+def identity(cand, family: str, params: dict[str, Any]) -> dict[str, Any]:
+    d = cand.device
+    return {
+        "version": VERSION,
+        "platform": cand.platform.name.strip(),
+        "platform_version": cand.platform.version.strip(),
+        "device": d.name.strip(),
+        "driver": d.driver_version.strip(),
+        "kernels": sources_hash(),
+        "family": family,
+        "params": params,
+    }
+
+
+def _cache_path(ident: dict[str, Any]) -> Path:
+    from .tuning import cache_dir
+
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "opencl-proof" / f"{digest}.json"
+
+
+def _read_verdict(ident: dict[str, Any]) -> dict[str, Any] | None:
+    """A cached verdict, or None if absent, unreadable or not for this identity."""
+    try:
+        v = json.loads(_cache_path(ident).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(v, dict) and v.get("identity") == ident and isinstance(v.get("ok"), bool)
+            and isinstance(v.get("reason"), str)):
+        return None
+    if v["ok"] and not (isinstance(v.get("vw"), int) and v["vw"] in (2, 4, 8, 16)):
+        return None
+    return v
+
+
+def _write_verdict(ident: dict[str, Any], verdict: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename); an unwritable cache only costs a re-proof."""
+    path = _cache_path(ident)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({**verdict, "identity": ident}, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(vector width to use, None) if the device runs xdev's kernels, else (None, why)."""
+    if not enabled():
+        return params["gemm"]["VW"], None
+    vw0 = int(params["gemm"]["VW"])
+    ident = identity(cand, family, params)
+    cached = _read_verdict(ident)
+    if cached is not None:
+        return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
+    first_error = None
+    verdict: dict[str, Any] | None = None
+    for i, vw in enumerate(widths(vw0)):
+        err = run_child(cand, vw, first=(i == 0))
+        if err is None:
+            verdict = {"ok": True, "vw": vw, "reason": "" if vw == vw0 else
+                       f"vector width {vw0} failed ({first_error}); using {vw}"}
+            break
+        first_error = first_error or err
+    if verdict is None:
+        verdict = {"ok": False, "vw": None, "reason": (
+            f"{cand.key} {cand.label} failed xdev's kernel check: {first_error} -- {FIX}")}
+    _write_verdict(ident, verdict)
+    return (verdict["vw"], None) if verdict["ok"] else (None, verdict["reason"])
+
+
+def run_child(cand, vw: int, first: bool) -> str | None:
+    """Run the kernel check for one vector width in a child process; None, or why it failed."""
+    import xdev
+
+    root = str(Path(xdev.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    fault = os.environ.get(ENV_FAULT, "").strip().lower()
+    env[ENV_FAULT] = "abort" if fault == "abort" or (fault == "abort-first" and first) else ""
+    env.pop("XDEV_BACKEND", None)
+    d = cand.device
+    args = [sys.executable, "-m", "xdev.backends.opencl.proof", str(cand.p), str(cand.d), str(vw),
+            d.name.strip(), cand.platform.version.strip()]
+    # A private PoCL kernel cache: a child that dies mid-build leaves its half-written
+    # entry there, not in the cache the user's processes read.
+    with tempfile.TemporaryDirectory(prefix="xdev-proof-pocl-") as pocl_cache:
+        env["POCL_CACHE_DIR"] = pocl_cache
+        code, out, err, timed_out = _run(args, env, timeout_s())
+    if timed_out:
+        step = [ln for ln in out.splitlines() if ln.startswith("XDEV-PROOF-STEP ")]
+        after = f" after {step[-1][len('XDEV-PROOF-STEP '):]}" if step else ""
+        return (f"vector width {vw}: hung (no progress for {timeout_s():.0f} s{after}; set "
+                f"{ENV_TIMEOUT} to wait longer)")
+    for line in reversed(out.splitlines()):
+        if line.startswith("XDEV-PROOF "):
+            res = json.loads(line[len("XDEV-PROOF "):])
+            return None if res["ok"] and code == 0 else f"vector width {vw}: {res['error']}"
+    return f"vector width {vw}: the check process died (exit {code}): {_crash_line(err)}"
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str, bool]:
+    """Run a child; returns (exit code, stdout, stderr, timed out).
+
+    After "LLVM ERROR" the process is doomed, but on pip's PoCL it was seen to spin for
+    minutes instead of exiting: the child is killed a moment after that line appears. A
+    child that prints no step for `timeout` seconds is hung (pip's PoCL at vector width
+    16 also hangs in some kernels) and is killed.
+    """
+    import threading
+
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    out: list[str] = []
+    err: list[str] = []
+    fatal = threading.Event()
+
+    progress = [time.monotonic()]
+
+    def pump(stream, sink, watch):
+        for line in stream:
+            sink.append(line)
+            if watch and "LLVM ERROR" in line:
+                fatal.set()
+            if not watch:
+                progress[0] = time.monotonic()
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, out, False), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err, True), daemon=True)]
+    for t in threads:
+        t.start()
+    timed_out = False
+    while proc.poll() is None:
+        if fatal.wait(0.2):
+            time.sleep(1.0)  # let the lines that name the function arrive
+            if proc.poll() is None:
+                proc.kill()
+            break
+        if time.monotonic() > progress[0] + timeout:  # a step made no progress: hung
+            timed_out = True
+            proc.kill()
+            break
+    code = proc.wait()
+    for t in threads:
+        t.join(timeout=5)
+    return code, "".join(out), "".join(err), timed_out and not fatal.is_set()
+
+
+def _crash_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if "LLVM ERROR" in ln or "error:" in ln.lower() or "Assertion" in ln:
+            more = [m for m in lines if m.startswith("In function:")]
+            return ln + (f" ({more[0]})" if more else "")
+    return lines[-1] if lines else "no output"
+
+
+# -- the child ---------------------------------------------------------------------------
+def _check(name: str, got: Any, ref: Any, mag: Any, dtype: Any) -> None:
+    import numpy as np
+
+    print(f"XDEV-PROOF-STEP {name} ({np.dtype(dtype)})", flush=True)
+    u = {2: 2.0 ** -11, 4: 2.0 ** -24, 8: 2.0 ** -53}[np.dtype(dtype).itemsize]
+    k = 64  # well above every reduction length below; an indexing bug is off by O(1)
+    bound = (k + 2) * 2.0 ** -24 * mag + u * np.abs(ref) + 1e-30
+    if got.shape != ref.shape or not np.all(np.abs(got - ref) <= bound):
+        err = float(np.max(np.abs(got - ref))) if got.shape == ref.shape else got.shape
+        raise AssertionError(f"{name} ({np.dtype(dtype)}) gave wrong results (max error {err})")
+
+
+def _conv_ref(x, w, b, stride, pad, groups):
+    import numpy as np
+
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho = (H + 2 * pad - kh) // stride + 1
+    Wo = (W + 2 * pad - kw) // stride + 1
+    y = np.zeros((N, O, Ho, Wo))
+    Og = O // groups
+    for o in range(O):
+        g = o // Og
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * Cg:(g + 1) * Cg, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+                y[:, o] += np.einsum("nchw,c->nhw", patch, w[o, :, i, j])
+    return y + (0 if b is None else b[None, :, None, None])
+
+
+def child_main(argv: list[str]) -> int:
+    p, d, vw, name, pversion = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4]
+    try:
+        _child(p, d, vw, name, pversion)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
+        msg = " ".join(str(e).split())
+        print("XDEV-PROOF " + json.dumps({"ok": False, "error": f"{type(e).__name__}: {msg[:600]}"}), flush=True)
+        return 1
+    print("XDEV-PROOF " + json.dumps({"ok": True}), flush=True)
+    return 0
+
+
+def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
+    import numpy as np
+
+    from xdev.backends.base import ConvParams
+
+    from .device import OpenCLDevice, candidates
+    from .program import type_options
+
+    cand = next((c for c in candidates() if (c.p, c.d) == (p, d)), None)
+    if cand is None or cand.device.name.strip() != name or cand.platform.version.strip() != pversion:
+        raise RuntimeError(f"device opencl:{p}:{d} is not {name!r} in this process")
+    dev = OpenCLDevice(cand, vector_width=vw)
+    if os.environ.get(ENV_FAULT) == "abort":
+        dev.programs.get("copy.cl", type_options(np.float32, np.float32))
+        os.abort()  # what an LLVM "Cannot select" does to the process
+    rng = np.random.default_rng(0)
+    dtypes = [np.float32] + ([np.float64] if dev.has_fp64 else []) + [np.float16]
+    for dt in dtypes:
+        dt = np.dtype(dt)
+
+        def up(h):
+            return dev.upload(np.ascontiguousarray(h, dtype=dt))
+
+        def mm(a, b, label):
+            ha, hb = a.astype(dt).astype(np.float64), b.astype(dt).astype(np.float64)
+            got = dev.download(dev.matmul(up(a), up(b))).astype(np.float64)
+            _check(label, got, ha @ hb, np.abs(ha) @ np.abs(hb), dt)
+
+        a, b = rng.uniform(-1, 1, (13, 9)), rng.uniform(-1, 1, (9, 37))
+        mm(a, b, "matmul (small kernel)")
+        small = dev.params["small_work"]
+        dev.params["small_work"] = 0  # the family's kernels (packed or tiled) on a tiny shape
+        try:
+            mm(a, b, "matmul")
+            bt = rng.uniform(-1, 1, (2, 37, 9))
+            got = dev.download(dev.matmul(up(a), dev.transpose(up(bt), (0, 2, 1))))
+            ref = a.astype(dt).astype(np.float64) @ bt.astype(dt).astype(np.float64).transpose(0, 2, 1)
+            _check("batched matmul of a transposed view", got.astype(np.float64), ref,
+                   np.abs(ref) + 9, dt)
+            mm(np.ones((3, 0)), np.ones((0, 4)), "matmul with K=0 (fill)")
+        finally:
+            dev.params["small_work"] = small
+        x = rng.uniform(-1, 1, (2, 4, 7, 9))
+        for stride, groups, algo in ((1, 1, "gemm"), (2, 2, "gemm"), (1, 4, "direct"), (2, 1, "direct")):
+            w = rng.uniform(-1, 1, (4, 4 // groups, 3, 3))
+            bias = rng.uniform(-1, 1, 4)
+            hx, hw, hb = (v.astype(dt).astype(np.float64) for v in (x, w, bias))
+            Ho, Wo = (7 + 2 - 3) // stride + 1, (9 + 2 - 3) // stride + 1
+            cp = ConvParams(2, 4, 7, 9, 4, 3, 3, groups, (stride, stride), (1, 1), (1, 1, 1, 1), Ho, Wo)
+            y, _ = dev.conv2d(up(x), up(w), up(bias), cp, algo)
+            ref = _conv_ref(hx, hw, hb, stride, 1, groups)
+            mag = _conv_ref(np.abs(hx), np.abs(hw), np.abs(hb), stride, 1, groups)
+            _check(f"conv2d {algo} stride {stride} groups {groups}",
+                   dev.download(y).astype(np.float64), ref, mag, dt)
+        # The benchmark's peak calibration kernel, a few iterations.
+        dev.measured_peak_gflops(dt, iters=4, repeat=1)
+        print(f"XDEV-PROOF-STEP peak ({dt})", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))
