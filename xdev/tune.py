@@ -21,24 +21,57 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
-    from xdev._registry import get_device
+    from xdev._registry import get_device, split_selector
+    from xdev.backends.opencl import device as cldev
     from xdev.backends.opencl import tune, tuning
 
-    dev = get_device(a.device)
     if a.reset:
-        data = tuning.load_all()
-        data.pop(tuning.device_id(dev), None)
-        path = tuning.cache_file()
-        if path.exists():
-            path.write_text(json.dumps(data, indent=2, sort_keys=True))
-        print(f"forgot tuned parameters of {dev.key} ({dev.name}) in {path}")
+        # Works whatever state the cache file or the device is in: no device is opened
+        # (opening proves its kernels, and reads the very file being reset).
+        try:
+            cands = cldev._select(split_selector(a.device)[1])
+        except (ValueError, xdev_unavailable()) as e:
+            print(f"python -m xdev.tune --reset: {e}", file=sys.stderr)
+            return 2
+        try:
+            for c in cands:  # a bare "opencl": every device it could mean
+                path = tuning.forget(cldev._Shim(c))
+                print(f"forgot tuned parameters of {c.key} ({c.label}) in {path}")
+        except OSError as e:
+            print(f"python -m xdev.tune --reset: cannot write {tuning.cache_file()}: {e}; set "
+                  f"XDEV_CACHE_DIR to a writable folder", file=sys.stderr)
+            return 1
         return 0
+    if not a.dry_run:
+        try:
+            tuning.check_writable()
+        except OSError as e:
+            print(f"python -m xdev.tune: the tuning cache {tuning.cache_file()} cannot be written "
+                  f"({e}); set XDEV_CACHE_DIR to a writable folder, or pass --dry-run to only "
+                  f"measure", file=sys.stderr)
+            return 1
+    try:
+        dev = get_device(a.device)
+    except (ValueError, xdev_unavailable()) as e:
+        print(f"python -m xdev.tune: {e}", file=sys.stderr)
+        return 2
     print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
     found = tune.tune(dev, quick=a.quick)
     print("best:", json.dumps(found))
     if not a.dry_run:
-        print(f"stored in {tune.save(dev, found)}")
+        try:
+            print(f"stored in {tune.save(dev, found)}")
+        except OSError as e:
+            print(f"python -m xdev.tune: could not store the result in {tuning.cache_file()} "
+                  f"({e}); the measured parameters are printed above", file=sys.stderr)
+            return 1
     return 0
+
+
+def xdev_unavailable() -> type[Exception]:
+    from xdev.backends.base import BackendUnavailable
+
+    return BackendUnavailable
 
 
 if __name__ == "__main__":

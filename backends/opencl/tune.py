@@ -93,5 +93,5 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
 
 def save(dev, found: dict[str, Any]):
     path = tuning.store(dev, found)
-    dev.params = tuning.params_for(dev)
+    dev.reload_params()
     return path

@@ -5,19 +5,25 @@ Tuned values are stored per (device name, driver version) in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 ENV_CACHE = "XDEV_CACHE_DIR"
 
 
-def cache_file() -> Path:
+def cache_dir() -> Path:
     root = os.environ.get(ENV_CACHE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
     )
-    return Path(root) / "opencl-tuning.json"
+    return Path(root)
+
+
+def cache_file() -> Path:
+    return cache_dir() / "opencl-tuning.json"
 
 
 def device_id(dev) -> str:
@@ -55,32 +61,139 @@ def defaults(dev) -> dict[str, Any]:
     }
 
 
-def load_all() -> dict[str, Any]:
+# Valid ranges of every tuned value: a bad entry (hand-edited, another xdev version, a
+# truncated write) must not reach a kernel build (MR=0 divided by zero, NV=1000 compiled
+# for minutes).
+_INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
+    "gemm": {"MR": (1, 16), "NV": (1, 8), "VW": (2, 16), "VWD": (2, 16)},
+    "conv": {"MR": (1, 16), "NV": (1, 8), "VW": (2, 16), "VWD": (2, 16)},
+    "gemm_gpu": {"TSM": (4, 256), "TSN": (4, 256), "TSK": (1, 64), "WPTM": (1, 16), "WPTN": (1, 16)},
+    "conv_gpu": {"TSM": (4, 256), "TSN": (4, 256), "TSK": (1, 64), "WPTM": (1, 16), "WPTN": (1, 16)},
+}
+_SCALARS: dict[str, tuple[int, int]] = {"small_work": (0, 1 << 40), "KB": (1, 4096)}
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn(path: Path, problem: str) -> None:
+    """One warning per (file, problem) and process, naming the file and the fix."""
+    import warnings
+
+    if (str(path), problem) in _warned:
+        return
+    _warned.add((str(path), problem))
+    warnings.warn(
+        f"xdev: ignoring {problem} in the OpenCL tuning cache {path}; the built-in parameters "
+        f"are used. Fix: `python -m xdev.tune --reset` (or delete the file), then "
+        f"`python -m xdev.tune` to measure again",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
+def validate_entry(entry: object) -> str | None:
+    """None if `entry` is a valid tuned-parameter object, else what is wrong with it."""
+    if not isinstance(entry, dict):
+        return f"an entry that is not an object ({type(entry).__name__})"
+    for k, v in entry.items():
+        if k in _INT_RANGES:
+            if not isinstance(v, dict):
+                return f"{k!r} that is not an object"
+            for name, x in v.items():
+                lo, hi = _INT_RANGES[k].get(name, (None, None))
+                if lo is None:
+                    return f"unknown parameter {k}.{name}"
+                if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
+                    return f"{k}.{name}={x!r} (expected an int in {lo}..{hi})"
+            if "VW" in v and v["VW"] not in (2, 4, 8, 16) or "VWD" in v and v["VWD"] not in (2, 4, 8, 16):
+                return f"{k} vector width {v.get('VW')}/{v.get('VWD')} (expected 2, 4, 8 or 16)"
+            t = {**{"TSM": 64, "TSN": 64, "WPTM": 4, "WPTN": 4}, **v} if k.endswith("_gpu") else None
+            if t and (t["TSM"] % t["WPTM"] or t["TSN"] % t["WPTN"]):
+                return f"{k} tiles {v} (TSM must be a multiple of WPTM, TSN of WPTN)"
+        elif k in _SCALARS:
+            lo, hi = _SCALARS[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                return f"{k}={v!r} (expected an int in {lo}..{hi})"
+        elif k != "tuned":
+            return f"unknown parameter {k!r}"
+    return None
+
+
+def load_all(warn: bool = True) -> dict[str, Any]:
+    """The whole cache file as a dict; {} (with one warning) when it is unreadable."""
+    path = cache_file()
     try:
-        return json.loads(cache_file().read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
+    except OSError as e:
+        if warn:
+            _warn(path, f"an unreadable file ({e.strerror})")
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+        problem = "a file that is not valid JSON"
+    else:
+        problem = f"a file whose top level is {type(data).__name__}, not an object"
+    if not isinstance(data, dict):
+        if warn:
+            _warn(path, problem)
+        return {}
+    return data
 
 
 def params_for(dev) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
-    if isinstance(tuned, dict):
-        for k, v in tuned.items():
-            if isinstance(v, dict) and isinstance(params.get(k), dict):
-                params[k] = {**params[k], **v}
-            elif k in params:
-                params[k] = v
-        params["tuned"] = True
+    if tuned is None:
+        return params
+    problem = validate_entry(tuned)
+    if problem is not None:
+        _warn(cache_file(), f"{problem} in the entry of {device_id(dev)!r}")
+        return params
+    for k, v in tuned.items():
+        if isinstance(v, dict) and isinstance(params.get(k), dict):
+            params[k] = {**params[k], **v}
+        elif k in params:
+            params[k] = v
+    params["tuned"] = True
     return params
 
 
-def store(dev, params: dict[str, Any]) -> Path:
+def check_writable() -> Path:
+    """The cache file's path, after checking its folder can be written (OSError if not)."""
     path = cache_file()
-    data = load_all()
-    data[device_id(dev)] = params
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    os.close(fd)
+    os.unlink(tmp)
     return path
+
+
+def _write(data: dict[str, Any]) -> Path:
+    """Atomic: a complete file replaces the old one, or nothing changes."""
+    path = cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def store(dev, params: dict[str, Any]) -> Path:
+    data = load_all(warn=False)
+    data[device_id(dev)] = params
+    return _write(data)
+
+
+def forget(dev) -> Path:
+    """Remove `dev`'s entry; a corrupt file is replaced by one without it (always works)."""
+    data = load_all(warn=False)
+    data.pop(device_id(dev), None)
+    return _write(data)
