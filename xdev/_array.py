@@ -16,8 +16,19 @@ class Array:
     """
 
     __slots__ = ("_data", "_dev", "algorithm", "__weakref__")
-    # NumPy must not turn `ndarray @ Array` into a silent download: defer to __rmatmul__.
-    __array_ufunc__ = None
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """NumPy must not turn `ndarray @ Array` into a silent download: np.matmul (and so
+        the @ operator with an ndarray on the left) runs xdev.matmul; anything else is refused."""
+        if ufunc is np.matmul and method == "__call__" and not kwargs and len(inputs) == 2:
+            return _matmul(*inputs)
+        name = getattr(ufunc, "__name__", str(ufunc))
+        extra = f" with {', '.join(kwargs)}=" if kwargs else ""
+        raise TypeError(
+            f"NumPy's {name}{'.' + method if method != '__call__' else ''}{extra} cannot run on "
+            f"an xdev.Array (device {self.device}); xdev computes matmul (xdev.matmul, @) and "
+            f"conv2d on the device; for other NumPy operations download first with .numpy()"
+        )
 
     _data: Any
     _dev: Device

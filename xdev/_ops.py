@@ -8,7 +8,7 @@ import numpy as np
 from ._array import Array
 from ._config import _context, default_device
 from ._shapes import IntPair, conv_params, matmul_shape
-from ._registry import get_device
+from ._registry import get_device, opened_devices
 from .backends.base import FLOAT_DTYPES, Device
 
 _F16, _F32, _F64 = FLOAT_DTYPES
@@ -19,7 +19,8 @@ def _dtype(dtype: Any) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in FLOAT_DTYPES:
+    # (`dt in FLOAT_DTYPES` is true for None: np.dtype('float64') == None.)
+    if dt is None or dt not in FLOAT_DTYPES:
         raise TypeError(
             f"xdev computes in float16, float32 or float64; received dtype {dtype!r}; "
             f"pass one of those (e.g. dtype='float32')"
@@ -104,6 +105,12 @@ def asarray(obj: Any, dtype: Any = None, backend: str | None = None) -> Array:
 
 def matmul(a: Any, b: Any, *, backend: str | None = None) -> Array:
     """Matrix product with ``numpy.matmul`` semantics (1-D promotion, broadcast batches)."""
+    for role, x in (("a", a), ("b", b)):
+        if x is None:
+            raise TypeError(
+                f"matmul operand {role} is None; pass an xdev.Array or anything NumPy accepts "
+                f"(a nested list, a numpy.ndarray)"
+            )
     # Fast path: two arrays of one device, same dtype, no context or explicit backend.
     if (
         backend is None
@@ -172,5 +179,10 @@ def conv2d(
 
 
 def synchronize(backend: str | None = None) -> None:
-    """Wait for the queued work of a device (by default the active one) to finish."""
-    _device_for(backend, ())[0].synchronize()
+    """Wait for queued work to finish: on ``backend``'s device, or by default on every
+    device xdev has opened in this process (work queued with ``backend=`` included)."""
+    if backend is not None:
+        get_device(backend).synchronize()
+        return
+    for dev in opened_devices():
+        dev.synchronize()

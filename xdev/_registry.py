@@ -78,6 +78,13 @@ def get_device(spec: str) -> Device:
     return dev
 
 
+def opened_devices() -> list[Device]:
+    """Every device opened so far in this process, once each."""
+    with _lock:
+        devs = list(_devices.values())
+    return list({id(d): d for d in devs}.values())
+
+
 def available_backends() -> dict[str, BackendStatus]:
     """Status of every backend: available or not, why, and its devices."""
     out: dict[str, BackendStatus] = {}

@@ -3,21 +3,34 @@ from __future__ import annotations
 
 from typing import Union
 
+import numpy as np
+
 from .backends.base import ConvParams
 
 IntPair = Union[int, tuple[int, int]]
 
 
+def _is_int(v: object) -> bool:
+    """Python or NumPy integer, not bool (torch accepts numpy integers too)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
-    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if _is_int(value):
+        vals: object = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 1:
+        vals = (value[0], value[0])  # torch expands a 1-element sequence
+    else:
+        vals = value
     try:
         a, b = vals  # type: ignore[misc]
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in (a, b))
+        ok = all(_is_int(v) and v >= minimum for v in (a, b))
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise ValueError(
-            f"conv2d {name} must be an int >= {minimum} or a pair of them; received {value!r}"
+            f"conv2d {name} must be an int >= {minimum}, or a pair (or 1-element tuple) of "
+            f"them; received {value!r}"
         )
     return int(a), int(b)
 
@@ -38,8 +51,9 @@ def conv_params(
         )
     N, C, H, W = xshape
     O, Cg, kh, kw = wshape
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"conv2d groups must be a positive int; received {groups!r}")
+    groups = int(groups)
     if C % groups:
         raise ValueError(
             f"conv2d groups={groups} must divide the input channels C={C} of x {tuple(xshape)}; "

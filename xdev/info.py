@@ -14,10 +14,14 @@ from xdev._registry import get_device
 def lines() -> list[str]:
     from xdev.backends.numpy.device import blas_name
 
+    try:
+        default = f"default backend {xdev.get_backend()!r}"
+    except (ValueError, TypeError) as e:  # a bad XDEV_BACKEND is reported, not a traceback
+        default = f"INVALID: {e}"
     out = [
         f"xdev {xdev.__version__}  Python {platform.python_version()}  NumPy {np.__version__} ({blas_name()})",
         f"platform: {platform.platform()}",
-        f"XDEV_BACKEND={os.environ.get('XDEV_BACKEND', '')!r} -> default backend {xdev.get_backend()!r}",
+        f"XDEV_BACKEND={os.environ.get('XDEV_BACKEND', '')!r} -> {default}",
         "",
     ]
     for name, st in xdev.available_backends().items():

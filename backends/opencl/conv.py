@@ -6,13 +6,15 @@ choice for depthwise convolution. ``auto`` picks direct when C/groups == 1 < gro
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from xdev.backends.base import ConvParams
 
 from . import array as cla
 from .array import CLArray
-from .gemm import cdiv, pack, tile_options
+from .gemm import cdiv, check_index_range, pack, tile_options
 from .program import type_options
 
 F64 = np.dtype(np.float64)
@@ -50,6 +52,17 @@ def conv2d(dev, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, alg
     out = dev.empty(p.out_shape, x.dtype)
     if out.size == 0:
         return out, algo
+    # A dilation along a 1-tap axis, or a stride along an axis with one output, changes
+    # nothing: use 1 so huge values (torch and numpy accept 2**31) fit the kernels' int.
+    p = dataclasses.replace(
+        p, dilation=(1 if p.kh == 1 else p.dilation[0], 1 if p.kw == 1 else p.dilation[1]),
+        stride=(1 if p.Ho == 1 else p.stride[0], 1 if p.Wo == 1 else p.stride[1]))
+    Hp, Wp = p.H + p.pad[0] + p.pad[1], p.W + p.pad[2] + p.pad[3]
+    check_index_range(
+        "conv2d", **{"padded H*W": Hp * Wp, "Ho*Wo": p.Ho * p.Wo, "Ho*Wp": p.Ho * Wp,
+                     "N*C": p.N * p.C, "N*O": p.N * p.O, "C/groups*kH*kW": p.K,
+                     "stride": max(p.stride), "dilation": max(p.dilation),
+                     "padding": max(p.pad)})
     if algo == "direct" or p.K == 0:
         # (An empty reduction is the bias alone, whichever algorithm was asked for.)
         _direct(dev, x, w, bias, p, out)

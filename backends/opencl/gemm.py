@@ -24,6 +24,20 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+INT_MAX = 2**31 - 1  # the kernels index rows, columns and image planes with 32-bit int
+
+
+def check_index_range(op: str, **sizes: int) -> None:
+    """Refuse sizes past the kernels' 32-bit index type with a ValueError naming the limit."""
+    for name, v in sizes.items():
+        if int(v) > INT_MAX:
+            raise ValueError(
+                f"{op} on OpenCL: {name} = {int(v)} exceeds the kernels' 32-bit index limit "
+                f"({INT_MAX}); split the problem (e.g. a smaller batch or image), or run it on "
+                f"the numpy or cuda backend"
+            )
+
+
 def family(dev, M: int, N: int, K: int) -> str:
     if M * N * K < dev.params["small_work"]:
         return "small"
@@ -68,6 +82,8 @@ def matmul(dev, a: CLArray, b: CLArray) -> CLArray:
                 full = batch + (K, N)
                 b = dev.astype(b.with_view(b.offset, full, astr_full(b, nb, batch)), dt)
                 shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
+            check_index_range("matmul", M=M, N=N, K=K, **{"M*N": M * N, "M*K": M * K, "K*N": K * N,
+                              "batch": int(np.prod(shape, dtype=np.int64))})
             run = {"packed": _packed, "tiled": _tiled, "small": _small}[family(dev, M, N, K)]
             run(dev, a, b, out, M, N, K, shape, astr, bstr)
     return out.with_view(0, out_shape, cla.c_strides(out_shape))

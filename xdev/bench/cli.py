@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         except TypeError as e:
             skipped.append({"backend": dev.key, "reason": str(e)})
     devices = supported
+    if not devices:
+        # Asked for backends none of which can run: say why and fail, never "0 results".
+        for s in skipped:
+            console.print(f"{s['backend']}: unavailable: {s['reason']}", markup=False)
+        console.print("nothing to measure: none of the requested backends is available "
+                      "(python -m xdev.info says how to install one)", markup=False)
+        return 1
 
     doc_machine = mach.machine(devices, a.dtype)
     cpu = doc_machine["cpu"]

@@ -1,0 +1,396 @@
+"""Faults found by probing xdev as a new user: every one is a clear error or a documented
+fallback, never an abort, a traceback from a diagnostic tool, or a silently wrong result."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xdev
+from conftest import backend_status, require
+
+BACKENDS = ("numpy", "opencl")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
+    env.update(extra)
+    return env
+
+
+def _run(code: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=_env(**env))
+
+
+def _backend(name: str) -> str:
+    if name != "numpy":
+        require(name)
+    return name
+
+
+# -- inputs --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+def test_zero_d_inputs_keep_their_shape_and_matmul_refuses_them(name):
+    b = _backend(name)
+    s = xdev.asarray(np.float32(3), backend=b)
+    assert s.shape == () and s.numpy() == np.float32(3)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        xdev.matmul(np.float32(2), np.float32(3), backend=b)
+    with pytest.raises(ValueError, match=r"bias must have shape \(1,\)"):
+        xdev.conv2d(np.ones((1, 1, 3, 3), "f4"), np.ones((1, 1, 1, 1), "f4"), bias=np.float32(1), backend=b)
+
+
+def test_unknown_dtype_string_is_a_type_error():
+    with pytest.raises(TypeError, match="received dtype 'foo'"):
+        xdev.asarray([1.0], dtype="foo")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_none_operand_is_a_type_error(name):
+    b = _backend(name)
+    with pytest.raises(TypeError, match="operand a is None"):
+        xdev.matmul(None, np.ones((2, 2)), backend=b)
+    with pytest.raises(TypeError, match="operand b is None"):
+        xdev.matmul(xdev.asarray(np.ones((2, 2)), backend=b), None)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_numpy_integers_and_one_element_tuples_are_accepted_like_torch(name):
+    b = _backend(name)
+    x = np.arange(2 * 4 * 7 * 7, dtype=np.float32).reshape(2, 4, 7, 7)
+    w = np.linspace(-1, 1, 4 * 2 * 3 * 3, dtype=np.float32).reshape(4, 2, 3, 3)
+    ref = xdev.conv2d(x, w, stride=2, padding=1, groups=2, backend="numpy").numpy()
+    for kw in (dict(stride=np.int64(2), padding=np.int32(1), groups=np.int64(2)),
+               dict(stride=(2,), padding=(1,), dilation=(1,), groups=2),
+               dict(stride=(np.int64(2), 2), padding=[1], groups=np.int8(2))):
+        y = xdev.conv2d(x, w, backend=b, **kw)
+        np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="stride must be"):
+        xdev.conv2d(x, w, stride=(1, 2, 3), groups=2, backend=b)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        xdev.conv2d(x, w, groups=np.float64(2), backend=b)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_np_matmul_on_xdev_arrays(name):
+    b = _backend(name)
+    a = xdev.asarray(np.eye(3, dtype=np.float32) * 2, backend=b)
+    h = np.arange(9, dtype=np.float32).reshape(3, 3)
+    for r in (np.matmul(a, a), h @ a, np.matmul(h, a)):
+        assert isinstance(r, xdev.Array) and r.device == a.device
+    np.testing.assert_allclose((h @ a).numpy(), h * 2)
+    with pytest.raises(TypeError, match=r"add cannot run on an xdev.Array.*\.numpy\(\)"):
+        np.add(a, a)
+    with pytest.raises(TypeError, match=r"xdev.matmul.*\.numpy\(\)"):
+        np.matmul(a, a, out=np.empty((3, 3), np.float32))
+
+
+def test_huge_dilation_and_stride_compute_where_they_change_nothing():
+    require("opencl")
+    x = np.linspace(-1, 1, 2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
+    w = np.linspace(-1, 1, 4 * 3, dtype=np.float32).reshape(4, 3, 1, 1)
+    for kw in (dict(dilation=2**31), dict(dilation=2**40, stride=(1, 2))):
+        ref = xdev.conv2d(x, w, backend="numpy", **kw).numpy()
+        got = xdev.conv2d(x, w, backend="opencl", **kw).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # One output row: the stride is never applied.
+    ref = xdev.conv2d(x, w, stride=(2**33, 1), backend="numpy").numpy()
+    np.testing.assert_allclose(xdev.conv2d(x, w, stride=(2**33, 1), backend="opencl").numpy(), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_sizes_past_the_kernels_int32_are_a_value_error_naming_the_limit():
+    from xdev.backends.opencl.gemm import check_index_range
+
+    with pytest.raises(ValueError, match=r"M\*N = 4294967296 exceeds the kernels' 32-bit index limit \(2147483647\)"):
+        check_index_range("matmul", **{"M*N": 2**32})
+    check_index_range("matmul", M=2**31 - 1)
+    x = np.ones((1, 1, 3, 3), "f4")
+    with pytest.raises(ValueError, match=r"padded H\*W = 12884901897 exceeds the kernels' 32-bit index limit"):
+        # Padding is applied: it cannot be normalized away.
+        xdev.conv2d(x, np.ones((1, 1, 1, 1), "f4"), padding=(0, 2**31), stride=(1, 2**31), backend=_backend("opencl"))
+
+
+# -- OpenCL device errors, pool, synchronize --------------------------------------------------
+def test_selector_index_out_of_range_says_so():
+    require("opencl")
+    from xdev.backends.opencl.device import _select
+
+    with pytest.raises(ValueError, match="platform index 7 is out of range"):
+        _select("7:7")
+    with pytest.raises(ValueError, match="device index 7 is out of range on platform 0"):
+        _select("0:7")
+
+
+def test_fp16_peak_calibration_does_not_overrun_its_buffer():
+    dev = require("opencl")
+    # The calibration buffer holds one compute-type value per work-item; run it in a child
+    # too, so a heap overrun that only corrupts memory still fails this test at exit.
+    gf = dev.measured_peak_gflops(np.float16, iters=8, repeat=1)
+    assert gf > 0
+    r = _run(f"import numpy as np, xdev\nfrom xdev._registry import get_device\n"
+             f"d = get_device({dev.key!r})\nprint(d.measured_peak_gflops(np.float16, iters=8, repeat=1))\n"
+             f"import gc; gc.collect()", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_memory_pool_keeps_held_bytes_under_its_cap(monkeypatch):
+    dev = require("opencl")
+    saved = dev.pool_cap
+    try:
+        dev.pool_cap = 1 << 20
+        arrays = [xdev.asarray(np.ones(300_000, np.float32), backend=dev.key) for _ in range(8)]
+        del arrays
+        xdev.asarray(np.ones(10, np.float32), backend=dev.key)  # an allocation applies the cap
+        assert dev.pool.managed_bytes - dev.pool.active_bytes <= dev.pool_cap
+        arrays = [xdev.asarray(np.ones(300_000, np.float32), backend=dev.key) for _ in range(8)]
+        del arrays
+        xdev.synchronize()  # so does synchronize
+        assert dev.pool.managed_bytes - dev.pool.active_bytes <= dev.pool_cap
+    finally:
+        dev.pool_cap = saved
+
+
+def test_memory_past_the_device_size_is_a_memory_error():
+    dev = require("opencl")
+    keep = xdev.asarray(np.ones(1000, np.float32), backend=dev.key)
+    saved = dev.global_mem
+    try:
+        dev.global_mem = dev.pool.active_bytes + (1 << 20)
+        with pytest.raises(MemoryError, match="allocating 4194304 bytes"):
+            dev.alloc(4 << 20)
+        np.testing.assert_array_equal(keep.numpy(), 1)  # earlier arrays intact
+    finally:
+        dev.global_mem = saved
+
+
+def test_pool_cap_variable(monkeypatch):
+    from xdev.backends.opencl.device import pool_cap
+
+    monkeypatch.delenv("XDEV_OPENCL_POOL_CAP", raising=False)
+    assert pool_cap(16 << 30) == 1 << 30 and pool_cap(1 << 30) == 1 << 28
+    for v, n in (("0", 0), ("512M", 512 << 20), ("2G", 2 << 30), ("1000", 1000), ("64KiB", 64 << 10)):
+        monkeypatch.setenv("XDEV_OPENCL_POOL_CAP", v)
+        assert pool_cap(1 << 30) == n
+    monkeypatch.setenv("XDEV_OPENCL_POOL_CAP", "lots")
+    with pytest.raises(ValueError, match="XDEV_OPENCL_POOL_CAP='lots' is not a size"):
+        pool_cap(1 << 30)
+
+
+def test_synchronize_without_argument_waits_for_every_used_device(monkeypatch):
+    require("opencl")
+    from xdev._registry import get_device
+
+    xdev.asarray([1.0], backend="opencl")
+    seen = []
+    for dev in (get_device("numpy"), get_device("opencl")):
+        monkeypatch.setattr(dev, "synchronize", lambda d=dev: seen.append(d.key), raising=False)
+    with xdev.use_backend("numpy"):
+        xdev.synchronize()
+    assert get_device("opencl").key in seen and "numpy" in seen
+    seen.clear()
+    xdev.synchronize("opencl")
+    assert seen == [get_device("opencl").key]
+
+
+def test_stale_pocl_cache_entry_is_rebuilt(monkeypatch):
+    """A program without the asked-for kernel (what a half-written PoCL cache entry gives:
+    INVALID_KERNEL_NAME) is built again instead of failing."""
+    import pyopencl as cl
+
+    dev = require("opencl")
+    from xdev.backends.opencl.device import PROBE_SOURCE
+
+    real_get = dev.programs.get
+    calls = []
+
+    def get(name, options, fresh=False):
+        calls.append(fresh)
+        if not fresh:
+            return cl.Program(dev.ctx, PROBE_SOURCE).build()  # has no kernel "fill"
+        return real_get(name, options, fresh=True)
+
+    monkeypatch.setattr(dev.programs, "get", get)
+    opts = {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "XDEV_TEST_STALE": 1}
+    k = dev.kernel("copy.cl", "fill", opts)
+    assert calls == [False, True] and k.function_name == "fill"
+
+
+# -- the device proof -------------------------------------------------------------------------
+def _first_candidate_code() -> str:
+    return ("from xdev.backends.opencl import device as d\n"
+            "c = d.candidates()[0]\n"
+            "print('REASON', d.unusable_reason(c))\n")
+
+
+def test_proof_survives_a_child_that_aborts(tmp_path):
+    """A real child process with an injected abort (what an LLVM 'Cannot select' does):
+    the device is reported unusable with the reason and the fix; the caller lives on."""
+    require("opencl")
+    r = _run(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path), XDEV_OPENCL_PROOF_FAULT="abort")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "REASON opencl:0:0" in out and "check process died (exit -6)" in out, out
+    assert "apt-get install pocl-opencl-icd" in out
+    # The verdict is cached: a second process does not prove again (no fault hook now,
+    # yet the cached failure is what it reports).
+    r2 = _run(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path))
+    assert "check process died" in r2.stdout, r2.stdout + r2.stderr[-2000:]
+
+
+def _fake_cand():
+    class Dev:
+        name = "Fake CPU"
+        driver_version = "1.0"
+
+    class Plat:
+        name = "Fake Platform"
+        version = "OpenCL 3.0 Fake 1.0"
+
+    class Cand:
+        p, d, key, label = 0, 0, "opencl:0:0", "Fake CPU (Fake 1.0)"
+        device, platform = Dev(), Plat()
+
+    return Cand()
+
+
+def test_proof_falls_back_to_a_narrower_vector_width(tmp_path, monkeypatch):
+    from xdev.backends.opencl import proof
+
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    tried = []
+
+    def child(cand, vw, first):
+        tried.append(vw)
+        return "vector width 16: the check process died (exit -6): LLVM ERROR: Cannot select" if vw == 16 else None
+
+    monkeypatch.setattr(proof, "run_child", child)
+    params = {"gemm": {"VW": 16, "VWD": 8}, "conv": {"VW": 16, "VWD": 8}}
+    assert proof.prove(_fake_cand(), "cpu", params) == (8, None)
+    assert tried == [16, 8]
+    assert proof.prove(_fake_cand(), "cpu", params) == (8, None)  # cached: no child
+    assert tried == [16, 8]
+    files = list((tmp_path / "opencl-proof").glob("*.json"))
+    assert len(files) == 1
+    # A damaged or foreign verdict file is not trusted: the device is proven again.
+    for bad in ("{", "[]", json.dumps({"ok": True, "vw": 3, "reason": ""})):
+        files[0].write_text(bad)
+        tried.clear()
+        assert proof.prove(_fake_cand(), "cpu", params) == (8, None) and tried == [16, 8]
+    # All widths fail: unusable, with the first error and the fix.
+    monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: f"vector width {vw}: LLVM ERROR")
+    vw, why = proof.prove(_fake_cand(), "gpu", params)
+    assert vw is None and "vector width 16: LLVM ERROR" in why and "pocl-opencl-icd" in why
+
+
+def test_proof_with_an_unwritable_cache_still_answers(tmp_path, monkeypatch):
+    from xdev.backends.opencl import proof
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(blocker / "sub"))
+    monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: None)
+    assert proof.prove(_fake_cand(), "cpu", {"gemm": {"VW": 8, "VWD": 4}, "conv": {"VW": 8, "VWD": 4}}) == (8, None)
+
+
+def test_proof_child_checks_a_real_device(tmp_path):
+    """The child itself (no fault): builds and runs every family and dtype, then says ok."""
+    dev = require("opencl")
+    c = dev.cand
+    assert dev.params["gemm"]["VW"] in (2, 4, 8, 16)
+    from xdev.backends.opencl import proof
+
+    assert proof.run_child(c, dev.params["gemm"]["VW"], first=False) is None
+
+
+# -- tuning cache -----------------------------------------------------------------------------
+@pytest.fixture
+def tuning_env(tmp_path, monkeypatch):
+    """An OpenCL device with a private tuning cache (the proof verdicts copied along)."""
+    import shutil
+
+    dev = require("opencl")
+    from xdev.backends.opencl import tuning
+
+    src = tuning.cache_dir() / "opencl-proof"
+    if src.is_dir():
+        shutil.copytree(src, tmp_path / "opencl-proof")
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    tuning._warned.clear()
+    return dev, tuning, tmp_path / "opencl-tuning.json"
+
+
+@pytest.mark.parametrize("content", ["[1]", "null", "{", '"x"'])
+def test_tuning_cache_that_is_not_an_object_is_ignored_with_one_warning(tuning_env, content):
+    dev, tuning, path = tuning_env
+    path.write_text(content)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        p1 = tuning.params_for(dev)
+        p2 = tuning.params_for(dev)
+    assert "tuned" not in p1 and p1 == p2
+    msgs = [str(x.message) for x in w if "tuning cache" in str(x.message)]
+    assert len(msgs) == 1 and str(path) in msgs[0] and "xdev.tune --reset" in msgs[0]
+
+
+@pytest.mark.parametrize("entry", [
+    {"gemm": {"MR": 0}}, {"gemm": {"MR": -3}}, {"gemm": {"MR": "8"}}, {"gemm": {"NV": 1000}},
+    {"conv": {"VW": 3}}, {"gemm_gpu": {"TSM": 64, "WPTM": 3}}, {"small_work": -1}, {"gemm": 5},
+    {"gemm": {"XX": 1}}, {"bogus": 1}, [1], "x",
+])
+def test_bad_tuning_entry_is_ignored_with_a_warning_naming_the_file(tuning_env, entry):
+    dev, tuning, path = tuning_env
+    path.write_text(json.dumps({tuning.device_id(dev): entry}))
+    with pytest.warns(RuntimeWarning, match=r"ignoring .*" + str(path).replace(".", r"\.")):
+        p = tuning.params_for(dev)
+    assert "tuned" not in p and p["gemm"] == tuning.defaults(dev)["gemm"]
+
+
+def test_tune_reset_always_works_and_writes_atomically(tuning_env):
+    dev, tuning, path = tuning_env
+    for content in ("[1]", "null", "{", json.dumps({tuning.device_id(dev): {"gemm": {"MR": 0}}, "other": {}})):
+        path.write_text(content)
+        r = subprocess.run([sys.executable, "-m", "xdev.tune", "--reset", "--device", dev.key],
+                           capture_output=True, text=True, timeout=300, env=_env())
+        assert r.returncode == 0, r.stderr[-2000:]
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict) and tuning.device_id(dev) not in data
+    assert data == {"other": {}}  # other devices' entries survive
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_tune_with_an_unusable_cache_dir_fails_before_measuring(tmp_path):
+    require("opencl")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--quick"], capture_output=True, text=True,
+                       timeout=300, env=_env(XDEV_CACHE_DIR=str(blocker / "sub")))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "cannot be written" in r.stderr and "XDEV_CACHE_DIR" in r.stderr
+    assert "tuning opencl" not in r.stdout  # nothing was measured
+
+
+# -- diagnostic tools -------------------------------------------------------------------------
+def test_info_reports_a_bad_xdev_backend():
+    r = subprocess.run([sys.executable, "-m", "xdev.info"], capture_output=True, text=True,
+                       timeout=600, env={**_env(), "XDEV_BACKEND": "garbage"})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "XDEV_BACKEND='garbage' -> INVALID" in r.stdout and "valid names are numpy" in r.stdout
+
+
+def test_bench_with_no_usable_backend_fails_with_the_reason():
+    pytest.importorskip("rich")
+    if backend_status("cuda").available:
+        pytest.skip("a CUDA device is available here")
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "--quick", "--backends", "cuda"],
+                       capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    assert "nothing to measure" in r.stdout and "cuda: unavailable" in r.stdout
+    assert "0 results" not in r.stdout
