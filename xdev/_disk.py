@@ -28,6 +28,7 @@ class NpyBatches:
         self.paths = [os.fspath(p) for p in paths]
         self.batch_size = batch_size
         self.workers = workers
+        self._reader = _read  # (path, start, stop) -> array; the benchmark wraps it to time reads
         # (path, start, stop) per batch; headers are read now, so a bad file fails here.
         self._parts: list[tuple[str, int, int]] = []
         for p in self.paths:
@@ -55,14 +56,14 @@ class NpyBatches:
         try:
             # Keep `workers` reads in flight: one finished batch waits in RAM per worker at most.
             for part in parts:
-                pending.append(pool.submit(_read, *part))
+                pending.append(pool.submit(self._reader, *part))
                 if len(pending) >= self.workers:
                     break
             while pending:
                 batch = pending.popleft().result()
                 nxt = next(parts, None)
                 if nxt is not None:
-                    pending.append(pool.submit(_read, *nxt))
+                    pending.append(pool.submit(self._reader, *nxt))
                 yield batch
         finally:
             for f in pending:
