@@ -71,7 +71,8 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
         for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES):
             steps.append((f"round trip {n}", lambda n=n: roundtrip_rows(dev, a.settings, n)))
     if "pipeline" in a.ops:
-        steps.append(("pipeline", lambda: pipeline.pipeline_rows(dev, a.settings, a.quick)))
+        steps.append(("pipeline", lambda: pipeline.pipeline_rows(
+            dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None)))
     return steps
 
 
