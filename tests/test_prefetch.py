@@ -369,3 +369,17 @@ def test_cuda_stager_logic(fake_cuda_staging):
     assert ev is None and empty.shape == (0, 4)
     st.close()
     assert st.slots == [None] * 3
+
+
+def test_cuda_stager_falls_back_when_pinned_memory_runs_out(fake_cuda_staging, monkeypatch):
+    mod, dev, _ = fake_cuda_staging
+
+    def refuse(shape, dtype):
+        raise MemoryError("page-locked memory exhausted")
+
+    monkeypatch.setattr(mod.cupyx, "empty_pinned", refuse)
+    st = mod.CudaStager(dev, 2)
+    x = _batches(1, shape=(4, 4))[0]
+    d, ev = st.upload(x)
+    np.testing.assert_array_equal(d.host, x)
+    assert ev is not None and "page-locked memory exhausted" in st.pinned_error

@@ -42,6 +42,7 @@ class CudaStager:
         self.compute = cupy.cuda.get_current_stream()
         self.slots: list[_Slot | None] = [None] * max(2, slots)
         self.next = 0
+        self.pinned_error: str | None = None  # why a slot fell back to pageable memory, if one did
 
     def upload(self, host: np.ndarray) -> tuple[Any, Any]:
         n = host.nbytes
@@ -60,7 +61,19 @@ class CudaStager:
             if s is not None and s.event is not None:
                 s.event.synchronize()  # this background thread waits for the slot, nobody else
             if s is None or s.buf.nbytes < n:
-                s = self.slots[i] = _Slot(n)
+                self.slots[i] = None  # let the old slot's pinned memory go before asking for more
+                try:
+                    s = self.slots[i] = _Slot(n)
+                except Exception as e:  # page-locked memory is a limited OS resource
+                    self.pinned_error = f"{type(e).__name__}: {e}"
+                    s = None
+            if s is None:
+                # Documented fallback: a pageable copy on the copy stream (slower, synchronous
+                # for the host, but still off the consumer's thread). `pinned_error` says why.
+                src = np.ascontiguousarray(host)
+                out.data.copy_from_host_async(ctypes.c_void_p(src.ctypes.data), n, stream=self.stream)
+                self.stream.synchronize()
+                return out, self.stream.record()
             stage = s.buf[:n].view(host.dtype).reshape(host.shape)
             np.copyto(stage, host)  # pageable -> pinned on the CPU, off the consumer's thread
             out.data.copy_from_host_async(ctypes.c_void_p(stage.ctypes.data), n, stream=self.stream)
