@@ -8,13 +8,11 @@ read; ``resident_fraction`` says how much of a file is cached.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +48,10 @@ class NpyBatches:
         return self._read_all()
 
     def _read_all(self) -> Iterator[np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor  # imported on first use: keeps `import xdev` light
+
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xdev.npy_batches")
-        pending: deque[Future[np.ndarray]] = deque()
+        pending: deque[Any] = deque()  # futures, in batch order
         parts = iter(self._parts)
         try:
             # Keep `workers` reads in flight: one finished batch waits in RAM per worker at most.
@@ -136,6 +136,9 @@ def drop_page_cache(paths: Sequence[PathLike]) -> str | None:
 
 def resident_fraction(path: PathLike) -> float | None:
     """Fraction of a file's pages in the page cache (Linux mincore), or None if unknown."""
+    import ctypes
+    import ctypes.util
+
     size = os.path.getsize(path)
     libc_name = ctypes.util.find_library("c")
     if not libc_name or size == 0 or not hasattr(mmap, "PROT_READ"):
