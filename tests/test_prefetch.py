@@ -353,10 +353,11 @@ def test_cuda_chunked_download_logic(fake_cuda_staging, monkeypatch):
     assert len(mod._chunks[0].bufs) == 2 and all(b.nbytes == 4096 for b in mod._chunks[0].bufs)
 
 
-def test_cuda_stager_logic(fake_cuda_staging):
+def test_cuda_stager_logic(fake_cuda_staging, monkeypatch):
     mod, dev, compute = fake_cuda_staging
+    monkeypatch.setattr(mod, "CHUNK_BYTES", 16)  # 60-byte batches: 4 chunks, the last partial
     st = mod.CudaStager(dev, 3)
-    xs = _batches(7, shape=(3, 5))
+    xs = _batches(6, shape=(3, 5)) + [_batches(1, shape=(5, 4))[0].T]  # and a non-contiguous one
     outs = []
     for x in xs:
         d, ev = st.upload(x)
