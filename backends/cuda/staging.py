@@ -142,8 +142,13 @@ def download_staged(dev: Any, data: Any, out: np.ndarray) -> None:
 
 def is_pinned(host: np.ndarray) -> bool:
     """Whether host memory is page-locked (registered with CUDA)."""
+    # Either answer is correct (both paths copy right); a wrong one only costs speed.
     try:
         attrs = cupy.cuda.runtime.pointerGetAttributes(host.ctypes.data)
     except Exception:
         return False
-    return int(getattr(attrs, "type", 0)) == 1  # cudaMemoryTypeHost
+    kind = getattr(attrs, "type", getattr(attrs, "memoryType", None))
+    if kind is not None:
+        return int(kind) == 1  # cudaMemoryTypeHost
+    # Older CuPy: registered host memory has a device alias; pageable memory has neither.
+    return bool(getattr(attrs, "devicePointer", 0)) and bool(getattr(attrs, "hostPointer", 0))
