@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Device
+from .contract import Device
 
 
 class Array:

@@ -7,9 +7,9 @@ import numpy as np
 
 from ._array import Array
 from ._config import _context, default_device
-from ._shapes import IntPair, conv_params, matmul_shape
+from .contract import IntPair, conv_params, matmul_shape
 from ._registry import get_device
-from .backends.base import FLOAT_DTYPES, Device
+from .contract import FLOAT_DTYPES, Device
 
 _F16, _F32, _F64 = FLOAT_DTYPES
 

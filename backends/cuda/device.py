@@ -9,7 +9,7 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
 from . import _plan, kernels
 from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract import FLOAT_DTYPES, BackendStatus, ConvParams, Device
 
 F16, F32, F64 = FLOAT_DTYPES
 # Upper bound for one im2col block, so memory stays bounded for large batches and images.

@@ -7,7 +7,7 @@ import numpy as np
 
 import xdev
 
-from . import tuning
+from . import params
 
 
 def _time(dev, fn: Callable[[], Any], repeat: int) -> float:
@@ -92,6 +92,6 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
 
 
 def save(dev, found: dict[str, Any]):
-    path = tuning.store(dev, found)
-    dev.params = tuning.params_for(dev)
+    path = params.store(dev, found)
+    dev.params = params.params_for(dev)
     return path

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev.backends.base import ConvParams
+from xdev.contract import ConvParams
 
 from . import array as cla
 from .array import CLArray
 from .gemm import cdiv, pack, tile_options
-from .program import type_options
+from .kernels import type_options
 
 F64 = np.dtype(np.float64)
 

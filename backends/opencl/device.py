@@ -12,10 +12,10 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.tools
 
-from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
 from . import array as cla
 from .array import CLArray
-from .program import ProgramCache, type_options
+from .kernels import ProgramCache, type_options
 
 F16, F32, F64 = FLOAT_DTYPES
 PROBE_SOURCE = "__kernel void probe(__global float* a) { a[get_global_id(0)] *= 2.0f; }"
@@ -183,9 +183,9 @@ class OpenCLDevice(Device):
         self._kernels: dict[tuple, cl.Kernel] = {}
         self._peak: dict[np.dtype, float] = {}
         self._lock = threading.Lock()
-        from . import tuning
+        from . import params
 
-        self.params = tuning.params_for(self)
+        self.params = params.params_for(self)
 
     # -- dtypes and memory --------------------------------------------------------------
     def check_dtype(self, dtype: np.dtype) -> None:

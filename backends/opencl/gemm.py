@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev._shapes import broadcast_batch, matmul_shape
+from xdev.contract import broadcast_batch, matmul_shape
 
 from . import array as cla
 from .array import CLArray
-from .program import type_options
+from .kernels import type_options
 
 F64 = np.dtype(np.float64)
 

@@ -384,7 +384,7 @@ class Emulator:
 
 def P(xs, ws, stride=1, padding=0, dilation=1, groups=1):
     """ConvParams as xdev.conv2d builds them."""
-    from xdev._shapes import conv_params
+    from xdev.contract import conv_params
 
     return conv_params(xs, ws, (ws[0],), stride, padding, dilation, groups)
 
@@ -583,7 +583,7 @@ def test_tf32_opt_in(cuda):
         dev = xdev.asarray([1.0], backend="cuda")._dev
         print(float(ratio), dev.acc_dtype(np.dtype(np.float32)), dev.info()["tf32"])
     """)
-    path = [str(Path(__file__).parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = [str(Path(__file__).resolve().parents[1])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     r = run_py(code, XDEV_CUDA_TF32="1", PYTHONPATH=os.pathsep.join(path))
     assert r.returncode == 0, r.stderr
     ratio, acc, flag = r.stdout.split()

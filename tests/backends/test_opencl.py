@@ -130,7 +130,7 @@ def test_kernels_build_once_and_shapes_do_not_rebuild(cl_dev):
 
 
 def test_build_error_carries_log_and_options(cl_dev):
-    from xdev.backends.opencl.program import KernelBuildError
+    from xdev.backends.opencl.kernels import KernelBuildError
 
     with pytest.raises(KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output"):
         cl_dev.programs.get("gemm_cpu.cl", {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5})
@@ -177,15 +177,15 @@ def test_two_pocls_with_one_platform_name_are_told_apart():
 
 
 def test_tuning_cache_round_trip(cl_dev, tmp_path, monkeypatch):
-    from xdev.backends.opencl import tuning
+    from xdev.backends.opencl import params
 
     monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
-    assert tuning.cache_file() == tmp_path / "opencl-tuning.json"
+    assert params.cache_file() == tmp_path / "opencl-tuning.json"
     saved = cl_dev.params
     try:
-        assert "tuned" not in tuning.params_for(cl_dev)
-        tuning.store(cl_dev, {"gemm": {"MR": 8, "NV": 2}})
-        tuned = tuning.params_for(cl_dev)
+        assert "tuned" not in params.params_for(cl_dev)
+        params.store(cl_dev, {"gemm": {"MR": 8, "NV": 2}})
+        tuned = params.params_for(cl_dev)
         assert tuned["tuned"] and tuned["gemm"]["MR"] == 8 and tuned["gemm"]["VW"] == saved["gemm"]["VW"]
         cl_dev.params = tuned  # the backend really uses what was stored
         a = values(1, (100, 90), np.float32)

@@ -26,7 +26,7 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ConvParams:
-    """Validated conv2d geometry, shared by every backend (built by xdev._shapes)."""
+    """Validated conv2d geometry, shared by every backend (built by xdev.contract.shapes)."""
 
     N: int
     C: int

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from .backends.base import ConvParams
+from .device import ConvParams
 
 IntPair = Union[int, tuple[int, int]]
 
