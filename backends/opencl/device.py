@@ -242,7 +242,7 @@ class OpenCLDevice(Device):
 
     # -- transfers ----------------------------------------------------------------------
     def upload(self, host: np.ndarray) -> CLArray:
-        host = np.ascontiguousarray(host)
+        host = np.asarray(host, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
         out = self.empty(host.shape, host.dtype)
         if out.buf is not None:
             cl.enqueue_copy(self.queue, out.buf, host, is_blocking=True)

@@ -482,7 +482,7 @@ def test_direct_plan_fits_shared_memory():
 
 @pytest.fixture(scope="module")
 def cuda():
-    from conftest import require
+    from availability import require
 
     return require("cuda")
 

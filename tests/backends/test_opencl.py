@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import xdev
-from conftest import require
+from availability import require
 from reference import conv2d_ref, matmul_ref
 from strategies import supported_dtypes, values
 from tolerance import assert_agrees
