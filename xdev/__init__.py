@@ -18,7 +18,7 @@ from ._array import Array  # noqa: E402
 from ._config import get_backend, set_backend, use_backend
 from ._ops import asarray, conv2d, matmul, synchronize
 from ._registry import available_backends
-from .contract import BackendStatus, BackendUnavailable
+from .contract import BackendStatus, BackendUnavailable, KernelBuildError
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "Array",
     "BackendStatus",
     "BackendUnavailable",
+    "KernelBuildError",
     "asarray",
     "available_backends",
     "conv2d",

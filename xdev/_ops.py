@@ -11,7 +11,6 @@ from .contract import IntPair, conv_params, matmul_shape
 from ._registry import get_device
 from .contract import FLOAT_DTYPES, Device
 
-_F16, _F32, _F64 = FLOAT_DTYPES
 
 
 def _dtype(dtype: Any) -> np.dtype:

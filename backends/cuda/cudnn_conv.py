@@ -21,8 +21,9 @@ from typing import Any
 import cupy
 import numpy as np
 
+from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
+
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
-_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _CACHE_SIZE = 128
 
 

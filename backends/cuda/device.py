@@ -9,11 +9,10 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
 from . import _plan, kernels
 from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
 
-F16, F32, F64 = FLOAT_DTYPES
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
 _lock = threading.Lock()
@@ -164,12 +163,12 @@ class CudaDevice(Device):
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
         self._cudnn = CudnnConv(index, self.cc)
-        self._kernel_build_s = 0.0
+        self.kernels = kernels.Kernels(f"{self.key} {self.name}")
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
-        return self._kernel_build_s + self._cudnn.build_seconds
+        return self.kernels.build_seconds + self._cudnn.build_seconds
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -332,7 +331,7 @@ class CudaDevice(Device):
             return y, algo
 
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
-        self._kernel_build_s += kernels.launch(self.index, plan, arrays)
+        self.kernels.launch(plan, arrays)
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

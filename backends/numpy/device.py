@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from xdev.contract import FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, ConvParams, Device
 
-F16, F32, F64 = FLOAT_DTYPES
 # Upper bound for one im2col block, so memory stays bounded for large batches and images.
 # (Smaller blocks, 2-32 MiB, measured no faster on VGG-16: they shrink the GEMMs.)
 COLS_BUDGET_BYTES = 64 << 20

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev.contract import ConvParams
+from xdev.contract import F32, F64, ConvParams
 
 from . import array as cla
 from .array import CLArray
 from .gemm import cdiv, pack, tile_options
 from .kernels import type_options
-
-F64 = np.dtype(np.float64)
 
 
 def choose(p: ConvParams, algorithm: str) -> str:
@@ -26,7 +24,7 @@ def choose(p: ConvParams, algorithm: str) -> str:
 
 def pad_input(dev, x: CLArray, p: ConvParams, slack: int) -> tuple[object, int, int]:
     """Zero-padded copy in the compute type, with `slack` spare elements at the end."""
-    real = F64 if x.dtype == F64 else np.dtype(np.float32)
+    real = F64 if x.dtype == F64 else F32
     pt, pb, pl, pr = p.pad
     Hp, Wp = p.H + pt + pb, p.W + pl + pr
     buf = dev.alloc((p.N * p.C * Hp * Wp + slack) * real.itemsize)

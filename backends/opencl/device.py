@@ -12,12 +12,12 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.tools
 
-from xdev.contract import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract.kernel_cache import KernelCache
 from . import array as cla
 from .array import CLArray
-from .kernels import ProgramCache, type_options
+from .kernels import build_program, type_options
 
-F16, F32, F64 = FLOAT_DTYPES
 PROBE_SOURCE = "__kernel void probe(__global float* a) { a[get_global_id(0)] *= 2.0f; }"
 
 
@@ -173,14 +173,15 @@ class OpenCLDevice(Device):
         self.family = kernel_family(self.is_cpu)
         self.ctx = _contexts.get(cand.key) or cl.Context([cand.device])
         self.queue = cl.CommandQueue(self.ctx)
-        self.programs = ProgramCache(self.ctx, cand.device, f"{self.key} {self.name}")
+        # Built once per (source file, options) on this device; kernels once per name too.
+        self.programs: KernelCache[cl.Program] = KernelCache()
+        self.kernels: KernelCache[cl.Kernel] = KernelCache()
         self.pool = cl.tools.MemoryPool(cl.tools.ImmediateAllocator(self.queue))
         exts = cand.device.extensions.split()
         self.has_fp64 = "cl_khr_fp64" in exts
         self.has_fp16 = "cl_khr_fp16" in exts
         self.max_alloc = int(cand.device.max_mem_alloc_size)
         self.global_mem = int(cand.device.global_mem_size)
-        self._kernels: dict[tuple, cl.Kernel] = {}
         self._peak: dict[np.dtype, float] = {}
         self._lock = threading.Lock()
         from . import params
@@ -220,16 +221,17 @@ class OpenCLDevice(Device):
         buf = self.alloc(size * dtype.itemsize) if size else None
         return CLArray(buf, 0, shape, cla.c_strides(shape), np.dtype(dtype))
 
+    def program(self, file: str, options: dict[str, int]) -> cl.Program:
+        """Kernel file `file` built with `-D` options (memoized; KernelBuildError if it fails)."""
+        return self.programs.get(
+            (file, tuple(sorted(options.items()))),
+            lambda: build_program(self.ctx, f"{self.key} {self.name}", file, options),
+        )
+
     def kernel(self, file: str, name: str, options: dict[str, int]) -> cl.Kernel:
-        key = (file, name, tuple(sorted(options.items())))
-        k = self._kernels.get(key)
-        if k is None:
-            prg = self.programs.get(file, options)
-            with self._lock:
-                k = self._kernels.get(key)
-                if k is None:
-                    k = self._kernels[key] = cl.Kernel(prg, name)
-        return k
+        return self.kernels.get(
+            (file, name, tuple(sorted(options.items()))), lambda: cl.Kernel(self.program(file, options), name)
+        )
 
     def launch(self, file: str, name: str, options: dict[str, int], global_size: tuple[int, ...],
                local_size: tuple[int, ...] | None, *args: Any) -> cl.Event:

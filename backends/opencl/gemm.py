@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev.contract import broadcast_batch, matmul_shape
+from xdev.contract import F32, F64, broadcast_batch, matmul_shape
 
 from . import array as cla
 from .array import CLArray
 from .kernels import type_options
-
-F64 = np.dtype(np.float64)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -94,7 +92,7 @@ def _small(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
 
 def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int, R: int):
     """Panels of R rows for the packed GEMM; returns (buffer, packed strides per batch dim)."""
-    real = F64 if src.dtype == F64 else np.dtype(np.float32)
+    real = F64 if src.dtype == F64 else F32
     own = [(n, s) for n, s in zip(shape, strides) if s != 0]
     own_shape, (own_str,) = pad3(tuple(n for n, _ in own), tuple(s for _, s in own))
     PB = int(np.prod(own_shape))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,23 +119,34 @@ def test_auto_picks_direct_for_depthwise(cl_dev):
 def test_kernels_build_once_and_shapes_do_not_rebuild(cl_dev):
     a = xdev.asarray(values(1, (70, 80), np.float32), backend=cl_dev.key)
     xdev.matmul(a, a.T)
-    n = len(cl_dev.programs._programs)
+    n = len(cl_dev.programs)
     for m in (71, 90, 130):
         xdev.matmul(a[:m % 70 + 1], a.T)
     xdev.matmul(xdev.asarray(values(2, (300, 200), np.float32), backend=cl_dev.key),
                 xdev.asarray(values(3, (200, 150), np.float32), backend=cl_dev.key))
-    after_big = len(cl_dev.programs._programs)
+    after_big = len(cl_dev.programs)
     xdev.matmul(xdev.asarray(values(4, (301, 203), np.float32), backend=cl_dev.key),
                 xdev.asarray(values(5, (203, 157), np.float32), backend=cl_dev.key))
-    assert len(cl_dev.programs._programs) == after_big  # a new shape compiles nothing
+    assert len(cl_dev.programs) == after_big  # a new shape compiles nothing
     assert after_big - n <= 2  # the packed family: pack + micro-kernel
 
 
-def test_build_error_carries_log_and_options(cl_dev):
-    from xdev.backends.opencl.kernels import KernelBuildError
-
-    with pytest.raises(KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output"):
-        cl_dev.programs.get("gemm_cpu.cl", {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5})
+def test_build_error_carries_log_options_and_real_source_lines(cl_dev):
+    # VW=5 is no OpenCL vector width: the build fails inside common.cl's macros and gemm_cpu.cl.
+    opts = {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5}
+    with pytest.raises(xdev.KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output") as ei:
+        cl_dev.program("gemm_cpu.cl", opts)
+    e = ei.value
+    assert e.file.endswith("gemm_cpu.cl") and "-DVW=5" in e.options and e.log
+    files = {Path(f).name for f, _ in e.locations}
+    assert files <= {"common.cl", "gemm_cpu.cl"} and "gemm_cpu.cl" in files, e.locations
+    for f, line in e.locations:  # every place is a real line of the real file, shown in the message
+        assert 1 <= line <= len(Path(f).read_text().splitlines()), (f, line)
+        assert f"{f}:{line}" in str(e)
+    # The 'float5' error points at the vector typedef in common.cl, not at a temporary file.
+    line = next(ln for ln in str(e).splitlines() if "float5" in ln)
+    f, n = re.search(r"(\S+common\.cl):(\d+)", line).groups()
+    assert "typedef CAT(REAL_T, VW)" in Path(f).read_text().splitlines()[int(n) - 1]
 
 
 def test_out_of_memory_is_memory_error_and_device_survives(cl_dev):
