@@ -9,9 +9,9 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
 from . import _plan, kernels
-from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
+from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
@@ -115,7 +115,7 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
     if dtype != F32:
         yield
         return
-    tf32 = tf32_enabled() and cc >= 80
+    tf32 = env.cuda_tf32() and cc >= 80
     rl = _routines_linalg()
     cublas = _cublas()
     # CuPy's COMPUTE_TYPE_DEFAULT / _TF32 and cuBLAS's math modes (values as in their headers).
@@ -215,7 +215,7 @@ class CudaDevice(Device):
         dtype = np.dtype(dtype)
         if dtype == F16:
             return F32
-        if dtype == F32 and tf32_enabled() and self.cc >= (8, 0):
+        if dtype == F32 and env.cuda_tf32() and self.cc >= (8, 0):
             return F16
         return dtype
 
@@ -370,8 +370,8 @@ class CudaDevice(Device):
             "cupy": cupy.__version__,
             **versions(),
             "conv_algorithms": list(self.conv_algorithms),
-            "tf32": tf32_enabled(),
-            "cudnn_fast": fast_enabled(),
+            "tf32": env.cuda_tf32(),
+            "cudnn_fast": env.cudnn_fast(),
         }
         if clock_khz and sms:
             lanes = _FP32_LANES.get(self.cc, 128)

@@ -1,7 +1,6 @@
 """OpenCL devices: discovery, the selector, and the Device implementation."""
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pyopencl as cl
 import pyopencl.tools
 
 from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import env
 from xdev.contract.kernel_cache import KernelCache
 from . import array as cla
 from .array import CLArray
@@ -51,6 +51,7 @@ def short_version(version: str) -> str:
 
 @lru_cache(maxsize=1)
 def candidates() -> tuple[Candidate, ...]:
+    env.prepare_pocl()  # PoCL reads POCL_AFFINITY when the platforms are enumerated
     try:
         platforms = cl.get_platforms()
     except cl.Error as e:
@@ -132,8 +133,8 @@ def _select(selector: str | None) -> list[Candidate]:
 
 
 def open_device(selector: str | None) -> OpenCLDevice:
-    if selector is None and os.environ.get("PYOPENCL_CTX", "").strip():
-        selector = os.environ["PYOPENCL_CTX"].strip()
+    if selector is None and env.pyopencl_ctx():
+        selector = env.pyopencl_ctx()
     matches = _select(selector)
     reasons = []
     for c in matches:
@@ -376,16 +377,11 @@ class OpenCLDevice(Device):
         }
 
 
-ENV_KERNELS = "XDEV_OPENCL_KERNELS"
-
-
 def kernel_family(is_cpu: bool) -> str:
     """'cpu' (register-blocked, packed panels) or 'gpu' (local-memory tiles)."""
-    v = os.environ.get(ENV_KERNELS, "auto").strip().lower() or "auto"
+    v = env.opencl_kernels()
     if v == "auto":
         return "cpu" if is_cpu else "gpu"
-    if v not in ("cpu", "gpu"):
-        raise ValueError(f"{ENV_KERNELS}={v!r} is not valid; expected auto, cpu or gpu")
     return v
 
 

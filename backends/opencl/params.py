@@ -6,18 +6,14 @@ Tuned values are stored per (device name, driver version) in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-ENV_CACHE = "XDEV_CACHE_DIR"
+from xdev.contract import env
 
 
 def cache_file() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
-    )
-    return Path(root) / "opencl-tuning.json"
+    return env.cache_dir() / "opencl-tuning.json"
 
 
 def device_id(dev) -> str:

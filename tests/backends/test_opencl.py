@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 
@@ -242,3 +243,17 @@ def test_threads_sharing_the_device_get_their_own_results(cl_dev):
     for t in threads:
         t.join(120)
     assert not errors, errors[0]
+
+
+def test_pocl_affinity_is_set_at_first_use_not_at_import(cl_dev):
+    import subprocess
+    import sys
+
+    code = ("import os, xdev.backends.opencl as b; print(os.environ.get('POCL_AFFINITY'));"
+            "import xdev; xdev.available_backends(); print(os.environ.get('POCL_AFFINITY'))")
+    env = {k: v for k, v in os.environ.items() if k != "POCL_AFFINITY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.split() == ["None", "1"], r.stderr
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**env, "POCL_AFFINITY": "0"})
+    assert r.stdout.split() == ["0", "0"], r.stderr  # the user's choice wins
