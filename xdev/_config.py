@@ -53,9 +53,5 @@ def use_backend(spec: str) -> Iterator[None]:
         _context.reset(token)
 
 
-def context_spec() -> str | None:
-    return _context.get()
-
-
 def default_device():
     return get_device(_default_spec())

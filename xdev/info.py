@@ -9,11 +9,10 @@ import numpy as np
 import xdev
 from xdev._registry import get_device
 from xdev.contract import env
+from xdev.contract.machine import blas_name
 
 
 def lines() -> list[str]:
-    from xdev.backends.numpy.device import blas_name
-
     out = [
         f"xdev {xdev.__version__}  Python {platform.python_version()}  NumPy {np.__version__} ({blas_name()})",
         f"platform: {platform.platform()}",

@@ -10,6 +10,7 @@ import cupy
 import numpy as np
 
 from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract.machine import cuda_peak_estimate
 from . import _plan, kernels
 from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
@@ -137,13 +138,6 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
             rl.set_compute_type(F32, prev_type)
         if prev_mode != want_mode:
             cublas.setMathMode(handle, prev_mode)
-
-
-# Compute capability -> FP32 lanes per SM (CUDA cores); used for the peak estimates in info().
-_FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}
-_FP64_PER_FP32 = {(6, 0): 0.5, (7, 0): 0.5, (8, 0): 0.5, (9, 0): 0.5}
-_DMMA = {(8, 0), (9, 0)}  # FP64 tensor cores double the FP64 rate for GEMMs
-_HMMA_FLOPS_PER_CLK_SM = {(7, 0): 1024, (8, 0): 2048, (9, 0): 4096}  # dense FP16, FP32 accumulate
 
 
 class CudaDevice(Device):
@@ -330,6 +324,12 @@ class CudaDevice(Device):
                 _plan.run_direct(cupy, self._launch, x, w, bias, p, y)
             return y, algo
 
+    peak_method = "estimate: SMs x lanes x 2 x max clock"
+
+    def peak_gflops(self, dtype: np.dtype = F32) -> float | None:
+        """Estimated from the SM count and maximum clock (see info()['peak_gflops_est'])."""
+        return self.info().get("peak_gflops_est", {}).get(np.dtype(dtype).name)
+
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
         self.kernels.launch(plan, arrays)
 
@@ -374,15 +374,8 @@ class CudaDevice(Device):
             "cudnn_fast": env.cudnn_fast(),
         }
         if clock_khz and sms:
-            lanes = _FP32_LANES.get(self.cc, 128)
-            ghz = clock_khz / 1e6
-            fp32 = sms * lanes * 2 * ghz
-            fp64 = fp32 * _FP64_PER_FP32.get(self.cc, 1 / 32)
-            peaks = {"float32": fp32, "float64": fp64 * (2 if self.cc in _DMMA else 1)}
-            hmma = _HMMA_FLOPS_PER_CLK_SM.get(self.cc)
-            if hmma:
-                peaks["float16"] = sms * hmma * ghz
-            out["peak_gflops_est"] = peaks  # at the maximum clock; datasheet figures are the reference
+            # At the maximum clock; datasheet figures (machine.datasheet_gflops) are the reference.
+            out["peak_gflops_est"] = cuda_peak_estimate(self.cc, sms, clock_khz / 1e6)
         if mem_khz and bus_bits:
             out["peak_bandwidth_gbs_est"] = 2 * mem_khz * 1e3 * bus_bits / 8 / 1e9
         return out

@@ -328,7 +328,9 @@ class OpenCLDevice(Device):
 
         return conv2d(self, x, w, bias, p, algorithm)
 
-    def measured_peak_gflops(self, dtype: np.dtype = F32) -> float:
+    peak_method = "calibrated FMA loop"
+
+    def peak_gflops(self, dtype: np.dtype = F32) -> float:
         """Calibrated multiply-add rate (GFLOP/s) from a kernel of independent FMA chains."""
         import time
 

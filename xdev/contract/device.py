@@ -98,6 +98,15 @@ class Device(abc.ABC):
             out.append(time.perf_counter() - t0)
         return out
 
+    peak_method: str = ""  # how peak_gflops() gets its figure, for reports
+
+    def peak_gflops(self, dtype: np.dtype) -> float | None:
+        """This device's peak multiply-add rate in GFLOP/s for ``dtype``, or None if unknown.
+
+        The benchmark divides measured GFLOP/s by it; ``peak_method`` says where it comes from.
+        """
+        return None
+
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A page-locked host array for fast transfers, or None if the backend has none."""
         return None
