@@ -5,7 +5,7 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyopencl as cl
@@ -173,7 +173,10 @@ class OpenCLDevice(Device):
         self.is_cpu = not cand.is_gpu
         self.family = kernel_family(self.is_cpu)
         self.ctx = _contexts.get(cand.key) or cl.Context([cand.device])
-        self.queue = cl.CommandQueue(self.ctx)
+        # Profiling on, so elapsed() times with device events as the CUDA backend does
+        # (measured: no cost on PoCL, within 2% noise on matmul+conv).
+        self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        self._event_timing = True  # off if the driver gives markers no profiling info
         # Built once per (source file, options) on this device; kernels once per name too.
         self.programs: KernelCache[cl.Program] = KernelCache()
         self.kernels: KernelCache[cl.Kernel] = KernelCache()
@@ -310,6 +313,28 @@ class OpenCLDevice(Device):
 
     def synchronize(self) -> None:
         self.queue.finish()
+
+    def elapsed(self, fn: Callable[[], Any], repeat: int) -> list[float]:
+        """Seconds per call between profiling markers enqueued around ``fn`` (device clock).
+
+        Like CUDA events: the span from the end of a marker before ``fn``'s work to the end of
+        one after it, so the host's wake-up latency after the last kernel is not counted.
+        """
+        if not self._event_timing:
+            return super().elapsed(fn, repeat)
+        out: list[float] = []
+        self.synchronize()
+        for _ in range(repeat):
+            start = cl.enqueue_marker(self.queue)
+            fn()
+            end = cl.enqueue_marker(self.queue)
+            end.wait()
+            try:
+                out.append((end.profile.end - start.profile.end) * 1e-9)
+            except cl.Error:  # CL_PROFILING_INFO_NOT_AVAILABLE: time this device on the host
+                self._event_timing = False
+                return super().elapsed(fn, repeat)
+        return out
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]

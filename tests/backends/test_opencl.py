@@ -257,3 +257,21 @@ def test_pocl_affinity_is_set_at_first_use_not_at_import(cl_dev):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**env, "POCL_AFFINITY": "0"})
     assert r.stdout.split() == ["0", "0"], r.stderr  # the user's choice wins
+
+
+def test_elapsed_times_with_profiling_events(cl_dev):
+    import time
+
+    import pyopencl as cl
+
+    a = xdev.asarray(values(1, (256, 256), np.float32), backend=cl_dev.key)
+    xdev.matmul(a, a)
+    t0 = time.perf_counter()
+    times = cl_dev.elapsed(lambda: xdev.matmul(a, a), 3)
+    host = time.perf_counter() - t0
+    assert cl_dev.queue.properties & cl.command_queue_properties.PROFILING_ENABLE
+    assert cl_dev._event_timing, "PoCL gives markers profiling info: no host-clock fallback here"
+    assert len(times) == 3 and all(0 < t for t in times) and sum(times) <= host
+    # More work takes longer on the device clock too.
+    four = cl_dev.elapsed(lambda: [xdev.matmul(a, a) for _ in range(4)], 3)
+    assert min(four) > min(times)
