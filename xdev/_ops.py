@@ -170,6 +170,11 @@ def conv2d(
     return Array._wrap(out, dev, ran)
 
 
+# Array's @ operator (declared in _array.py) is matmul.
+Array.__matmul__ = lambda self, other: matmul(self, other)  # type: ignore[method-assign]
+Array.__rmatmul__ = lambda self, other: matmul(other, self)  # type: ignore[method-assign]
+
+
 def synchronize(backend: str | None = None) -> None:
     """Wait for the queued work of a device (by default the active one) to finish."""
     _device_for(backend, ())[0].synchronize()

@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
-    from xdev._registry import get_device
-    from xdev.backends.opencl import autotune, params
+    from xdev._registry import get_device, load
 
     dev = get_device(a.device)
+    backend = load("opencl")  # the core reaches a backend through the registry only
+    autotune, params = backend.autotune, backend.params
     if a.reset:
         data = params.load_all()
         data.pop(params.device_id(dev), None)

@@ -15,6 +15,7 @@ from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavaila
 from xdev.contract import env
 from xdev.contract.kernel_cache import KernelCache
 from . import array as cla
+from . import conv, gemm, params
 from .array import CLArray
 from .kernels import build_program, type_options
 
@@ -188,8 +189,6 @@ class OpenCLDevice(Device):
         self.global_mem = int(cand.device.global_mem_size)
         self._peak: dict[np.dtype, float] = {}
         self._lock = threading.Lock()
-        from . import params
-
         self.params = params.params_for(self)
 
     # -- dtypes and memory --------------------------------------------------------------
@@ -342,16 +341,12 @@ class OpenCLDevice(Device):
 
     # -- compute ------------------------------------------------------------------------
     def matmul(self, a: CLArray, b: CLArray) -> CLArray:
-        from .gemm import matmul
-
-        return matmul(self, a, b)
+        return gemm.matmul(self, a, b)
 
     def conv2d(
         self, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str
     ) -> tuple[CLArray, str]:
-        from .conv import conv2d
-
-        return conv2d(self, x, w, bias, p, algorithm)
+        return conv.conv2d(self, x, w, bias, p, algorithm)
 
     peak_method = "calibrated FMA loop"
 
