@@ -97,10 +97,11 @@ def test_cuda_chunked_download_logic(fake_cuda_staging, monkeypatch):
     assert len(mod._chunks[0].bufs) == 2 and all(b.nbytes == 4096 for b in mod._chunks[0].bufs)
 
 
-def test_cuda_stager_logic(fake_cuda_staging):
+def test_cuda_stager_logic(fake_cuda_staging, monkeypatch):
     mod, dev, compute = fake_cuda_staging
+    monkeypatch.setattr(mod, "CHUNK_BYTES", 16)  # 60-byte batches: 4 chunks, the last partial
     st = mod.CudaStager(dev, 3)
-    xs = [values(i, (3, 5), np.float32) for i in range(7)]
+    xs = [values(i, (3, 5), np.float32) for i in range(6)] + [values(6, (5, 4), np.float32).T]  # and a non-contiguous one
     outs = []
     for x in xs:
         d, ev = st.upload(x)

@@ -218,6 +218,16 @@ def test_npy_batches_through_prefetch_and_early_close(tmp_path, device):
     assert _settle(n0) == n0  # the prefetch thread and the reader pool are gone
 
 
+def test_npy_batches_break_stops_readers(tmp_path):
+    _, paths = _files(tmp_path, n=8)
+    n0 = threading.active_count()
+    for i, _ in enumerate(xdev.npy_batches(paths, workers=3)):
+        if i == 0:
+            assert threading.active_count() > n0  # the readers run beside the caller
+            break
+    assert _settle(n0) == n0
+
+
 def test_npy_batches_bad_input(tmp_path):
     bad = tmp_path / "x.npy"
     bad.write_bytes(b"not an npy file")
