@@ -1,6 +1,6 @@
 """python -m xdev.tune: measure OpenCL kernel parameters on your device and cache the best.
 
-The cache lives in $XDEV_CACHE_DIR/opencl-tuning.json (default ~/.cache/xdev), keyed by
+The cache lives in $XDEV_CACHE_DIR/opencl-params.json (default ~/.cache/xdev), keyed by
 device name, platform version and driver version; the OpenCL backend reads it when it
 opens the device. Delete the file (or pass --reset) to return to the built-in table.
 """
@@ -21,57 +21,54 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
-    from xdev._registry import get_device, split_selector
-    from xdev.backends.opencl import device as cldev
-    from xdev.backends.opencl import tune, tuning
+    from xdev._registry import get_device, load, split_selector
+    from xdev.contract import BackendUnavailable
 
+    try:
+        backend = load("opencl")  # the core reaches a backend through the registry only
+    except BackendUnavailable as e:
+        print(f"python -m xdev.tune: {e}", file=sys.stderr)
+        return 2
+    autotune, params = backend.autotune, backend.params
     if a.reset:
-        # Works whatever state the cache file or the device is in: no device is opened
-        # (opening proves its kernels, and reads the very file being reset).
+        # Works whatever the cache file holds, without opening the device (opening proves
+        # its kernels, and reads the very file being reset).
         try:
-            cands = cldev._select(split_selector(a.device)[1])
-        except (ValueError, xdev_unavailable()) as e:
+            done = autotune.reset(split_selector(a.device)[1])
+        except (ValueError, BackendUnavailable) as e:
             print(f"python -m xdev.tune --reset: {e}", file=sys.stderr)
             return 2
-        try:
-            for c in cands:  # a bare "opencl": every device it could mean
-                path = tuning.forget(cldev._Shim(c))
-                print(f"forgot tuned parameters of {c.key} ({c.label}) in {path}")
         except OSError as e:
-            print(f"python -m xdev.tune --reset: cannot write {tuning.cache_file()}: {e}; set "
+            print(f"python -m xdev.tune --reset: cannot write {params.cache_file()}: {e}; set "
                   f"XDEV_CACHE_DIR to a writable folder", file=sys.stderr)
             return 1
+        for key, label, path in done:
+            print(f"forgot tuned parameters of {key} ({label}) in {path}")
         return 0
     if not a.dry_run:
         try:
-            tuning.check_writable()
+            params.check_writable()
         except OSError as e:
-            print(f"python -m xdev.tune: the tuning cache {tuning.cache_file()} cannot be written "
+            print(f"python -m xdev.tune: the tuning cache {params.cache_file()} cannot be written "
                   f"({e}); set XDEV_CACHE_DIR to a writable folder, or pass --dry-run to only "
                   f"measure", file=sys.stderr)
             return 1
     try:
         dev = get_device(a.device)
-    except (ValueError, xdev_unavailable()) as e:
+    except (ValueError, BackendUnavailable) as e:
         print(f"python -m xdev.tune: {e}", file=sys.stderr)
         return 2
     print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
-    found = tune.tune(dev, quick=a.quick)
+    found = autotune.tune(dev, quick=a.quick)
     print("best:", json.dumps(found))
     if not a.dry_run:
         try:
-            print(f"stored in {tune.save(dev, found)}")
+            print(f"stored in {autotune.save(dev, found)}")
         except OSError as e:
-            print(f"python -m xdev.tune: could not store the result in {tuning.cache_file()} "
+            print(f"python -m xdev.tune: could not store the result in {params.cache_file()} "
                   f"({e}); the measured parameters are printed above", file=sys.stderr)
             return 1
     return 0
-
-
-def xdev_unavailable() -> type[Exception]:
-    from xdev.backends.base import BackendUnavailable
-
-    return BackendUnavailable
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ENV_PROOF = "XDEV_OPENCL_PROOF"  # on (default) | off
-ENV_TIMEOUT = "XDEV_OPENCL_PROOF_TIMEOUT"  # seconds one step may take, default 60
-ENV_FAULT = "XDEV_OPENCL_PROOF_FAULT"  # test hook: abort | abort-first
+from xdev.contract import env
+
+ENV_TIMEOUT = env.OPENCL_PROOF_TIMEOUT
+ENV_FAULT = env.OPENCL_PROOF_FAULT
 VERSION = 1  # bump when the set of kernels checked below changes: cached verdicts expire
 _HERE = Path(__file__).resolve().parent
 
@@ -39,22 +40,8 @@ FIX = (
 )
 
 
-def enabled() -> bool:
-    v = os.environ.get(ENV_PROOF, "on").strip().lower()
-    if v in ("", "on", "1", "true", "yes"):
-        return True
-    if v in ("off", "0", "false", "no"):
-        return False
-    raise ValueError(f"{ENV_PROOF}={v!r} is not valid; expected on or off")
-
-
-def timeout_s() -> float:
-    v = os.environ.get(ENV_TIMEOUT, "").strip()
-    try:
-        t = float(v) if v else 60.0
-    except ValueError:
-        raise ValueError(f"{ENV_TIMEOUT}={v!r} is not a number of seconds") from None
-    return t if t > 0 else 60.0
+enabled = env.opencl_proof
+timeout_s = env.opencl_proof_timeout
 
 
 def sources_hash() -> str:
@@ -94,10 +81,8 @@ def identity(cand, family: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cache_path(ident: dict[str, Any]) -> Path:
-    from .tuning import cache_dir
-
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "opencl-proof" / f"{digest}.json"
+    return env.cache_dir() / "opencl-proof" / f"{digest}.json"
 
 
 def _read_verdict(ident: dict[str, Any]) -> dict[str, Any] | None:
@@ -157,19 +142,19 @@ def run_child(cand, vw: int, first: bool) -> str | None:
     import xdev
 
     root = str(Path(xdev.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    fault = os.environ.get(ENV_FAULT, "").strip().lower()
-    env[ENV_FAULT] = "abort" if fault == "abort" or (fault == "abort-first" and first) else ""
-    env.pop("XDEV_BACKEND", None)
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
+    fault = env.opencl_proof_fault()
+    child_env[ENV_FAULT] = "abort" if fault == "abort" or (fault == "abort-first" and first) else ""
+    child_env.pop("XDEV_BACKEND", None)
     d = cand.device
     args = [sys.executable, "-m", "xdev.backends.opencl.proof", str(cand.p), str(cand.d), str(vw),
             d.name.strip(), cand.platform.version.strip()]
     # A private PoCL kernel cache: a child that dies mid-build leaves its half-written
     # entry there, not in the cache the user's processes read.
     with tempfile.TemporaryDirectory(prefix="xdev-proof-pocl-") as pocl_cache:
-        env["POCL_CACHE_DIR"] = pocl_cache
-        code, out, err, timed_out = _run(args, env, timeout_s())
+        child_env["POCL_CACHE_DIR"] = pocl_cache
+        code, out, err, timed_out = _run(args, child_env, timeout_s())
     if timed_out:
         step = [ln for ln in out.splitlines() if ln.startswith("XDEV-PROOF-STEP ")]
         after = f" after {step[-1][len('XDEV-PROOF-STEP '):]}" if step else ""
@@ -285,17 +270,17 @@ def child_main(argv: list[str]) -> int:
 def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
     import numpy as np
 
-    from xdev.backends.base import ConvParams
+    from xdev.contract import ConvParams
 
     from .device import OpenCLDevice, candidates
-    from .program import type_options
+    from .kernels import type_options
 
     cand = next((c for c in candidates() if (c.p, c.d) == (p, d)), None)
     if cand is None or cand.device.name.strip() != name or cand.platform.version.strip() != pversion:
         raise RuntimeError(f"device opencl:{p}:{d} is not {name!r} in this process")
     dev = OpenCLDevice(cand, vector_width=vw)
-    if os.environ.get(ENV_FAULT) == "abort":
-        dev.programs.get("copy.cl", type_options(np.float32, np.float32))
+    if env.opencl_proof_fault() == "abort":
+        dev.program("copy.cl", type_options(np.float32, np.float32))
         os.abort()  # what an LLVM "Cannot select" does to the process
     rng = np.random.default_rng(0)
     dtypes = [np.float32] + ([np.float64] if dev.has_fp64 else []) + [np.float16]
@@ -337,7 +322,7 @@ def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
             _check(f"conv2d {algo} stride {stride} groups {groups}",
                    dev.download(y).astype(np.float64), ref, mag, dt)
         # The benchmark's peak calibration kernel, a few iterations.
-        dev.measured_peak_gflops(dt, iters=4, repeat=1)
+        dev.peak_gflops(dt, iters=4, repeat=1)
         print(f"XDEV-PROOF-STEP peak ({dt})", flush=True)
 
 

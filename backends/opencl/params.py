@@ -10,23 +10,23 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ENV_CACHE = "XDEV_CACHE_DIR"
+from xdev.contract import env
+
+if TYPE_CHECKING:  # (the device module imports this one)
+    from .device import OpenCLDevice
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
-    )
-    return Path(root)
+    return env.cache_dir()
 
 
 def cache_file() -> Path:
-    return cache_dir() / "opencl-tuning.json"
+    return env.cache_dir() / "opencl-tuning.json"
 
 
-def device_id(dev) -> str:
+def device_id(dev: OpenCLDevice) -> str:
     d = dev.cl_device
     return f"{d.name.strip()} | {dev.cand.platform.version.strip()} | {d.driver_version.strip()}"
 
@@ -34,7 +34,7 @@ def device_id(dev) -> str:
 GPU_TILE = {"TSM": 64, "TSN": 64, "TSK": 16, "WPTM": 4, "WPTN": 4}
 
 
-def defaults(dev) -> dict[str, Any]:
+def defaults(dev: OpenCLDevice) -> dict[str, Any]:
     """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
     d = dev.cl_device
     tile = dict(GPU_TILE)
@@ -142,7 +142,7 @@ def load_all(warn: bool = True) -> dict[str, Any]:
     return data
 
 
-def params_for(dev) -> dict[str, Any]:
+def params_for(dev: OpenCLDevice) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
     if tuned is None:
@@ -186,13 +186,13 @@ def _write(data: dict[str, Any]) -> Path:
     return path
 
 
-def store(dev, params: dict[str, Any]) -> Path:
+def store(dev: OpenCLDevice, tuned: dict[str, Any]) -> Path:
     data = load_all(warn=False)
-    data[device_id(dev)] = params
+    data[device_id(dev)] = tuned
     return _write(data)
 
 
-def forget(dev) -> Path:
+def forget(dev: OpenCLDevice) -> Path:
     """Remove `dev`'s entry; a corrupt file is replaced by one without it (always works)."""
     data = load_all(warn=False)
     data.pop(device_id(dev), None)
