@@ -15,12 +15,22 @@ if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.
     __path__.append(_checkout)  # noqa: F821 (the package's own __path__)
 
 from ._array import Array  # noqa: E402
+from ._dlpack import from_dlpack
 from ._config import get_backend, set_backend, use_backend
 from ._ops import asarray, conv2d, matmul, synchronize
 from ._registry import available_backends
 from .backends.base import BackendStatus, BackendUnavailable
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # xdev.dask imports dask: load it on first use so that `import xdev` stays light.
+    if name == "dask":
+        import importlib
+
+        return importlib.import_module("xdev.dask")
+    raise AttributeError(f"module 'xdev' has no attribute {name!r}")
 
 __all__ = [
     "Array",
@@ -29,6 +39,7 @@ __all__ = [
     "asarray",
     "available_backends",
     "conv2d",
+    "from_dlpack",
     "get_backend",
     "matmul",
     "set_backend",

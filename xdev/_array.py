@@ -99,6 +99,21 @@ class Array:
         dev.check_dtype(self.dtype)
         return Array._wrap(dev.upload(self.numpy()), dev)
 
+    # -- DLPack and the CUDA array interface (xdev._dlpack; zero-copy, see docs/interop.md) --
+    def __dlpack__(self, stream: Any = None, *, max_version: tuple[int, int] | None = None,
+                   dl_device: Any = None, copy: bool | None = None) -> Any:
+        """Export as a DLPack capsule sharing this array's memory (numpy and cuda backends)."""
+        return _dlpack.export(self, stream, max_version, dl_device, copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(DLPack device type, device id): (1, 0) for numpy, (2, N) for cuda:N."""
+        return _dlpack.dlpack_device(self)
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """CUDA arrays only (numba, CuPy, torch read it); AttributeError on other backends."""
+        return _dlpack.cuda_array_interface(self)
+
     # -- views ----------------------------------------------------------------------
     @property
     def T(self) -> Array:
@@ -178,3 +193,4 @@ def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ..
 
 
 from ._ops import matmul as _matmul  # noqa: E402  (circular: _ops needs Array)
+from . import _dlpack  # noqa: E402  (circular: _dlpack needs Array)
