@@ -40,10 +40,14 @@ def _on(backend: str | None) -> contextlib.AbstractContextManager[None]:
 
 
 def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
-    """One block product a @ b on this worker's device, with a length-1 axis for the K block."""
+    """One block product a @ b on this worker's device, with a length-1 axis for the K block.
+
+    float16 blocks of a split K run as float32 products (float16 accumulates in float32
+    anyway): a float16 partial would be rounded before the sum of the K blocks.
+    """
     with _on(backend):
-        c = xdev.matmul(a, b).numpy()
-    return c.astype(part_dtype, copy=False)[..., np.newaxis, :]
+        c = xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)).numpy()
+    return c[..., np.newaxis, :]
 
 
 def _sum_parts(parts: Any, axis: tuple[int, ...], keepdims: bool, dtype: Any = None) -> np.ndarray:
@@ -67,7 +71,7 @@ def _check_backend(backend: str | None) -> None:
 
 def _float_dtype(*dts: np.dtype, op: str) -> np.dtype:
     dt = np.result_type(*dts)
-    if dt not in FLOAT_DTYPES:
+    if any(np.dtype(d) not in FLOAT_DTYPES for d in dts):  # as xdev.matmul: no silent int -> float
         raise TypeError(
             f"xdev.dask.{op}: xdev computes in float16, float32 or float64; received dtype(s) "
             f"{', '.join(str(np.dtype(d)) for d in dts)}; convert first, e.g. X.astype('float32')"
@@ -136,6 +140,14 @@ def matmul(a: Any, b: Any, *, backend: str | None = None, split_every: int | Non
     return out
 
 
+def _whole(v: Any) -> da.Array:
+    """A dask array of one chunk: one key, which Dask ships once to each worker that needs it."""
+    if isinstance(v, da.Array):
+        return v.rechunk(-1)
+    v = np.asarray(v)
+    return da.from_array(v, chunks=v.shape or -1)
+
+
 def conv2d(x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
            groups: int = 1, algorithm: str = "auto", *, backend: str | None = None) -> da.Array:
     """``xdev.conv2d`` of a dask array ``x`` (N, C, H, W), chunked along the batch.
@@ -151,8 +163,8 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, 
     unbatched = x.ndim == 3
     if unbatched:
         x = x[np.newaxis]
-    w = da.asarray(w)
-    b = None if bias is None else da.asarray(bias)
+    w = _whole(w)
+    b = None if bias is None else _whole(bias)
     dts = [x.dtype, w.dtype] + ([] if b is None else [b.dtype])
     dt = _float_dtype(*dts, op="conv2d")
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algorithm=algorithm)
@@ -161,10 +173,10 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, 
                     stride, padding, dilation, groups)
     Ho, Wo = p.Ho, p.Wo
     x = x.astype(dt, copy=False).rechunk({1: -1, 2: -1, 3: -1})
-    w = w.astype(dt, copy=False).rechunk(-1)
+    w = w.astype(dt, copy=False)
     args: list[Any] = [x, "nchw", w, "opqr"]
     if b is not None:
-        args += [b.astype(dt, copy=False).rechunk(-1), "o"]
+        args += [b.astype(dt, copy=False), "o"]
     # Output (n, o, y, z): n follows x's batch chunks, o w's single chunk, (y, z) are new axes;
     # C, H, W and w's other axes are single chunks, passed whole (concatenate=True).
     y = da.blockwise(
