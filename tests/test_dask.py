@@ -6,6 +6,10 @@ same inputs through xdev in this process are held to it too.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -79,9 +83,18 @@ def test_matmul_k_chunks_that_differ_are_aligned(client):
     _check_matmul(client, a, b, (11, 16), (24, 5), "misaligned K chunks")
 
 
-def test_matmul_tree_reduction_of_many_k_blocks(client):
-    a, b = _rand((9, 200), np.float32, 5), _rand((200, 7), np.float32, 6)
-    _check_matmul(client, a, b, (9, 10), (10, 7), "20 K blocks, split_every=3", split_every=3)
+@pytest.mark.parametrize("reduce_k", ["task", "tree"])
+def test_matmul_both_k_reductions(client, reduce_k):
+    for dt in [d for d in _dtypes() if d != np.float64]:
+        a, b = _rand((24, 200), dt, 5), _rand((200, 14), dt, 6)
+        # 20 K blocks: summed in the output block's task, or by a tree of 3 partials per step.
+        _check_matmul(client, a, b, (12, 10), (10, 7), f"20 K blocks, {reduce_k}, {np.dtype(dt)}",
+                      reduce_k=reduce_k, split_every=3)
+    # auto: a 1x1-block output with 20 K blocks is summed by a tree (K gives the parallelism).
+    C = xd.matmul(da.from_array(a, chunks=(24, 10)), da.from_array(b, chunks=(10, 14)))
+    assert any("sum_parts" in str(k) for k in C.__dask_graph__().keys())
+    with pytest.raises(ValueError, match="reduce_k"):
+        xd.matmul(a, b, reduce_k="ring")
 
 
 def test_matmul_batched_and_broadcast(client):
@@ -167,3 +180,22 @@ def test_works_without_a_cluster():
     ref, ref_abs = matmul_ref(a, b)
     dev = _worker_device()
     assert_agrees(y, ref, ref_abs, 12, dev.acc_dtype(np.float64), np.float64, "synchronous scheduler")
+
+
+def test_bench_dask_runs_on_worker_processes(tmp_path):
+    """python -m xdev.bench --dask: real worker processes (spawned), one row per workload."""
+    out = tmp_path / "dask.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "xdev.bench", "--dask", "1", "--backends", "numpy", "--sizes", "96",
+         "--dask-chunk", "32", "--image", "8", "--batch", "2", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    rows = {(row["op"], row.get("layer")): row for row in doc["results"]}
+    assert doc["config"]["workers"] == 1 and doc["config"]["chunk"] == 32
+    mm = rows[("matmul", None)]
+    assert mm["shape"] == "96^2 in 32^2 chunks" and mm["tasks"] > 0
+    assert mm["dask_s"] > 0 and mm["efficiency"] == pytest.approx(mm["speedup"] / mm["ideal_speedup"])
+    assert len([k for k in rows if k[0] == "conv2d"]) == 14  # 13 layers and the total
+    assert "efficiency" in r.stdout

@@ -50,6 +50,19 @@ def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype:
     return c[..., np.newaxis, :]
 
 
+def _block_matmul_sum(a_blocks: Any, b_blocks: Any, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
+    """Sum over k of a_k @ b_k on this worker's device (the K blocks of one output block)."""
+    if isinstance(a_blocks, np.ndarray):  # a single K block arrives unwrapped
+        a_blocks, b_blocks = [a_blocks], [b_blocks]
+    acc: np.ndarray | None = None
+    with _on(backend):
+        for a, b in zip(a_blocks, b_blocks):
+            c = xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)).numpy()
+            acc = c if acc is None else np.add(acc, c, out=acc)
+    assert acc is not None
+    return acc.astype(np.result_type(a_blocks[0].dtype, b_blocks[0].dtype), copy=False)
+
+
 def _sum_parts(parts: Any, axis: tuple[int, ...], keepdims: bool, dtype: Any = None) -> np.ndarray:
     """Sum the partial products of the K blocks (all of one shape, length 1 along ``axis``)."""
     out = reduce(np.add, parts) if isinstance(parts, list) else parts
@@ -79,16 +92,25 @@ def _float_dtype(*dts: np.dtype, op: str) -> np.dtype:
     return np.dtype(dt)
 
 
-def matmul(a: Any, b: Any, *, backend: str | None = None, split_every: int | None = None) -> da.Array:
-    """``numpy.matmul`` of dask arrays, blocked along M, N and K, one xdev product per block pair.
+def matmul(a: Any, b: Any, *, backend: str | None = None, reduce_k: str = "auto",
+           split_every: int | None = None) -> da.Array:
+    """``numpy.matmul`` of dask arrays, blocked along M, N and K, each block product through xdev.
 
-    Block (i, k) of ``a`` meets block (k, j) of ``b`` on a worker; the partial products along
-    K are then summed by a Dask tree reduction (``split_every`` partials per step). The K
-    chunks of ``a`` and ``b`` are aligned by Dask (rechunked where they differ). float16
-    partials are kept in float32 until the sum, so the result obeys xdev's bound with K the
-    full contraction length.
+    Block (i, k) of ``a`` meets block (k, j) of ``b`` on a worker, and the partial products
+    along K are summed; ``reduce_k`` says where:
+
+    - ``"task"``: one task per output block multiplies its K block pairs one after another
+      and sums them in place (Dask's blockwise contraction: no partials move between workers);
+    - ``"tree"``: every block pair is its own task and a Dask tree reduction sums the partials
+      (``split_every`` per step): more parallelism when the output has few blocks;
+    - ``"auto"`` (default): ``"tree"`` when the output has fewer blocks than K has, else ``"task"``.
+
+    ``b``'s K chunks are aligned to ``a``'s. float16 partials are summed in float32, so the
+    result obeys xdev's bound with K the full contraction length.
     """
     _check_backend(backend)
+    if reduce_k not in ("auto", "task", "tree"):
+        raise ValueError(f"xdev.dask.matmul: reduce_k is 'auto', 'task' or 'tree'; received {reduce_k!r}")
     a, b = da.asarray(a), da.asarray(b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"xdev.dask.matmul: operands must have at least 1 dimension; received shapes "
@@ -113,26 +135,35 @@ def matmul(a: Any, b: Any, *, backend: str | None = None, split_every: int | Non
     nd = len(batch) + 2
     a = a[(np.newaxis,) * (nd - a.ndim)]
     b = b[(np.newaxis,) * (nd - b.ndim)]
-    # Output index (batch..., i, k, j): k stays an axis (one chunk of length 1 per K block), so
-    # every block pair is its own task; the reduction below sums along it.
-    lhs = tuple(range(nd))
-    rhs = tuple(range(nd - 2)) + (nd - 1, nd)
-    out_ind = tuple(range(nd + 1))
-    nk = max(len(a.chunks[-1]), len(b.chunks[-2]))
+    if b.chunks[-2] != a.chunks[-1]:
+        b = b.rechunk({nd - 2: a.chunks[-1]})
+    nk = len(a.chunks[-1])
     # float16 partials would be rounded to float16 before the sum: keep them in float32.
     part = _F32 if (dt == _F16 and nk > 1) else dt
-    parts = da.blockwise(
-        _block_matmul, out_ind, a, lhs, b, rhs,
-        adjust_chunks={nd - 1: 1}, dtype=part, concatenate=False,
-        meta=np.empty((0,) * (nd + 1), part), backend=backend, part_dtype=part,
-    )
-    if parts.shape[-2] == 1:
-        out = parts.squeeze(-2)
+    lhs = tuple(range(nd))  # (batch..., i, k)
+    rhs = tuple(range(nd - 2)) + (nd - 1, nd)  # (batch..., k, j)
+    if reduce_k == "auto":
+        out_blocks = int(np.prod([max(len(ca), len(cb)) for ca, cb in zip(a.chunks[:-2], b.chunks[:-2])]))
+        out_blocks *= len(a.chunks[-2]) * len(b.chunks[-1])
+        reduce_k = "tree" if out_blocks < nk else "task"
+    if reduce_k == "task" or nk == 1:
+        # k is contracted: each task gets the lists of its K blocks (concatenate=False).
+        out = da.blockwise(
+            _block_matmul_sum, lhs[:-1] + (nd,), a, lhs, b, rhs, dtype=dt, concatenate=False,
+            meta=np.empty((0,) * nd, dt), backend=backend, part_dtype=part,
+        )
     else:
+        # Output index (batch..., i, k, j): k stays an axis with one chunk of length 1 per K
+        # block, so every block pair is its own task; the reduction sums along it.
+        parts = da.blockwise(
+            _block_matmul, tuple(range(nd + 1)), a, lhs, b, rhs,
+            adjust_chunks={nd - 1: 1}, dtype=part, concatenate=False,
+            meta=np.empty((0,) * (nd + 1), part), backend=backend, part_dtype=part,
+        )
         out = da.reduction(parts, _sum_parts, _sum_parts, axis=-2, dtype=part, concatenate=False,
                            split_every=split_every, meta=np.empty((0,) * nd, part))
-    if part != dt:
-        out = out.astype(dt)
+        if part != dt:
+            out = out.astype(dt)
     if a_1d:
         out = out.squeeze(-2)
     if b_1d:
