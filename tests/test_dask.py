@@ -196,6 +196,7 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     assert doc["config"]["workers"] == 1 and doc["config"]["chunk"] == 32
     mm = rows[("matmul", None)]
     assert mm["shape"] == "96^2 in 32^2 chunks" and mm["tasks"] > 0
+    assert 0 < mm["worker_busy"] <= 1.5 and mm["worker_compute_s"] > 0
     assert mm["dask_s"] > 0 and mm["efficiency"] == pytest.approx(mm["speedup"] / mm["ideal_speedup"])
     assert len([k for k in rows if k[0] == "conv2d"]) == 14  # 13 layers and the total
     assert "efficiency" in r.stdout

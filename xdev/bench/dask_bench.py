@@ -71,6 +71,22 @@ def _row(op: str, shape: str, t_one: list[float], t_dask: list[float], flops: in
             "dask_overhead": 1 / eff - 1, "tasks": tasks, **extra}
 
 
+def _profile(distributed: Any, client: Any, fn: Callable[[], Any], workers: int) -> dict[str, Any]:
+    """One more (untimed for the medians) Dask run under Dask's task stream: how much of the
+    wall time the workers spent computing, and in transfers between them."""
+    with distributed.get_task_stream(client) as ts:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    spent = {"compute": 0.0, "transfer": 0.0}
+    for task in ts.data:
+        for s in task.get("startstops", ()):
+            if s["action"] in spent:
+                spent[s["action"]] += s["stop"] - s["start"]
+    return {"profiled_wall_s": wall, "worker_compute_s": spent["compute"], "worker_transfer_s": spent["transfer"],
+            "worker_busy": spent["compute"] / (wall * workers) if wall > 0 else None}
+
+
 def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any, str | None, float]:
     """(client, backend= for the workers, ideal speedup)."""
     quiet = dict(dashboard_address=None, silence_logs=logging.ERROR)
@@ -147,7 +163,7 @@ def run(a: argparse.Namespace) -> int:
             t1, tn = _abab(one, run_dask(make), repeats)
             tasks = len(make().__dask_graph__()) - len(Ad.__dask_graph__()) - len(Bd.__dask_graph__())
             rows.append(_row("matmul", f"{size}^2 in {chunk}^2 chunks", t1, tn, wl.matmul_flops(size, size, size),
-                             ideal, tasks))
+                             ideal, tasks, **_profile(distributed, client, run_dask(make), n_workers)))
             del xa, xb, Ad, Bd
         if "conv2d" in a.ops:
             per: list[dict[str, Any]] = []
@@ -182,6 +198,11 @@ def run(a: argparse.Namespace) -> int:
         print(f"{r['op']:8s} {r['shape']:36s} {r['one_process_s']:10.3f} s {r['dask_s']:8.3f} s "
               f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:10.0%} {r['dask_overhead']:9.1%} "
               f"{r['tasks']:6d}")
+    for r in rows:
+        if r.get("worker_busy") is not None:
+            print(f"{r['op']} {r['shape']}: in a profiled Dask run of {r['profiled_wall_s']:.3f} s the workers computed "
+                  f"{r['worker_busy']:.0%} of the time ({r['worker_compute_s']:.3f} s over {n_workers} worker(s)) and "
+                  f"spent {r['worker_transfer_s']:.3f} s receiving blocks; the rest is Dask's scheduling and idle time")
     print("efficiency = (t one process / t dask) / ideal speedup; ideal = N for GPU workers, 1 for CPU "
           "workers sharing the cores one process already uses. Timings on a shared machine vary: compare "
           "the two sides of one run (they alternate).")
