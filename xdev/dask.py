@@ -39,6 +39,11 @@ def _on(backend: str | None) -> contextlib.AbstractContextManager[None]:
     return xdev.use_backend(backend) if backend is not None else contextlib.nullcontext()
 
 
+def _host(c: xdev.Array) -> np.ndarray:
+    # A numpy-backend result is a fresh host array that nothing else holds: hand it over as is.
+    return c.data if c.backend == "numpy" else c.numpy()
+
+
 def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
     """One block product a @ b on this worker's device, with a length-1 axis for the K block.
 
@@ -46,7 +51,7 @@ def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype:
     anyway): a float16 partial would be rounded before the sum of the K blocks.
     """
     with _on(backend):
-        c = xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)).numpy()
+        c = _host(xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)))
     return c[..., np.newaxis, :]
 
 
@@ -54,12 +59,12 @@ def _block_matmul_sum(a_blocks: Any, b_blocks: Any, backend: str | None, part_dt
     """Sum over k of a_k @ b_k on this worker's device (the K blocks of one output block)."""
     if isinstance(a_blocks, np.ndarray):  # a single K block arrives unwrapped
         a_blocks, b_blocks = [a_blocks], [b_blocks]
-    acc: np.ndarray | None = None
     with _on(backend):
-        for a, b in zip(a_blocks, b_blocks):
-            c = xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)).numpy()
-            acc = c if acc is None else np.add(acc, c, out=acc)
-    assert acc is not None
+        prods = (_host(xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)))
+                 for a, b in zip(a_blocks, b_blocks))
+        acc = next(prods)
+        for c in prods:  # one K block at a time: at most two products in memory
+            np.add(acc, c, out=acc)
     return acc.astype(np.result_type(a_blocks[0].dtype, b_blocks[0].dtype), copy=False)
 
 
@@ -72,7 +77,7 @@ def _sum_parts(parts: Any, axis: tuple[int, ...], keepdims: bool, dtype: Any = N
 def _block_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *, kw: dict[str, Any],
                 backend: str | None) -> np.ndarray:
     with _on(backend):
-        return xdev.conv2d(x, w, bias, **kw).numpy()
+        return _host(xdev.conv2d(x, w, bias, **kw))
 
 
 # ---- the graphs (built on the client) ------------------------------------------------------------
