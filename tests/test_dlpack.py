@@ -88,6 +88,15 @@ def test_versioned_capsule_and_streams_on_the_cpu():
         a.__dlpack__(dl_device=(2, 0))
 
 
+def test_read_only_producers_arrive_read_only_and_compute():
+    h = _host((4, 4))
+    h.flags.writeable = False
+    a = xdev.from_dlpack(h)
+    assert np.shares_memory(a.data, h) and not a.data.flags.writeable
+    ref, ref_abs = matmul_ref(h, h)
+    assert_agrees((a @ a).numpy(), ref, ref_abs, 4, np.float32, np.float32, "read-only operand")
+
+
 def test_from_dlpack_of_an_xdev_array():
     a = xdev.asarray(_host(), backend="numpy")
     assert xdev.from_dlpack(a) is a
