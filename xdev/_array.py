@@ -1,11 +1,12 @@
 """xdev.Array: a device array of one backend, with explicit transfers."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .backends.base import Device
+from ._registry import get_device
+from .contract import Device
 
 
 class Array:
@@ -22,6 +23,11 @@ class Array:
     _data: Any
     _dev: Device
     algorithm: str | None  # conv2d results: the algorithm that ran
+
+    # The @ operator is xdev.matmul. xdev._ops, which defines matmul and builds Arrays, binds
+    # these two when it is imported, so this module does not import _ops (no import cycle).
+    __matmul__: Callable[[Array, Any], Array]
+    __rmatmul__: Callable[[Array, Any], Array]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("create an xdev.Array with xdev.asarray(data, dtype=None, backend=None)")
@@ -102,28 +108,39 @@ class Array:
 
     def to(self, backend: str) -> Array:
         """Move to another backend or device (``"numpy"``, ``"cuda:1"``, ...); explicit copy."""
-        from ._registry import get_device
-
         dev = get_device(backend)
         if dev is self._dev:
             return self
         dev.check_dtype(self.dtype)
         return Array._wrap(dev.upload(self.numpy()), dev)
 
-    # -- DLPack and the CUDA array interface (xdev._dlpack; zero-copy, see docs/interop.md) --
+    # -- DLPack and the CUDA array interface (zero-copy; docs/interop.md) -------------------
     def __dlpack__(self, stream: Any = None, *, max_version: tuple[int, int] | None = None,
                    dl_device: Any = None, copy: bool | None = None) -> Any:
-        """Export as a DLPack capsule sharing this array's memory (numpy and cuda backends)."""
-        return _dlpack.export(self, stream, max_version, dl_device, copy)
+        """Export as a DLPack capsule sharing this array's memory (numpy and cuda backends).
+
+        ``dl_device=(1, 0)`` (the CPU) for an array elsewhere exports a host copy, and only
+        with ``copy=True``: nothing moves silently.
+        """
+        if dl_device is not None and (int(dl_device[0]), int(dl_device[1])) != _dlpack_device_or_none(self._dev):
+            if int(dl_device[0]) != 1:  # kDLCPU
+                raise BufferError(f"__dlpack__: this xdev.Array lives on {self.device}; it can be exported to "
+                                  f"its own device or, as a copy, to the CPU, not to DLPack device {tuple(dl_device)}")
+            if copy is not True:
+                raise BufferError(f"__dlpack__: this xdev.Array lives on {self.device}; handing it to the CPU needs "
+                                  f"a copy, which DLPack makes only with copy=True (received copy={copy!r}); or "
+                                  f"download it with a.numpy()")
+            return get_device("numpy").to_dlpack(self.numpy(), stream=None, max_version=max_version, copy=False)
+        return self._dev.to_dlpack(self._data, stream=stream, max_version=max_version, copy=copy)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         """(DLPack device type, device id): (1, 0) for numpy, (2, N) for cuda:N."""
-        return _dlpack.dlpack_device(self)
+        return self._dev.dlpack_device()
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
         """CUDA arrays only (numba, CuPy, torch read it); AttributeError on other backends."""
-        return _dlpack.cuda_array_interface(self)
+        return self._dev.cuda_array_interface(self._data)
 
     # -- views ----------------------------------------------------------------------
     @property
@@ -171,13 +188,6 @@ class Array:
                 )
         return Array._wrap(self._dev.getitem(self._data, key), self._dev)
 
-    # -- operators ------------------------------------------------------------------
-    def __matmul__(self, other: Any) -> Array:
-        return _matmul(self, other)
-
-    def __rmatmul__(self, other: Any) -> Array:
-        return _matmul(other, self)
-
     def __repr__(self) -> str:
         head = f"xdev.Array(shape={self.shape}, dtype={self.dtype}, device='{self.device}'"
         if self.algorithm:
@@ -186,6 +196,13 @@ class Array:
             body = np.array2string(self.numpy(), separator=", ", prefix="  ")
             return f"{head},\n  {body})"
         return head + ")"
+
+
+def _dlpack_device_or_none(dev: Device) -> tuple[int, int] | None:
+    try:
+        return dev.dlpack_device()
+    except BufferError:  # memory DLPack cannot describe (OpenCL)
+        return None
 
 
 def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
@@ -201,7 +218,3 @@ def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ..
     elif known != size:
         raise ValueError(f"cannot reshape an array of shape {old} (size {size}) into {new}")
     return tuple(int(d) for d in new)
-
-
-from ._ops import matmul as _matmul  # noqa: E402  (circular: _ops needs Array)
-from . import _dlpack  # noqa: E402  (circular: _dlpack needs Array)

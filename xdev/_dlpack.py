@@ -1,9 +1,10 @@
-"""DLPack exchange: xdev.Array as producer (``__dlpack__``) and ``xdev.from_dlpack`` as consumer.
+"""``xdev.from_dlpack``: any DLPack producer as an xdev.Array (the producer side is
+``Array.__dlpack__``).
 
 The per-backend parts (which memory a backend can read or export, streams) live behind the
 device interface: ``Device.dlpack_device / to_dlpack / wrap_dlpack / cuda_array_interface``.
-This module holds the rules every backend shares: device matching, when a copy is allowed,
-and the messages.
+This module holds the consumer's rules every backend shares: where the result lives, when a
+copy is allowed, and the messages.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from ._array import Array
-from ._config import context_spec
+from ._config import _context
 from ._registry import get_device
-from .backends.base import DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST, Device
+from .contract import Device
+from .contract.device import DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST
 
 _HOST = (DL_CPU, DL_CUDA_HOST, DL_ROCM_HOST, DL_CUDA_MANAGED)
 _NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA pinned host", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI",
@@ -24,35 +26,6 @@ _NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA pinned host", 4: "OpenCL", 7: "Vulkan", 
 
 def _where(dl: tuple[int, int]) -> str:
     return f"{_NAMES.get(dl[0], f'device type {dl[0]}')} device {dl[1]}"
-
-
-def export(a: Array, stream: Any, max_version: tuple[int, int] | None, dl_device: Any,
-           copy: bool | None) -> Any:
-    """Array.__dlpack__: the array's own memory, or a copy when asked for one."""
-    dev = a._dev
-    if dl_device is not None:
-        want = (int(dl_device[0]), int(dl_device[1]))
-        try:
-            here = dev.dlpack_device()
-        except BufferError:
-            here = None
-        if want != here:
-            if want[0] != DL_CPU:
-                raise BufferError(f"__dlpack__: this xdev.Array lives on {a.device}; it can be exported to "
-                                  f"its own device or, as a copy, to the CPU, not to {_where(want)}")
-            if copy is not True:
-                raise BufferError(
-                    f"__dlpack__: this xdev.Array lives on {a.device}; handing it to the CPU needs a copy, "
-                    f"which DLPack makes only with copy=True (received copy={copy!r}); or download it "
-                    f"with a.numpy()"
-                )
-            host = get_device("numpy")
-            return host.to_dlpack(a.numpy(), stream=None, max_version=max_version, copy=False)
-    return dev.to_dlpack(a._data, stream=stream, max_version=max_version, copy=copy)
-
-
-def dlpack_device(a: Array) -> tuple[int, int]:
-    return a._dev.dlpack_device()
 
 
 def _native_spec(src: tuple[int, int]) -> str:
@@ -98,7 +71,7 @@ def from_dlpack(obj: Any, backend: str | None = None, copy: bool | None = None) 
     """
     if copy not in (None, True, False):
         raise TypeError(f"xdev.from_dlpack: copy is None, True or False; received {copy!r}")
-    spec = backend if backend is not None else context_spec()
+    spec = backend if backend is not None else _context.get()
     if isinstance(obj, Array):
         dev = obj._dev if spec is None else get_device(spec)
         if dev is obj._dev:
@@ -135,7 +108,3 @@ def _elsewhere(where: str, dev: Device, copy: bool | None) -> str:
     return (f"xdev.from_dlpack: the data lives on {where}, not on {dev.key}; from_dlpack shares memory "
             f"and never moves data silently: wrap it where it is (omit backend=) and move it with "
             f".to({dev.key!r}), or pass copy=True")
-
-
-def cuda_array_interface(a: Array) -> dict[str, Any]:
-    return a._dev.cuda_array_interface(a._data)

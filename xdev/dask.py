@@ -26,10 +26,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 import xdev
 from xdev._registry import split_selector
-from xdev._shapes import conv_params
-from xdev.backends.base import FLOAT_DTYPES
-
-_F16, _F32, _F64 = FLOAT_DTYPES
+from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params
 
 __all__ = ["matmul", "conv2d"]
 

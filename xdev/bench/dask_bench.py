@@ -28,6 +28,7 @@ import numpy as np
 
 import xdev
 from xdev._registry import get_device
+from xdev.contract import env
 
 from . import workloads as wl
 
@@ -96,16 +97,15 @@ def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any,
         except ImportError:
             raise SystemExit("--dask on the cuda backend runs one worker per GPU through dask-cuda: "
                              "pip install dask-cuda (see docs/dask.md)") from None
-        # Each worker sees its own GPU as device 0 (CUDA_VISIBLE_DEVICES); XDEV_BACKEND is
-        # inherited by the worker processes and resolved there.
-        os.environ["XDEV_BACKEND"] = "cuda"
-        cluster = stack.enter_context(LocalCUDACluster(n_workers=n, **quiet))
+        # Each worker sees its own GPU as device 0 (CUDA_VISIBLE_DEVICES); XDEV_BACKEND=cuda in
+        # the workers' environment is resolved there (backend=None below).
+        cluster = stack.enter_context(LocalCUDACluster(n_workers=n, env={env.BACKEND: "cuda"}, **quiet))
         return stack.enter_context(distributed.Client(cluster)), None, float(n)
     # CPU workers: one process each, their BLAS threads splitting the cores among them.
     threads = str(max(1, (os.cpu_count() or 1) // n))
-    env = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    blas = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     cluster = stack.enter_context(distributed.LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, env=env, **quiet))
+        n_workers=n, threads_per_worker=1, processes=True, env=blas, **quiet))
     return stack.enter_context(distributed.Client(cluster)), dev.key, 1.0
 
 
