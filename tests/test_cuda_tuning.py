@@ -1,0 +1,461 @@
+"""CUDA backend logic that needs no GPU: cuDNN plan autotuning and its disk cache (against a fake
+cuDNN frontend with fake timings), the channels-last layout choices, and the cuBLAS GEMM plan
+(checked against NumPy through an emulation of cublasGemmStridedBatchedEx's column-major call).
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import xdev.backends
+
+CUDA_DIR = Path(xdev.backends.__file__).resolve().parent / "cuda"
+
+
+def _load(name: str):
+    """A CuPy-free module of backends/cuda without importing the package (whose __init__ needs CuPy)."""
+    spec = importlib.util.spec_from_file_location(f"xdev_cuda_{name}_under_test", CUDA_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tune = _load("cudnn_tune")
+gemm = _load("_gemm")
+
+NOTES = ["TENSOR_CORE", "DOWN_CONVERT_INPUTS", "REDUCED_PRECISION_REDUCTION", "FFT", "NONDETERMINISTIC",
+         "WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13"]
+
+
+# ==== a fake cuDNN frontend ========================================================================
+
+class FakeTensor:
+    def __init__(self, graph, name, dim=None, stride=None):
+        self.graph, self.name, self.dim, self.stride = graph, name, dim, stride
+        self.uid = len(graph.tensors) + 100
+        graph.tensors.append(self)
+
+    def set_output(self, v):
+        return self
+
+    def set_dim(self, d):
+        self.dim = d
+        return self
+
+    def set_stride(self, s):
+        self.stride = s
+        return self
+
+    def set_data_type(self, d):
+        return self
+
+    def get_uid(self):
+        return self.uid
+
+
+class FakeGraph:
+    """Records what xdev asks for; engine configs come from FakeFrontend.engines(graph)."""
+
+    def __init__(self, fe, kw):
+        self.fe, self.kw, self.tensors, self.ops = fe, kw, [], []
+        self.configs, self.barred, self.built = [], set(), []
+        self.executed = []
+
+    def tensor(self, name, dim, stride, data_type):
+        return FakeTensor(self, name, dim, stride)
+
+    def conv_fprop(self, image, weight, **kw):
+        self.ops.append("conv")
+        self.conv_kw = kw
+        return FakeTensor(self, "Y")
+
+    def bias(self, name, input, bias):
+        self.ops.append("bias")
+        return FakeTensor(self, "YB")
+
+    def validate(self):
+        pass
+
+    def build_operation_graph(self):
+        pass
+
+    def create_execution_plans(self, modes):
+        assert modes == ["A", "FALLBACK"]
+        self.configs = list(self.fe.engines(self))
+
+    def deselect_numeric_notes(self, notes):
+        for i, (_name, n, *_rest) in enumerate(self.configs):
+            if set(n) & set(notes):
+                self.barred.add(i)
+
+    def get_execution_plan_count(self):
+        return len(self.configs)
+
+    def build_plan_at_index(self, i):
+        if i in self.barred:
+            raise RuntimeError("Deselecting execution plan")
+        if self.configs[i][0].startswith("broken"):
+            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+        self.built.append(i)
+        self.fe.builds.append((self.layout, self.kind, self.configs[i][0]))
+
+    def get_plan_name_at_index(self, i):
+        return self.configs[i][0]
+
+    def get_workspace_size_plan_at_index(self, i):
+        return 1000 + i
+
+    def _execute_plan_at_index(self, pack, ws, index, handle):
+        self.executed.append((dict(pack), ws, index))
+
+    @property
+    def layout(self):
+        x = self.tensors[0]
+        return "nhwc" if x.stride[1] == 1 and x.dim[1] != 1 else "nchw"
+
+    @property
+    def kind(self):
+        return "fused" if "bias" in self.ops else "conv"
+
+
+class FakeFrontend:
+    data_type = SimpleNamespace(HALF="half", FLOAT="float", DOUBLE="double")
+    heur_mode = SimpleNamespace(A="A", FALLBACK="FALLBACK")
+    numerical_note = SimpleNamespace(**{n: n for n in NOTES})
+
+    def __init__(self, table):
+        """table: {(layout, kind): [(engine name, notes, seconds per call), ...]} in heuristic order."""
+        self.table, self.builds, self.graphs = table, [], []
+
+    def pygraph(self, **kw):
+        g = FakeGraph(self, kw)
+        self.graphs.append(g)
+        return g
+
+    def engines(self, g):
+        return self.table.get((g.layout, g.kind), [])
+
+
+def spec(dtype="float32", bias=True, tf32=False, fast=False, x_layout="nchw"):
+    return tune.ConvSpec(dtype=dtype, xshape=(16, 64, 56, 56), x_layout=x_layout, wshape=(64, 64, 3, 3),
+                         stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1), out_hw=(56, 56), has_bias=bias,
+                         tf32=tf32, fast=fast)
+
+
+def timer(fe, log=None):
+    """time_call for select(): the fake engine's seconds (the 'conv' kind pays a bias kernel)."""
+    def time_call(g, index):
+        name, _notes, secs = fe.engines(g.graph)[index]
+        if log is not None:
+            log.append((g.variant.layout, g.variant.kind, name))
+        return secs + (0.0002 if g.variant.kind == "conv" and g.graph is not None else 0.0)
+    return time_call
+
+
+def no_timing(g, index):
+    raise AssertionError("a cached choice must not be timed again")
+
+
+VGG_TABLE = {
+    # Fused conv + bias: tensor-core fusion engines and one FMA engine, no Winograd (as in cuDNN).
+    ("nchw", "fused"): [("fused_tc", ["TENSOR_CORE"], 0.001), ("fused_fma", [], 0.0050)],
+    ("nchw", "conv"): [("wino", ["WINOGRAD", "WINOGRAD_TILE_4x4"], 0.0030), ("implicit_gemm", [], 0.0040),
+                       ("fft", ["FFT"], 0.0035), ("tc_gemm", ["TENSOR_CORE", "DOWN_CONVERT_INPUTS"], 0.0008)],
+    ("nhwc", "fused"): [("fused_tc_nhwc", ["TENSOR_CORE"], 0.0006)],
+    ("nhwc", "conv"): [("tc_nhwc", ["TENSOR_CORE"], 0.0005), ("fma_nhwc", [], 0.0060)],
+}
+
+
+# ==== variants, numeric rules, layouts ============================================================
+
+def test_variants_by_numeric_mode_and_input_layout():
+    V = tune.Variant
+    assert tune.variants(spec()) == [V("nchw", "fused"), V("nchw", "conv")]
+    assert tune.variants(spec(bias=False)) == [V("nchw", "conv")]
+    # Tensor cores (float16, TF32): NHWC too; float16 never adds the bias separately (it would round twice).
+    assert tune.variants(spec(dtype="float16")) == [V("nchw", "fused"), V("nhwc", "fused")]
+    assert tune.variants(spec(tf32=True, bias=False)) == [V("nchw", "conv"), V("nhwc", "conv")]
+    # Channels-last input: its own layout first (no conversion).
+    assert tune.variants(spec(x_layout="nhwc", bias=False))[0] == V("nhwc", "conv")
+    assert {v.layout for v in tune.variants(spec(x_layout="nhwc", bias=False))} == {"nchw", "nhwc"}
+
+
+def test_deselected_notes_follow_the_numeric_rules():
+    strict = tune.deselected_notes(spec())
+    assert {"TENSOR_CORE", "DOWN_CONVERT_INPUTS", "REDUCED_PRECISION_REDUCTION", "WINOGRAD", "FFT"} <= set(strict)
+    tf32 = tune.deselected_notes(spec(tf32=True))
+    assert "TENSOR_CORE" not in tf32 and "DOWN_CONVERT_INPUTS" not in tf32 and "WINOGRAD" in tf32
+    fast = tune.deselected_notes(spec(fast=True))
+    assert not any(n.startswith("WINOGRAD") or n == "FFT" for n in fast) and "TENSOR_CORE" in fast
+    half = tune.deselected_notes(spec(dtype="float16"))
+    assert "TENSOR_CORE" not in half and "DOWN_CONVERT_INPUTS" in half
+    assert spec().mode == "strict-fp32" and spec(tf32=True).mode == "tf32" and spec(dtype="float16").mode == "fp16"
+
+
+def test_nhwc_graph_declares_channels_last_strides_for_x_w_and_y():
+    fe = FakeFrontend(VGG_TABLE)
+    g, tensors = tune.build_graph(fe, None, spec(dtype="float16", bias=False), tune.Variant("nhwc", "conv"))
+    n, c, h, w = 16, 64, 56, 56
+    assert tensors["x"].stride == [h * w * c, 1, w * c, c]
+    assert tensors["w"].stride == [3 * 3 * 64, 1, 3 * 64, 64]  # KRSC
+    assert tensors["y"].dim == [16, 64, 56, 56] and tensors["y"].stride == [56 * 56 * 64, 1, 56 * 64, 64]
+    g2, t2 = tune.build_graph(fe, None, spec(bias=False), tune.Variant("nchw", "conv"))
+    assert t2["x"].stride == [c * h * w, h * w, w, 1] and t2["y"].stride == [64 * 56 * 56, 56 * 56, 56, 1]
+    assert g.conv_kw["pre_padding"] == [1, 1] and g.conv_kw["post_padding"] == [1, 1]
+
+
+# ==== autotuning ==================================================================================
+
+def test_strict_fp32_times_only_allowed_plans_and_keeps_the_fastest(tmp_path):
+    fe = FakeFrontend(VGG_TABLE)
+    log = []
+    disk = tune.DiskCache("NVIDIA H100 80GB HBM3", "9.19.0", tmp_path)
+    g, choice = tune.select(fe, None, spec(), timer(fe, log), autotune=True, limit=8, disk=disk)
+    timed = {name for _l, _k, name in log}
+    assert timed == {"fused_fma", "implicit_gemm"}  # no tensor cores, Winograd or FFT in strict float32
+    assert (choice.layout, choice.kind, choice.name) == ("nchw", "conv", "implicit_gemm")  # 4.2 ms < 5.0 ms
+    assert choice.candidates == 2 and g.plans[0][1] in timed
+    assert abs(choice.seconds - 0.0042) < 1e-9
+
+
+def test_fast_switch_reaches_winograd_of_the_conv_only_graph(tmp_path):
+    """The fix for XDEV_CUDNN_FAST=1 changing nothing: with a bias, the conv-only graph is tried too."""
+    fe = FakeFrontend(VGG_TABLE)
+    log = []
+    g, choice = tune.select(fe, None, spec(fast=True), timer(fe, log), autotune=True, limit=8, disk=None)
+    assert {name for _l, _k, name in log} == {"fused_fma", "wino", "implicit_gemm", "fft"}
+    assert choice.name == "wino" and choice.kind == "conv"
+
+
+def test_tensor_core_modes_choose_between_nchw_and_nhwc():
+    fe = FakeFrontend(VGG_TABLE)
+    log = []
+    _g, choice = tune.select(fe, None, spec(dtype="float16"), timer(fe, log), autotune=True, limit=8, disk=None)
+    assert {(lay, k) for lay, k, _n in log} == {("nchw", "fused"), ("nhwc", "fused")}
+    assert (choice.layout, choice.name) == ("nhwc", "fused_tc_nhwc")
+    _g, choice = tune.select(fe, None, spec(tf32=True, bias=False), timer(fe), autotune=True, limit=8, disk=None)
+    assert (choice.layout, choice.name) == ("nhwc", "tc_nhwc")
+
+
+def test_candidate_count_is_bounded_per_variant():
+    table = {("nchw", "conv"): [("broken0", [], 1.0)] + [(f"e{i}", [], 0.01 - i * 1e-4) for i in range(30)]}
+    fe = FakeFrontend(table)
+    log = []
+    _g, choice = tune.select(fe, None, spec(bias=False), timer(fe, log), autotune=True, limit=5, disk=None)
+    assert {n for *_x, n in log} == {"e0", "e1", "e2", "e3", "e4"}  # heuristic order, the broken one skipped
+    assert choice.name == "e4"
+    assert len(fe.builds) == 5  # plans beyond the limit are not even built
+
+
+def test_autotune_off_runs_the_heuristic_first_plan_untimed(tmp_path):
+    fe = FakeFrontend(VGG_TABLE)
+    disk = tune.DiskCache("gpu", "9.19.0", tmp_path)
+    g, choice = tune.select(fe, None, spec(), no_timing, autotune=False, limit=8, disk=disk)
+    assert (choice.kind, choice.name, choice.candidates) == ("fused", "fused_fma", 0)
+    assert not disk.path.exists()
+
+
+def test_no_plan_anywhere_is_a_lookup_error():
+    fe = FakeFrontend({("nchw", "conv"): [("tc", ["TENSOR_CORE"], 0.001)]})
+    with pytest.raises(LookupError, match="no cuDNN plan"):
+        tune.select(fe, None, spec(bias=False), timer(fe), autotune=True, limit=8, disk=None)
+
+
+def test_choose_skips_failing_candidates_and_stops_timing_slow_ones():
+    calls = {"a": 0, "b": 0, "c": 0}
+    secs = {"a": 1.0, "b": 10.0, "c": 0.5}
+
+    def once(c):
+        calls[c] += 1
+        if c == "bad":
+            raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED")
+        return secs[c]
+
+    best, t, n = tune.choose(["a", "bad", "b", "c"], once, repeats=3)
+    assert (best, t, n) == ("c", 0.5, 3)
+    assert calls == {"a": 4, "b": 2, "c": 4}  # b: warm-up + one call, 10x the best so far
+    assert tune.choose(["bad"], once) is None
+
+
+def test_switches_from_the_environment(monkeypatch):
+    monkeypatch.delenv("XDEV_CUDNN_AUTOTUNE", raising=False)
+    monkeypatch.delenv("XDEV_CUDNN_AUTOTUNE_LIMIT", raising=False)
+    assert tune.autotune_enabled() and tune.autotune_limit() == tune.DEFAULT_LIMIT
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE", "0")
+    assert not tune.autotune_enabled()
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_LIMIT", "3")
+    assert tune.autotune_limit() == 3
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_LIMIT", "many")
+    with pytest.warns(RuntimeWarning, match="XDEV_CUDNN_AUTOTUNE_LIMIT"):
+        assert tune.autotune_limit() == tune.DEFAULT_LIMIT
+    monkeypatch.setenv("XDEV_CACHE_DIR", "/some/where")
+    assert tune.cache_dir() == Path("/some/where/cudnn-plans")
+
+
+# ==== the disk cache ==============================================================================
+
+def test_a_new_process_reuses_the_choice_without_timing(tmp_path):
+    fe = FakeFrontend(VGG_TABLE)
+    s = spec(fast=True)
+    _g, first = tune.select(fe, None, s, timer(fe), autotune=True, limit=8,
+                            disk=tune.DiskCache("NVIDIA H100", "9.19.0", tmp_path))
+    doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert doc["gpu"] == "NVIDIA H100" and doc["cudnn"] == "9.19.0" and s.text() in doc["entries"]
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, then renamed
+    fe2 = FakeFrontend(VGG_TABLE)  # a fresh process: nothing in memory
+    g, again = tune.select(fe2, None, s, no_timing, autotune=True, limit=8,
+                           disk=tune.DiskCache("NVIDIA H100", "9.19.0", tmp_path))
+    assert again == first and g.plans == [(first.index, first.name)]
+    assert len(fe2.builds) == 1  # only the chosen plan is built
+    # Another GPU or cuDNN version has its own file: tuned again.
+    log = []
+    tune.select(FakeFrontend(VGG_TABLE), None, s, timer(fe, log), autotune=True, limit=8,
+                disk=tune.DiskCache("NVIDIA A100", "9.19.0", tmp_path))
+    assert log
+
+
+def test_a_stale_choice_is_tuned_again(tmp_path):
+    fe = FakeFrontend(VGG_TABLE)
+    s = spec()
+    disk = tune.DiskCache("gpu", "9", tmp_path)
+    disk.put(s.text(), tune.Choice("nchw", "conv", 1, "renamed_engine", 0.001, 3))
+    log = []
+    _g, choice = tune.select(fe, None, s, timer(fe, log), autotune=True, limit=8,
+                             disk=tune.DiskCache("gpu", "9", tmp_path))
+    assert log and choice.name == "implicit_gemm"
+    assert tune.DiskCache("gpu", "9", tmp_path).get(s.text()).name == "implicit_gemm"
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "gpu": "gpu", "cudnn": "9", "entries": {}}),
+                                     json.dumps({"format": 1, "gpu": "other", "cudnn": "9", "entries": {}}),
+                                     json.dumps([1, 2])],
+                         ids=["garbage", "format", "other-gpu", "not-an-object"])
+def test_a_corrupt_cache_file_warns_and_is_ignored_then_rewritten(tmp_path, content):
+    disk = tune.DiskCache("gpu", "9", tmp_path)
+    disk.path.parent.mkdir(parents=True, exist_ok=True)
+    disk.path.write_text(content)
+    fe = FakeFrontend(VGG_TABLE)
+    with pytest.warns(RuntimeWarning, match="ignoring the cuDNN plan cache"):
+        _g, choice = tune.select(fe, None, spec(), timer(fe), autotune=True, limit=8, disk=disk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tune.DiskCache("gpu", "9", tmp_path).get(spec().text()) == choice
+
+
+def test_malformed_entries_are_dropped_with_a_warning(tmp_path):
+    disk = tune.DiskCache("gpu", "9", tmp_path)
+    good = tune.Choice("nhwc", "fused", 2, "eng", 0.5, 4)
+    bad = [{"layout": "nchw", "kind": "fused", "index": -1, "name": "x"},
+           {"layout": "diagonal", "kind": "fused", "index": 0, "name": "x"},
+           {"layout": "nchw", "kind": "fused", "index": 0, "name": ""}, "text",
+           {"layout": "nchw", "kind": "fused", "index": True, "name": "x"}]
+    entries = {"good": good.to_json(), **{f"bad{i}": b for i, b in enumerate(bad)}}
+    tmp_path.joinpath(disk.path.name).write_text(json.dumps({"format": 1, "gpu": "gpu", "cudnn": "9", "entries": entries}))
+    with pytest.warns(RuntimeWarning, match="dropped 5 malformed entries"):
+        assert disk.get("good") == good
+    assert disk.get("bad0") is None
+
+
+def test_an_unwritable_cache_only_warns(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    disk = tune.DiskCache("gpu", "9", blocker / "sub")  # a folder below a file cannot be made
+    fe = FakeFrontend(VGG_TABLE)
+    with pytest.warns(RuntimeWarning, match="cannot write the cuDNN plan cache"):
+        _g, choice = tune.select(fe, None, spec(), timer(fe), autotune=True, limit=8, disk=disk)
+    assert choice.name == "implicit_gemm"
+
+
+# ==== the cuBLAS GEMM plan ==========================================================================
+
+def emulate(g, a_base, a_off, b_base, b_off, c_base, c_off):
+    """cublasGemmStridedBatchedEx on flat element buffers, column-major as cuBLAS defines it."""
+    def mat(buf, off, rows, cols, ld):  # column-major rows x cols at off with leading dimension ld
+        return np.lib.stride_tricks.as_strided(buf[off:], (rows, cols), (buf.itemsize, ld * buf.itemsize))
+
+    for ob, oa, oc in g.outer:
+        for i in range(g.batch):
+            fr, fc = (g.m, g.k) if g.op_first == gemm.OP_N else (g.k, g.m)
+            first = mat(b_base, b_off + ob + i * g.stride_first, fr, fc, g.ld_first)
+            first = first if g.op_first == gemm.OP_N else first.T
+            sr, sc = (g.k, g.n) if g.op_second == gemm.OP_N else (g.n, g.k)
+            second = mat(a_base, a_off + oa + i * g.stride_second, sr, sc, g.ld_second)
+            second = second if g.op_second == gemm.OP_N else second.T
+            c = mat(c_base, c_off + oc + i * g.stride_c, g.m, g.n, g.ldc)
+            c[...] = first @ second
+
+
+def _view(rng, shape, how):
+    """(flat base, element offset, view) for an operand with the strides ``how`` asks for."""
+    if how == "c":
+        base = rng.standard_normal(int(np.prod(shape)) + 3)
+        return base, 3, base[3:].reshape(shape)
+    if how == "T":  # the last two dims transposed in memory
+        t = shape[:-2] + (shape[-1], shape[-2])
+        base = rng.standard_normal(int(np.prod(t)) + 1)
+        return base, 1, base[1:].reshape(t).swapaxes(-1, -2)
+    if how == "pad":  # rows padded: ld > row length
+        big = shape[:-1] + (shape[-1] + 3,)
+        base = rng.standard_normal(int(np.prod(big)) + 2)
+        return base, 2, base[2:].reshape(big)[..., : shape[-1]]
+    raise AssertionError(how)
+
+
+def _offset(base, view):
+    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+
+
+@pytest.mark.parametrize("ashape,bshape", [
+    ((5, 7), (7, 3)), ((1, 7), (7, 1)), ((4, 1), (1, 6)), ((3, 5, 7), (7, 2)), ((2, 1, 4, 3), (5, 3, 6)),
+    ((6, 4, 3), (1, 3, 5)), ((2, 3, 4, 5), (2, 3, 5, 2)), ((1, 9), (3, 9, 4)),
+])
+def test_gemm_plan_matches_numpy_matmul(ashape, bshape):
+    rng = np.random.default_rng(sum(ashape) * 31 + sum(bshape))
+    for how_a, how_b in itertools.product(["c", "T", "pad"], repeat=2):
+        ab, ao, a = _view(rng, ashape, how_a)
+        bb, bo, b = _view(rng, bshape, how_b)
+        ref = np.matmul(a, b)
+        c = np.full(ref.shape, np.nan)
+        g = gemm.plan_arrays(a.shape, a.strides, b.shape, b.strides, c.shape, c.strides, 8)
+        assert not isinstance(g, str), (how_a, how_b, g)
+        emulate(g, ab, _offset(ab, a), bb, _offset(bb, b), c.reshape(-1), 0)
+        np.testing.assert_allclose(c, ref, rtol=1e-12, atol=1e-12, err_msg=f"{ashape}@{bshape} {how_a}/{how_b}")
+
+
+def test_gemm_plan_writes_into_a_strided_output_like_the_conv_blocks():
+    """conv2d 'gemm': w (G, Og, K) @ cols (nb, G, K, L) into a slice of y (N, G, Og, Ho*Wo)."""
+    rng = np.random.default_rng(5)
+    G, Og, K, nb, L, HW = 3, 4, 6, 2, 5, 9
+    w = rng.standard_normal((G, Og, K))
+    cols = rng.standard_normal((nb, G, K, L))
+    y = np.full((nb + 1, G, Og, HW), np.nan)
+    out = y[1:, :, :, 2 : 2 + L]
+    g = gemm.plan_arrays(w.shape, w.strides, cols.shape, cols.strides, out.shape, out.strides, 8)
+    assert g.batch == G and len(g.outer) == nb  # the broadcast weight cannot merge with the image dim
+    emulate(g, w.reshape(-1), 0, cols.reshape(-1), 0, y.reshape(-1), _offset(y.reshape(-1), out))
+    np.testing.assert_allclose(out, np.matmul(w, cols), rtol=1e-12)
+    assert np.isnan(y[0]).all() and np.isnan(y[1:, :, :, :2]).all()  # nothing outside the slice
+
+
+def test_gemm_plan_merges_batches_and_asks_for_copies_it_needs():
+    dims = gemm.collapse((2, 3, 4), (48, 16, 4), (0, 0, 0), (12, 4, 1))
+    assert dims == [(24, (4, 0, 1))]
+    assert gemm.collapse((2, 1, 3), (0, 99, 5), (3, 99, 1)) == [(2, (0, 3)), (3, (5, 1))]
+    a = np.ones((4, 6))[:, ::2]  # column stride 2: no unit stride
+    b = np.ones((3, 2))
+    c = np.empty((4, 2))
+    assert gemm.plan_arrays(a.shape, a.strides, b.shape, b.strides, c.shape, c.strides, 8) == "a"
+    assert gemm.plan_arrays(b.T.shape, b.T.strides, a.shape[::-1], a.T.strides, (2, 4), (32, 8), 8) == "b"
+    assert gemm.plan_arrays((2, 0), (0, 8), (0, 3), (24, 8), (2, 3), (24, 8), 8) == "zero"
+    assert gemm.plan_arrays((0, 4), (32, 8), (4, 3), (24, 8), (0, 3), (24, 8), 8) == "empty"
+    ct = np.empty((2, 4)).T  # output transposed in memory: computed packed, then copied
+    assert gemm.plan_arrays((4, 3), (24, 8), (3, 2), (16, 8), ct.shape, ct.strides, 8) == "c"
