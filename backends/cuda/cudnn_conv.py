@@ -103,16 +103,20 @@ class _Exec:
         # method itself, with {uid: pointer} of plain ints (no DLPack export per tensor).
         self.execute = getattr(g.graph, "_execute_plan_at_index", None) or g.graph.execute_plan_at_index
 
-    def run(self, x: Any, x_nhwc: bool, w: Any, bias: Any | None, handle: Any) -> Any:
-        """y = conv(x, w) (+ bias); x packed in its layout and aligned, w C-contiguous and aligned."""
+    def run(self, x: Any, x_nhwc: bool, w: Any, w_nhwc: bool, bias: Any | None, handle: Any) -> Any:
+        """y = conv(x, w) (+ bias); x and w packed NCHW or NHWC (the flags say which) and aligned.
+
+        A layout the chosen graph does not declare is converted here, inside the call the
+        autotuner timed.
+        """
         if self.nhwc:
             xin = x if x_nhwc else cupy.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            win = cupy.ascontiguousarray(w.transpose(0, 2, 3, 1))  # KRSC
+            win = w if w_nhwc else cupy.ascontiguousarray(w.transpose(0, 2, 3, 1))  # KRSC
             y = cupy.empty(self.yshape, x.dtype)
             out = y.transpose(0, 3, 1, 2)  # (N, O, Ho, Wo) indexing, channels-last strides
         else:
             xin = cupy.ascontiguousarray(x) if x_nhwc else x
-            win = w
+            win = cupy.ascontiguousarray(w) if w_nhwc else w
             y = out = cupy.empty(self.yshape, x.dtype)
         pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
         if self.fused:
@@ -175,15 +179,14 @@ class CudnnConv:
 
     def _run(self, mod: Any, x: Any, w: Any, bias: Any | None, p: Any) -> Any:
         x, x_nhwc = _cudnn_ready(x)
-        if not (w.flags.c_contiguous and w.data.ptr % 16 == 0):
-            w = w.copy()
+        w, w_nhwc = _cudnn_ready(w)  # a channels-last (KRSC) weight is taken as it is too
         if bias is not None and not (bias.flags.c_contiguous and bias.data.ptr % 16 == 0):
             bias = bias.copy()
-        key = (x.dtype.char, x.shape, x_nhwc, w.shape, p, bias is not None, self._tf32(), fast_enabled(),
+        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, self._tf32(), fast_enabled(),
                tune.autotune_enabled())
         ex = self._cache.get(key)
         if ex is None:
-            ex = self._prepare(mod, key, x, x_nhwc, w, bias, p)
+            ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)
         if type(ex) is _Failure:
             raise CudnnUnsupported(ex.message)
         handle = self._handle
@@ -192,7 +195,7 @@ class CudnnConv:
             mod.set_stream(handle=handle, stream=stream)
             self._stream = stream
         try:
-            y = ex.run(x, x_nhwc, w, bias, handle)
+            y = ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
         except cupy.cuda.memory.OutOfMemoryError:
             raise
         except Exception as e:
@@ -203,7 +206,7 @@ class CudnnConv:
         return y
 
     # -- building and tuning (once per key) ---------------------------------------------------------
-    def _prepare(self, mod, key, x, x_nhwc, w, bias, p) -> _Exec | _Failure:
+    def _prepare(self, mod, key, x, x_nhwc, w, w_nhwc, bias, p) -> _Exec | _Failure:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -213,7 +216,8 @@ class CudnnConv:
             spec = tune.ConvSpec(
                 dtype=x.dtype.name, xshape=tuple(int(v) for v in x.shape), x_layout="nhwc" if x_nhwc else "nchw",
                 wshape=tuple(int(v) for v in w.shape), stride=tuple(p.stride), dilation=tuple(p.dilation),
-                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=bias is not None, tf32=key[6], fast=key[7],
+                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=bias is not None, tf32=key[7], fast=key[8],
+                w_layout="nhwc" if w_nhwc else "nchw",
             )
             stream = cupy.cuda.get_current_stream()
             mod.set_stream(handle=handle, stream=stream.ptr)
@@ -223,14 +227,14 @@ class CudnnConv:
                 ex = _Exec(g, index, spec, None)
                 start, end = self._timing_events()
                 start.record(stream)
-                ex.run(x, x_nhwc, w, bias, handle)
+                ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
                 end.record(stream)
                 end.synchronize()
                 return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
             try:
-                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[8], limit=tune.autotune_limit(),
-                                        disk=self._disk_cache() if key[8] else None)
+                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=tune.autotune_limit(),
+                                        disk=self._disk_cache() if key[9] else None)
                 ex: _Exec | _Failure = _Exec(g, choice.index, spec, choice)
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
@@ -250,7 +254,9 @@ class CudnnConv:
 
 
 def _cudnn_ready(x: Any) -> tuple[Any, bool]:
-    """(x, is_nhwc): x itself when packed NCHW or NHWC and 16-byte aligned, else an NCHW copy."""
+    """(x, is_nhwc): x itself when packed NCHW or NHWC and 16-byte aligned, else an NCHW copy.
+
+    The same for a weight (O, C/groups, kH, kW): NHWC means KRSC."""
     if x.data.ptr % 16 == 0:
         if x.flags.c_contiguous:
             return x, False

@@ -93,6 +93,7 @@ class ConvSpec:
     has_bias: bool
     tf32: bool  # float32 may use TF32 tensor cores (asked for, and the GPU has them)
     fast: bool  # Winograd / FFT allowed
+    w_layout: str = "nchw"  # the weight's layout: "nchw" (OIHW) | "nhwc" (KRSC, channels-last)
 
     @property
     def mode(self) -> str:
@@ -111,7 +112,8 @@ class ConvSpec:
         o, cg, kh, kw = self.wshape
         return (f"{self.dtype} x{n}x{c}x{h}x{w}:{self.x_layout} w{o}x{cg}x{kh}x{kw} s{self.stride[0]},{self.stride[1]} "
                 f"d{self.dilation[0]},{self.dilation[1]} p{','.join(map(str, self.pad))} "
-                f"bias{int(self.has_bias)} {self.mode} fast{int(self.fast)}")
+                f"bias{int(self.has_bias)} {self.mode} fast{int(self.fast)}"
+                + (" w:nhwc" if self.w_layout == "nhwc" else ""))
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def variants(spec: ConvSpec, autotune: bool = True) -> list[Variant]:
     only (float16 would round twice). Without autotuning, only the first is built (and the
     next ones when it has no plan).
     """
-    layouts = ["nchw", "nhwc"] if (spec.tensor_cores or spec.x_layout == "nhwc") else ["nchw"]
+    layouts = ["nchw", "nhwc"] if (spec.tensor_cores or "nhwc" in (spec.x_layout, spec.w_layout)) else ["nchw"]
     if spec.x_layout == "nhwc":
         layouts.reverse()  # no conversion first
     kinds = ["conv"]

@@ -404,6 +404,23 @@ class CudaDevice(Device):
     def _gemm_out(self, a: Any, b: Any, out: Any) -> Any:
         return self._gemm_into(a, b, out)
 
+    def conv_numerics(self, algorithm: str, dtype: np.dtype) -> dict[str, Any]:
+        """The numerics a conv2d of ``algorithm`` just ran with (the benchmark's honesty columns)."""
+        dtype = np.dtype(dtype)
+        tf32 = dtype == F32 and self.cc >= (8, 0) and tf32_enabled()
+        mode = {F16: "fp16", F64: "fp64"}.get(dtype, "tf32" if tf32 else "strict-fp32")
+        layout, fast = "nchw", False
+        if algorithm == "direct" and dtype == F32:
+            mode = "strict-fp32"  # xdev's own kernel computes in FP32 whatever the switch says
+        if algorithm == "cudnn":
+            c = self.cudnn_choice()
+            if c is not None:
+                mode, fast, layout = c["mode"], c["winograd_fft_allowed"], c["layout"]
+                if c["input_layout"] != layout:
+                    layout = f"{c['input_layout']}->{layout}"
+        text = f"{mode}, {'Winograd/FFT allowed' if fast else 'no Winograd/FFT'}, {layout}"
+        return {"numeric_mode": mode, "winograd_fft_allowed": fast, "layout": layout, "numerics": text}
+
     def cudnn_choice(self) -> dict[str, Any] | None:
         """What the latest cuDNN call ran: numeric mode, Winograd/FFT allowed, layout, plan (for the benchmark)."""
         ex = self._cudnn.last
