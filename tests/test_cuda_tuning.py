@@ -116,6 +116,7 @@ class FakeGraph:
 
     def _execute_plan_at_index(self, pack, ws, index, handle):
         self.executed.append((dict(pack), ws, index))
+        self.fe.log.append((dict(pack), ws, index))
 
     @property
     def layout(self):
@@ -134,7 +135,7 @@ class FakeFrontend:
 
     def __init__(self, table):
         """table: {(layout, kind): [(engine name, notes, seconds per call), ...]} in heuristic order."""
-        self.table, self.builds, self.graphs = table, [], []
+        self.table, self.builds, self.graphs, self.log = table, [], [], []  # log: executions in order
 
     def pygraph(self, **kw):
         g = FakeGraph(self, kw)
@@ -459,3 +460,219 @@ def test_gemm_plan_merges_batches_and_asks_for_copies_it_needs():
     assert gemm.plan_arrays((0, 4), (32, 8), (4, 3), (24, 8), (0, 3), (24, 8), 8) == "empty"
     ct = np.empty((2, 4)).T  # output transposed in memory: computed packed, then copied
     assert gemm.plan_arrays((4, 3), (24, 8), (3, 2), (16, 8), ct.shape, ct.strides, 8) == "c"
+
+
+# ==== cudnn_conv.py end to end, on a fake CuPy (NumPy memory) and a computing fake frontend ========
+
+import ctypes  # noqa: E402
+import types  # noqa: E402
+
+from reference import conv2d_ref  # noqa: E402
+from strategies import values  # noqa: E402
+from tolerance import assert_agrees  # noqa: E402
+
+
+class FA(np.ndarray):
+    """A NumPy array that answers ``.data.ptr`` as a CuPy array does."""
+
+    @property
+    def data(self):
+        return SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+def _fa(a):
+    return np.asarray(a).view(FA)
+
+
+def _raw_view(ptr, dims, strides, dtype):
+    dtype = np.dtype(dtype)
+    span = 1 + sum((d - 1) * s for d, s in zip(dims, strides))
+    flat = np.frombuffer((ctypes.c_char * (span * dtype.itemsize)).from_address(ptr), dtype=dtype, count=span)
+    return np.lib.stride_tricks.as_strided(flat, dims, [s * dtype.itemsize for s in strides])
+
+
+class ComputingGraph(FakeGraph):
+    """Executes a plan by computing the convolution through the pointers and strides it was given."""
+
+    def _execute_plan_at_index(self, pack, ws, index, handle):
+        super()._execute_plan_at_index(pack, ws, index, handle)
+        assert index in self.built, "executing a plan that was never built"
+        self.fe.last_seconds = self.configs[index][2]
+        dt = {"half": np.float16, "float": np.float32, "double": np.float64}[self.kw["io_data_type"]]
+        by_uid = {t.uid: t for t in self.tensors}
+        X, W, Y = by_uid[self.uid_of("X")], by_uid[self.uid_of("W")], self.tensors[-1]
+        x = _raw_view(pack[X.uid], X.dim, X.stride, dt)
+        w = _raw_view(pack[W.uid], W.dim, W.stride, dt)
+        b = None
+        if "bias" in self.ops:
+            B = by_uid[self.uid_of("B")]
+            b = _raw_view(pack[B.uid], B.dim, B.stride, dt).reshape(-1)
+        kw = self.conv_kw
+        ref, _ = conv2d_ref(x, w, b, stride=tuple(kw["stride"]), padding=tuple(kw["pre_padding"]),
+                            dilation=tuple(kw["dilation"]))
+        y = _raw_view(pack[Y.uid], Y.dim, Y.stride, dt)
+        y[...] = ref.astype(dt)
+
+    def uid_of(self, name):
+        return next(t.uid for t in self.tensors if t.name == name)
+
+
+class ComputingFrontend(FakeFrontend):
+    __version__ = "fake"
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.streams, self.last_seconds = [], 0.0
+
+    def pygraph(self, **kw):
+        g = ComputingGraph(self, kw)
+        self.graphs.append(g)
+        return g
+
+    def backend_version(self):
+        return 91900
+
+    def create_handle(self):
+        return 4242
+
+    def set_stream(self, handle, stream):
+        self.streams.append(stream)
+
+    def executions(self):
+        return self.log
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch, tmp_path):
+    """(cudnn_conv module, fake frontend, fake cupy) with the GPU libraries replaced."""
+    fe = ComputingFrontend({})
+    state = SimpleNamespace(stream=7)
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class OOM(MemoryError):
+        pass
+
+    cp = types.ModuleType("cupy")
+    cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(FA)
+    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FA)
+    cp.cuda = SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=state.stream), Event=Event,
+                              get_elapsed_time=lambda s, e: fe.last_seconds * 1e3,
+                              memory=SimpleNamespace(OutOfMemoryError=OOM))
+    cp.state = state
+    pkg = types.ModuleType("xdev_fake_cuda")
+    pkg.__path__ = [str(CUDA_DIR)]
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "cudnn", fe)
+    monkeypatch.setitem(sys.modules, "xdev_fake_cuda", pkg)
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    for k in ("XDEV_CUDA_TF32", "XDEV_CUDNN_FAST", "XDEV_CUDNN_AUTOTUNE", "XDEV_CUDNN_AUTOTUNE_LIMIT"):
+        monkeypatch.delenv(k, raising=False)
+    spec = importlib.util.spec_from_file_location("xdev_fake_cuda.cudnn_conv", CUDA_DIR / "cudnn_conv.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)
+    spec.loader.exec_module(mod)
+    yield mod, fe, cp
+    sys.modules.pop("xdev_fake_cuda.cudnn_tune", None)
+
+
+def _params(xs, ws, padding=1):
+    from xdev._shapes import conv_params
+
+    return conv_params(xs, ws, (ws[0],), 1, padding, 1, 1)
+
+
+SMALL = {
+    ("nchw", "fused"): [("fused_fma", [], 0.005)],
+    ("nchw", "conv"): [("implicit_gemm", [], 0.004), ("tc", ["TENSOR_CORE"], 0.001)],
+    ("nhwc", "fused"): [("fused_tc_nhwc", ["TENSOR_CORE"], 0.002)],
+    ("nhwc", "conv"): [("tc_nhwc", ["TENSOR_CORE"], 0.0005)],
+}
+
+
+def _check(y, x, w, b, dt):
+    ref, ref_abs = conv2d_ref(x, w, b, padding=1)
+    K = w.shape[1] * w.shape[2] * w.shape[3] + (1 if b is not None else 0)
+    acc = np.dtype(np.float32) if dt == np.float16 else np.dtype(dt)
+    assert y.shape == ref.shape
+    assert_agrees(np.asarray(y), ref, ref_abs, K, acc, np.dtype(dt), "fake cuDNN")
+
+
+def test_cudnn_conv_strict_fp32_with_bias_added_after_the_fastest_plan(fake_cuda):
+    mod, fe, cp = fake_cuda
+    fe.table = SMALL
+    xs, ws = (2, 3, 6, 5), (4, 3, 3, 3)
+    x, w, b = values(1, xs, np.float32), values(2, ws, np.float32), values(3, (4,), np.float32)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    y = conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))
+    _check(y, x, w, b, np.float32)
+    assert y.flags.c_contiguous  # NCHW result
+    c = conv.last.choice
+    assert (c.layout, c.kind, c.name) == ("nchw", "conv", "implicit_gemm")  # bias kernel after the conv
+    assert conv.build_seconds > 0
+    n_exec = len(fe.executions())
+    y2 = conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))  # the hot path: no build, one execute
+    np.testing.assert_array_equal(y2, y)
+    assert len(fe.executions()) == n_exec + 1 and fe.streams == [7]
+    cp.state.stream = 9  # another stream: the handle is bound again, once
+    conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))
+    conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))
+    assert fe.streams == [7, 9]
+
+
+def test_cudnn_conv_float16_channels_last_input_runs_without_a_copy(fake_cuda):
+    mod, fe, _cp = fake_cuda
+    fe.table = SMALL
+    xs, ws = (2, 8, 5, 7), (6, 8, 3, 3)
+    x, w, b = values(4, xs, np.float16), values(5, ws, np.float16), values(6, (6,), np.float16)
+    xcl = _fa(np.ascontiguousarray(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    wcl = _fa(np.ascontiguousarray(w.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    y = conv.conv2d(xcl, wcl, _fa(b), _params(xs, ws))
+    _check(y, x, w, b, np.float16)
+    assert y.shape == (2, 6, 5, 7) and y.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last strides
+    assert (conv.last.choice.layout, conv.last.choice.kind) == ("nhwc", "fused")
+    pack = fe.executions()[-1][0]
+    assert xcl.data.ptr in pack.values() and wcl.data.ptr in pack.values()  # x and w as given: no copy
+
+
+def test_cudnn_conv_nchw_input_converted_inside_the_timed_call_when_nhwc_wins(fake_cuda):
+    mod, fe, _cp = fake_cuda
+    fe.table = SMALL
+    xs, ws = (1, 4, 6, 6), (5, 4, 3, 3)
+    x, w = values(7, xs, np.float16), values(8, ws, np.float16)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    y = conv.conv2d(_fa(x), _fa(w), None, _params(xs, ws))
+    _check(y, x, w, None, np.float16)
+    assert conv.last.choice.layout == "nhwc" and conv.last.spec.x_layout == "nchw"
+    timed = [e for e in fe.executions()]
+    assert len(timed) >= 1 + 3  # warm-up and timed calls of the candidates, then the call itself
+
+
+def test_cudnn_conv_choice_survives_a_new_process_through_the_disk_cache(fake_cuda):
+    mod, fe, _cp = fake_cuda
+    fe.table = SMALL
+    xs, ws = (1, 3, 5, 5), (2, 3, 3, 3)
+    x, w = values(9, xs, np.float32), values(10, ws, np.float32)
+    mod.CudnnConv(0, (9, 0), "Fake H100").conv2d(_fa(x), _fa(w), None, _params(xs, ws))
+    before = len(fe.executions())
+    fresh = mod.CudnnConv(0, (9, 0), "Fake H100")  # nothing in memory
+    y = fresh.conv2d(_fa(x), _fa(w), None, _params(xs, ws))
+    _check(y, x, w, None, np.float32)
+    assert len(fe.executions()) == before + 1  # the call only: no candidate timed
+
+
+def test_cudnn_conv_without_a_plan_raises_unsupported_and_remembers(fake_cuda):
+    mod, fe, _cp = fake_cuda
+    fe.table = {("nchw", "conv"): [("tc", ["TENSOR_CORE"], 0.001)]}
+    xs, ws = (1, 3, 5, 5), (2, 3, 3, 3)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    for _ in range(2):
+        with pytest.raises(mod.CudnnUnsupported, match="no cuDNN plan"):
+            conv.conv2d(_fa(values(1, xs, np.float32)), _fa(values(2, ws, np.float32)), None, _params(xs, ws))
+    assert len(fe.graphs) == 1  # the failure is cached: built once
