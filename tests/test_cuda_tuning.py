@@ -810,3 +810,91 @@ def test_device_conv_gemm_blocks_go_through_the_same_cublas_path(fake_device):
     np.testing.assert_allclose(y[:, :, :, 1 : 1 + L], np.matmul(w, cols), rtol=1e-5)
     assert np.isnan(y[:, :, :, 0]).all() and np.isnan(y[:, :, :, 1 + L :]).all()
     assert [c["batch"] for c in cublas.calls] == [G] * nb
+
+
+# ==== on a GPU (skipped with the reason elsewhere) ===================================================
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import textwrap  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    from conftest import require
+
+    return require("cuda")
+
+
+def _run_py(code: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
+    path = [str(Path(__file__).parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    full.update(env, PYTHONPATH=os.pathsep.join(path))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
+                          timeout=300)
+
+
+def test_gpu_cudnn_choice_is_tuned_once_and_reused_by_a_new_process(cuda, tmp_path):
+    if "cudnn" not in cuda.conv_algorithms:
+        pytest.skip(cuda.unavailable_reason("cudnn"))
+    code = """
+        import json, numpy as np, xdev
+        from strategies import values
+        x = values(1, (4, 32, 20, 20), np.float32); w = values(2, (48, 32, 3, 3), np.float32)
+        b = values(3, (48,), np.float32)
+        y = xdev.conv2d(x, w, b, padding=1, algorithm="cudnn", backend="cuda")
+        dev = y._dev
+        print(json.dumps(dev.cudnn_choice()))
+    """
+    env = dict(XDEV_CACHE_DIR=str(tmp_path), XDEV_CUDNN_AUTOTUNE_LIMIT="4")
+    first = _run_py(code, **env)
+    assert first.returncode == 0, first.stderr
+    files = list((tmp_path / "cudnn-plans").glob("*.json"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    c1 = json.loads(first.stdout.strip().splitlines()[-1])
+    assert c1["autotuned"] and c1["candidates"] >= 1 and c1["mode"] == "strict-fp32"
+    second = _run_py(code, **env)
+    assert second.returncode == 0, second.stderr
+    c2 = json.loads(second.stdout.strip().splitlines()[-1])
+    assert (c2["plan"], c2["plan_index"], c2["layout"], c2["bias"]) == (c1["plan"], c1["plan_index"], c1["layout"],
+                                                                        c1["bias"])
+    assert files[0].stat().st_mtime_ns == stamp  # read, not tuned and written again
+    off = _run_py(code, XDEV_CUDNN_AUTOTUNE="0", XDEV_CACHE_DIR=str(tmp_path / "off"))
+    assert off.returncode == 0 and not json.loads(off.stdout.strip().splitlines()[-1])["autotuned"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_gpu_channels_last_input_and_result(cuda, dtype):
+    import cupy
+
+    if "cudnn" not in cuda.conv_algorithms:
+        pytest.skip(cuda.unavailable_reason("cudnn"))
+    x = values(4, (2, 16, 12, 10), dtype)
+    w = values(5, (24, 16, 3, 3), dtype)
+    b = values(6, (24,), dtype)
+    xd = cupy.ascontiguousarray(cupy.asarray(x).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    xa = xdev.Array._wrap(xd, cuda)
+    y = xdev.conv2d(xa, w, b, padding=1, algorithm="cudnn")
+    assert y.shape == (2, 24, 12, 10) and y.algorithm == "cudnn"
+    ref, ref_abs = conv2d_ref(x, w, b, padding=1)
+    acc = np.dtype(np.float32) if dtype == np.float16 else cuda.acc_dtype(np.dtype(dtype))
+    assert_agrees(y.numpy(), ref, ref_abs, 16 * 9 + 1, acc, np.dtype(dtype), "channels-last cuDNN")
+    assert cuda.cudnn_choice()["input_layout"] == "nhwc"
+
+
+def test_gpu_matmul_leaves_cupys_global_state_alone(cuda, monkeypatch):
+    import cupy
+    from cupy._core import _routines_linalg as rl
+    from cupy_backends.cuda.libs import cublas
+
+    a = xdev.asarray(values(1, (64, 64), np.float32), backend="cuda")
+    before = (rl.get_compute_type(np.dtype(np.float32)), cublas.getMathMode(cupy.cuda.device.get_cublas_handle()))
+    for tf32 in ("1", "0"):
+        monkeypatch.setenv("XDEV_CUDA_TF32", tf32)
+        xdev.matmul(a, a)
+        xdev.matmul(a.reshape(1, 64, 64), a)
+        xdev.conv2d(values(2, (1, 4, 8, 8), np.float32), values(3, (4, 4, 3, 3), np.float32), algorithm="gemm",
+                    backend="cuda")
+        after = (rl.get_compute_type(np.dtype(np.float32)), cublas.getMathMode(cupy.cuda.device.get_cublas_handle()))
+        assert after == before
