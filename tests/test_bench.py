@@ -32,9 +32,9 @@ def test_flop_counts_by_hand():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    backends = ["numpy"] + (["opencl"] if backend_status("opencl").available else [])
+    backends = ["numpy"] + [b for b in ("opencl", "cuda") if backend_status(b).available]
     cmd = [sys.executable, "-m", "xdev.bench", "--quick", "--sizes", "16,33", "--image", "16",
-           "--repeat", "2", "--backends", ",".join(backends + ["cuda"]),
+           "--repeat", "2", "--backends", ",".join(dict.fromkeys(backends + ["cuda"])),
            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
     env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -73,7 +73,8 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     mm = [x for x in doc["results"] if x["op"] == "matmul" and x["shape"] == "33x33x33"]
     assert mm and all(x["flops"] == 2 * 33**3 for x in mm)
     conv = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "conv1_1"]
-    assert conv and all(x["flops"] == 2 * 64 * 16 * 16 * 3 * 9 for x in conv)
+    # Each device's own batch (1 on CPUs, 16 on GPUs).
+    assert conv and all(x["flops"] == 2 * 64 * 16 * 16 * 3 * 9 * x["batch"] for x in conv)
     totals = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "total"]
     assert len(totals) == len(backends)
     for t in totals:
