@@ -191,18 +191,20 @@ class CudnnConv:
             raise CudnnUnsupported(ex.message)
         handle = self._handle
         stream = cupy.cuda.get_current_stream().ptr
-        if stream != self._stream:
-            mod.set_stream(handle=handle, stream=stream)
-            self._stream = stream
-        try:
-            y = ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
-        except cupy.cuda.memory.OutOfMemoryError:
-            raise
-        except Exception as e:
-            # Remember it: "auto" then goes straight to gemm for this geometry.
-            self._cache[key] = _Failure(f"execution failed: {type(e).__name__}: {e}")
-            raise CudnnUnsupported(self._cache[key].message) from e
-        self.last = ex
+        # One handle per device: threads on different streams take turns binding it.
+        with self._lock:
+            if stream != self._stream:
+                mod.set_stream(handle=handle, stream=stream)
+                self._stream = stream
+            try:
+                y = ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
+            except cupy.cuda.memory.OutOfMemoryError:
+                raise
+            except Exception as e:
+                # Remember it: "auto" then goes straight to gemm for this geometry.
+                self._cache[key] = _Failure(f"execution failed: {type(e).__name__}: {e}")
+                raise CudnnUnsupported(self._cache[key].message) from e
+            self.last = ex
         return y
 
     # -- building and tuning (once per key) ---------------------------------------------------------

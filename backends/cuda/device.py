@@ -91,10 +91,17 @@ def open_device(selector: str | None) -> "CudaDevice":
 
 
 # ---- cuBLAS: xdev's own handle and GEMM calls, the compute type in each call -------------------
-def _cublas() -> Any:
-    from cupy_backends.cuda.libs import cublas  # noqa: PLC0415  (needs the cuBLAS library)
+_cublas_mod: Any = None
 
-    return cublas
+
+def _cublas() -> Any:
+    """CuPy's low-level cuBLAS binding, imported once (an import statement per call costs ~1 us)."""
+    global _cublas_mod
+    if _cublas_mod is None:
+        from cupy_backends.cuda.libs import cublas  # noqa: PLC0415  (needs the cuBLAS library)
+
+        _cublas_mod = cublas
+    return _cublas_mod
 
 
 # cudaDataType (library_types.h), cublasComputeType_t (cublas_api.h): the values CuPy's
@@ -104,8 +111,10 @@ _COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
 _GEMM_DEFAULT = -1  # CUBLAS_GEMM_DEFAULT
 _DEFAULT_MATH = 0  # CUBLAS_DEFAULT_MATH: no TF32 unless the compute type asks for it
 # alpha = 1, beta = 0 in the compute type's precision, in host memory (pointer mode host).
-_SCALARS = {np.dtype(np.float32): (np.ones(1, np.float32), np.zeros(1, np.float32)),
-            np.dtype(np.float64): (np.ones(1, np.float64), np.zeros(1, np.float64))}
+# The arrays stay alive for the process; their addresses are taken once (``.ctypes`` costs ~1 us).
+_SCALAR_ARRAYS = [np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float64), np.zeros(1, np.float64)]
+_SCALARS = {np.dtype(np.float32): (_SCALAR_ARRAYS[0].ctypes.data, _SCALAR_ARRAYS[1].ctypes.data),
+            np.dtype(np.float64): (_SCALAR_ARRAYS[2].ctypes.data, _SCALAR_ARRAYS[3].ctypes.data)}
 
 
 # Compute capability -> FP32 lanes per SM (CUDA cores); used for the peak estimates in info().
@@ -337,7 +346,7 @@ class CudaDevice(Device):
         code = _CUDA_R[dt]
         isz = dt.itemsize
         pa, pb, pc = a.data.ptr, b.data.ptr, out.data.ptr
-        alpha, beta = one.ctypes.data, zero.ctypes.data
+        alpha, beta = one, zero
         for ob, oa, oc in g.outer:
             if g.batch == 1:
                 cublas.gemmEx(h, g.op_first, g.op_second, g.m, g.n, g.k, alpha, pb + ob * isz, code, g.ld_first,
