@@ -205,7 +205,7 @@ def test_deselected_notes_follow_the_numeric_rules():
 def test_nhwc_graph_declares_channels_last_strides_for_x_w_and_y():
     fe = FakeFrontend(VGG_TABLE)
     g, tensors = tune.build_graph(fe, None, spec(dtype="float16", bias=False), tune.Variant("nhwc", "conv"))
-    n, c, h, w = 16, 64, 56, 56
+    c, h, w = 64, 56, 56
     assert tensors["x"].stride == [h * w * c, 1, w * c, c]
     assert tensors["w"].stride == [3 * 3 * 64, 1, 3 * 64, 64]  # KRSC
     assert tensors["y"].dim == [16, 64, 56, 56] and tensors["y"].stride == [56 * 56 * 64, 1, 56 * 64, 64]
