@@ -494,8 +494,7 @@ def _raw_view(ptr, dims, strides, dtype):
 class ComputingGraph(FakeGraph):
     """Executes a plan by computing the convolution through the pointers and strides it was given."""
 
-    def _execute_plan_at_index(self, pack, ws, index, handle):
-        super()._execute_plan_at_index(pack, ws, index, handle)
+    def _conv(self, pack, index):
         assert index in self.built, "executing a plan that was never built"
         self.fe.last_seconds = self.configs[index][2]
         dt = {"half": np.float16, "float": np.float32, "double": np.float64}[self.kw["io_data_type"]]
@@ -516,13 +515,33 @@ class ComputingGraph(FakeGraph):
     def uid_of(self, name):
         return next(t.uid for t in self.tensors if t.name == name)
 
+    def execute_plan_at_index(self, tensor_dict, workspace, index, handle, tensor_uids=None):
+        """The public entry: {uid: array or pointer}; the new frontend also takes buffers + tensor_uids."""
+        if tensor_uids is not None:
+            if self.fe.api != "new":
+                raise TypeError("execute_plan_at_index() got an unexpected keyword argument 'tensor_uids'")
+            tensor_dict = dict(zip(tensor_uids, tensor_dict))
+        pack = {k: (v if type(v) is int else v.data.ptr) for k, v in tensor_dict.items()}
+        self.fe.forms.append("ordered" if tensor_uids is not None else "dict")
+        ComputingGraph._compute(self, pack, index)
+
+    def _execute_plan_at_index(self, pack, ws, index, handle):
+        if self.fe.api != "classic":
+            raise AttributeError("'pygraph' object has no attribute '_execute_plan_at_index'")
+        self.fe.forms.append("classic")
+        ComputingGraph._compute(self, pack, index)
+
+    def _compute(self, pack, index):
+        FakeGraph._execute_plan_at_index(self, pack, 0, index, None)
+        ComputingGraph._conv(self, pack, index)
+
 
 class ComputingFrontend(FakeFrontend):
     __version__ = "fake"
 
-    def __init__(self, table):
+    def __init__(self, table, api="classic"):
         super().__init__(table)
-        self.streams, self.last_seconds = [], 0.0
+        self.streams, self.last_seconds, self.api, self.forms = [], 0.0, api, []
 
     def pygraph(self, **kw):
         g = ComputingGraph(self, kw)
@@ -542,10 +561,14 @@ class ComputingFrontend(FakeFrontend):
         return self.log
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch, tmp_path):
-    """(cudnn_conv module, fake frontend, fake cupy) with the GPU libraries replaced."""
-    fe = ComputingFrontend({})
+@pytest.fixture(params=["classic", "new"])
+def fake_cuda(request, monkeypatch, tmp_path):
+    """(cudnn_conv module, fake frontend, fake cupy) with the GPU libraries replaced.
+
+    Both frontend generations: "classic" (<= 1.2x, a pybind graph with _execute_plan_at_index)
+    and "new" (1.3x, a Python graph whose execute_plan_at_index takes buffers + tensor_uids).
+    """
+    fe = ComputingFrontend({}, api=request.param)
     state = SimpleNamespace(stream=7)
 
     class Event:
@@ -561,7 +584,8 @@ def fake_cuda(monkeypatch, tmp_path):
     cp = types.ModuleType("cupy")
     cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(FA)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FA)
-    cp.cuda = SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=state.stream), Event=Event,
+    cp.cuda = SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=state.stream, synchronize=lambda: None),
+                              Event=Event,
                               get_elapsed_time=lambda s, e: fe.last_seconds * 1e3,
                               memory=SimpleNamespace(OutOfMemoryError=OOM))
     cp.state = state
@@ -619,6 +643,11 @@ def test_cudnn_conv_strict_fp32_with_bias_added_after_the_fastest_plan(fake_cuda
     y2 = conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))  # the hot path: no build, one execute
     np.testing.assert_array_equal(y2, y)
     assert len(fe.executions()) == n_exec + 1 and fe.streams == [7]
+    # The hot path uses the entry picked once per key among those this frontend has.
+    usable = {"classic": {"_classic", "_ordered", "_ptr_dict", "_array_dict"} - {"_ordered"},
+              "new": {"_ordered", "_ptr_dict", "_array_dict"}}[fe.api]
+    assert conv.last.form in usable
+    assert fe.forms[-1] == {"_classic": "classic", "_ordered": "ordered"}.get(conv.last.form, "dict")
     cp.state.stream = 9  # another stream: the handle is bound again, once
     conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))
     conv.conv2d(_fa(x), _fa(w), _fa(b), _params(xs, ws))
@@ -658,13 +687,16 @@ def test_cudnn_conv_choice_survives_a_new_process_through_the_disk_cache(fake_cu
     mod, fe, _cp = fake_cuda
     fe.table = SMALL
     xs, ws = (1, 3, 5, 5), (2, 3, 3, 3)
-    x, w = values(9, xs, np.float32), values(10, ws, np.float32)
-    mod.CudnnConv(0, (9, 0), "Fake H100").conv2d(_fa(x), _fa(w), None, _params(xs, ws))
-    before = len(fe.executions())
+    x, w = values(9, xs, np.float16), values(10, ws, np.float16)  # float16: NCHW and NHWC candidates
+    first = mod.CudnnConv(0, (9, 0), "Fake H100")
+    first.conv2d(_fa(x), _fa(w), None, _params(xs, ws))
+    assert len(fe.builds) > 1
+    builds = len(fe.builds)
     fresh = mod.CudnnConv(0, (9, 0), "Fake H100")  # nothing in memory
     y = fresh.conv2d(_fa(x), _fa(w), None, _params(xs, ws))
-    _check(y, x, w, None, np.float32)
-    assert len(fe.executions()) == before + 1  # the call only: no candidate timed
+    _check(y, x, w, None, np.float16)
+    assert len(fe.builds) == builds + 1  # only the recorded plan is built; nothing else is tried
+    assert fresh.last.choice == first.last.choice
 
 
 def test_cudnn_conv_without_a_plan_raises_unsupported_and_remembers(fake_cuda):
