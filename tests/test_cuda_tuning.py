@@ -521,6 +521,12 @@ class ComputingGraph(FakeGraph):
             if self.fe.api != "new":
                 raise TypeError("execute_plan_at_index() got an unexpected keyword argument 'tensor_uids'")
             tensor_dict = dict(zip(tensor_uids, tensor_dict))
+        by_uid = {t.uid: t for t in self.tensors}
+        for k, v in tensor_dict.items():  # an array must match its declaration (DLPack is checked)
+            if type(v) is not int:
+                t = by_uid[k]
+                assert tuple(v.shape) == tuple(t.dim), (t.name, v.shape, t.dim)
+                assert tuple(s // v.itemsize for s in v.strides) == tuple(t.stride), (t.name, v.strides, t.stride)
         pack = {k: (v if type(v) is int else v.data.ptr) for k, v in tensor_dict.items()}
         self.fe.forms.append("ordered" if tensor_uids is not None else "dict")
         ComputingGraph._compute(self, pack, index)
@@ -589,6 +595,8 @@ def fake_cuda(request, monkeypatch, tmp_path):
                               get_elapsed_time=lambda s, e: fe.last_seconds * 1e3,
                               memory=SimpleNamespace(OutOfMemoryError=OOM))
     cp.state = state
+    cp.ndarray = lambda shape, dtype, memptr, strides: _raw_view(
+        memptr.ptr, shape, [v // np.dtype(dtype).itemsize for v in strides], dtype).view(FA)
     pkg = types.ModuleType("xdev_fake_cuda")
     pkg.__path__ = [str(CUDA_DIR)]
     monkeypatch.setitem(sys.modules, "cupy", cp)

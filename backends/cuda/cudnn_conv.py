@@ -126,9 +126,15 @@ class _Exec:
         self.graph.execute_plan_at_index(pack, self.ws_ptr, self.index, h)
 
     def _array_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
-        pack = {self.ux: xin, self.uw: win, self.uy: y}
+        # Arrays are described to the frontend through DLPack: give each exactly the dims and
+        # strides its tensor declares (size-1 dimensions may carry any stride in CuPy).
+        sp, lay = self.spec, "nhwc" if self.nhwc else "nchw"
+        n, o, (ho, wo) = sp.xshape[0], sp.wshape[0], sp.out_hw
+        pack = {self.ux: _declared(xin, sp.xshape, tune.strides(sp.xshape, lay)),
+                self.uw: _declared(win, sp.wshape, tune.strides(sp.wshape, lay)),
+                self.uy: _declared(y, (n, o, ho, wo), tune.strides((n, o, ho, wo), lay))}
         if self.fused:
-            pack[self.ub] = b
+            pack[self.ub] = _declared(b, (1, o, 1, 1), [o, 1, 1, 1])
         self.graph.execute_plan_at_index(pack, self.workspace, self.index, h)
 
     def run(self, x: Any, x_nhwc: bool, w: Any, w_nhwc: bool, bias: Any | None, handle: Any) -> Any:
@@ -137,19 +143,19 @@ class _Exec:
         A layout the chosen graph does not declare is converted here, inside the call the
         autotuner timed.
         """
+        # Every array keeps the (N, C, H, W) / (O, C, kH, kW) indexing; NHWC is in the strides.
         if self.nhwc:
-            xin = x if x_nhwc else cupy.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            win = w if w_nhwc else cupy.ascontiguousarray(w.transpose(0, 2, 3, 1))  # KRSC
-            y = cupy.empty(self.yshape, x.dtype)
-            out = y.transpose(0, 3, 1, 2)  # (N, O, Ho, Wo) indexing, channels-last strides
+            xin = x if x_nhwc else cupy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            win = w if w_nhwc else cupy.ascontiguousarray(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # KRSC
+            out = cupy.empty(self.yshape, x.dtype).transpose(0, 3, 1, 2)  # channels-last strides
         else:
             xin = cupy.ascontiguousarray(x) if x_nhwc else x
             win = cupy.ascontiguousarray(w) if w_nhwc else w
-            y = out = cupy.empty(self.yshape, x.dtype)
+            out = cupy.empty(self.yshape, x.dtype)
         call = self.call
         if call is None:
             call = self.call = getattr(self, self.form)
-        call(handle, xin, win, bias, y)
+        call(handle, xin, win, bias, out)
         if self.bias_after:
             out += bias.reshape(1, -1, 1, 1)
         return out
@@ -326,6 +332,12 @@ class CudnnConv:
         if self._events is None:
             self._events = (cupy.cuda.Event(), cupy.cuda.Event())
         return self._events
+
+
+def _declared(a: Any, shape: tuple[int, ...], elem_strides: list[int]) -> Any:
+    """A view of a's memory with exactly these dims and element strides (same elements)."""
+    isz = a.dtype.itemsize
+    return cupy.ndarray(tuple(shape), a.dtype, memptr=a.data, strides=tuple(v * isz for v in elem_strides))
 
 
 def _cudnn_ready(x: Any) -> tuple[Any, bool]:
