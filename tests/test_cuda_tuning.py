@@ -257,6 +257,21 @@ def test_candidate_count_is_bounded_per_variant():
     assert len(fe.builds) == 5  # plans beyond the limit are not even built
 
 
+def test_plan_building_stops_at_the_time_budget(monkeypatch):
+    table = {("nchw", "conv"): [(f"e{i}", [], 0.01) for i in range(6)],
+             ("nchw", "fused"): [(f"f{i}", [], 0.01) for i in range(6)]}
+    fe = FakeFrontend(table)
+    clock = iter(range(0, 1000, 10))  # every plan build "takes" 10 s
+    monkeypatch.setattr(tune.time, "monotonic", lambda: float(next(clock)))
+    _g, _c = tune.select(fe, None, spec(), timer(fe), autotune=True, limit=8, disk=None, budget_s=15)
+    assert [n for *_lk, n in fe.builds] == ["f0", "f1", "e0"]  # past the budget: one plan per variant
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_BUDGET_S", "0")
+    with pytest.warns(RuntimeWarning, match="XDEV_CUDNN_AUTOTUNE_BUDGET_S"):
+        assert tune.autotune_budget_s() == tune.DEFAULT_BUDGET_S
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_BUDGET_S", "0.5")
+    assert tune.autotune_budget_s() == 0.5
+
+
 def test_autotune_off_runs_the_heuristic_first_plan_untimed(tmp_path):
     fe = FakeFrontend(VGG_TABLE)
     disk = tune.DiskCache("gpu", "9.19.0", tmp_path)

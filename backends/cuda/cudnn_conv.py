@@ -314,7 +314,8 @@ class CudnnConv:
 
             try:
                 g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=tune.autotune_limit(),
-                                        disk=self._disk_cache() if key[9] else None)
+                                        disk=self._disk_cache() if key[9] else None,
+                                        budget_s=tune.autotune_budget_s())
                 ex: _Exec | _Failure = _Exec(g, choice.index, spec, choice)
                 ex.pick_form(lambda: ex.run(x, x_nhwc, w, w_nhwc, bias, handle), stream.synchronize)
             except cupy.cuda.memory.OutOfMemoryError:

@@ -70,6 +70,26 @@ def autotune_limit() -> int:
     return max(1, n)
 
 
+ENV_BUDGET = "XDEV_CUDNN_AUTOTUNE_BUDGET_S"
+DEFAULT_BUDGET_S = 3.0
+
+
+def autotune_budget_s() -> float:
+    """Seconds of plan building per key before the search stops adding candidates (default 3)."""
+    raw = os.environ.get(ENV_BUDGET, "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        warnings.warn(f"{ENV_BUDGET}={raw!r} is not a positive number of seconds; using {DEFAULT_BUDGET_S}",
+                      RuntimeWarning, stacklevel=2)
+        return DEFAULT_BUDGET_S
+    return v
+
+
 def cache_dir() -> Path:
     root = os.environ.get(ENV_CACHE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
@@ -207,12 +227,19 @@ def build_graph(mod: Any, handle: Any, spec: ConvSpec, variant: Variant) -> tupl
     return g, tensors
 
 
-def build_plans(g: Any, limit: int, only: Iterable[int] | None = None) -> list[tuple[int, str]]:
-    """Build the first ``limit`` plans that build, in heuristic order (or just the ``only`` indices)."""
+def build_plans(g: Any, limit: int, only: Iterable[int] | None = None,
+                deadline: float | None = None) -> list[tuple[int, str]]:
+    """Build the first ``limit`` plans that build, in heuristic order (or just the ``only`` indices).
+
+    Past ``deadline`` (time.monotonic()) no further plan is built once one has been: some
+    engines compile at build time (NVRTC, ~1 s each), and the search must stay bounded.
+    """
     count = int(g.get_execution_plan_count())
     order = range(count) if only is None else [i for i in only if 0 <= i < count]
     built: list[tuple[int, str]] = []
     for i in order:
+        if built and deadline is not None and time.monotonic() > deadline:
+            break
         try:
             g.build_plan_at_index(i)  # fails for deselected configs and unsupported ones
         except Exception:
@@ -228,9 +255,9 @@ def build_plans(g: Any, limit: int, only: Iterable[int] | None = None) -> list[t
 
 
 def make_graph(mod: Any, handle: Any, spec: ConvSpec, variant: Variant, limit: int,
-               only: Iterable[int] | None = None) -> Graph:
+               only: Iterable[int] | None = None, deadline: float | None = None) -> Graph:
     g, tensors = build_graph(mod, handle, spec, variant)
-    plans = build_plans(g, limit, only)
+    plans = build_plans(g, limit, only, deadline)
     if not plans:
         raise LookupError(f"no cuDNN plan for the {variant.layout} {variant.kind} graph under xdev's numeric rules "
                           f"({spec.mode}, Winograd/FFT {'allowed' if spec.fast else 'off'})")
@@ -402,13 +429,14 @@ class DiskCache:
 
 # ---- selection: memory -> disk -> tuning ------------------------------------------------------------
 def select(mod: Any, handle: Any, spec: ConvSpec, time_call: Callable[[Graph, int], float], *,
-           autotune: bool, limit: int, disk: DiskCache | None) -> tuple[Graph, Choice]:
+           autotune: bool, limit: int, disk: DiskCache | None, budget_s: float | None = None) -> tuple[Graph, Choice]:
     """The graph to execute and the plan chosen for ``spec``.
 
     A choice on disk is rebuilt alone (one plan, no timing) when its engine config still has
     the same name at the same heuristic index; otherwise, and with nothing on disk, every
     variant's candidates are timed with ``time_call(graph, index)`` (one call, seconds) and
-    the fastest is recorded. Without autotuning the first variant's first plan runs.
+    the fastest is recorded. Without autotuning the first variant's first plan runs. With
+    ``budget_s``, plan building stops after that many seconds (each variant still gets one).
     Raises LookupError when no variant has a plan.
     """
     key = spec.text()
@@ -423,9 +451,10 @@ def select(mod: Any, handle: Any, spec: ConvSpec, time_call: Callable[[Graph, in
                 return g, cached
     graphs: list[Graph] = []
     errors: list[str] = []
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     for v in variants(spec):
         try:
-            graphs.append(make_graph(mod, handle, spec, v, limit if autotune else 1))
+            graphs.append(make_graph(mod, handle, spec, v, limit if autotune else 1, deadline=deadline))
         except MemoryError:
             raise
         except Exception as e:  # cudnnGraphNotSupportedError, LookupError, ...

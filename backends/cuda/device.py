@@ -488,6 +488,7 @@ class CudaDevice(Device):
             "cudnn_fast": fast_enabled(),
             "cudnn_autotune": cudnn_tune.autotune_enabled(),
             "cudnn_autotune_limit": cudnn_tune.autotune_limit(),
+            "cudnn_autotune_budget_s": cudnn_tune.autotune_budget_s(),
         }
         if clock_khz and sms:
             lanes = _FP32_LANES.get(self.cc, 128)
