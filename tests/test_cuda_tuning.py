@@ -787,7 +787,8 @@ def fake_device(monkeypatch):
     cublas = FakeCublas()
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
-    for name, m in (("cupy", cp), ("cupy_backends", types.ModuleType("cupy_backends")),
+    for name, m in (("cupy", cp), ("cupyx", types.ModuleType("cupyx")),
+                    ("cupy_backends", types.ModuleType("cupy_backends")),
                     ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
                     ("cupy_backends.cuda.libs", libs), ("cupy_backends.cuda.libs.cublas", cublas)):
         monkeypatch.setitem(sys.modules, name, m)
