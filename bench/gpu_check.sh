@@ -156,9 +156,10 @@ EOF
   if [ $DRY = 1 ]; then
     echo
     echo "dry run: the GPU run is: ${tune_env[*]} XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra ${timeout_opt[*]} --durations=15"
-    echo "dry run: running tests/test_cuda_tuning.py and tests/test_cuda.py with the default backend instead (no GPU here)"
-    step "pytest (dry run: CUDA tests without a GPU)" 240 env "${tune_env[@]}" XDEV_HYPOTHESIS_PROFILE=ci \
-      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/test_cuda_tuning.py tests/test_cuda.py
+    echo "dry run: running the CUDA tests with the default backend instead (no GPU here)"
+    step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env "${tune_env[@]}" XDEV_HYPOTHESIS_PROFILE=ci \
+      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py \
+      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_tuning.py
   else
     step "pytest (XDEV_BACKEND=cuda)" 200 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
       XDEV_HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"

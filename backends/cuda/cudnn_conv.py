@@ -23,11 +23,12 @@ from typing import Any
 import cupy
 import numpy as np
 
+from xdev.contract import F16 as _F16, F32 as _F32
+from xdev.contract import env
+
 from . import cudnn_tune as tune
-from .cudnn_tune import fast_enabled, tf32_enabled  # noqa: F401  (re-exported for device.py)
 
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
-_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _CACHE_SIZE = 256
 
 _frontend_state: tuple[Any, str | None] | None = None
@@ -223,7 +224,7 @@ class CudnnConv:
 
     def _tf32(self) -> bool:
         """TF32 asked for, on a GPU that has it (compute capability 8.0+)."""
-        return self.compute_capability >= (8, 0) and tf32_enabled()
+        return self.compute_capability >= (8, 0) and env.cuda_tf32()
 
     def _handle_for_device(self, mod: Any) -> Any:
         if self._handle is None:
@@ -260,8 +261,8 @@ class CudnnConv:
         w, w_nhwc = _cudnn_ready(w)  # a channels-last (KRSC) weight is taken as it is too
         if bias is not None and not (bias.flags.c_contiguous and bias.data.ptr % 16 == 0):
             bias = bias.copy()
-        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, self._tf32(), fast_enabled(),
-               tune.autotune_enabled())
+        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, self._tf32(), env.cudnn_fast(),
+               env.cudnn_autotune())
         ex = self._cache.get(key)
         if ex is None:
             ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)
@@ -313,9 +314,9 @@ class CudnnConv:
                 return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
             try:
-                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=tune.autotune_limit(),
+                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=env.cudnn_autotune_limit(),
                                         disk=self._disk_cache() if key[9] else None,
-                                        budget_s=tune.autotune_budget_s())
+                                        budget_s=env.cudnn_autotune_budget_s())
                 ex: _Exec | _Failure = _Exec(g, choice.index, spec, choice)
                 ex.pick_form(lambda: ex.run(x, x_nhwc, w, w_nhwc, bias, handle), stream.synchronize)
             except cupy.cuda.memory.OutOfMemoryError:

@@ -30,10 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-ENV_AUTOTUNE = "XDEV_CUDNN_AUTOTUNE"
-ENV_LIMIT = "XDEV_CUDNN_AUTOTUNE_LIMIT"
-ENV_CACHE = "XDEV_CACHE_DIR"
-DEFAULT_LIMIT = 8  # plans timed per variant, like torch.backends.cudnn.benchmark_limit (10)
+from xdev.contract import env
+
 CACHE_FORMAT = 1
 CACHE_NAME = "cudnn-plans"
 
@@ -41,60 +39,9 @@ LAYOUTS = ("nchw", "nhwc")
 KINDS = ("fused", "conv")
 
 
-# ---- switches ---------------------------------------------------------------------------------
-def tf32_enabled() -> bool:
-    """``XDEV_CUDA_TF32=1`` lets float32 matmul/convolution use TF32 tensor cores (off by default)."""
-    return os.environ.get("XDEV_CUDA_TF32", "").strip() == "1"
-
-
-def fast_enabled() -> bool:
-    """``XDEV_CUDNN_FAST=1`` lets cuDNN use Winograd and FFT engines (off by default)."""
-    return os.environ.get("XDEV_CUDNN_FAST", "").strip() == "1"
-
-
-def autotune_enabled() -> bool:
-    """``XDEV_CUDNN_AUTOTUNE=0`` runs the heuristic's first plan instead of timing candidates."""
-    return os.environ.get(ENV_AUTOTUNE, "1").strip() not in ("0", "off", "false", "no")
-
-
-def autotune_limit() -> int:
-    """Plans timed per graph variant (``XDEV_CUDNN_AUTOTUNE_LIMIT``, default 8, at least 1)."""
-    raw = os.environ.get(ENV_LIMIT, "").strip()
-    if not raw:
-        return DEFAULT_LIMIT
-    try:
-        n = int(raw)
-    except ValueError:
-        warnings.warn(f"{ENV_LIMIT}={raw!r} is not an integer; using {DEFAULT_LIMIT}", RuntimeWarning, stacklevel=2)
-        return DEFAULT_LIMIT
-    return max(1, n)
-
-
-ENV_BUDGET = "XDEV_CUDNN_AUTOTUNE_BUDGET_S"
-DEFAULT_BUDGET_S = 3.0
-
-
-def autotune_budget_s() -> float:
-    """Seconds of plan building per key before the search stops adding candidates (default 3)."""
-    raw = os.environ.get(ENV_BUDGET, "").strip()
-    if not raw:
-        return DEFAULT_BUDGET_S
-    try:
-        v = float(raw)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        warnings.warn(f"{ENV_BUDGET}={raw!r} is not a positive number of seconds; using {DEFAULT_BUDGET_S}",
-                      RuntimeWarning, stacklevel=2)
-        return DEFAULT_BUDGET_S
-    return v
-
-
 def cache_dir() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
-    )
-    return Path(root) / CACHE_NAME
+    """``$XDEV_CACHE_DIR/cudnn-plans`` (xdev.contract.env reads the variable)."""
+    return env.cache_dir() / CACHE_NAME
 
 
 # ---- what one key computes ---------------------------------------------------------------------

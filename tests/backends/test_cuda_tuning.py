@@ -15,9 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import xdev.backends
-
-CUDA_DIR = Path(xdev.backends.__file__).resolve().parent / "cuda"
+import xdev
+from cuda_sources import CUDA_DIR
 
 
 def _load(name: str):
@@ -265,11 +264,13 @@ def test_plan_building_stops_at_the_time_budget(monkeypatch):
     monkeypatch.setattr(tune.time, "monotonic", lambda: float(next(clock)))
     _g, _c = tune.select(fe, None, spec(), timer(fe), autotune=True, limit=8, disk=None, budget_s=15)
     assert [n for *_lk, n in fe.builds] == ["f0", "f1", "e0"]  # past the budget: one plan per variant
+    from xdev.contract import env
+
     monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_BUDGET_S", "0")
     with pytest.warns(RuntimeWarning, match="XDEV_CUDNN_AUTOTUNE_BUDGET_S"):
-        assert tune.autotune_budget_s() == tune.DEFAULT_BUDGET_S
+        assert env.cudnn_autotune_budget_s() == env.DEFAULT_CUDNN_AUTOTUNE_BUDGET_S == 3.0
     monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_BUDGET_S", "0.5")
-    assert tune.autotune_budget_s() == 0.5
+    assert env.cudnn_autotune_budget_s() == 0.5
 
 
 def test_autotune_off_runs_the_heuristic_first_plan_untimed(tmp_path):
@@ -303,16 +304,18 @@ def test_choose_skips_failing_candidates_and_stops_timing_slow_ones():
 
 
 def test_switches_from_the_environment(monkeypatch):
+    from xdev.contract import env
+
     monkeypatch.delenv("XDEV_CUDNN_AUTOTUNE", raising=False)
     monkeypatch.delenv("XDEV_CUDNN_AUTOTUNE_LIMIT", raising=False)
-    assert tune.autotune_enabled() and tune.autotune_limit() == tune.DEFAULT_LIMIT
+    assert env.cudnn_autotune() and env.cudnn_autotune_limit() == env.DEFAULT_CUDNN_AUTOTUNE_LIMIT == 8
     monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE", "0")
-    assert not tune.autotune_enabled()
+    assert not env.cudnn_autotune()
     monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_LIMIT", "3")
-    assert tune.autotune_limit() == 3
+    assert env.cudnn_autotune_limit() == 3
     monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE_LIMIT", "many")
     with pytest.warns(RuntimeWarning, match="XDEV_CUDNN_AUTOTUNE_LIMIT"):
-        assert tune.autotune_limit() == tune.DEFAULT_LIMIT
+        assert env.cudnn_autotune_limit() == 8
     monkeypatch.setenv("XDEV_CACHE_DIR", "/some/where")
     assert tune.cache_dir() == Path("/some/where/cudnn-plans")
 
@@ -629,7 +632,7 @@ def fake_cuda(request, monkeypatch, tmp_path):
 
 
 def _params(xs, ws, padding=1):
-    from xdev._shapes import conv_params
+    from xdev.contract import conv_params
 
     return conv_params(xs, ws, (ws[0],), 1, padding, 1, 1)
 
@@ -877,14 +880,14 @@ import textwrap  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cuda():
-    from conftest import require
+    from availability import require
 
     return require("cuda")
 
 
 def _run_py(code: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
-    path = [str(Path(__file__).parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = [str(Path(__file__).parent.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     full.update(env, PYTHONPATH=os.pathsep.join(path))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
                           timeout=300)
