@@ -136,8 +136,10 @@ def verify_conv(dev) -> str | None:
 
 
 def search_xl(dev, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
-              repeat: int, deadline: float, log: Callable[[str], None]) -> dict[str, int] | None:
-    """Stage 1 then stage 2 over dev.params[key]; returns the fastest verified candidate."""
+              repeat: int, deadline: float, log: Callable[[str], None],
+              first: list[dict[str, int]] = ()) -> dict[str, int] | None:
+    """Stage 1 (after the candidates in `first`) then stage 2 over dev.params[key];
+    returns the fastest verified candidate."""
     seen: dict[tuple, float] = {}
     best: tuple[float, dict[str, int]] | None = None
 
@@ -162,7 +164,7 @@ def search_xl(dev, key: str, run: Callable[[], Any], verify: Callable[[Any], str
         if best is None or sec < best[0]:
             best = (sec, t)
 
-    for t in xl_shapes(dev):
+    for t in [*first, *xl_shapes(dev)]:
         measure(t)
     if best is not None:
         for step in XL_STEPS:
@@ -231,7 +233,7 @@ def tune_gpu(dev, quick: bool, repeat: int, rand, log, budget_s: float) -> dict[
     if gemm:
         found["gemm_xl"] = dev.params["gemm_xl"] = gemm
     conv = search_xl(dev, "conv_xl", lambda: [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in],
-                     verify_conv, repeat, t0 + 0.9 * budget_s, log)
+                     verify_conv, repeat, t0 + 0.9 * budget_s, log, first=[gemm] if gemm else [])
     if conv:
         found["conv_xl"] = dev.params["conv_xl"] = conv
     # Mid-sized products: where does packing start to pay? (cubes, the tiled kernel vs xl)
