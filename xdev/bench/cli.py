@@ -11,17 +11,18 @@ import xdev
 from xdev._registry import BACKEND_NAMES, get_device
 
 from . import machine as mach
+from . import pipeline
 from . import workloads as wl
 from .run import Settings, add_speedups, conv_row, conv_total, matmul_row, roundtrip_rows, transfer_rows
 
-OPS = ("matmul", "conv2d", "transfer")
+OPS = ("matmul", "conv2d", "transfer", "pipeline")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__)
     p.add_argument("--backends",
                    help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
-    p.add_argument("--ops", default=",".join(OPS), help="comma-separated: matmul, conv2d, transfer (default: all)")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated: matmul, conv2d, transfer, pipeline (default: all)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
@@ -29,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=int, default=224, help="VGG-16 input size (default 224, the real network)")
     p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 on CPUs, 16 on GPUs)")
     p.add_argument("--json", metavar="FILE", help="write {machine, results} as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers (and FILE-pipeline.png: the timeline)")
     a = p.parse_args(argv)
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
@@ -70,9 +71,13 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
                 steps.append((f"conv2d {algo} {layer.name}", step))
     if "transfer" in a.ops:
         for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
-            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)))
+            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)
+                          + pipeline.transfer_rows(dev, a.settings, nb)))
         for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES):
             steps.append((f"round trip {n}", lambda n=n: roundtrip_rows(dev, a.settings, n)))
+    if "pipeline" in a.ops:
+        steps.append(("pipeline", lambda: pipeline.pipeline_rows(
+            dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None)))
     return steps
 
 
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.advance(task)
     add_speedups(results)
     report.tables(console, results)
+    pipeline.table(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     doc = {"machine": doc_machine, "config": {k: v for k, v in vars(a).items() if k != "settings"},
            "skipped": skipped, "published": wl.PUBLISHED, "results": results}
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(a.json, doc)
         console.print(f"wrote {a.json}")
     if a.plot:
-        report.plot(a.plot, results)
-        console.print(f"wrote {a.plot}")
+        if any(r["op"] != "pipeline" for r in results):
+            report.plot(a.plot, results)
+            console.print(f"wrote {a.plot}")
+        timeline = a.plot.rsplit(".", 1)[0] + "-pipeline.png"
+        if pipeline.plot_timeline(timeline, results):
+            console.print(f"wrote {timeline}")
     return 0
