@@ -212,6 +212,7 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print,
             found.update(tune_gpu(dev, quick, repeat, rand, log, 180.0 if budget_s is None else budget_s))
     finally:
         dev.params["small_work"] = saved["small_work"]
+        dev.params["xl_work"] = found.get("xl_work", saved["xl_work"])
     return found
 
 
