@@ -157,6 +157,10 @@ PYEOF
   step "pytest OpenCL kernels" 120 bash -c "XDEV_BACKEND=$ocl_sel XDEV_HYPOTHESIS_PROFILE=ci \
     '$PY' -m pytest -q -x -p no:cacheprovider ${tests[*]} 2>&1 | tail -n 25 | tee '$RES/pytest.log'"
 
+  # 4. the same GEMMs through the standard benchmark (its "clblast" rows), if time is left
+  step "xdev.bench matmul" 90 "$PY" -m xdev.bench --backends "$ocl_sel,cuda" --ops matmul --sizes "$sizes" \
+    --quick --json "$RES/bench_matmul.json"
+
   echo; echo "=== done after $(elapsed)s (budget ${BUDGET}s); files in $RES:"; ls -l "$RES"
 }
 
