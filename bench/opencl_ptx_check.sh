@@ -53,6 +53,7 @@ BIG="-DMWG=128 -DNWG=128 -DKWG=16 -DMDIMC=16 -DNDIMC=16 -DVWM=4 -DVWN=4 -DPAD=0 
 echo "ptxas $(ptxas --version | tail -n 1), target $ARCH"
 check gemm_xl.cl $F32 $BIG
 check conv_xl.cl $F32 $BIG
+check conv_xl.cl $F32 -DMWG=64 -DNWG=256 -DKWG=16 -DMDIMC=8 -DNDIMC=32 -DVWM=4 -DVWN=4 -DPAD=0 -DDB=1
 check gemm_xl.cl $F32 -DMWG=128 -DNWG=128 -DKWG=32 -DMDIMC=16 -DNDIMC=16 -DVWM=4 -DVWN=4 -DPAD=0 -DDB=0
 check gemm_xl.cl $F32 -DMWG=64 -DNWG=64 -DKWG=16 -DMDIMC=8 -DNDIMC=8 -DVWM=4 -DVWN=4 -DPAD=0 -DDB=1
 check gemm_xl.cl $F64 -DMWG=128 -DNWG=128 -DKWG=16 -DMDIMC=16 -DNDIMC=16 -DVWM=4 -DVWN=4 -DPAD=0 -DDB=0

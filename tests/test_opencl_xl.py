@@ -190,3 +190,16 @@ def test_bench_adds_a_clblast_row(cl_dev):
 
     row = clblast_row(cl_dev, Settings(np.dtype(np.float32), 0.0, 1), 64, 64, 64)
     assert row["algorithm"] == "clblast" and row["backend"] == "opencl" and row["gflops"] > 0
+
+
+def test_narrow_layers_get_half_height_tiles(cl_dev):
+    """VGG-16's 64-channel layers on 128-row tiles: half the rows, twice the pixel columns,
+    same work-group size; a layer with more channels keeps the tuned tile."""
+    from xdev.backends.opencl.conv import narrow
+
+    big = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
+    if cl_dev.cl_device.max_work_group_size < 256 or cl_dev.cl_device.local_mem_size < 40 * 1024:
+        pytest.skip("the device cannot hold the 128 x 128 example")
+    n = narrow(cl_dev, big, 64, 4)
+    assert (n["MWG"], n["NWG"], n["MDIMC"], n["NDIMC"]) == (64, 256, 8, 32)
+    assert narrow(cl_dev, big, 65, 4) == big

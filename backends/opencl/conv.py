@@ -122,8 +122,23 @@ def tap_offsets(dev, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
     return t
 
 
+def narrow(dev, t: dict, Og: int, itemsize: int) -> dict:
+    """For layers with at most half a tile of output channels (VGG-16's first two have 64
+    against 128-row tiles), the same work-group with half the rows and twice the pixel
+    columns: per-work-item work and thread count unchanged, no half-empty tiles. Kept
+    only if the device can hold it."""
+    from .tune import xl_valid
+
+    if Og > t["MWG"] // 2 or t["MDIMC"] % 2:
+        return t
+    n = {**t, "MWG": t["MWG"] // 2, "NWG": t["NWG"] * 2, "MDIMC": t["MDIMC"] // 2, "NDIMC": t["NDIMC"] * 2}
+    d = dev.cl_device
+    return n if xl_valid(n, int(d.max_work_group_size), int(d.local_mem_size), itemsize) else t
+
+
 def _xl(dev, x, w, bias, p, out) -> None:
     t = xl_options(dev, dev.params["conv_xl"], x.dtype)
+    t = narrow(dev, t, p.Og, 8 if x.dtype == F64 else 4)
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)
     Op, Kp = roundup(p.Og, t["MWG"]), roundup(p.K, t["KWG"])
     w, ks = _weights_matrix(dev, w)
