@@ -129,9 +129,9 @@ PYEOF
 
   # Tuned parameters are stored with the results (and read from there by every later step).
   export XDEV_CACHE_DIR=$RES
-  local tune_s=$TUNE_S sizes=2048,4096 batch=16 image=224 rounds=5 repeat=3 tests=(tests/test_opencl_kernels.py tests/test_opencl_xl.py)
+  local tune_s=$TUNE_S sizes=2048,4096 batch=16 image=224 rounds=5 repeat=3 tests=(tests/backends/test_opencl.py tests/backends/test_opencl_xl.py)
   if [ $DRY = 1 ]; then  # the same steps at sizes a CPU finishes in a minute
-    tune_s=25 sizes=128,256 batch=1 image=32 rounds=2 repeat=1 tests=(tests/test_opencl_xl.py)
+    tune_s=25 sizes=128,256 batch=1 image=32 rounds=2 repeat=1 tests=(tests/backends/test_opencl_xl.py)
   fi
 
   step "versions" 60 "$PY" - "$ocl_sel" <<'PYEOF'

@@ -74,9 +74,19 @@ class CudaStager:
                 out.data.copy_from_host_async(ctypes.c_void_p(src.ctypes.data), n, stream=self.stream)
                 self.stream.synchronize()
                 return out, self.stream.record()
-            stage = s.buf[:n].view(host.dtype).reshape(host.shape)
-            np.copyto(stage, host)  # pageable -> pinned on the CPU, off the consumer's thread
-            out.data.copy_from_host_async(ctypes.c_void_p(stage.ctypes.data), n, stream=self.stream)
+            stage = s.buf[:n]
+            if host.flags.c_contiguous:
+                # In chunks: the DMA of one chunk runs while the CPU copies the next into
+                # pinned memory, so the upload costs about the larger of the two, not the sum.
+                src = host.reshape(-1).view(np.uint8)
+                for off in range(0, n, CHUNK_BYTES):
+                    end = min(off + CHUNK_BYTES, n)
+                    stage[off:end] = src[off:end]  # pageable -> pinned, off the consumer's thread
+                    (out.data + off).copy_from_host_async(
+                        ctypes.c_void_p(stage.ctypes.data + off), end - off, stream=self.stream)
+            else:
+                np.copyto(stage.view(host.dtype).reshape(host.shape), host)
+                out.data.copy_from_host_async(ctypes.c_void_p(stage.ctypes.data), n, stream=self.stream)
             s.event = self.stream.record()
             return out, s.event
 
@@ -132,8 +142,13 @@ def download_staged(dev: Any, data: Any, out: np.ndarray) -> None:
 
 def is_pinned(host: np.ndarray) -> bool:
     """Whether host memory is page-locked (registered with CUDA)."""
+    # Either answer is correct (both paths copy right); a wrong one only costs speed.
     try:
         attrs = cupy.cuda.runtime.pointerGetAttributes(host.ctypes.data)
     except Exception:
         return False
-    return int(getattr(attrs, "type", 0)) == 1  # cudaMemoryTypeHost
+    kind = getattr(attrs, "type", getattr(attrs, "memoryType", None))
+    if kind is not None:
+        return int(kind) == 1  # cudaMemoryTypeHost
+    # Older CuPy: registered host memory has a device alias; pageable memory has neither.
+    return bool(getattr(attrs, "devicePointer", 0)) and bool(getattr(attrs, "hostPointer", 0))

@@ -15,16 +15,18 @@ from functools import lru_cache
 
 import numpy as np
 
+from xdev.contract import env
+
 from .array import CLArray
 
-ENV_LIB = "XDEV_CLBLAST_LIB"
+ENV_LIB = env.CLBLAST_LIB
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CLBlastLayout / CLBlastTranspose values
 
 
 def _candidates() -> list[str]:
-    env = os.environ.get(ENV_LIB, "").strip()
-    if env:
-        return [env]  # an explicit choice is the only one tried, so a wrong path is reported
+    given = env.clblast_lib()
+    if given:
+        return [given]  # an explicit choice is the only one tried, so a wrong path is reported
     out = []
     found = ctypes.util.find_library("clblast")
     if found:

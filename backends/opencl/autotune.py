@@ -1,18 +1,21 @@
 """Measure a handful of kernel parameter sets on one OpenCL device and keep the fastest."""
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-import xdev
+from xdev.contract import conv_params
 
-from . import tuning
+from . import params
+
+if TYPE_CHECKING:
+    from .device import OpenCLDevice
 
 
-def _time(dev, fn: Callable[[], Any], repeat: int) -> float:
+def _time(dev: OpenCLDevice, fn: Callable[[], Any], repeat: int) -> float:
     fn()
     dev.synchronize()
     return float(np.median(dev.elapsed(fn, repeat)))
@@ -63,7 +66,7 @@ def xl_valid(t: dict[str, int], max_threads: int, local_bytes: int, itemsize: in
             and xl_local_bytes(t, itemsize) <= local_bytes)
 
 
-def xl_shapes(dev) -> list[dict[str, int]]:
+def xl_shapes(dev: OpenCLDevice) -> list[dict[str, int]]:
     """Stage 1: one candidate per valid work-group shape, float4 (or the widest valid) loads."""
     d = dev.cl_device
     out = []
@@ -77,7 +80,7 @@ def xl_shapes(dev) -> list[dict[str, int]]:
     return out
 
 
-def xl_neighbours(dev, best: dict[str, int], step: tuple[str, tuple]) -> list[dict[str, int]]:
+def xl_neighbours(dev: OpenCLDevice, best: dict[str, int], step: tuple[str, tuple]) -> list[dict[str, int]]:
     """Stage 2: `best` with one parameter (or the vector-width pair) changed."""
     d = dev.cl_device
     name, values = step
@@ -97,28 +100,28 @@ def _fmt(t: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in t.items())
 
 
-def verify_gemm(dev) -> str | None:
+def verify_gemm(dev: OpenCLDevice) -> str | None:
     """None if the current xl parameters multiply a ragged, batched, transposed problem
     within the design's worst-case bound; else what went wrong (a miscompiled variant must
     not win by being fast)."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((2, 77, 131), dtype=np.float32)
     b = rng.standard_normal((131, 203), dtype=np.float32)
-    xa = xdev.asarray(np.ascontiguousarray(a.transpose(0, 2, 1)), backend=dev.key).mT
-    c = xdev.matmul(xa, xdev.asarray(b, backend=dev.key)).numpy().astype(np.float64)
+    xa = dev.transpose(dev.upload(np.ascontiguousarray(a.transpose(0, 2, 1))), (0, 2, 1))
+    c = dev.download(dev.matmul(xa, dev.upload(b))).astype(np.float64)
     ref = a.astype(np.float64) @ b
     bound = 133 * 2.0**-24 * (np.abs(a).astype(np.float64) @ np.abs(b)) + 2.0**-24 * np.abs(ref)
     bad = np.abs(c - ref) > bound
     return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
 
 
-def verify_conv(dev) -> str | None:
+def verify_conv(dev: OpenCLDevice) -> str | None:
     """Like verify_gemm for the conv kernel: two groups, stride 2, dilation, bias."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 6, 19, 23), dtype=np.float32)
     w = rng.standard_normal((10, 3, 3, 3), dtype=np.float32)
-    y = xdev.conv2d(xdev.asarray(x, backend=dev.key), xdev.asarray(w, backend=dev.key),
-                    stride=2, padding=2, dilation=2, groups=2, algorithm="gemm").numpy().astype(np.float64)
+    p = conv_params(x.shape, w.shape, None, 2, 2, 2, 2)
+    y = dev.download(dev.conv2d(dev.upload(x), dev.upload(w), None, p, "gemm")[0]).astype(np.float64)
     # float64 reference by explicit taps
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (2, 2), (2, 2)))
     ref = np.zeros(y.shape)
@@ -135,7 +138,7 @@ def verify_conv(dev) -> str | None:
     return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
 
 
-def search_xl(dev, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
+def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
               repeat: int, deadline: float, log: Callable[[str], None],
               first: list[dict[str, int]] = ()) -> dict[str, int] | None:
     """Stage 1 (after the candidates in `first`) then stage 2 over dev.params[key];
@@ -175,7 +178,7 @@ def search_xl(dev, key: str, run: Callable[[], Any], verify: Callable[[Any], str
     return None if best is None else dict(best[1])
 
 
-def tune(dev, quick: bool = False, log: Callable[[str], None] = print,
+def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = print,
          budget_s: float | None = None) -> dict[str, Any]:
     """Measure candidates for GEMM and conv on `dev`; returns the parameters to store.
     On the GPU family the search stops after `budget_s` seconds (default 180; the best
@@ -185,8 +188,9 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print,
     found: dict[str, Any] = {}
     rng = np.random.default_rng(0)
 
-    def rand(*shape):
-        return xdev.asarray(rng.standard_normal(shape, dtype=np.float32), backend=dev.key)
+    def rand(*shape: int) -> Any:
+        # The device's own methods, not the public API: a backend depends on the contract only.
+        return dev.upload(rng.standard_normal(shape, dtype=np.float32))
 
     try:
         dev.params["small_work"] = 0
@@ -194,9 +198,10 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print,
             n = 512 if quick else 1024
             a, b = rand(n, n), rand(n, n)
             convs = [(64, 128, 56), (256, 256, 28)] if quick else [(64, 64, 112), (128, 256, 56), (512, 512, 14)]
-            conv_in = [(rand(1, c, h, h), rand(o, c, 3, 3)) for c, o, h in convs]
-            runs = (("gemm", lambda: xdev.matmul(a, b)),
-                    ("conv", lambda: [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in]))
+            conv_in = [(rand(1, c, h, h), rand(o, c, 3, 3), conv_params((1, c, h, h), (o, c, 3, 3), None, 1, 1, 1, 1))
+                       for c, o, h in convs]
+            runs = (("gemm", lambda: dev.matmul(a, b)),
+                    ("conv", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in]))
             vw = dev.params["gemm"]["VW"]
             for key, run in runs:
                 best = None
@@ -216,7 +221,8 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print,
     return found
 
 
-def tune_gpu(dev, quick: bool, repeat: int, rand, log, budget_s: float) -> dict[str, Any]:
+def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., Any],
+             log: Callable[[str], None], budget_s: float) -> dict[str, Any]:
     """The xl GEMM and conv searches, then the size from which xl beats the tiled GEMM.
     Problem sizes follow the device: the targets (4096^3, VGG-16 at batch 16) on a GPU,
     small ones when the GPU family is forced onto a CPU (XDEV_OPENCL_KERNELS=gpu)."""
@@ -225,20 +231,21 @@ def tune_gpu(dev, quick: bool, repeat: int, rand, log, budget_s: float) -> dict[
     n = (2048 if quick else 4096) if gpu else (128 if quick else 256)
     a, b = rand(n, n), rand(n, n)
     batch, scale = (2 if quick else 8, 1) if gpu else (1, 8)
-    conv_in = [(rand(batch, c, h // scale, h // scale), rand(o, c, 3, 3))
-               for c, o, h in ((64, 128, 112), (256, 256, 56), (512, 512, 14))]
+    conv_in = []
+    for c, o, h in ((64, 128, 112), (256, 256, 56), (512, 512, 14)):
+        xs, ws = (batch, c, h // scale, h // scale), (o, c, 3, 3)
+        conv_in.append((rand(*xs), rand(*ws), conv_params(xs, ws, None, 1, 1, 1, 1)))
     found: dict[str, Any] = {}
     dev.params["xl_work"] = 0
-    gemm = search_xl(dev, "gemm_xl", lambda: xdev.matmul(a, b), verify_gemm, repeat,
+    gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
                      t0 + 0.55 * budget_s, log)
     if gemm:
         found["gemm_xl"] = dev.params["gemm_xl"] = gemm
-    conv = search_xl(dev, "conv_xl", lambda: [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in],
+    conv = search_xl(dev, "conv_xl", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in],
                      verify_conv, repeat, t0 + 0.9 * budget_s, log, first=[gemm] if gemm else [])
     if conv:
         found["conv_xl"] = dev.params["conv_xl"] = conv
     # Mid-sized products: where does packing start to pay? (cubes, the tiled kernel vs xl)
-    xl_work = None
     for m in (96, 128, 192, 256, 384, 512, 768, 1024):
         if time.monotonic() > t0 + budget_s:
             break
@@ -246,18 +253,16 @@ def tune_gpu(dev, quick: bool, repeat: int, rand, log, budget_s: float) -> dict[
         ts = {}
         for fam, work in (("tiled", 1 << 62), ("xl", 0)):
             dev.params["xl_work"] = work
-            ts[fam] = _time(dev, lambda: xdev.matmul(x, y), repeat)
+            ts[fam] = _time(dev, lambda: dev.matmul(x, y), repeat)
         log(f"xl_work {m}^3: tiled {ts['tiled'] * 1e3:.3f} ms, xl {ts['xl'] * 1e3:.3f} ms")
         if ts["xl"] <= ts["tiled"]:
-            xl_work = m**3
+            found["xl_work"] = m**3
             break
-    if xl_work is not None:
-        found["xl_work"] = xl_work
     log(f"GPU search took {time.monotonic() - t0:.0f} s (budget {budget_s:.0f} s)")
     return found
 
 
-def save(dev, found: dict[str, Any]):
-    path = tuning.store(dev, found)
-    dev.params = tuning.params_for(dev)
+def save(dev: OpenCLDevice, found: dict[str, Any]) -> Path:
+    path = params.store(dev, found)
+    dev.params = params.params_for(dev)
     return path

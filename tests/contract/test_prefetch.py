@@ -218,6 +218,16 @@ def test_npy_batches_through_prefetch_and_early_close(tmp_path, device):
     assert _settle(n0) == n0  # the prefetch thread and the reader pool are gone
 
 
+def test_npy_batches_break_stops_readers(tmp_path):
+    _, paths = _files(tmp_path, n=8)
+    n0 = threading.active_count()
+    for i, _ in enumerate(xdev.npy_batches(paths, workers=3)):
+        if i == 0:
+            assert threading.active_count() > n0  # the readers run beside the caller
+            break
+    assert _settle(n0) == n0
+
+
 def test_npy_batches_bad_input(tmp_path):
     bad = tmp_path / "x.npy"
     bad.write_bytes(b"not an npy file")
@@ -262,125 +272,3 @@ def test_numpy_out(device):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         a.numpy(out=ro)
-
-
-# -- CUDA staging logic, with a stand-in for CuPy (the GPU run is bench/gpu_pipeline.sh) --------
-class _FakeEvent:
-    def synchronize(self) -> None:
-        pass
-
-
-class _FakeStream:
-    def __init__(self, *a, **k) -> None:
-        self.waits = 0
-
-    def record(self) -> _FakeEvent:
-        return _FakeEvent()
-
-    def wait_event(self, ev) -> None:
-        self.waits += 1
-
-    def synchronize(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a) -> None:
-        pass
-
-
-class _FakePtr:
-    """A device pointer into a host uint8 array: copies are memmoves."""
-
-    def __init__(self, mem: np.ndarray, off: int = 0) -> None:
-        self.mem, self.off = mem, off
-
-    def __add__(self, n: int) -> "_FakePtr":
-        return _FakePtr(self.mem, self.off + n)
-
-    def copy_to_host_async(self, dst, n, stream=None) -> None:
-        import ctypes
-        ctypes.memmove(dst.value, self.mem.ctypes.data + self.off, n)
-
-    def copy_from_host_async(self, src, n, stream=None) -> None:
-        import ctypes
-        ctypes.memmove(self.mem.ctypes.data + self.off, src.value, n)
-
-
-class _FakeDeviceArray:
-    def __init__(self, host: np.ndarray) -> None:
-        self.host = np.ascontiguousarray(host)
-        self.shape, self.dtype, self.nbytes = self.host.shape, self.host.dtype, self.host.nbytes
-        self.data = _FakePtr(self.host.reshape(-1).view(np.uint8))
-
-
-@pytest.fixture
-def fake_cuda_staging(monkeypatch):
-    import contextlib
-    import importlib.util
-    import pathlib
-    import sys
-    import types
-
-    stream = _FakeStream()
-    cupy = types.ModuleType("cupy")
-    cupy.cuda = types.SimpleNamespace(Stream=_FakeStream, Event=_FakeEvent, get_current_stream=lambda: stream)
-    cupy.empty = lambda shape, dtype: _FakeDeviceArray(np.zeros(shape, dtype))
-    cupyx = types.ModuleType("cupyx")
-    cupyx.empty_pinned = lambda shape, dtype: np.empty(shape, dtype)
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    path = pathlib.Path(xdev.__file__).parent.parent / "backends" / "cuda" / "staging.py"
-    if not path.exists():
-        path = pathlib.Path(xdev.__file__).parent / "backends" / "cuda" / "staging.py"
-    spec = importlib.util.spec_from_file_location("_xdev_fake_cuda_staging", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    dev = types.SimpleNamespace(index=0, _cp=contextlib.nullcontext(),
-                                _guard=lambda what: contextlib.nullcontext())
-    return mod, dev, stream
-
-
-def test_cuda_chunked_download_logic(fake_cuda_staging, monkeypatch):
-    mod, dev, _ = fake_cuda_staging
-    monkeypatch.setattr(mod, "CHUNK_BYTES", 4096)
-    for n in (1, 1024, 1025, 2048, 2500):  # below, at and across chunk boundaries (floats: 4 B)
-        x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
-        out = np.empty_like(x)
-        mod.download_staged(dev, _FakeDeviceArray(x), out)
-        np.testing.assert_array_equal(out, x)
-    assert len(mod._chunks[0].bufs) == 2 and all(b.nbytes == 4096 for b in mod._chunks[0].bufs)
-
-
-def test_cuda_stager_logic(fake_cuda_staging):
-    mod, dev, compute = fake_cuda_staging
-    st = mod.CudaStager(dev, 3)
-    xs = _batches(7, shape=(3, 5))
-    outs = []
-    for x in xs:
-        d, ev = st.upload(x)
-        st.ready(ev)
-        outs.append(d)
-    for d, x in zip(outs, xs):
-        np.testing.assert_array_equal(d.host, x)  # each batch its own device array
-    assert len([s for s in st.slots if s is not None]) == 3  # the pinned slots are reused
-    assert st.stream.waits == 7 and compute.waits == 7  # copy after compute's frees; compute after copy
-    empty, ev = st.upload(np.zeros((0, 4), np.float32))
-    assert ev is None and empty.shape == (0, 4)
-    st.close()
-    assert st.slots == [None] * 3
-
-
-def test_cuda_stager_falls_back_when_pinned_memory_runs_out(fake_cuda_staging, monkeypatch):
-    mod, dev, _ = fake_cuda_staging
-
-    def refuse(shape, dtype):
-        raise MemoryError("page-locked memory exhausted")
-
-    monkeypatch.setattr(mod.cupyx, "empty_pinned", refuse)
-    st = mod.CudaStager(dev, 2)
-    x = _batches(1, shape=(4, 4))[0]
-    d, ev = st.upload(x)
-    np.testing.assert_array_equal(d.host, x)
-    assert ev is not None and "page-locked memory exhausted" in st.pinned_error

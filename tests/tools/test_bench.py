@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import backend_status
+from availability import backend_status
 from xdev.bench import workloads as wl
 
 REQUIRED_KEYS = {
@@ -32,9 +32,11 @@ def test_flop_counts_by_hand():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    backends = ["numpy"] + (["opencl"] if backend_status("opencl").available else [])
+    # Every backend is named; the available ones must produce rows, the others a reason.
+    # An explicit --batch: the defaults differ between CPUs and GPUs, the checks below must not.
+    backends = [b for b in ("numpy", "opencl", "cuda") if backend_status(b).available]
     cmd = [sys.executable, "-m", "xdev.bench", "--quick", "--sizes", "16,33", "--image", "16",
-           "--repeat", "2", "--backends", ",".join(backends + ["cuda"]),
+           "--repeat", "2", "--batch", "8", "--backends", "numpy,opencl,cuda",
            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
     env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -57,8 +59,9 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     assert doc["machine"]["cpu"]["logical_cores"] >= 1
     assert [d["device"] for d in doc["machine"]["devices"]] == [
         r_ for r_ in dict.fromkeys(x["device"] for x in doc["results"])]
-    if not backend_status("cuda").available:  # named but unavailable: reported, skipped
-        assert any(s["backend"] == "cuda" and s["reason"] for s in doc["skipped"])
+    for name in ("opencl", "cuda"):
+        if not backend_status(name).available:  # named but unavailable: reported, skipped
+            assert any(s["backend"] == name and s["reason"] for s in doc["skipped"])
     for row in doc["results"]:
         for key, typ in REQUIRED_KEYS.items():
             assert isinstance(row[key], typ), (key, row)
@@ -75,7 +78,7 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     mm = [x for x in doc["results"] if x["op"] == "matmul" and x["shape"] == "33x33x33"]
     assert mm and all(x["flops"] == 2 * 33**3 for x in mm)
     conv = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "conv1_1"]
-    assert conv and all(x["flops"] == 2 * 64 * 16 * 16 * 3 * 9 for x in conv)
+    assert conv and all(x["flops"] == 8 * 2 * 64 * 16 * 16 * 3 * 9 and x["batch"] == 8 for x in conv)
     totals = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "total"]
     assert len(totals) == len(backends)
     for t in totals:
