@@ -10,6 +10,7 @@ import cupy
 import numpy as np
 
 from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract.device import DL_CUDA, DL_CUDA_MANAGED
 from xdev.contract.machine import cuda_peak_estimate
 from . import _plan, kernels, staging
 from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
@@ -263,6 +264,35 @@ class CudaDevice(Device):
 
     def synchronize(self) -> None:
         self._cp.synchronize()
+
+    # -- DLPack and the CUDA array interface ----------------------------------------------------
+    # xdev queues its work on CuPy's current stream of the device, so CuPy's own exporters and
+    # importers, called on this device, implement the DLPack stream rules: an exporter makes the
+    # consumer's stream wait for that stream, an importer passes it as the consumer stream.
+    def dlpack_device(self) -> tuple[int, int]:
+        return (DL_CUDA, self.index)
+
+    def to_dlpack(self, data: Any, *, stream: Any, max_version: tuple[int, int] | None,
+                  copy: bool | None) -> Any:
+        with self._guard(f"exporting {tuple(data.shape)} {data.dtype} through DLPack"):
+            src = data.copy() if copy else data
+            if max_version is None:
+                return src.__dlpack__(stream=stream)
+            try:
+                return src.__dlpack__(stream=stream, max_version=max_version)
+            except TypeError:  # CuPy 13: legacy capsules only, which every consumer reads
+                return src.__dlpack__(stream=stream)
+
+    def wrap_dlpack(self, obj: Any, src: tuple[int, int], copy: bool | None) -> Any | None:
+        if not ((src[0] == DL_CUDA and src[1] == self.index) or src[0] == DL_CUDA_MANAGED):
+            return None
+        with self._guard("importing an array through DLPack"):
+            data = cupy.from_dlpack(obj)
+            return data.copy() if copy else data
+
+    def cuda_array_interface(self, data: Any) -> dict[str, Any]:
+        with self._cp:  # CuPy reports its current stream of this device (CAI v3 "stream")
+            return data.__cuda_array_interface__
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         import cupyx  # noqa: PLC0415
