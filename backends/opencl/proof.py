@@ -30,7 +30,7 @@ from xdev.contract import env
 
 ENV_TIMEOUT = env.OPENCL_PROOF_TIMEOUT
 ENV_FAULT = env.OPENCL_PROOF_FAULT
-VERSION = 1  # bump when the set of kernels checked below changes: cached verdicts expire
+VERSION = 2  # bump when the set of kernels checked below changes: cached verdicts expire
 _HERE = Path(__file__).resolve().parent
 
 FIX = (
@@ -307,6 +307,13 @@ def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
             _check("batched matmul of a transposed view", got.astype(np.float64), ref,
                    np.abs(ref) + 9, dt)
             mm(np.ones((3, 0)), np.ones((0, 4)), "matmul with K=0 (fill)")
+            if "xl_work" in dev.params and dev.family == "gpu":
+                xl = dev.params["xl_work"]
+                dev.params["xl_work"] = 0  # the GPU family's packed xl kernel too
+                try:
+                    mm(a, b, "matmul (xl kernel)")
+                finally:
+                    dev.params["xl_work"] = xl
         finally:
             dev.params["small_work"] = small
         x = rng.uniform(-1, 1, (2, 4, 7, 9))
