@@ -22,9 +22,8 @@ class Array:
         """NumPy must not turn `ndarray @ Array` into a silent download: np.matmul (and so
         the @ operator with an ndarray on the left) runs xdev.matmul; anything else is refused."""
         if ufunc is np.matmul and method == "__call__" and not kwargs and len(inputs) == 2:
-            from ._ops import matmul  # (circular at import time)
-
-            return matmul(*inputs)
+            a, b = inputs  # @ is xdev.matmul (bound in _ops); one of them is self
+            return a.__matmul__(b) if isinstance(a, Array) else b.__rmatmul__(a)
         name = getattr(ufunc, "__name__", str(ufunc))
         extra = f" with {', '.join(kwargs)}=" if kwargs else ""
         raise TypeError(

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         # Works whatever the cache file holds, without opening the device (opening proves
         # its kernels, and reads the very file being reset).
         try:
-            done = autotune.reset(split_selector(a.device)[1])
+            done = backend.device.reset_tuning(split_selector(a.device)[1])
         except (ValueError, BackendUnavailable) as e:
             print(f"python -m xdev.tune --reset: {e}", file=sys.stderr)
             return 2

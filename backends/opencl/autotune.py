@@ -266,14 +266,3 @@ def save(dev: OpenCLDevice, found: dict[str, Any]) -> Path:
     path = params.store(dev, found)
     dev.reload_params()
     return path
-
-
-def reset(selector: str | None) -> list[tuple[str, str, Path]]:
-    """Forget the tuned parameters of the devices `selector` matches (a bare "opencl":
-    every device it could mean), without opening them; works on a corrupt cache file."""
-    from .device import _select, _Shim
-
-    out = []
-    for c in _select(selector):
-        out.append((c.key, c.label, params.forget(_Shim(c))))  # type: ignore[arg-type]
-    return out

@@ -495,3 +495,9 @@ def kernel_family(is_cpu: bool) -> str:
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
+
+
+def reset_tuning(selector: str | None) -> list[tuple[str, str, Any]]:
+    """Forget the tuned parameters of the devices `selector` matches (a bare "opencl":
+    every device it could mean), without opening them; works on a corrupt cache file."""
+    return [(c.key, c.label, params.forget(_Shim(c))) for c in _select(selector)]  # type: ignore[arg-type]

@@ -143,6 +143,11 @@ def opencl_proof_fault() -> str:
     return _get(OPENCL_PROOF_FAULT).lower()
 
 
+def environ_copy() -> dict[str, str]:
+    """A copy of the whole environment, for a child process xdev starts (the OpenCL proof)."""
+    return dict(os.environ)
+
+
 def prepare_pocl() -> None:
     """Pin PoCL's worker threads (``POCL_AFFINITY=1``) unless the user chose otherwise.
 
