@@ -36,3 +36,14 @@ def assert_agrees(y, ref, ref_abs, K: int, acc_dtype, out_dtype, what: str = "")
             f"got {y[first]!r}, reference {ref[first]!r}, bound {lim[first]:.3g}; "
             f"worst error/bound {ratio:.3g}"
         )
+
+
+def backward_K(w_shape, y_shape, groups: int) -> dict[str, int]:
+    """Reduction length per conv2d gradient (the design's K per gradient, for ``bound``).
+
+    grad_x sums O/groups * kH * kW products; grad_w sums N * Ho * Wo products; grad_bias
+    sums N * Ho * Wo values.
+    """
+    O, _, kh, kw = w_shape
+    N, _, Ho, Wo = y_shape
+    return {"x": O // groups * kh * kw, "w": N * Ho * Wo, "bias": N * Ho * Wo}

@@ -17,6 +17,7 @@ if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.
 from ._array import Array  # noqa: E402
 from ._config import get_backend, set_backend, use_backend
 from ._ops import asarray, conv2d, matmul, synchronize
+from ._backward import Conv2dGrads, conv2d_backward
 from ._registry import available_backends
 from .backends.base import BackendStatus, BackendUnavailable
 
@@ -26,9 +27,11 @@ __all__ = [
     "Array",
     "BackendStatus",
     "BackendUnavailable",
+    "Conv2dGrads",
     "asarray",
     "available_backends",
     "conv2d",
+    "conv2d_backward",
     "get_backend",
     "matmul",
     "set_backend",

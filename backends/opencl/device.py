@@ -325,6 +325,13 @@ class OpenCLDevice(Device):
 
         return conv2d(self, x, w, bias, p, algorithm)
 
+    def conv2d_backward(
+        self, grad_y: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        from .backward import conv2d_backward
+
+        return conv2d_backward(self, grad_y, x, w, p, needs, algorithm)
+
     def measured_peak_gflops(self, dtype: np.dtype = F32) -> float:
         """Calibrated multiply-add rate (GFLOP/s) from a kernel of independent FMA chains."""
         import time

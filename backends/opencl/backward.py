@@ -1,0 +1,110 @@
+"""conv2d backward on OpenCL (kernels in conv_backward.cl).
+
+``gemm``: the device's own GEMM kernels (gemm.py) do the two reductions, grad_w = gy @ cols^T
+and dcols = W^T @ gy, between an im2col kernel and a col2im kernel; blocks of images bound
+the column buffers' memory. ``direct``: one kernel per gradient loops over the taps. ``auto``
+picks direct for depthwise convolutions (C/groups == 1 < groups: a K = kH*kW GEMM is too thin),
+gemm otherwise, like the forward pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from xdev.backends.base import ConvParams
+
+from . import array as cla
+from .array import CLArray
+from .conv import choose, pad_input
+from .gemm import cdiv
+from .program import type_options
+
+F64 = np.dtype(np.float64)
+SRC = "conv_backward.cl"
+COLS_BUDGET_BYTES = 128 << 20
+
+
+def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str],
+                    algorithm: str, budget: int = COLS_BUDGET_BYTES):
+    algo = choose(p, algorithm)
+    dt = x.dtype
+    real = F64 if dt == F64 else np.dtype(np.float32)
+    gx = dev.empty((p.N, p.C, p.H, p.W), dt) if "x" in needs else None
+    gw = dev.empty((p.O, p.Cg, p.kh, p.kw), dt) if "w" in needs else None
+    gb = dev.empty((p.O,), dt) if "bias" in needs else None
+    L = p.Ho * p.Wo
+    empty_sum = p.N * L == 0 or p.Og == 0
+    # Contiguous copies in the compute type: the kernels and the GEMMs read them.
+    gyc = dev.astype(gy, real) if (gy.size and not empty_sum) else None
+    opts = type_options(real, dt)
+    i32 = np.int32
+    if gb is not None and gb.size:
+        if gyc is None:
+            dev.fill(gb, 0.0)
+        else:
+            dev.launch(SRC, "grad_bias", opts, (cdiv(p.O, 8) * 8,), None, gb.buf, gyc.buf,
+                       i32(p.N), i32(p.O), i32(L))
+    if gyc is None or p.K == 0:
+        # No upstream pixels (or no input channels): gradients are zero or empty.
+        for g in (gx, gw):
+            if g is not None and g.size:
+                dev.fill(g, 0.0)
+        return gx, gw, gb, algo
+    geo = (i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]), i32(p.stride[0]), i32(p.stride[1]))
+    pt, pl = p.pad[0], p.pad[2]
+    wc = dev.astype(w, real)
+    xp = None
+    if gw is not None:
+        xp, Hp, Wp = pad_input(dev, x, p, slack=0)
+    if algo == "direct":
+        if gx is not None:
+            dev.launch(SRC, "direct_grad_x", opts, (cdiv(p.W, 8) * 8, p.H, p.N * p.C), None,
+                       gx.buf, gyc.buf, wc.buf, i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og),
+                       i32(p.H), i32(p.W), *geo, i32(pt), i32(pl), i32(p.Ho), i32(p.Wo))
+        if gw is not None:
+            khw = p.kh * p.kw
+            dev.launch(SRC, "direct_grad_w", opts, (cdiv(khw, 4) * 4, p.Cg, p.O), None,
+                       gw.buf, gyc.buf, xp, i32(p.N), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og),
+                       i32(Hp), i32(Wp), *geo, i32(p.Ho), i32(p.Wo))
+        return gx, gw, gb, algo
+    gw = _gemm(dev, gyc, wc, xp, p, gx, gw is not None, real, dt, opts, budget)
+    return gx, gw, gb, algo
+
+
+def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLArray | None:
+    """Writes grad_x into gx (if given); returns grad_w (if wanted) in x's dtype."""
+    G, Og, K, L = p.groups, p.Og, p.K, p.Ho * p.Wo
+    i32, i64 = np.int32, np.int64
+    geo = (i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]), i32(p.stride[0]), i32(p.stride[1]))
+    gy4 = dev.reshape(gyc, (p.N, G, Og, L))
+    wT = cla.transpose(dev.reshape(wc, (G, Og, K)), (0, 2, 1))  # (G, K, Og), a view
+    per_img = G * K * L * real.itemsize
+    nb_max = max(1, min(p.N, budget // max(per_img, 1)))
+    gw_acc = None
+    for n0 in range(0, p.N, nb_max):
+        nb = min(nb_max, p.N - n0)
+        M = nb * L
+        # (G, Og, nb*L): images of the block side by side, the GEMMs' shared operand.
+        blk = cla.getitem(gy4, (slice(n0, n0 + nb),))
+        g = dev.reshape(dev.astype(cla.transpose(blk, (1, 2, 0, 3)), real), (G, Og, M))
+        if want_w:
+            cols = dev.empty((G, K, M), real)
+            dev.launch(SRC, "im2col_t", opts, (cdiv(L, 16) * 16, K, G * nb), None, cols.buf, xp,
+                       i32(n0), i32(nb), i32(p.C), i32(p.Cg), i32(K), i32(p.H + p.pad[0] + p.pad[1]),
+                       i32(p.W + p.pad[2] + p.pad[3]), *geo, i32(p.Ho), i32(p.Wo))
+            part = dev.matmul(g, cla.transpose(cols, (0, 2, 1)))  # (G, Og, K)
+            del cols
+            if gw_acc is None:
+                gw_acc = part
+            else:
+                dev.launch(SRC, "accumulate", opts, (cdiv(part.size, 64) * 64,), None, gw_acc.buf,
+                           i64(gw_acc.offset), part.buf, i64(part.offset), i64(part.size))
+        if gx is not None:
+            dcols = dev.matmul(wT, g)  # (G, K, nb*L)
+            dev.launch(SRC, "col2im", opts, (cdiv(p.W, 8) * 8, p.H, nb * p.C), None, gx.buf,
+                       dcols.buf, i64(dcols.offset), i32(n0), i32(nb), i32(p.C), i32(p.Cg), i32(K),
+                       i32(p.H), i32(p.W), *geo, i32(p.pad[0]), i32(p.pad[2]), i32(p.Ho), i32(p.Wo))
+            del dcols
+    if not want_w:
+        return None
+    # One conversion into the result's dtype (float16 rounds once, here).
+    return dev.astype(dev.reshape(gw_acc, (p.O, p.Cg, p.kh, p.kw)), out_dtype)
