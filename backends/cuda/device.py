@@ -165,11 +165,13 @@ class CudaDevice(Device):
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
         self._cudnn = CudnnConv(index, self.cc)
         self._kernel_build_s = 0.0
+        self._cudnn_bwd: Any = None  # CudnnBackward, made on first conv2d_backward
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
-        return self._kernel_build_s + self._cudnn.build_seconds
+        bwd = self._cudnn_bwd.build_seconds if self._cudnn_bwd is not None else 0.0
+        return self._kernel_build_s + self._cudnn.build_seconds + bwd
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -330,6 +332,38 @@ class CudaDevice(Device):
             else:
                 _plan.run_direct(cupy, self._launch, x, w, bias, p, y)
             return y, algo
+
+    def conv2d_backward(
+        self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        algo = algorithm  # xdev._ops has checked it against conv_algorithms
+        if algo == "auto":
+            algo = "cudnn" if "cudnn" in self.conv_algorithms else "gemm"
+        need_x, need_w = "x" in needs, "w" in needs
+        what = f"running conv2d_backward ({algo}) on x {tuple(x.shape)} with w {tuple(w.shape)} ({x.dtype})"
+        with self._guard(what), _blas_mode(x.dtype, self._cc_int):
+            gb = _plan.grad_bias(cupy, grad_y) if "bias" in needs else None
+            trivial = _plan.trivial_backward(cupy, x, w, p, need_x, need_w)
+            if trivial is not None or not (need_x or need_w):
+                return (*(trivial or (None, None)), gb, algo)
+            if algo == "cudnn":
+                from .cudnn_backward import CudnnBackward
+
+                if self._cudnn_bwd is None:
+                    self._cudnn_bwd = CudnnBackward(self.index, self.cc)
+                try:
+                    return (*self._cudnn_bwd.backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
+                except CudnnUnsupported as e:
+                    if algorithm != "auto":
+                        raise ValueError(
+                            f"cuDNN cannot run this convolution's backward pass on {self.key} under xdev's "
+                            f"numeric rules (x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride "
+                            f"{p.stride}, padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; "
+                            f"use algorithm='gemm' or 'direct'"
+                        ) from None
+                    algo = "gemm"
+            run = _plan.run_gemm_backward if algo == "gemm" else _plan.run_direct_backward
+            return (*run(cupy, self._launch, grad_y, x, w, p, need_x, need_w), gb, algo)
 
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
         self._kernel_build_s += kernels.launch(self.index, plan, arrays)
