@@ -1,8 +1,12 @@
 """conv2d backward on OpenCL (kernels in conv_backward.cl).
 
-``gemm``: the device's own GEMM kernels (gemm.py) do the two reductions, grad_w = gy @ cols^T
-and dcols = W^T @ gy, between an im2col kernel and a col2im kernel; blocks of images bound
-the column buffers' memory. ``direct``: one kernel per gradient loops over the taps. ``auto``
+``gemm``: grad_x of a stride-1 convolution is itself a convolution (of grad_y, with the
+weights flipped and their channel axes swapped, padded by the kernel extent minus the forward
+padding), so it runs on the forward pass's implicit-GEMM kernels; other strides take the
+device's GEMM (gemm.py) for dcols = W^T @ gy and a col2im gather. grad_w = gy @ cols^T runs on
+the GEMM kernels too: on CPUs the im2col is fused into the packing of the GEMM's panels
+(pack_cols), elsewhere an im2col kernel feeds gemm.py. Blocks of images bound the column
+buffers' memory. ``direct``: one kernel per gradient loops over the taps. ``auto``
 picks direct for depthwise convolutions (C/groups == 1 < groups: a K = kH*kW GEMM is too thin),
 gemm otherwise, like the forward pass.
 """
@@ -15,7 +19,8 @@ from xdev.backends.base import ConvParams
 from . import array as cla
 from .array import CLArray
 from .conv import choose, pad_input
-from .gemm import cdiv
+from .conv import conv2d as conv_forward
+from .gemm import cdiv, pack, pad3
 from .program import type_options
 
 F64 = np.dtype(np.float64)
@@ -33,8 +38,8 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
     gb = dev.empty((p.O,), dt) if "bias" in needs else None
     L = p.Ho * p.Wo
     empty_sum = p.N * L == 0 or p.Og == 0
-    # Contiguous copies in the compute type: the kernels and the GEMMs read them.
-    gyc = dev.astype(gy, real) if (gy.size and not empty_sum) else None
+    # Contiguous, in the compute type: the kernels and the GEMMs read them so.
+    gyc = _real(dev, gy, real) if (gy.size and not empty_sum) else None
     opts = type_options(real, dt)
     i32 = np.int32
     if gb is not None and gb.size:
@@ -51,7 +56,7 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
         return gx, gw, gb, algo
     geo = (i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]), i32(p.stride[0]), i32(p.stride[1]))
     pt, pl = p.pad[0], p.pad[2]
-    wc = dev.astype(w, real)
+    wc = _real(dev, w, real)
     xp = None
     if gw is not None:
         xp, Hp, Wp = pad_input(dev, x, p, slack=0)
@@ -66,12 +71,48 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
                        gw.buf, gyc.buf, xp, i32(p.N), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og),
                        i32(Hp), i32(Wp), *geo, i32(p.Ho), i32(p.Wo))
         return gx, gw, gb, algo
-    gw = _gemm(dev, gyc, wc, xp, p, gx, gw is not None, real, dt, opts, budget)
+    if gx is not None and _as_forward(p) is not None:
+        # Stride 1: the forward kernels compute grad_x; col2im is not needed.
+        gx = _grad_x_forward(dev, gy, w, p)
+        gx_left = None
+    else:
+        gx_left = gx
+    gw = _gemm(dev, gyc, wc, xp, p, gx_left, gw is not None, real, dt, opts, budget)
     return gx, gw, gb, algo
+
+
+def _real(dev, a: CLArray, real) -> CLArray:
+    """a itself when already contiguous in the compute type, else such a copy."""
+    return a if (a.dtype == real and a.is_c_contiguous()) else dev.astype(a, real)
+
+
+def _as_forward(p: ConvParams) -> ConvParams | None:
+    """The forward convolution whose result is grad_x (stride 1 only), or None."""
+    if p.stride != (1, 1):
+        return None
+    ekh, ekw = p.dilation[0] * (p.kh - 1) + 1, p.dilation[1] * (p.kw - 1) + 1
+    pt, pb, pl, pr = p.pad
+    pad = (ekh - 1 - pt, ekh - 1 - pb, ekw - 1 - pl, ekw - 1 - pr)
+    if min(pad) < 0:  # padding wider than the kernel: some outputs read no input at all
+        return None
+    return ConvParams(p.N, p.O, p.Ho, p.Wo, p.C, p.kh, p.kw, p.groups, (1, 1), p.dilation, pad, p.H, p.W)
+
+
+def _grad_x_forward(dev, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
+    """grad_x = conv2d(gy, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j]."""
+    G, Og, Cg = p.groups, p.Og, p.Cg
+    w5 = dev.reshape(w, (G, Og, Cg, p.kh, p.kw))
+    flipped = cla.getitem(cla.transpose(w5, (0, 2, 1, 3, 4)),
+                          (slice(None), slice(None), slice(None), slice(None, None, -1), slice(None, None, -1)))
+    wf = dev.reshape(dev.astype(flipped, w.dtype), (p.C, Og, p.kh, p.kw))
+    gx, _ = conv_forward(dev, gy, wf, None, _as_forward(p), "gemm")
+    return gx
 
 
 def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLArray | None:
     """Writes grad_x into gx (if given); returns grad_w (if wanted) in x's dtype."""
+    if gx is None and not want_w:
+        return None
     G, Og, K, L = p.groups, p.Og, p.K, p.Ho * p.Wo
     i32, i64 = np.int32, np.int64
     geo = (i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]), i32(p.stride[0]), i32(p.stride[1]))
@@ -84,9 +125,19 @@ def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLA
         nb = min(nb_max, p.N - n0)
         M = nb * L
         # (G, Og, nb*L): images of the block side by side, the GEMMs' shared operand.
-        blk = cla.getitem(gy4, (slice(n0, n0 + nb),))
-        g = dev.reshape(dev.astype(cla.transpose(blk, (1, 2, 0, 3)), real), (G, Og, M))
-        if want_w:
+        if nb == 1:
+            g = cla.getitem(gy4, (n0,))  # (G, Og, L): a view, no copy
+        else:
+            blk = cla.getitem(gy4, (slice(n0, n0 + nb),))
+            g = dev.reshape(dev.astype(cla.transpose(blk, (1, 2, 0, 3)), real), (G, Og, M))
+        if want_w and dev.family == "cpu":
+            part = _grad_w_packed(dev, g, xp, p, n0, nb, real)
+            if gw_acc is None:
+                gw_acc = part
+            else:
+                dev.launch(SRC, "accumulate", opts, (cdiv(part.size, 64) * 64,), None, gw_acc.buf,
+                           i64(gw_acc.offset), part.buf, i64(part.offset), i64(part.size))
+        elif want_w:
             cols = dev.empty((G, K, M), real)
             dev.launch(SRC, "im2col_t", opts, (cdiv(L, 16) * 16, K, G * nb), None, cols.buf, xp,
                        i32(n0), i32(nb), i32(p.C), i32(p.Cg), i32(K), i32(p.H + p.pad[0] + p.pad[1]),
@@ -108,3 +159,28 @@ def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLA
         return None
     # One conversion into the result's dtype (float16 rounds once, here).
     return dev.astype(dev.reshape(gw_acc, (p.O, p.Cg, p.kh, p.kw)), out_dtype)
+
+
+def _grad_w_packed(dev, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -> CLArray:
+    """gy @ cols^T on the CPU GEMM kernel, its B panels packed straight from the padded input."""
+    G, Og, K = p.groups, p.Og, p.K
+    M = nb * p.Ho * p.Wo  # the reduction
+    c = dev.params["gemm"]
+    vw = c["VWD"] if real == F64 else c["VW"]
+    MR, NV = c["MR"], c["NV"]
+    NR = vw * NV
+    T = cdiv(K, NR)
+    i32, i64 = np.int32, np.int64
+    pa, pa_str = pack(dev, g, (G,), (g.strides[0],), g.strides[1], g.strides[2], Og, M, MR)
+    pb = dev.alloc(G * T * M * NR * real.itemsize)
+    dev.launch(SRC, "pack_cols", type_options(real, real), (nb * p.Ho, T, G), None, pb, xp,
+               i32(n0), i32(nb), i32(p.C), i32(p.Cg), i32(K), i32(p.H + p.pad[0] + p.pad[1]),
+               i32(p.W + p.pad[2] + p.pad[3]), i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]),
+               i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo), i32(NR))
+    out = dev.empty((G, Og, K), real)
+    shape3, (pa3, pb3) = pad3((G,), pa_str, (T * M * NR,))
+    opts = {**type_options(real, real), "MR": MR, "NV": NV, "VW": vw}
+    dev.launch("gemm_cpu.cl", "gemm_packed", opts, (cdiv(K, NR), cdiv(Og, MR), G), None,
+               out.buf, pa, pb, i32(Og), i32(K), i32(M), i32(shape3[1]), i32(shape3[2]),
+               *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+    return out

@@ -148,3 +148,38 @@ __kernel void accumulate(__global real* restrict A, const long a_off,
     const long i = get_global_id(0);
     if (i < n) A[a_off + i] += B[b_off + i];
 }
+
+// im2col fused with the CPU GEMM's packing (gemm_cpu.cl's B panels): for group g and tile t
+// of R weight rows, dst[g][t][l][R] = cols[t*R + r][l] (0 for rows past K), where l runs over
+// the block's nb*Ho*Wo output pixels. One work-item writes the Wo x R block of one output
+// row, so the padded input is read once per tap in runs of Wo.
+__kernel void pack_cols(__global real* restrict dst, __global const real* restrict Xp,
+                        const int n0, const int nb, const int C, const int Cg, const int K,
+                        const int Hp, const int Wp, const int kh, const int kw,
+                        const int dh, const int dw, const int sh, const int sw,
+                        const int Ho, const int Wo, const int R)
+{
+    const int row = get_global_id(0);
+    const int t = get_global_id(1);
+    const int g = get_global_id(2);
+    const int T = get_global_size(1);
+    if (row >= nb * Ho) return;
+    const int n = row / Ho, ho = row - (row / Ho) * Ho;
+    const size_t L = (size_t)nb * Ho * Wo;
+    __global real* d = dst + ((size_t)g * T + t) * L * R + (size_t)row * Wo * R;
+    for (int r = 0; r < R; ++r) {
+        const int k = t * R + r;
+        if (k >= K) {
+            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = 0;
+            continue;
+        }
+        const int c = k / (kh * kw), tap = k - c * (kh * kw);
+        const int i = tap / kw, j = tap - i * kw;
+        __global const real* src = Xp + (((size_t)(n0 + n) * C + (size_t)g * Cg + c) * Hp
+                                         + (size_t)(ho * sh + i * dh)) * Wp + (size_t)j * dw;
+        if (sw == 1)
+            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = src[wo];
+        else
+            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = src[(size_t)wo * sw];
+    }
+}
