@@ -161,26 +161,50 @@ def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLA
     return dev.astype(dev.reshape(gw_acc, (p.O, p.Cg, p.kh, p.kw)), out_dtype)
 
 
+CHUNK_PIXELS = 2048  # reduction length per GEMM batch in _grad_w_packed: panels stay in cache
+
+
+def _chunk_rows(rows: int, Wo: int) -> int:
+    """Output rows per reduction chunk: a divisor of ``rows`` with at most CHUNK_PIXELS pixels."""
+    for S in range(max(1, -(-rows * Wo // CHUNK_PIXELS)), rows + 1):
+        if rows % S == 0:
+            return rows // S
+    return 1
+
+
 def _grad_w_packed(dev, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -> CLArray:
-    """gy @ cols^T on the CPU GEMM kernel, its B panels packed straight from the padded input."""
+    """gy @ cols^T on the CPU GEMM kernel, its B panels packed straight from the padded input.
+
+    The reduction over nb*Ho*Wo pixels is cut into S chunks (GEMM batches) whose partial
+    results sum_chunks adds up: one long reduction would stream panels far larger than the
+    caches through every work-item.
+    """
     G, Og, K = p.groups, p.Og, p.K
-    M = nb * p.Ho * p.Wo  # the reduction
+    M = nb * p.Ho * p.Wo
+    rpc = _chunk_rows(nb * p.Ho, p.Wo)
+    S, Lc = nb * p.Ho // rpc, rpc * p.Wo
     c = dev.params["gemm"]
     vw = c["VWD"] if real == F64 else c["VW"]
     MR, NV = c["MR"], c["NV"]
     NR = vw * NV
     T = cdiv(K, NR)
     i32, i64 = np.int32, np.int64
-    pa, pa_str = pack(dev, g, (G,), (g.strides[0],), g.strides[1], g.strides[2], Og, M, MR)
-    pb = dev.alloc(G * T * M * NR * real.itemsize)
+    s0, s1, s2 = g.strides
+    pa, pa_str = pack(dev, g, (G, S), (s0, Lc * s2), s1, s2, Og, Lc, MR)
+    pb = dev.alloc(G * S * T * Lc * NR * real.itemsize)
     dev.launch(SRC, "pack_cols", type_options(real, real), (nb * p.Ho, T, G), None, pb, xp,
                i32(n0), i32(nb), i32(p.C), i32(p.Cg), i32(K), i32(p.H + p.pad[0] + p.pad[1]),
                i32(p.W + p.pad[2] + p.pad[3]), i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]),
-               i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo), i32(NR))
-    out = dev.empty((G, Og, K), real)
-    shape3, (pa3, pb3) = pad3((G,), pa_str, (T * M * NR,))
+               i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo), i32(NR), i32(rpc))
+    part = dev.empty((G, S, Og, K), real)
+    shape3, (pa3, pb3) = pad3((G, S), pa_str, (S * T * Lc * NR, T * Lc * NR))
     opts = {**type_options(real, real), "MR": MR, "NV": NV, "VW": vw}
-    dev.launch("gemm_cpu.cl", "gemm_packed", opts, (cdiv(K, NR), cdiv(Og, MR), G), None,
-               out.buf, pa, pb, i32(Og), i32(K), i32(M), i32(shape3[1]), i32(shape3[2]),
-               *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+    dev.launch("gemm_cpu.cl", "gemm_packed", opts, (cdiv(K, NR), cdiv(Og, MR), G * S), None,
+               part.buf, pa, pb, i32(Og), i32(K), i32(Lc), i32(shape3[1]), i32(shape3[2]),
+               *(i64(v) for v in pa3), *(i64(v) for v in pb3))
+    if S == 1:
+        return part.with_view(0, (G, Og, K), cla.c_strides((G, Og, K)))
+    out = dev.empty((G, Og, K), real)
+    dev.launch(SRC, "sum_chunks", type_options(real, real), (cdiv(out.size, 64) * 64,), None,
+               out.buf, part.buf, i32(S), i64(Og * K), i64(out.size))
     return out

@@ -149,15 +149,16 @@ __kernel void accumulate(__global real* restrict A, const long a_off,
     if (i < n) A[a_off + i] += B[b_off + i];
 }
 
-// im2col fused with the CPU GEMM's packing (gemm_cpu.cl's B panels): for group g and tile t
-// of R weight rows, dst[g][t][l][R] = cols[t*R + r][l] (0 for rows past K), where l runs over
-// the block's nb*Ho*Wo output pixels. One work-item writes the Wo x R block of one output
-// row, so the padded input is read once per tap in runs of Wo.
+// im2col fused with the CPU GEMM's packing (gemm_cpu.cl's B panels). The reduction (the
+// block's nb*Ho output rows of Wo pixels) is cut into S chunks of `rpc` rows, each one GEMM
+// batch, so a work-item's panels stay cache-sized: for group g, chunk s and tile t of R weight
+// rows, dst[g][s][t][lc][R] = cols[t*R + r][s*rpc*Wo + lc] (0 for rows past K). One work-item
+// writes the Wo x R block of one output row: the padded input is read in runs of Wo.
 __kernel void pack_cols(__global real* restrict dst, __global const real* restrict Xp,
                         const int n0, const int nb, const int C, const int Cg, const int K,
                         const int Hp, const int Wp, const int kh, const int kw,
                         const int dh, const int dw, const int sh, const int sw,
-                        const int Ho, const int Wo, const int R)
+                        const int Ho, const int Wo, const int R, const int rpc)
 {
     const int row = get_global_id(0);
     const int t = get_global_id(1);
@@ -165,8 +166,10 @@ __kernel void pack_cols(__global real* restrict dst, __global const real* restri
     const int T = get_global_size(1);
     if (row >= nb * Ho) return;
     const int n = row / Ho, ho = row - (row / Ho) * Ho;
-    const size_t L = (size_t)nb * Ho * Wo;
-    __global real* d = dst + ((size_t)g * T + t) * L * R + (size_t)row * Wo * R;
+    const int S = nb * Ho / rpc;
+    const int s = row / rpc, rin = row - s * rpc;
+    const size_t Lc = (size_t)rpc * Wo;
+    __global real* d = dst + (((size_t)g * S + s) * T + t) * Lc * R + (size_t)rin * Wo * R;
     for (int r = 0; r < R; ++r) {
         const int k = t * R + r;
         if (k >= K) {
@@ -182,4 +185,17 @@ __kernel void pack_cols(__global real* restrict dst, __global const real* restri
         else
             for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = src[(size_t)wo * sw];
     }
+}
+
+// out[g][e] = sum over s of part[g][s][e]: the S chunk partials of grad_w, in a fixed order.
+__kernel void sum_chunks(__global real* restrict out, __global const real* restrict part,
+                         const int S, const long n, const long total)
+{
+    const long q = get_global_id(0);
+    if (q >= total) return;
+    const long g = q / n, e = q - (q / n) * n;
+    __global const real* p = part + g * S * n + e;
+    real acc = 0;
+    for (int s = 0; s < S; ++s) acc += p[(size_t)s * n];
+    out[q] = acc;
 }
