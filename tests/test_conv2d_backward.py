@@ -135,3 +135,19 @@ def test_conv2d_backward_errors(device):
         xdev.conv2d_backward(gy, x, w, groups=2)
     with pytest.raises(TypeError, match=r"float16, float32 or float64"):
         xdev.conv2d_backward(gy.astype(np.int32), x, w)
+
+
+def test_opencl_backward_blocks_and_chunks(monkeypatch):
+    """OpenCL gemm: image blocks (partial grad_w added up), reduction chunks, strided grad_x."""
+    from conftest import require
+
+    dev = require("opencl")
+    import xdev.backends.opencl.backward as bw
+
+    monkeypatch.setattr(bw, "COLS_BUDGET_BYTES", 2000)  # one image per block
+    monkeypatch.setattr(bw, "CHUNK_PIXELS", 20)  # several reduction chunks per block
+    for stride, padding in ((1, 1), (2, 1), (1, "same")):
+        check_backward(dev, dict(
+            x_shape=(3, 4, 9, 10), w_shape=(6, 2, 3, 2), stride=stride, padding=padding, dilation=1,
+            groups=2, algorithm="gemm", dtype=np.dtype(np.float32), layout="strided", seed=5,
+        ))

@@ -29,8 +29,9 @@ COLS_BUDGET_BYTES = 128 << 20
 
 
 def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str],
-                    algorithm: str, budget: int = COLS_BUDGET_BYTES):
+                    algorithm: str, budget: int | None = None):
     algo = choose(p, algorithm)
+    budget = COLS_BUDGET_BYTES if budget is None else budget
     dt = x.dtype
     real = F64 if dt == F64 else np.dtype(np.float32)
     gx = dev.empty((p.N, p.C, p.H, p.W), dt) if "x" in needs else None
