@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import FLOAT_DTYPES, ConvParams
+from ..base import FLOAT_DTYPES, ConvParams, dgrad_as_forward
 
 F16, F32, F64 = FLOAT_DTYPES
 COLS_BUDGET_BYTES = 64 << 20
@@ -43,7 +43,19 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
     pt, pb, pl, pr = p.pad
     Hp, Wp = p.H + pt + pb, p.W + pl + pr
     need_x, need_w = "x" in needs, "w" in needs
-    gw = np.zeros((G, Og, K), cdt) if need_w else None
+    fwd = dgrad_as_forward(p) if need_x and N * Ho * Wo and K and Og else None
+    gx_fwd = None
+    if fwd is not None:
+        # Stride 1: grad_x is the forward convolution of gy with the flipped, channel-swapped
+        # weights (one im2col + GEMM, no col2im scatter).
+        from .device import conv2d_im2col
+
+        wf = w.astype(cdt, copy=False).reshape(G, Og, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        gx_fwd = conv2d_im2col(gy, np.ascontiguousarray(wf).reshape(p.C, Og, kh, kw), None, fwd)
+        need_x = False
+    # grad_w accumulates transposed, (G, K, Og) = cols @ gy^T: OpenBLAS runs that product with
+    # its long N*Ho*Wo reduction several times faster than gy @ cols^T (measured ~7x).
+    gwT = np.zeros((G, K, Og), cdt) if need_w else None
     gxp = np.zeros((N, p.C, Hp, Wp), cdt) if need_x else None
     if N * Ho * Wo and K and Og and (need_x or need_w):
         gy4 = gy.reshape(N, G, Og, Ho * Wo)
@@ -65,7 +77,7 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
                     writeable=False,
                 )
                 cols = view.reshape(G, K, L)  # the im2col copy
-                gw += np.matmul(g, cols.transpose(0, 2, 1))
+                gwT += np.matmul(cols, g.transpose(0, 2, 1))
                 del cols
             if need_x:
                 dcols = np.matmul(wT, g).reshape(G, Cg, kh, kw, nb, hb, Wo)
@@ -79,11 +91,14 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
                         t += dcols[:, :, i, j].transpose(2, 0, 1, 3, 4)
                 del dcols
     gx = None
-    if need_x:
+    if gx_fwd is not None:
+        gx = gx_fwd.astype(dt, copy=False)
+    elif need_x:
         gx = gxp[:, :, pt : pt + p.H, pl : pl + p.W]
         gx = np.ascontiguousarray(gx, dtype=dt)
-    if gw is not None:
-        gw = gw.reshape(p.O, Cg, kh, kw).astype(dt, copy=False)
+    gw = None
+    if gwT is not None:
+        gw = np.ascontiguousarray(gwT.transpose(0, 2, 1)).reshape(p.O, Cg, kh, kw).astype(dt, copy=False)
     if gb is not None:
         gb = gb.astype(dt, copy=False)
     return gx, gw, gb

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev.backends.base import ConvParams
+from xdev.backends.base import ConvParams, dgrad_as_forward
 
 from . import array as cla
 from .array import CLArray
@@ -72,7 +72,7 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
                        gw.buf, gyc.buf, xp, i32(p.N), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og),
                        i32(Hp), i32(Wp), *geo, i32(p.Ho), i32(p.Wo))
         return gx, gw, gb, algo
-    if gx is not None and _as_forward(p) is not None:
+    if gx is not None and dgrad_as_forward(p) is not None:
         # Stride 1: the forward kernels compute grad_x; col2im is not needed.
         gx = _grad_x_forward(dev, gy, w, p)
         gx_left = None
@@ -87,26 +87,15 @@ def _real(dev, a: CLArray, real) -> CLArray:
     return a if (a.dtype == real and a.is_c_contiguous()) else dev.astype(a, real)
 
 
-def _as_forward(p: ConvParams) -> ConvParams | None:
-    """The forward convolution whose result is grad_x (stride 1 only), or None."""
-    if p.stride != (1, 1):
-        return None
-    ekh, ekw = p.dilation[0] * (p.kh - 1) + 1, p.dilation[1] * (p.kw - 1) + 1
-    pt, pb, pl, pr = p.pad
-    pad = (ekh - 1 - pt, ekh - 1 - pb, ekw - 1 - pl, ekw - 1 - pr)
-    if min(pad) < 0:  # padding wider than the kernel: some outputs read no input at all
-        return None
-    return ConvParams(p.N, p.O, p.Ho, p.Wo, p.C, p.kh, p.kw, p.groups, (1, 1), p.dilation, pad, p.H, p.W)
-
-
 def _grad_x_forward(dev, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
     """grad_x = conv2d(gy, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j]."""
-    G, Og, Cg = p.groups, p.Og, p.Cg
-    w5 = dev.reshape(w, (G, Og, Cg, p.kh, p.kw))
-    flipped = cla.getitem(cla.transpose(w5, (0, 2, 1, 3, 4)),
-                          (slice(None), slice(None), slice(None), slice(None, None, -1), slice(None, None, -1)))
-    wf = dev.reshape(dev.astype(flipped, w.dtype), (p.C, Og, p.kh, p.kw))
-    gx, _ = conv_forward(dev, gy, wf, None, _as_forward(p), "gemm")
+    Og, khw = p.Og, p.kh * p.kw
+    if not w.is_c_contiguous():
+        w = dev.astype(w, w.dtype)
+    wf = dev.empty((p.C, Og, p.kh, p.kw), w.dtype)
+    dev.launch(SRC, "flip_weights", type_options(w.dtype, w.dtype), (cdiv(Og, 8) * 8, p.C), None,
+               wf.buf, w.buf, np.int64(w.offset), np.int32(Og), np.int32(p.Cg), np.int32(khw))
+    gx, _ = conv_forward(dev, gy, wf, None, dgrad_as_forward(p), "gemm")
     return gx
 
 
@@ -181,7 +170,6 @@ def _grad_w_packed(dev, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -
     caches through every work-item.
     """
     G, Og, K = p.groups, p.Og, p.K
-    M = nb * p.Ho * p.Wo
     rpc = _chunk_rows(nb * p.Ho, p.Wo)
     S, Lc = nb * p.Ho // rpc, rpc * p.Wo
     c = dev.params["gemm"]

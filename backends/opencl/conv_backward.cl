@@ -199,3 +199,17 @@ __kernel void sum_chunks(__global real* restrict out, __global const real* restr
     for (int s = 0; s < S; ++s) acc += p[(size_t)s * n];
     out[q] = acc;
 }
+
+// The weights of grad_x as a forward convolution (stride 1):
+// dst[g*Cg + c][o][t] = W[g*Og + o][c][khw - 1 - t] (both kernel axes reversed), W contiguous.
+__kernel void flip_weights(__global out_t* restrict dst, __global const in_t* restrict W, const long w_off,
+                           const int Og, const int Cg, const int khw)
+{
+    const int o = get_global_id(0);
+    const int cc = get_global_id(1);  // g*Cg + c
+    if (o >= Og) return;
+    const int g = cc / Cg, c = cc - (cc / Cg) * Cg;
+    const long src = w_off + (((long)g * Og + o) * Cg + c) * khw + khw - 1;
+    const size_t d = ((size_t)cc * Og + o) * khw;
+    for (int t = 0; t < khw; ++t) STORE_OUT(LOAD_IN(W, src - t), dst, d + t);
+}
