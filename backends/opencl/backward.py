@@ -72,7 +72,7 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
                        gw.buf, gyc.buf, xp, i32(p.N), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og),
                        i32(Hp), i32(Wp), *geo, i32(p.Ho), i32(p.Wo))
         return gx, gw, gb, algo
-    if gx is not None and dgrad_as_forward(p) is not None:
+    if gx is not None and _dgrad_forward_pays(p):
         # Stride 1: the forward kernels compute grad_x; col2im is not needed.
         gx = _grad_x_forward(dev, gy, w, p)
         gx_left = None
@@ -85,6 +85,13 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
 def _real(dev, a: CLArray, real) -> CLArray:
     """a itself when already contiguous in the compute type, else such a copy."""
     return a if (a.dtype == real and a.is_c_contiguous()) else dev.astype(a, real)
+
+
+def _dgrad_forward_pays(p: ConvParams) -> bool:
+    """grad_x as a forward convolution, or GEMM + col2im? Measured on PoCL (Zen 4, VGG-16):
+    the forward kernels win from 16 input channels and 20x20 images on; below that (3-channel
+    images, 14x14 maps) their tiles are mostly empty and GEMM + col2im is faster."""
+    return dgrad_as_forward(p) is not None and p.C >= 16 and p.H * p.W >= 400
 
 
 def _grad_x_forward(dev, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
@@ -151,6 +158,7 @@ def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLA
     return dev.astype(dev.reshape(gw_acc, (p.O, p.Cg, p.kh, p.kw)), out_dtype)
 
 
+PACK_RMAX = 128  # conv_backward.cl's PACK_RMAX
 CHUNK_PIXELS = 2048  # reduction length per GEMM batch in _grad_w_packed: panels stay in cache
 
 
@@ -177,6 +185,8 @@ def _grad_w_packed(dev, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -
     MR, NV = c["MR"], c["NV"]
     NR = vw * NV
     T = cdiv(K, NR)
+    if NR > PACK_RMAX:
+        raise ValueError(f"OpenCL tuning gives GEMM panels of {NR} columns; pack_cols serves at most {PACK_RMAX}")
     i32, i64 = np.int32, np.int64
     s0, s1, s2 = g.strides
     pa, pa_str = pack(dev, g, (G, S), (s0, Lc * s2), s1, s2, Og, Lc, MR)

@@ -149,6 +149,8 @@ __kernel void accumulate(__global real* restrict A, const long a_off,
     if (i < n) A[a_off + i] += B[b_off + i];
 }
 
+#define PACK_RMAX 128  // the largest panel width pack_cols serves (the host checks)
+
 // im2col fused with the CPU GEMM's packing (gemm_cpu.cl's B panels). The reduction (the
 // block's nb*Ho output rows of Wo pixels) is cut into S chunks of `rpc` rows, each one GEMM
 // batch, so a work-item's panels stay cache-sized: for group g, chunk s and tile t of R weight
@@ -170,20 +172,22 @@ __kernel void pack_cols(__global real* restrict dst, __global const real* restri
     const int s = row / rpc, rin = row - s * rpc;
     const size_t Lc = (size_t)rpc * Wo;
     __global real* d = dst + (((size_t)g * S + s) * T + t) * Lc * R + (size_t)rin * Wo * R;
+    // Where each of the tile's R weight rows starts reading (-1: past K, zeros); then the
+    // Wo x R block is written in order, reading R runs of the padded input side by side.
+    long off[PACK_RMAX];
     for (int r = 0; r < R; ++r) {
         const int k = t * R + r;
         if (k >= K) {
-            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = 0;
+            off[r] = -1;
             continue;
         }
         const int c = k / (kh * kw), tap = k - c * (kh * kw);
         const int i = tap / kw, j = tap - i * kw;
-        __global const real* src = Xp + (((size_t)(n0 + n) * C + (size_t)g * Cg + c) * Hp
-                                         + (size_t)(ho * sh + i * dh)) * Wp + (size_t)j * dw;
-        if (sw == 1)
-            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = src[wo];
-        else
-            for (int wo = 0; wo < Wo; ++wo) d[(size_t)wo * R + r] = src[(size_t)wo * sw];
+        off[r] = (((long)(n0 + n) * C + (long)g * Cg + c) * Hp + (long)(ho * sh + i * dh)) * Wp + (long)j * dw;
+    }
+    for (int wo = 0; wo < Wo; ++wo) {
+        const long x0 = (long)wo * sw;
+        for (int r = 0; r < R; ++r) d[(size_t)wo * R + r] = off[r] < 0 ? (real)0 : Xp[off[r] + x0];
     }
 }
 
