@@ -151,3 +151,21 @@ def test_opencl_backward_blocks_and_chunks(monkeypatch):
             x_shape=(3, 4, 9, 10), w_shape=(6, 2, 3, 2), stride=stride, padding=padding, dilation=1,
             groups=2, algorithm="gemm", dtype=np.dtype(np.float32), layout="strided", seed=5,
         ))
+
+
+@pytest.mark.parametrize("padding,dilation", [(1, 1), ("same", (2, 1)), ((0, 2), 1)])
+def test_opencl_grad_x_as_forward_convolution(padding, dilation):
+    """Stride 1 with >= 16 channels and >= 400 pixels: grad_x runs on the forward conv kernels."""
+    from conftest import require
+
+    dev = require("opencl")
+    import xdev.backends.opencl.backward as bw
+
+    case = dict(x_shape=(1, 16, 20, 21), w_shape=(6, 8, 3, 4), stride=1, padding=padding, dilation=dilation,
+                groups=2, algorithm="gemm", layout="nhwc", seed=9)
+    from xdev._shapes import conv_params
+
+    p = conv_params(case["x_shape"], case["w_shape"], None, 1, padding, dilation, 2)
+    assert bw._dgrad_forward_pays(p)
+    for dt in supported_dtypes(dev):
+        check_backward(dev, {**case, "dtype": dt}, needs=("x",))
