@@ -43,7 +43,9 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
     pt, pb, pl, pr = p.pad
     Hp, Wp = p.H + pt + pb, p.W + pl + pr
     need_x, need_w = "x" in needs, "w" in needs
-    fwd = dgrad_as_forward(p) if need_x and N * Ho * Wo and K and Og else None
+    # (Not for few input channels: the forward im2col of gy would be O/C times larger than
+    # col2im's work, e.g. 21x for an RGB first layer.)
+    fwd = dgrad_as_forward(p) if need_x and N * Ho * Wo and K and Og and p.C >= 16 else None
     gx_fwd = None
     if fwd is not None:
         # Stride 1: grad_x is the forward convolution of gy with the flipped, channel-swapped
