@@ -16,10 +16,12 @@ if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.
 
 from ._array import Array  # noqa: E402
 from ._config import get_backend, set_backend, use_backend
+from ._disk import drop_page_cache, npy_batches
 from ._ops import asarray, conv2d, matmul, synchronize
 from ._backward import Conv2dGrads, conv2d_backward
+from ._prefetch import Prefetch, prefetch
 from ._registry import available_backends
-from .backends.base import BackendStatus, BackendUnavailable
+from .contract import BackendStatus, BackendUnavailable, KernelBuildError
 
 __version__ = "0.1.0"
 
@@ -28,12 +30,17 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailable",
     "Conv2dGrads",
+    "KernelBuildError",
     "asarray",
     "available_backends",
     "conv2d",
     "conv2d_backward",
+    "drop_page_cache",
     "get_backend",
     "matmul",
+    "npy_batches",
+    "prefetch",
+    "Prefetch",
     "set_backend",
     "synchronize",
     "use_backend",

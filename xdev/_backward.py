@@ -5,7 +5,7 @@ from typing import Any, Iterable, NamedTuple
 
 from ._array import Array
 from ._ops import _device_for, _operands
-from ._shapes import IntPair, conv_params
+from .contract import IntPair, conv_params
 
 NEEDS = ("x", "w", "bias")
 

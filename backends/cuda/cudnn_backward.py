@@ -17,9 +17,10 @@ from typing import Any
 import cupy
 import numpy as np
 
-from .cudnn_conv import CudnnUnsupported, _aligned_contiguous, fast_enabled, frontend, tf32_enabled
+from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
+from xdev.contract import env
 
-_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+from .cudnn_conv import CudnnUnsupported, _aligned_contiguous, frontend
 _CACHE_SIZE = 128
 
 
@@ -38,7 +39,7 @@ def deselected_notes(mod: Any, dt: np.dtype, tf32: bool) -> list[Any]:
         notes.append("DOWN_CONVERT_INPUTS")
         if dt == _F32:
             notes.append("TENSOR_CORE")
-    if not fast_enabled():
+    if not env.cudnn_fast():
         notes += ["WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13", "FFT"]
     return [getattr(mod.numerical_note, n) for n in notes if hasattr(mod.numerical_note, n)]
 
@@ -55,7 +56,7 @@ class CudnnBackward:
         self._lock = threading.Lock()
 
     def _tf32(self) -> bool:
-        return tf32_enabled() and self.cc >= (8, 0)
+        return env.cuda_tf32() and self.cc >= (8, 0)
 
     def _build(self, mod: Any, kind: str, dt: np.dtype, p: Any) -> tuple[Any, dict[str, Any], Any]:
         cd = {_F16: mod.data_type.HALF, _F32: mod.data_type.FLOAT, _F64: mod.data_type.DOUBLE}[dt]
@@ -88,7 +89,7 @@ class CudnnBackward:
         return g, tensors, workspace
 
     def _plan(self, mod: Any, kind: str, dt: np.dtype, p: Any):
-        key = (kind, dt.str, p, self._tf32(), fast_enabled())
+        key = (kind, dt.str, p, self._tf32(), env.cudnn_fast())
         hit = self._cache.get(key)
         if hit is None:
             t0 = time.perf_counter()
@@ -121,7 +122,7 @@ class CudnnBackward:
                 raise
             except Exception as e:
                 message = f"{kind} execution failed: {type(e).__name__}: {e}"
-                self._cache[(kind, dt.str, p, self._tf32(), fast_enabled())] = message
+                self._cache[(kind, dt.str, p, self._tf32(), env.cudnn_fast())] = message
                 raise CudnnUnsupported(message) from e
         return out
 

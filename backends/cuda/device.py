@@ -9,11 +9,11 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
-from . import _plan, kernels
-from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract.machine import cuda_peak_estimate
+from . import _plan, kernels, staging
+from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
-F16, F32, F64 = FLOAT_DTYPES
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
 _lock = threading.Lock()
@@ -116,7 +116,7 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
     if dtype != F32:
         yield
         return
-    tf32 = tf32_enabled() and cc >= 80
+    tf32 = env.cuda_tf32() and cc >= 80
     rl = _routines_linalg()
     cublas = _cublas()
     # CuPy's COMPUTE_TYPE_DEFAULT / _TF32 and cuBLAS's math modes (values as in their headers).
@@ -140,13 +140,6 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
             cublas.setMathMode(handle, prev_mode)
 
 
-# Compute capability -> FP32 lanes per SM (CUDA cores); used for the peak estimates in info().
-_FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}
-_FP64_PER_FP32 = {(6, 0): 0.5, (7, 0): 0.5, (8, 0): 0.5, (9, 0): 0.5}
-_DMMA = {(8, 0), (9, 0)}  # FP64 tensor cores double the FP64 rate for GEMMs
-_HMMA_FLOPS_PER_CLK_SM = {(7, 0): 1024, (8, 0): 2048, (9, 0): 4096}  # dense FP16, FP32 accumulate
-
-
 class CudaDevice(Device):
     """One CUDA GPU. Native arrays are cupy.ndarray (any strides); work runs on CuPy's current stream."""
 
@@ -164,14 +157,14 @@ class CudaDevice(Device):
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
         self._cudnn = CudnnConv(index, self.cc)
-        self._kernel_build_s = 0.0
+        self.kernels = kernels.Kernels(f"{self.key} {self.name}")
         self._cudnn_bwd: Any = None  # CudnnBackward, made on first conv2d_backward
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
         bwd = self._cudnn_bwd.build_seconds if self._cudnn_bwd is not None else 0.0
-        return self._kernel_build_s + self._cudnn.build_seconds + bwd
+        return self.kernels.build_seconds + self._cudnn.build_seconds + bwd
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -218,7 +211,7 @@ class CudaDevice(Device):
         dtype = np.dtype(dtype)
         if dtype == F16:
             return F32
-        if dtype == F32 and tf32_enabled() and self.cc >= (8, 0):
+        if dtype == F32 and env.cuda_tf32() and self.cc >= (8, 0):
             return F16
         return dtype
 
@@ -237,7 +230,24 @@ class CudaDevice(Device):
 
     def download(self, data: Any) -> np.ndarray:
         with self._guard(f"downloading an array of {data.nbytes:,} bytes"):
-            return cupy.asnumpy(data)
+            if data.nbytes < staging.STAGED_DOWNLOAD_MIN_BYTES:
+                return cupy.asnumpy(data)
+            out = np.empty(data.shape, data.dtype)
+            staging.download_staged(self, cupy.ascontiguousarray(data), out)
+            return out
+
+    def download_into(self, data: Any, out: np.ndarray) -> None:
+        with self._guard(f"downloading an array of {data.nbytes:,} bytes"):
+            src = cupy.ascontiguousarray(data)
+            if not out.flags.c_contiguous:
+                np.copyto(out, self.download(src))
+            elif data.nbytes < staging.STAGED_DOWNLOAD_MIN_BYTES or staging.is_pinned(out):
+                src.get(out=out)  # straight into pinned memory: one DMA at full speed
+            else:
+                staging.download_staged(self, src, out)
+
+    def stager(self, slots: int) -> Any:
+        return staging.CudaStager(self, slots)
 
     def astype(self, data: Any, dtype: np.dtype) -> Any:
         with self._guard(f"converting {data.shape} to {np.dtype(dtype)}"):
@@ -365,8 +375,14 @@ class CudaDevice(Device):
             run = _plan.run_gemm_backward if algo == "gemm" else _plan.run_direct_backward
             return (*run(cupy, self._launch, grad_y, x, w, p, need_x, need_w), gb, algo)
 
+    peak_method = "estimate: SMs x lanes x 2 x max clock"
+
+    def peak_gflops(self, dtype: np.dtype = F32) -> float | None:
+        """Estimated from the SM count and maximum clock (see info()['peak_gflops_est'])."""
+        return self.info().get("peak_gflops_est", {}).get(np.dtype(dtype).name)
+
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
-        self._kernel_build_s += kernels.launch(self.index, plan, arrays)
+        self.kernels.launch(plan, arrays)
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -405,19 +421,12 @@ class CudaDevice(Device):
             "cupy": cupy.__version__,
             **versions(),
             "conv_algorithms": list(self.conv_algorithms),
-            "tf32": tf32_enabled(),
-            "cudnn_fast": fast_enabled(),
+            "tf32": env.cuda_tf32(),
+            "cudnn_fast": env.cudnn_fast(),
         }
         if clock_khz and sms:
-            lanes = _FP32_LANES.get(self.cc, 128)
-            ghz = clock_khz / 1e6
-            fp32 = sms * lanes * 2 * ghz
-            fp64 = fp32 * _FP64_PER_FP32.get(self.cc, 1 / 32)
-            peaks = {"float32": fp32, "float64": fp64 * (2 if self.cc in _DMMA else 1)}
-            hmma = _HMMA_FLOPS_PER_CLK_SM.get(self.cc)
-            if hmma:
-                peaks["float16"] = sms * hmma * ghz
-            out["peak_gflops_est"] = peaks  # at the maximum clock; datasheet figures are the reference
+            # At the maximum clock; datasheet figures (machine.datasheet_gflops) are the reference.
+            out["peak_gflops_est"] = cuda_peak_estimate(self.cc, sms, clock_khz / 1e6)
         if mem_khz and bus_bits:
             out["peak_bandwidth_gbs_est"] = 2 * mem_khz * 1e3 * bus_bits / 8 / 1e9
         return out

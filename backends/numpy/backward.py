@@ -12,12 +12,12 @@ the budget), so memory stays bounded like the forward pass.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import FLOAT_DTYPES, ConvParams, dgrad_as_forward
-
-F16, F32, F64 = FLOAT_DTYPES
+from xdev.contract import F16, F32, ConvParams, dgrad_as_forward
 COLS_BUDGET_BYTES = 64 << 20
 
 
@@ -32,8 +32,11 @@ def blocks(p: ConvParams, itemsize: int, budget: int = COLS_BUDGET_BYTES):
 
 
 def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
-                    needs: frozenset[str], budget: int = COLS_BUDGET_BYTES):
-    """(grad_x, grad_w, grad_bias) in x's dtype; float16 computes in float32."""
+                    needs: frozenset[str], forward: Callable[..., np.ndarray], budget: int = COLS_BUDGET_BYTES):
+    """(grad_x, grad_w, grad_bias) in x's dtype; float16 computes in float32.
+
+    ``forward(x, w, bias, p)`` is the device's forward convolution (device.conv2d_im2col).
+    """
     dt = x.dtype
     cdt = F32 if dt == F16 else dt
     gy = gy.astype(cdt, copy=False)
@@ -50,10 +53,8 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
     if fwd is not None:
         # Stride 1: grad_x is the forward convolution of gy with the flipped, channel-swapped
         # weights (one im2col + GEMM, no col2im scatter).
-        from .device import conv2d_im2col
-
         wf = w.astype(cdt, copy=False).reshape(G, Og, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-        gx_fwd = conv2d_im2col(gy, np.ascontiguousarray(wf).reshape(p.C, Og, kh, kw), None, fwd)
+        gx_fwd = forward(gy, np.ascontiguousarray(wf).reshape(p.C, Og, kh, kw), None, fwd)
         need_x = False
     # grad_w accumulates transposed, (G, K, Og) = cols @ gy^T: OpenBLAS runs that product with
     # its long N*Ho*Wo reduction several times faster than gy @ cols^T (measured ~7x).

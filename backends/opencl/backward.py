@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdev.backends.base import ConvParams, dgrad_as_forward
+from xdev.contract import ConvParams, dgrad_as_forward
 
 from . import array as cla
 from .array import CLArray
 from .conv import choose, pad_input
 from .conv import conv2d as conv_forward
 from .gemm import cdiv, pack, pad3
-from .program import type_options
+from .kernels import type_options
 
 F64 = np.dtype(np.float64)
 SRC = "conv_backward.cl"

@@ -11,11 +11,12 @@ import xdev
 from xdev._registry import BACKEND_NAMES, get_device
 
 from . import machine as mach
+from . import pipeline
 from . import workloads as wl
 from .run import Settings, add_speedups, conv_row, conv_total, matmul_row, roundtrip_rows, transfer_rows
 
-OPS = ("matmul", "conv2d", "transfer", "backward")
-DEFAULT_OPS = ("matmul", "conv2d", "transfer")  # backward (training) is opt-in: it triples the conv time
+OPS = ("matmul", "conv2d", "transfer", "pipeline", "backward")
+DEFAULT_OPS = ("matmul", "conv2d", "transfer", "pipeline")  # backward (training) is opt-in: it triples the conv time
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -23,8 +24,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends",
                    help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS),
-                   help="comma-separated: matmul, conv2d, transfer, backward (VGG-16 forward + backward passes "
-                        "interleaved; default: matmul,conv2d,transfer)")
+                   help="comma-separated: matmul, conv2d, transfer, pipeline, backward (VGG-16 forward + backward "
+                        "passes interleaved; default: matmul,conv2d,transfer,pipeline)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
@@ -32,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=int, default=224, help="VGG-16 input size (default 224, the real network)")
     p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 on CPUs, 16 on GPUs)")
     p.add_argument("--json", metavar="FILE", help="write {machine, results} as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers (and FILE-pipeline.png: the timeline)")
     a = p.parse_args(argv)
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
@@ -74,9 +75,13 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
         steps += backward.steps(dev, a.settings, wl.vgg16(batch, a.image), algos)
     if "transfer" in a.ops:
         for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
-            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)))
+            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)
+                          + pipeline.transfer_rows(dev, a.settings, nb)))
         for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES):
             steps.append((f"round trip {n}", lambda n=n: roundtrip_rows(dev, a.settings, n)))
+    if "pipeline" in a.ops:
+        steps.append(("pipeline", lambda: pipeline.pipeline_rows(
+            dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None)))
     return steps
 
 
@@ -118,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = doc_machine["cpu"]
     calibrated = None
     for dev in devices:
-        if dev.is_cpu and hasattr(dev, "measured_peak_gflops"):
-            calibrated = dev.measured_peak_gflops(dtype)
+        calibrated = dev.peak_gflops(dtype) if dev.is_cpu else None
+        if calibrated is not None:  # a device that calibrates the CPU (OpenCL on the CPU)
             break
     a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
     for dev, info in zip(devices, doc_machine["devices"]):
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             r.setdefault("pass", "forward")
     add_speedups(results)
     report.tables(console, results)
+    pipeline.table(console, results)
     if "backward" in a.ops:
         from . import backward
 
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(a.json, doc)
         console.print(f"wrote {a.json}")
     if a.plot:
-        report.plot(a.plot, results)
-        console.print(f"wrote {a.plot}")
+        if any(r["op"] != "pipeline" for r in results):
+            report.plot(a.plot, results)
+            console.print(f"wrote {a.plot}")
+        timeline = a.plot.rsplit(".", 1)[0] + "-pipeline.png"
+        if pipeline.plot_timeline(timeline, results):
+            console.print(f"wrote {timeline}")
     return 0

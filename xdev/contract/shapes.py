@@ -1,11 +1,50 @@
 """Argument geometry shared by every backend: conv2d parameters (PyTorch rules), matmul shapes (NumPy rules)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Union
 
-from .backends.base import ConvParams
-
 IntPair = Union[int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Validated conv2d geometry, shared by every backend (built by :func:`conv_params`)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    kh: int
+    kw: int
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+    Ho: int
+    Wo: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def Og(self) -> int:
+        return self.O // self.groups
+
+    @property
+    def K(self) -> int:
+        """Reduction length of one output element."""
+        return self.Cg * self.kh * self.kw
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.O, self.Ho, self.Wo)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.N * self.O * self.Ho * self.Wo * self.K
 
 
 def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
@@ -134,3 +173,20 @@ def broadcast_batch(ab, bb, ashape, bshape) -> tuple[int, ...]:
             )
         out.append(y if x == 1 else x)
     return tuple(out)
+
+
+def dgrad_as_forward(p: ConvParams) -> ConvParams | None:
+    """The forward convolution whose result is conv2d's grad_x, for stride 1 (else None).
+
+    grad_x = conv2d(grad_y, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j],
+    padded by the dilated kernel extent minus 1 minus the forward padding (None when the
+    forward padding exceeds that: some outputs then read no input at all).
+    """
+    if p.stride != (1, 1):
+        return None
+    ekh, ekw = p.dilation[0] * (p.kh - 1) + 1, p.dilation[1] * (p.kw - 1) + 1
+    pt, pb, pl, pr = p.pad
+    pad = (ekh - 1 - pt, ekh - 1 - pb, ekw - 1 - pl, ekw - 1 - pr)
+    if min(pad) < 0:
+        return None
+    return ConvParams(p.N, p.O, p.Ho, p.Wo, p.C, p.kh, p.kw, p.groups, (1, 1), p.dilation, pad, p.H, p.W)

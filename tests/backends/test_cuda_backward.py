@@ -1,5 +1,5 @@
 """CUDA conv2d backward without a GPU: the .cu kernels and their launch plans run on the CPU
-through test_cuda.py's host emulation, against the float64 loop reference.
+through test_cuda_emulator.py's host emulation, against the float64 loop reference.
 
 (Every .cu file, these included, is compile-checked with nvcc and NVRTC by test_cuda.py; with
 a GPU the shared suite test_conv2d_backward.py runs on the device itself, cuDNN included.)
@@ -11,7 +11,8 @@ import pytest
 
 from reference import conv2d_backward_ref
 from strategies import values
-from test_cuda import CU_FILES, DTYPES, Emulator, P, _place_x, emulator, kernel_names, plan  # noqa: F401 (emulator: a fixture)
+from cuda_sources import CU_FILES, kernel_names
+from test_cuda_emulator import DTYPES, Emulator, P, _place_x, emulator, plan  # noqa: F401 (emulator: a fixture)
 from tolerance import assert_agrees, backward_K
 
 # (x shape, w shape, stride, padding, dilation, groups): small, so the emulation stays cheap.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import backend_status
+from availability import backend_status
 from xdev.bench import workloads as wl
 
 REQUIRED_KEYS = {
@@ -32,9 +32,11 @@ def test_flop_counts_by_hand():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    backends = ["numpy"] + (["opencl"] if backend_status("opencl").available else [])
+    # Every backend is named; the available ones must produce rows, the others a reason.
+    # An explicit --batch: the defaults differ between CPUs and GPUs, the checks below must not.
+    backends = [b for b in ("numpy", "opencl", "cuda") if backend_status(b).available]
     cmd = [sys.executable, "-m", "xdev.bench", "--quick", "--sizes", "16,33", "--image", "16",
-           "--repeat", "2", "--backends", ",".join(backends + ["cuda"]),
+           "--repeat", "2", "--batch", "8", "--backends", "numpy,opencl,cuda",
            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
     env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -44,9 +46,10 @@ def quick_run(tmp_path_factory):
 def test_cli_quick_runs_and_prints_tables(quick_run):
     r, out, backends = quick_run
     assert r.returncode == 0, r.stderr[-3000:]
-    for title in ("matmul", "VGG-16", "transfers", "The lecture's table"):
+    for title in ("matmul", "VGG-16", "transfers", "The lecture's table", "pipeline (claim 4)"):
         assert title in r.stdout
     assert (out / "r.png").stat().st_size > 10_000
+    assert (out / "r-pipeline.png").stat().st_size > 10_000
 
 
 def test_cli_json_is_complete_and_consistent(quick_run):
@@ -56,12 +59,14 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     assert doc["machine"]["cpu"]["logical_cores"] >= 1
     assert [d["device"] for d in doc["machine"]["devices"]] == [
         r_ for r_ in dict.fromkeys(x["device"] for x in doc["results"])]
-    if not backend_status("cuda").available:  # named but unavailable: reported, skipped
-        assert any(s["backend"] == "cuda" and s["reason"] for s in doc["skipped"])
+    for name in ("opencl", "cuda"):
+        if not backend_status(name).available:  # named but unavailable: reported, skipped
+            assert any(s["backend"] == name and s["reason"] for s in doc["skipped"])
     for row in doc["results"]:
         for key, typ in REQUIRED_KEYS.items():
             assert isinstance(row[key], typ), (key, row)
-        assert row["median_s"] > 0 and row["spread_s"] >= 0 and row["repeats"] == 2
+        # Pipeline rows count the steps of whole epochs instead of --repeat.
+        assert row["median_s"] > 0 and row["spread_s"] >= 0 and (row["repeats"] == 2 or row["op"] == "pipeline")
         assert "gflops" in row and "peak_fraction" in row and "speedup_vs_numpy" in row
         if row["flops"]:
             assert row["gflops"] == pytest.approx(row["flops"] / row["median_s"] / 1e9)
@@ -73,7 +78,7 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     mm = [x for x in doc["results"] if x["op"] == "matmul" and x["shape"] == "33x33x33"]
     assert mm and all(x["flops"] == 2 * 33**3 for x in mm)
     conv = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "conv1_1"]
-    assert conv and all(x["flops"] == 2 * 64 * 16 * 16 * 3 * 9 for x in conv)
+    assert conv and all(x["flops"] == 8 * 2 * 64 * 16 * 16 * 3 * 9 and x["batch"] == 8 for x in conv)
     totals = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "total"]
     assert len(totals) == len(backends)
     for t in totals:
@@ -89,3 +94,27 @@ def test_cli_json_is_complete_and_consistent(quick_run):
 def test_cli_rejects_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "--ops", "fft"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown op(s) fft" in r.stderr
+
+
+def test_cli_pipeline_rows(quick_run):
+    r, out, backends = quick_run
+    doc = json.loads((out / "r.json").read_text())
+    for backend in backends:
+        rows = {x["stage"]: x for x in doc["results"] if x["op"] == "pipeline" and x["backend"] == backend}
+        assert set(rows) == {"disk read cold", "disk read warm", "upload", "compute", "serial step",
+                             "prefetched step"}, backend
+        pre = rows["prefetched step"]
+        assert pre["batch_shape"] == "8x3x16x16" and pre["layers"] == "conv1_1"
+        assert pre["flops"] == rows["compute"]["flops"] == 2 * 8 * 64 * 16 * 16 * 27
+        stages = {k: rows[k]["median_s"] for k in ("disk read cold", "upload", "compute")}
+        assert pre["slowest_stage"] == max(stages, key=stages.get)
+        assert pre["efficiency"] == pytest.approx(max(stages.values()) / pre["median_s"])
+        assert pre["speedup"] == pytest.approx(rows["serial step"]["median_s"] / pre["median_s"])
+        assert set(pre["timeline"]) == {"serial", "prefetched"}
+        lanes = {span[0] for span in pre["timeline"]["prefetched"]}
+        assert lanes == {"disk read", "upload", "compute"}
+        assert pre["cold"] or pre["cold_note"]  # cold, or says why not
+    pinned = [x for x in doc["results"] if x["op"] == "transfer" and x["algorithm"] == "device-to-host pinned"]
+    staged = [x for x in doc["results"] if x["algorithm"] == "host-to-device pageable, staged"]
+    if "opencl" in backends:
+        assert pinned and staged

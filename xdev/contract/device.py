@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from .shapes import ConvParams
 
 
 @dataclass(frozen=True)
@@ -18,67 +18,6 @@ class BackendStatus:
     available: bool
     reason: str
     devices: tuple[str, ...] = field(default_factory=tuple)
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend (or one of its devices) cannot be used; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class ConvParams:
-    """Validated conv2d geometry, shared by every backend (built by xdev._shapes)."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    O: int
-    kh: int
-    kw: int
-    groups: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad: tuple[int, int, int, int]  # top, bottom, left, right
-    Ho: int
-    Wo: int
-
-    @property
-    def Cg(self) -> int:
-        return self.C // self.groups
-
-    @property
-    def Og(self) -> int:
-        return self.O // self.groups
-
-    @property
-    def K(self) -> int:
-        """Reduction length of one output element."""
-        return self.Cg * self.kh * self.kw
-
-    @property
-    def out_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.O, self.Ho, self.Wo)
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.N * self.O * self.Ho * self.Wo * self.K
-
-
-def dgrad_as_forward(p: ConvParams) -> ConvParams | None:
-    """The forward convolution whose result is conv2d's grad_x, for stride 1 (else None).
-
-    grad_x = conv2d(grad_y, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j],
-    padded by the dilated kernel extent minus 1 minus the forward padding (None when the
-    forward padding exceeds that: some outputs then read no input at all).
-    """
-    if p.stride != (1, 1):
-        return None
-    ekh, ekw = p.dilation[0] * (p.kh - 1) + 1, p.dilation[1] * (p.kw - 1) + 1
-    pt, pb, pl, pr = p.pad
-    pad = (ekh - 1 - pt, ekh - 1 - pb, ekw - 1 - pl, ekw - 1 - pr)
-    if min(pad) < 0:
-        return None
-    return ConvParams(p.N, p.O, p.Ho, p.Wo, p.C, p.kh, p.kw, p.groups, (1, 1), p.dilation, pad, p.H, p.W)
 
 
 class Device(abc.ABC):
@@ -168,8 +107,26 @@ class Device(abc.ABC):
             out.append(time.perf_counter() - t0)
         return out
 
+    peak_method: str = ""  # how peak_gflops() gets its figure, for reports
+
+    def peak_gflops(self, dtype: np.dtype) -> float | None:
+        """This device's peak multiply-add rate in GFLOP/s for ``dtype``, or None if unknown.
+
+        The benchmark divides measured GFLOP/s by it; ``peak_method`` says where it comes from.
+        """
+        return None
+
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A page-locked host array for fast transfers, or None if the backend has none."""
+        return None
+
+    def download_into(self, data: Any, out: np.ndarray) -> None:
+        """Copy device data into ``out`` (same shape and dtype; e.g. a pinned_empty array)."""
+        np.copyto(out, self.download(data))
+
+    def stager(self, slots: int) -> Any | None:
+        """The uploader xdev.prefetch's background thread uses (protocol in xdev/_prefetch.py),
+        with ``slots`` reusable staging buffers; None: a plain upload in that thread."""
         return None
 
     def unavailable_reason(self, algorithm: str) -> str | None:

@@ -9,6 +9,7 @@ import xdev
 from reference import conv2d_backward_ref, conv2d_ref
 from strategies import conv_cases, supported_dtypes, values
 from test_conv2d import put_x
+from availability import require
 from tolerance import assert_agrees, backward_K
 
 ALL = ("x", "w", "bias")
@@ -139,8 +140,6 @@ def test_conv2d_backward_errors(device):
 
 def test_opencl_backward_blocks_and_chunks(monkeypatch):
     """OpenCL gemm: image blocks (partial grad_w added up), reduction chunks, strided grad_x."""
-    from conftest import require
-
     dev = require("opencl")
     import xdev.backends.opencl.backward as bw
 
@@ -160,7 +159,7 @@ def test_grad_x_as_forward_convolution(device, padding, dilation):
                 groups=2, algorithm="gemm", layout="nhwc", seed=9)
     if device.backend == "opencl":
         import xdev.backends.opencl.backward as bw
-        from xdev._shapes import conv_params
+        from xdev.contract import conv_params
 
         assert bw._dgrad_forward_pays(conv_params(case["x_shape"], case["w_shape"], None, 1, padding, dilation, 2))
     for dt in supported_dtypes(device):
