@@ -269,9 +269,11 @@ def trivial_backward(xp: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool
 
 
 def run_gemm_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool,
-                      budget: int = COLS_BUDGET_BYTES) -> tuple[Any, Any]:
+                      budget: int = COLS_BUDGET_BYTES, matmul: Any = None) -> tuple[Any, Any]:
     """grad_w = sum over images of gy @ cols^T (im2col.cu + batched GEMM); grad_x = col2im.cu of
-    W^T @ gy. float16 computes in float32 and rounds once at the end."""
+    W^T @ gy. float16 computes in float32 and rounds once at the end. ``matmul(a, b, out=...)``
+    is the GEMM: the device's own cuBLAS call (numpy's in the tests)."""
+    mm = xp.matmul if matmul is None else matmul
     dt = x.dtype
     acc = ACC_NAME[dt.name]
     G, Og, K, Wo = p.groups, p.O // p.groups, p.K, p.Wo
@@ -287,10 +289,13 @@ def run_gemm_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, nee
             cols = xp.empty((blk.nb, G, K, L), dt)
             launch(im2col_launch(p, dt.name, xs, blk, K), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
             cols = cols.astype(acc, copy=False)
-            gw_acc += xp.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+            part = xp.empty((blk.nb, G, Og, K), acc)
+            mm(g, cols.transpose(0, 1, 3, 2), out=part)
+            gw_acc += part.sum(axis=0)
             del cols
         if need_x:
-            dcols = xp.ascontiguousarray(xp.matmul(wT, g))  # (nb, G, K, L)
+            dcols = xp.empty((blk.nb, G, K, L), acc)
+            mm(wT, g, out=dcols)
             launch(col2im_launch(p, acc, blk), {"dcols": dcols, "gx": gx_acc[blk.n0 : blk.n0 + blk.nb]})
             del dcols
     gx = gx_acc.astype(dt, copy=False) if need_x else None

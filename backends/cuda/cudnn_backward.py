@@ -1,9 +1,10 @@
 """conv2d backward through cuDNN's frontend: one dgrad graph (grad_x) and one wgrad graph (grad_w).
 
-The numeric rules and plan choice are the forward pass's (cudnn_conv.py): heuristics mode A
-then FALLBACK, the first plan that builds; engines that round inputs down (TF32, float16
-down-conversion), reduce in lower precision, or use Winograd/FFT are deselected unless
-``XDEV_CUDA_TF32=1`` / ``XDEV_CUDNN_FAST=1`` opt in. Tensors are packed NCHW; asymmetric
+The numeric rules are the forward pass's (cudnn_tune.deselected_notes): engines that round
+inputs down (TF32, float16 down-conversion), reduce in lower precision, or use Winograd/FFT
+are deselected unless ``XDEV_CUDA_TF32=1`` / ``XDEV_CUDNN_FAST=1`` opt in. The plan is the
+heuristics' first (modes A then FALLBACK) that builds, as the forward pass chooses without
+autotuning; the forward's timed autotuning and disk cache are not applied to dgrad/wgrad yet. Tensors are packed NCHW; asymmetric
 padding is pre/post padding; groups come from the weight's C/groups dimension. float16 that
 cuDNN cannot do with float accumulation is computed in float32 and rounded once.
 """
@@ -20,7 +21,8 @@ import numpy as np
 from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
 from xdev.contract import env
 
-from .cudnn_conv import CudnnUnsupported, _aligned_contiguous, frontend
+from . import cudnn_tune
+from .cudnn_conv import CudnnUnsupported, frontend
 _CACHE_SIZE = 128
 
 
@@ -32,16 +34,20 @@ def _contig(shape) -> list[int]:
     return out[::-1]
 
 
-def deselected_notes(mod: Any, dt: np.dtype, tf32: bool) -> list[Any]:
-    """The numerical notes xdev refuses for ``dt`` (the forward pass's rule, cudnn_conv.py)."""
-    notes = ["REDUCED_PRECISION_REDUCTION"]
-    if not (dt == _F32 and tf32):
-        notes.append("DOWN_CONVERT_INPUTS")
-        if dt == _F32:
-            notes.append("TENSOR_CORE")
-    if not env.cudnn_fast():
-        notes += ["WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13", "FFT"]
-    return [getattr(mod.numerical_note, n) for n in notes if hasattr(mod.numerical_note, n)]
+def _aligned_contiguous(a: Any) -> Any:
+    """a when C-contiguous and 16-byte aligned (cuDNN's vectorized engines need it), else a copy."""
+    if a.flags.c_contiguous and a.data.ptr % 16 == 0:
+        return a
+    return a.copy()
+
+
+def deselected_notes(mod: Any, dt: np.dtype, p: Any, tf32: bool) -> list[Any]:
+    """The numerical notes xdev refuses: the forward pass's rule (cudnn_tune.deselected_notes)."""
+    spec = cudnn_tune.ConvSpec(
+        dtype=dt.name, xshape=(p.N, p.C, p.H, p.W), x_layout="nchw", wshape=(p.O, p.Cg, p.kh, p.kw),
+        stride=tuple(p.stride), dilation=tuple(p.dilation), pad=tuple(p.pad), out_hw=(p.Ho, p.Wo),
+        has_bias=False, tf32=tf32, fast=env.cudnn_fast())
+    return [getattr(mod.numerical_note, n) for n in cudnn_tune.deselected_notes(spec) if hasattr(mod.numerical_note, n)]
 
 
 class CudnnBackward:
@@ -82,7 +88,7 @@ class CudnnBackward:
         g.validate()
         g.build_operation_graph()
         g.create_execution_plans([mod.heur_mode.A, mod.heur_mode.FALLBACK])
-        g.deselect_numeric_notes(deselected_notes(mod, dt, self._tf32()))
+        g.deselect_numeric_notes(deselected_notes(mod, dt, p, self._tf32()))
         g.check_support()
         g.build_plans()
         workspace = cupy.empty(max(int(g.get_workspace_size()), 1), dtype=np.uint8)

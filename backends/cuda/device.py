@@ -489,40 +489,48 @@ class CudaDevice(Device):
     def conv2d_backward(
         self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str], algorithm: str
     ) -> tuple[Any, Any, Any, str]:
+        try:
+            with self._cp:
+                return self._conv2d_backward(grad_y, x, w, p, needs, algorithm)
+        except Exception as e:
+            err = self._translate(e, lambda: f"running conv2d_backward ({algorithm}) on x {tuple(x.shape)} with w "
+                                             f"{tuple(w.shape)} ({x.dtype})")
+            if err is e:
+                raise
+            raise err from e
+
+    def _conv2d_backward(self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str],
+                         algorithm: str) -> tuple[Any, Any, Any, str]:
         algo = algorithm  # xdev._ops has checked it against conv_algorithms
         if algo == "auto":
             algo = "cudnn" if "cudnn" in self.conv_algorithms else "gemm"
         need_x, need_w = "x" in needs, "w" in needs
-        what = f"running conv2d_backward ({algo}) on x {tuple(x.shape)} with w {tuple(w.shape)} ({x.dtype})"
-        with self._guard(what), _blas_mode(x.dtype, self._cc_int):
-            gb = _plan.grad_bias(cupy, grad_y) if "bias" in needs else None
-            trivial = _plan.trivial_backward(cupy, x, w, p, need_x, need_w)
-            if trivial is not None or not (need_x or need_w):
-                return (*(trivial or (None, None)), gb, algo)
-            if algo == "cudnn":
-                from .cudnn_backward import CudnnBackward
+        gb = _plan.grad_bias(cupy, grad_y) if "bias" in needs else None
+        trivial = _plan.trivial_backward(cupy, x, w, p, need_x, need_w)
+        if trivial is not None or not (need_x or need_w):
+            return (*(trivial or (None, None)), gb, algo)
+        if algo == "cudnn":
+            from .cudnn_backward import CudnnBackward
 
-                if self._cudnn_bwd is None:
-                    self._cudnn_bwd = CudnnBackward(self.index, self.cc)
-                try:
-                    return (*self._cudnn_bwd.backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
-                except CudnnUnsupported as e:
-                    if algorithm != "auto":
-                        raise ValueError(
-                            f"cuDNN cannot run this convolution's backward pass on {self.key} under xdev's "
-                            f"numeric rules (x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride "
-                            f"{p.stride}, padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; "
-                            f"use algorithm='gemm' or 'direct'"
-                        ) from None
-                    algo = "gemm"
-            run = _plan.run_gemm_backward if algo == "gemm" else _plan.run_direct_backward
-            return (*run(cupy, self._launch, grad_y, x, w, p, need_x, need_w), gb, algo)
-
-    peak_method = "estimate: SMs x lanes x 2 x max clock"
-
-    def peak_gflops(self, dtype: np.dtype = F32) -> float | None:
-        """Estimated from the SM count and maximum clock (see info()['peak_gflops_est'])."""
-        return self.info().get("peak_gflops_est", {}).get(np.dtype(dtype).name)
+            if self._cudnn_bwd is None:
+                self._cudnn_bwd = CudnnBackward(self.index, self.cc)
+            try:
+                return (*self._cudnn_bwd.backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
+            except CudnnUnsupported as e:
+                if algorithm != "auto":
+                    raise ValueError(
+                        f"cuDNN cannot run this convolution's backward pass on {self.key} under xdev's "
+                        f"numeric rules (x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride "
+                        f"{p.stride}, padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; "
+                        f"use algorithm='gemm' or 'direct'"
+                    ) from None
+                algo = "gemm"
+        if algo == "gemm":
+            gx, gw = _plan.run_gemm_backward(cupy, self._launch, grad_y, x, w, p, need_x, need_w,
+                                             matmul=self._gemm_out)
+        else:
+            gx, gw = _plan.run_direct_backward(cupy, self._launch, grad_y, x, w, p, need_x, need_w)
+        return gx, gw, gb, algo
 
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
         self.kernels.launch(plan, arrays)
