@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -15,9 +14,6 @@ from . import _plan, kernels, staging
 from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
 ALGORITHMS = ("cudnn", "gemm", "direct")
-
-_lock = threading.Lock()
-_DEVICES: dict[int, "CudaDevice"] = {}
 
 
 def _cupy_label() -> str:
@@ -83,11 +79,7 @@ def open_device(selector: str | None) -> "CudaDevice":
         index = int(sel)
     else:
         raise ValueError(f"there is no CUDA device 'cuda:{sel}'; valid devices: {valid}")
-    with _lock:
-        dev = _DEVICES.get(index)
-        if dev is None:
-            dev = _DEVICES[index] = CudaDevice(index)
-    return dev
+    return CudaDevice(index)  # the registry keeps one per key ('cuda' and 'cuda:0' are one)
 
 
 # ---- cuBLAS numerics: TF32 only when asked for ------------------------------------------------
