@@ -9,7 +9,7 @@ import os as _os
 # the repository root, or from a non-editable install shadowed by it) backends/ sits beside
 # xdev/: let the package look there too, so `import xdev.backends` works either way.
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.path.isdir(
+if _os.path.isfile(_os.path.join(_checkout, "backends", "numpy", "device.py")) and not _os.path.isdir(
     _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")
 ):
     __path__.append(_checkout)  # noqa: F821 (the package's own __path__)
