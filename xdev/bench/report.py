@@ -60,7 +60,8 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
                    "vs NumPy", "build s"])
         for r in conv:
             style = "bold" if r["layer"] == "total" else None
-            t.add_row(r["device"], r["algorithm"], r["layer"], r.get("geometry", ""),
+            algo = r["algorithm"] + (f" ({r['numerics']})" if r.get("numerics") else "")
+            t.add_row(r["device"], escape(algo), r["layer"], r.get("geometry", ""),
                       _ms(r["median_s"]), _ms(r["spread_s"]),
                       _f(r["gflops"], ".1f"), _f(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
                       _f(r["speedup_vs_numpy"], ".2f"), _f(r["build_s"], ".2f"), style=style)

@@ -69,8 +69,11 @@ def conv_row(dev, s: Settings, layer: ConvLayer, algorithm: str) -> dict[str, An
     b = xdev.asarray(_rand((layer.O,), s.dtype, 5), backend=dev.key)
     ran = xdev.conv2d(x, w, b, padding=1, algorithm=algorithm).algorithm
     t = _time(dev, lambda: xdev.conv2d(x, w, b, padding=1, algorithm=algorithm), s)
+    # CUDA rows say what numerics ran: strict float32, TF32 or float16; Winograd/FFT; layout.
+    numerics = getattr(dev, "conv_numerics", None)
+    extra = numerics(ran, s.dtype) if numerics is not None else {}
     return _row(dev, s, "conv2d", layer.shape, ran, t, layer.flops, layer=layer.name, batch=layer.N,
-                geometry=f"{layer.C}>{layer.O}@{layer.H}")
+                geometry=f"{layer.C}>{layer.O}@{layer.H}", **extra)
 
 
 def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
@@ -79,8 +82,9 @@ def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
                min(r["repeats"] for r in rows), sum(r["build_s"] for r in rows),
                sum(r["first_call_s"] for r in rows))
     flops = sum(r["flops"] for r in rows)
+    extra = {k: rows[0][k] for k in ("numerics", "numeric_mode", "winograd_fft_allowed", "layout") if k in rows[0]}
     return _row(dev, s, "conv2d", "VGG-16 conv layers", rows[0]["algorithm"], t, flops,
-                layer="total", batch=rows[0]["batch"])
+                layer="total", batch=rows[0]["batch"], **extra)
 
 
 def transfer_rows(dev, s: Settings, nbytes: int) -> list[dict[str, Any]]:
