@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
     p.add_argument("--reset", action="store_true", help="forget this device's tuned parameters")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not store")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="time limit of the GPU kernel family's search (default 180)")
     a = p.parse_args(argv)
     if not a.device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forgot tuned parameters of {dev.key} ({dev.name}) in {path}")
         return 0
     print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
-    found = autotune.tune(dev, quick=a.quick)
+    found = autotune.tune(dev, quick=a.quick, budget_s=a.budget)
     print("best:", json.dumps(found))
     if not a.dry_run:
         print(f"stored in {autotune.save(dev, found)}")

@@ -54,6 +54,13 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
             sizes = [int(s) for s in a.sizes.split(",")]
         for n in sizes:
             steps.append((f"matmul {n}", lambda n=n: [matmul_row(dev, a.settings, n, n, n, "square")]))
+        from .clblast_rows import clblast_row, clblast_unavailable
+
+        # GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3).
+        if (dev.backend == "opencl" and not dev.is_cpu and clblast_unavailable(dev) is None
+                and a.settings.dtype.name in ("float32", "float64")):
+            for n in sizes:
+                steps.append((f"matmul {n} clblast", lambda n=n: [clblast_row(dev, a.settings, n, n, n)]))
         M, K, N = wl.SKINNY_QUICK if (a.quick or a.sizes) else wl.SKINNY
         steps.append((f"matmul {M}x{K}x{N}", lambda: [matmul_row(dev, a.settings, M, K, N, "skinny")]))
     if "conv2d" in a.ops:
