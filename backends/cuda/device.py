@@ -17,9 +17,6 @@ from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
-_lock = threading.Lock()
-_DEVICES: dict[int, "CudaDevice"] = {}
-
 
 def _cupy_label() -> str:
     return f"CuPy {cupy.__version__}"
@@ -84,11 +81,7 @@ def open_device(selector: str | None) -> "CudaDevice":
         index = int(sel)
     else:
         raise ValueError(f"there is no CUDA device 'cuda:{sel}'; valid devices: {valid}")
-    with _lock:
-        dev = _DEVICES.get(index)
-        if dev is None:
-            dev = _DEVICES[index] = CudaDevice(index)
-    return dev
+    return CudaDevice(index)  # the registry keeps one per key ('cuda' and 'cuda:0' are one)
 
 
 # ---- cuBLAS: xdev's own handle and GEMM calls, the compute type in each call -------------------
