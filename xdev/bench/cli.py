@@ -15,14 +15,17 @@ from . import pipeline
 from . import workloads as wl
 from .run import Settings, add_speedups, conv_row, conv_total, matmul_row, roundtrip_rows, transfer_rows
 
-OPS = ("matmul", "conv2d", "transfer", "pipeline")
+OPS = ("matmul", "conv2d", "transfer", "pipeline", "backward")
+DEFAULT_OPS = ("matmul", "conv2d", "transfer", "pipeline")  # backward (training) is opt-in: it triples the conv time
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__)
     p.add_argument("--backends",
                    help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
-    p.add_argument("--ops", default=",".join(OPS), help="comma-separated: matmul, conv2d, transfer, pipeline (default: all)")
+    p.add_argument("--ops", default=",".join(DEFAULT_OPS),
+                   help="comma-separated: matmul, conv2d, transfer, pipeline, backward (VGG-16 forward + backward "
+                        "passes interleaved; default: matmul,conv2d,transfer,pipeline)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
@@ -75,6 +78,12 @@ def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
                     acc.append(row)
                     return [row] + ([conv_total(acc, dev, a.settings)] if last else [])
                 steps.append((f"conv2d {algo} {layer.name}", step))
+    if "backward" in a.ops:
+        from . import backward
+
+        batch = a.batch or (1 if dev.is_cpu else 16)
+        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
+        steps += backward.steps(dev, a.settings, wl.vgg16(batch, a.image), algos)
     if "transfer" in a.ops:
         for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
             steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)
@@ -162,12 +171,23 @@ def main(argv: list[str] | None = None) -> int:
             progress.update(task, description=f"{dev.key}: {label}")
             results.extend(fn())
             progress.advance(task)
+    for r in results:
+        if r["op"] == "conv2d":
+            r.setdefault("pass", "forward")
     add_speedups(results)
     report.tables(console, results)
     pipeline.table(console, results)
+    if "backward" in a.ops:
+        from . import backward
+
+        backward.tables(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     doc = {"machine": doc_machine, "config": {k: v for k, v in vars(a).items() if k != "settings"},
            "skipped": skipped, "published": wl.PUBLISHED, "results": results}
+    if "backward" in a.ops:
+        from .backward import PUBLISHED_TRAIN
+
+        doc["published_train"] = PUBLISHED_TRAIN
     if a.json:
         report.write_json(a.json, doc)
         console.print(f"wrote {a.json}")
