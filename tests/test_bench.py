@@ -333,3 +333,35 @@ def test_verdicts_on_a_gpu_run():
 def test_cli_rejects_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "--ops", "fft"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown op(s) fft" in r.stderr
+
+
+class TuneDevice:
+    """dev.params[key]["MR"] decides how long a call 'takes'; noise is deterministic."""
+    def __init__(self, speed, jitter):
+        self.params = {"gemm": {"MR": 12, "NV": 2}}
+        self.speed, self.jitter, self.n = speed, jitter, 0
+
+    def synchronize(self):
+        pass
+
+    def elapsed(self, fn, repeat):
+        self.n += 1
+        base = self.speed[self.params["gemm"]["MR"]]
+        return [base * (1 + self.jitter * (self.n % 3 - 1))] * repeat
+
+
+def test_tune_stores_only_a_winner_beyond_noise():
+    from xdev.backends.opencl.tune import pick
+
+    default = {"MR": 12, "NV": 2}
+    cands = [{"MR": 8, "NV": 2}, {"MR": 12, "NV": 2}]  # the default among them is measured once
+    lines = []
+    dev = TuneDevice({12: 1.0, 8: 0.5}, jitter=0.01)
+    assert pick(dev, "gemm", lambda: None, cands, default, 5, lines.append) == {"MR": 8, "NV": 2}
+    assert dev.params["gemm"]["MR"] == 8 and "beyond noise" in lines[-1]
+    assert sum("median" in ln and "spread" in ln for ln in lines) == 2
+    assert any("built-in default, the baseline" in ln for ln in lines)
+    lines.clear()
+    dev = TuneDevice({12: 1.0, 8: 0.97}, jitter=0.1)  # 3% faster, 10% jitter: a fluke
+    assert pick(dev, "gemm", lambda: None, cands, default, 5, lines.append) is None
+    assert dev.params["gemm"] == default and "within noise" in lines[-1]

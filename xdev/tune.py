@@ -33,11 +33,21 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(data, indent=2, sort_keys=True))
         print(f"forgot tuned parameters of {dev.key} ({dev.name}) in {path}")
         return 0
-    print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
+    print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family); each candidate's median and "
+          "spread, interleaved with the built-in default")
     found = tune.tune(dev, quick=a.quick)
-    print("best:", json.dumps(found))
-    if not a.dry_run:
+    print("chosen (beat the default beyond noise):", json.dumps(found) if found else "none")
+    if a.dry_run:
+        return 0
+    if found:
         print(f"stored in {tune.save(dev, found)}")
+    else:
+        # Nothing beat the default: forget older tuned values too, so the default is used.
+        data = tuning.load_all()
+        if data.pop(tuning.device_id(dev), None) is not None:
+            tuning.cache_file().write_text(json.dumps(data, indent=2, sort_keys=True))
+            print(f"removed earlier tuned parameters of {dev.key} from {tuning.cache_file()}")
+        print("nothing stored: the built-in defaults stay in use")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Measure a handful of kernel parameter sets on one OpenCL device and keep the fastest."""
+"""Measure kernel parameter sets on one OpenCL device against the built-in default; keep a winner beyond noise."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,10 +10,58 @@ import xdev
 from . import tuning
 
 
-def _time(dev, fn: Callable[[], Any], repeat: int) -> float:
-    fn()
-    dev.synchronize()
-    return float(np.median(dev.elapsed(fn, repeat)))
+def pick(dev, key: str, run: Callable[[], Any], candidates: list[dict[str, Any]], default: dict[str, Any],
+         rounds: int, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Time the built-in default and every candidate for dev.params[key], interleaved.
+
+    Each candidate is built and run once untimed; then ``rounds`` rounds run every
+    candidate once, in alternating order, so load drift hits all alike. Each line shows
+    the median and interquartile range. Returns the fastest candidate only when it beats
+    the default beyond noise (its median + IQR/2 below the default's median - IQR/2);
+    otherwise None: the default stays, and a run-to-run fluke is never stored.
+    """
+    entries = [("default", dict(default))] + [("", c) for c in candidates if {**default, **c} != default]
+    live: list[tuple[str, dict[str, Any]]] = []
+    for tag, cand in entries:
+        dev.params[key] = {**default, **cand}
+        try:
+            run()
+            dev.synchronize()
+        except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
+            log(f"{key} {_fmt(cand)}: failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+            if tag == "default":
+                raise
+            continue
+        live.append((tag, cand))
+    samples: list[list[float]] = [[] for _ in live]
+    for r in range(rounds):
+        order = list(range(len(live))) if r % 2 == 0 else list(range(len(live)))[::-1]
+        for i in order:
+            dev.params[key] = {**default, **live[i][1]}
+            samples[i].extend(dev.elapsed(run, 1))
+    stats = []
+    for (tag, cand), t in zip(live, samples):
+        q1, med, q3 = (float(x) for x in np.percentile(t, [25, 50, 75]))
+        stats.append((med, q3 - q1, tag, cand))
+        log(f"{key} {_fmt(cand)}: median {med * 1e3:8.3f} ms  spread {(q3 - q1) * 1e3:6.3f} ms"
+            + ("  (built-in default, the baseline)" if tag == "default" else ""))
+    base = stats[0]
+    best = min(stats, key=lambda s: s[0])
+    dev.params[key] = {**default}
+    if best[2] == "default":
+        log(f"{key}: the built-in default is fastest; nothing stored")
+        return None
+    if best[0] + best[1] / 2 >= base[0] - base[1] / 2:
+        log(f"{key}: {_fmt(best[3])} is {base[0] / best[0]:.2f}x the default but within noise; "
+            "keeping the default")
+        return None
+    log(f"{key}: {_fmt(best[3])} beats the default beyond noise ({base[0] / best[0]:.2f}x); chosen")
+    dev.params[key] = {**default, **best[3]}
+    return best[3]
+
+
+def _fmt(cand: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in cand.items())
 
 
 def cpu_candidates(vw: int) -> list[tuple[int, int]]:
@@ -37,9 +85,9 @@ def gpu_candidates(dev) -> list[dict[str, int]]:
 
 
 def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure candidates for GEMM and conv on `dev`; returns the parameters to store."""
+    """Measure candidates for GEMM and conv on `dev` against the built-in defaults; returns
+    the parameters to store: only those that beat the default beyond noise."""
     saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dev.params.items()}
-    repeat = 3 if quick else 5
     n = 512 if quick else 1024
     rng = np.random.default_rng(0)
     a = xdev.asarray(rng.standard_normal((n, n), dtype=np.float32), backend=dev.key)
@@ -56,36 +104,22 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
     def convs():
         return [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in]
 
+    builtin = tuning.defaults(dev)
+    rounds = 5 if quick else 7
     try:
         dev.params["small_work"] = 0
         if dev.family == "cpu":
             vw = dev.params["gemm"]["VW"]
             for key, run in (("gemm", gemm), ("conv", convs)):
-                best = None
-                for mr, nv in cpu_candidates(vw):
-                    dev.params[key] = {**saved[key], "MR": mr, "NV": nv}
-                    t = _time(dev, run, repeat)
-                    log(f"{key} MR={mr:2d} NV={nv}: {t * 1e3:8.3f} ms")
-                    if best is None or t < best[0]:
-                        best = (t, {"MR": mr, "NV": nv})
-                found[key] = best[1]
-                dev.params[key] = {**saved[key], **best[1]}
+                cands = [{"MR": mr, "NV": nv} for mr, nv in cpu_candidates(vw)]
+                choice = pick(dev, key, run, cands, builtin[key], rounds, log)
+                if choice is not None:
+                    found[key] = choice
         else:
             for key, run in (("gemm_gpu", gemm), ("conv_gpu", convs)):
-                best = None
-                for cand in gpu_candidates(dev):
-                    dev.params[key] = cand
-                    try:
-                        t = _time(dev, run, repeat)
-                    except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
-                        log(f"{key} {cand}: failed ({str(e).splitlines()[0]})")
-                        continue
-                    log(f"{key} {cand}: {t * 1e3:8.3f} ms")
-                    if best is None or t < best[0]:
-                        best = (t, cand)
-                if best:
-                    found[key] = best[1]
-                    dev.params[key] = best[1]
+                choice = pick(dev, key, run, gpu_candidates(dev), builtin[key], rounds, log)
+                if choice is not None:
+                    found[key] = choice
     finally:
         dev.params["small_work"] = saved["small_work"]
     return found

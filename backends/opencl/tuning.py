@@ -65,7 +65,7 @@ def load_all() -> dict[str, Any]:
 def params_for(dev) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
-    if isinstance(tuned, dict):
+    if isinstance(tuned, dict) and tuned:
         for k, v in tuned.items():
             if isinstance(v, dict) and isinstance(params.get(k), dict):
                 params[k] = {**params[k], **v}
