@@ -251,7 +251,7 @@ def test_adaptive_repeats_stop_on_spread_target_and_on_time():
 
 def test_ratio_spread_and_within_noise():
     r, sp, noisy = noise.ratio(2.0, 0.1, 1.0, 0.05)
-    assert r == pytest.approx(2.0) and sp == pytest.approx(2.0 * (0.05**2 + 0.05**2) ** 0.5)
+    assert r == pytest.approx(2.0) and sp == pytest.approx(2.0 * (0.025**2 + 0.025**2) ** 0.5)
     assert noisy is False
     assert noise.ratio(1.0, 0.2, 1.05, 0.2)[2] is True
     assert noise.fmt_ratio(1.0, 0.1, True).endswith("~")

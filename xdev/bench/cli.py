@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report.tables(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     report.summary(console, results, load)
-    report.verdicts(console, found)
+    report.verdicts(console, found, load)
     doc = {"schema": SCHEMA, "run": run_block(args, load), "machine": doc_machine,
            "config": {k: v for k, v in vars(a).items() if k not in ("settings", "devices")},
            "skipped": skipped, "published": wl.PUBLISHED, "verdicts": found, "results": results}

@@ -114,10 +114,11 @@ def overlaps(med_a: float, spread_a: float, med_b: float, spread_b: float) -> bo
 def ratio(base_med: float, base_spread: float, med: float, spread: float) -> tuple[float, float, bool]:
     """Throughput of (med) relative to (base_med): base/med, its spread, within noise?
 
-    Relative spreads add in quadrature (a first-order propagation of both IQRs).
+    The ratio's spread is a half-width, like each timing's interval median +- IQR/2: the
+    two relative half-widths added in quadrature (first-order error propagation).
     """
     r = base_med / med
-    rel = ((base_spread / base_med) ** 2 + (spread / med) ** 2) ** 0.5
+    rel = ((base_spread / 2 / base_med) ** 2 + (spread / 2 / med) ** 2) ** 0.5
     return r, r * rel, overlaps(base_med, base_spread, med, spread)
 
 

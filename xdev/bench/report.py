@@ -162,9 +162,10 @@ def summary(console: Console, results: list[dict[str, Any]], load: dict[str, Any
                       "trustworthy; rerun on a quiet machine")
 
 
-def verdicts(console: Console, found: list[dict[str, Any]]) -> None:
+def verdicts(console: Console, found: list[dict[str, Any]], load: dict[str, Any] | None = None) -> None:
     """The lecture's claims, one verdict each: printed last."""
-    console.print("[bold]The lecture's claims, measured here[/bold] (docs/lecture.md)")
+    busy = " [yellow](on a busy machine: see the warnings above)[/yellow]" if load and load.get("warnings") else ""
+    console.print(f"[bold]The lecture's claims, measured here[/bold] (docs/lecture.md){busy}")
     colour = {"supported": "green", "contradicted": "red", "within noise": "yellow", "mixed": "yellow",
               "untested": "dim"}
     for v in found:

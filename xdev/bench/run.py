@@ -217,8 +217,8 @@ def roundtrip_case(s: Settings, n: int):
             # compute alone, i.e. the difference is noise; the flag says so.
             share = 1.0 - compute.median_s / full.median_s
             noise = overlaps(compute.median_s, compute.spread_s, full.median_s, full.spread_s)
-            share_spread = (compute.median_s / full.median_s) * (
-                (compute.spread_s / compute.median_s) ** 2 + (full.spread_s / full.median_s) ** 2) ** 0.5
+            share_spread = (compute.median_s / full.median_s) * (  # a half-width, as ratio() gives
+                (compute.spread_s / 2 / compute.median_s) ** 2 + (full.spread_s / 2 / full.median_s) ** 2) ** 0.5
             return [
                 _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "compute only", compute, flops, transfer_share=0.0),
                 _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "upload+compute+download", full, flops,

@@ -28,8 +28,11 @@ def _num(what: str, base: dict[str, Any], other: dict[str, Any], per: str = "") 
         bm, bs = bm / base["batch"], bs / base["batch"]
         om, os_ = om / other["batch"], os_ / other["batch"]
     r, sp, noise = ratio(bm, bs, om, os_)
-    return {"what": what, "ratio": r, "spread": sp, "within_noise": noise,
-            "a": f"{base['device']} {base['algorithm']}", "b": f"{other['device']} {other['algorithm']}"}
+
+    def label(row: dict[str, Any]) -> str:  # "numpy", "opencl:0:0 gemm"
+        same = row["algorithm"] in (row["device"].split(":")[0], "cuBLAS")
+        return row["device"] if same else f"{row['device']} {row['algorithm']}"
+    return {"what": what, "ratio": r, "spread": sp, "within_noise": noise, "a": label(base), "b": label(other)}
 
 
 def _status(nums: list[dict[str, Any]], expect_above_one: bool = True) -> str:
@@ -154,7 +157,7 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
                          "on_gpu": dev in gpus})
     if not nums:
         out.append({"claim": 4, "says": CLAIMS[4], "status": "untested", "summary": "the run has no round trips "
-                    "(--ops transfer)", "numbers": [], "reason": "no round trips measured"})
+                    "(--ops transfer)", "numbers": [], "reason": "the run has no round trips (--ops transfer)"})
     else:
         gpu_shares = [n for n in nums if n["on_gpu"]]
         text = "; ".join(f"{n['what']}: {100 * n['share']:.0f}%±{min(100, 100 * (n['spread'] or 0)):.0f}"
