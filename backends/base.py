@@ -146,6 +146,15 @@ class Device(abc.ABC):
         """A page-locked host array for fast transfers, or None if the backend has none."""
         return None
 
+    def download_into(self, data: Any, out: np.ndarray) -> None:
+        """Copy device data into ``out`` (same shape and dtype; e.g. a pinned_empty array)."""
+        np.copyto(out, self.download(data))
+
+    def stager(self, slots: int) -> Any | None:
+        """The uploader xdev.prefetch's background thread uses (protocol in xdev/_prefetch.py),
+        with ``slots`` reusable staging buffers; None: a plain upload in that thread."""
+        return None
+
     def unavailable_reason(self, algorithm: str) -> str | None:
         """Why a conv2d algorithm known to this backend cannot run here (e.g. a missing extra)."""
         return None

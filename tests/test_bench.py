@@ -56,11 +56,12 @@ def quick_run(tmp_path_factory):
 def test_cli_quick_runs_and_prints_tables(quick_run):
     r, out, backends = quick_run
     assert r.returncode == 0, r.stderr[-3000:]
-    for title in ("matmul", "VGG-16", "transfers", "The lecture's table"):
+    for title in ("matmul", "VGG-16", "transfers", "The lecture's table", "pipeline (claim 4)"):
         assert title in r.stdout
     assert (out / "r.png").stat().st_size > 10_000
+    assert (out / "r-pipeline.png").stat().st_size > 10_000
     # Piped output: one plain progress line per finished section.
-    for section in ("matmul", "conv2d", "transfer"):
+    for section in ("matmul", "conv2d", "transfer", "pipeline"):
         assert f"finished {section}:" in r.stdout
     if "opencl" in backends:  # first use of the OpenCL device is announced
         assert "building opencl kernels for" in r.stdout
@@ -83,7 +84,8 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     for row in rows:
         for key, typ in REQUIRED_KEYS.items():
             assert isinstance(row[key], typ), (key, row)
-        assert row["median_s"] > 0 and row["spread_s"] >= 0 and row["repeats"] == 2
+        # Pipeline rows count the steps of whole epochs instead of --repeat.
+        assert row["median_s"] > 0 and row["spread_s"] >= 0 and (row["repeats"] == 2 or row["op"] == "pipeline")
         assert "gflops" in row and "peak_fraction" in row and "speedup_vs_numpy" in row
         if row["flops"]:
             assert row["gflops"] == pytest.approx(row["flops"] / row["median_s"] / 1e9)
@@ -365,3 +367,27 @@ def test_tune_stores_only_a_winner_beyond_noise():
     dev = TuneDevice({12: 1.0, 8: 0.97}, jitter=0.1)  # 3% faster, 10% jitter: a fluke
     assert pick(dev, "gemm", lambda: None, cands, default, 5, lines.append) is None
     assert dev.params["gemm"] == default and "within noise" in lines[-1]
+
+
+def test_cli_pipeline_rows(quick_run):
+    r, out, backends = quick_run
+    doc = json.loads((out / "r.json").read_text())
+    for backend in backends:
+        rows = {x["stage"]: x for x in doc["results"] if x["op"] == "pipeline" and x["backend"] == backend}
+        assert set(rows) == {"disk read cold", "disk read warm", "upload", "compute", "serial step",
+                             "prefetched step"}, backend
+        pre = rows["prefetched step"]
+        assert pre["batch_shape"] == "8x3x16x16" and pre["layers"] == "conv1_1"
+        assert pre["flops"] == rows["compute"]["flops"] == 2 * 8 * 64 * 16 * 16 * 27
+        stages = {k: rows[k]["median_s"] for k in ("disk read cold", "upload", "compute")}
+        assert pre["slowest_stage"] == max(stages, key=stages.get)
+        assert pre["efficiency"] == pytest.approx(max(stages.values()) / pre["median_s"])
+        assert pre["speedup"] == pytest.approx(rows["serial step"]["median_s"] / pre["median_s"])
+        assert set(pre["timeline"]) == {"serial", "prefetched"}
+        lanes = {span[0] for span in pre["timeline"]["prefetched"]}
+        assert lanes == {"disk read", "upload", "compute"}
+        assert pre["cold"] or pre["cold_note"]  # cold, or says why not
+    pinned = [x for x in doc["results"] if x["op"] == "transfer" and x["algorithm"] == "device-to-host pinned"]
+    staged = [x for x in doc["results"] if x["algorithm"] == "host-to-device pageable, staged"]
+    if "opencl" in backends:
+        assert pinned and staged

@@ -16,7 +16,9 @@ if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.
 
 from ._array import Array  # noqa: E402
 from ._config import get_backend, set_backend, use_backend
+from ._disk import drop_page_cache, npy_batches
 from ._ops import asarray, conv2d, matmul, synchronize
+from ._prefetch import Prefetch, prefetch
 from ._registry import available_backends
 from .backends.base import BackendStatus, BackendUnavailable
 
@@ -29,8 +31,12 @@ __all__ = [
     "asarray",
     "available_backends",
     "conv2d",
+    "drop_page_cache",
     "get_backend",
     "matmul",
+    "npy_batches",
+    "prefetch",
+    "Prefetch",
     "set_backend",
     "synchronize",
     "use_backend",

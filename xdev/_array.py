@@ -76,9 +76,20 @@ class Array:
         return int(self._data.shape[0])
 
     # -- transfers ------------------------------------------------------------------
-    def numpy(self) -> np.ndarray:
-        """Download to a new NumPy array."""
-        return self._dev.download(self._data)
+    def numpy(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Download to a new NumPy array, or into ``out`` (same shape and dtype, writable;
+        e.g. page-locked memory from a pinned buffer, the fastest download) and return it."""
+        if out is None:
+            return self._dev.download(self._data)
+        if not isinstance(out, np.ndarray) or out.shape != self.shape or out.dtype != self.dtype:
+            got = (f"{type(out).__name__} of shape {out.shape} and dtype {out.dtype}"
+                   if isinstance(out, np.ndarray) else type(out).__name__)
+            raise ValueError(f"numpy(out=...) needs a NumPy array of shape {self.shape} and dtype "
+                             f"{self.dtype}; received {got}")
+        if not out.flags.writeable:
+            raise ValueError("numpy(out=...) needs a writable array; received a read-only one")
+        self._dev.download_into(self._data, out)
+        return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         if copy is False:

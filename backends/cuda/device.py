@@ -10,7 +10,7 @@ import cupy
 import numpy as np
 
 from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
-from . import _plan, kernels
+from . import _plan, kernels, staging
 from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
 
 F16, F32, F64 = FLOAT_DTYPES
@@ -235,7 +235,24 @@ class CudaDevice(Device):
 
     def download(self, data: Any) -> np.ndarray:
         with self._guard(f"downloading an array of {data.nbytes:,} bytes"):
-            return cupy.asnumpy(data)
+            if data.nbytes < staging.STAGED_DOWNLOAD_MIN_BYTES:
+                return cupy.asnumpy(data)
+            out = np.empty(data.shape, data.dtype)
+            staging.download_staged(self, cupy.ascontiguousarray(data), out)
+            return out
+
+    def download_into(self, data: Any, out: np.ndarray) -> None:
+        with self._guard(f"downloading an array of {data.nbytes:,} bytes"):
+            src = cupy.ascontiguousarray(data)
+            if not out.flags.c_contiguous:
+                np.copyto(out, self.download(src))
+            elif data.nbytes < staging.STAGED_DOWNLOAD_MIN_BYTES or staging.is_pinned(out):
+                src.get(out=out)  # straight into pinned memory: one DMA at full speed
+            else:
+                staging.download_staged(self, src, out)
+
+    def stager(self, slots: int) -> Any:
+        return staging.CudaStager(self, slots)
 
     def astype(self, data: Any, dtype: np.dtype) -> Any:
         with self._guard(f"converting {data.shape} to {np.dtype(dtype)}"):

@@ -266,6 +266,27 @@ class OpenCLDevice(Device):
         )
         return np.array(view, copy=True)
 
+    def download_into(self, a: CLArray, out: np.ndarray) -> None:
+        if a.size and a.is_c_contiguous() and out.flags.c_contiguous and out.dtype == a.dtype:
+            # Straight into the caller's memory: from pinned_empty, a DMA at full speed on GPUs.
+            cl.enqueue_copy(self.queue, out, a.buf, src_offset=a.offset * a.dtype.itemsize, is_blocking=True)
+        else:
+            np.copyto(out, self.download(a))
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """Host memory of a mapped CL_MEM_ALLOC_HOST_PTR buffer (pinned on GPU drivers)."""
+        from .staging import map_host_buffer
+
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        view = map_host_buffer(self, nbytes)
+        return None if view is None else view.view(dtype).reshape(shape)
+
+    def stager(self, slots: int) -> Any:
+        from .staging import OpenCLStager
+
+        return OpenCLStager(self, slots)
+
     # -- views and copies ---------------------------------------------------------------
     def transpose(self, a: CLArray, axes: tuple[int, ...]) -> CLArray:
         return cla.transpose(a, axes)

@@ -12,6 +12,7 @@ import xdev
 from xdev._registry import BACKEND_NAMES, get_device
 
 from . import machine as mach
+from . import pipeline
 from . import workloads as wl
 from .meta import SCHEMA, run_block
 from .noise import sample_load, summarize_load
@@ -49,18 +50,28 @@ def _conv2d(a: argparse.Namespace) -> list[Workload]:
 
 
 def _transfer(a: argparse.Namespace) -> list[Workload]:
-    out = [Workload("transfer", f"transfer {nb} B", transfer_case(a.settings, nb))
-           for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES)]
+    out = []
+    for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
+        out.append(Workload("transfer", f"transfer {nb} B", transfer_case(a.settings, nb)))
+        # pinned downloads and staged uploads (xdev.prefetch's buffers), measured per device
+        out.append(Workload("transfer", f"transfer {nb} B pinned/staged",
+                            direct=lambda dev, nb=nb: pipeline.transfer_rows(dev, a.settings, nb)))
     out += [Workload("transfer", f"round trip {n}", roundtrip_case(a.settings, n))
             for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES)]
     return out
 
 
+def _pipeline(a: argparse.Namespace) -> list[Workload]:
+    return [Workload("pipeline", "pipeline", direct=lambda dev: pipeline.pipeline_rows(
+        dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None))]
+
+
 # The benchmark's ops: name -> planner returning the workloads for the parsed arguments
-# (a.devices, a.settings, a.quick ... are set). Another module adds an op with one line:
-# OPS["pipeline"] = pipeline.plan; each Workload times its calls on every device, interleaved.
+# (a.devices, a.settings, a.quick ... are set). An op plugs in with one entry here. A
+# Workload either has `prepare` (its calls are timed on every device, interleaved) or
+# `direct` (it measures one device itself and returns rows; devices run one after another).
 OPS: dict[str, Callable[[argparse.Namespace], list[Workload]]] = {
-    "matmul": _matmul, "conv2d": _conv2d, "transfer": _transfer,
+    "matmul": _matmul, "conv2d": _conv2d, "transfer": _transfer, "pipeline": _pipeline,
 }
 
 
@@ -79,7 +90,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
     p.add_argument("--reference", choices=["torch"], help="add PyTorch's matmul and conv2d as yardstick rows")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
-    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers "
+                   "(and FILE-pipeline.png: the pipeline timeline)")
     a = p.parse_args(argv)
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     load = summarize_load(load_before, sample_load())
     found = verdicts(results, doc_machine["devices"], skipped)
     report.tables(console, results)
+    pipeline.table(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     report.summary(console, results, load)
     report.verdicts(console, found, load)
@@ -195,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(a.json, doc)
         console.print(f"wrote {a.json}")
     if a.plot:
-        report.plot(a.plot, results, doc)
-        console.print(f"wrote {a.plot}")
+        if any(r["op"] != "pipeline" for r in results):
+            report.plot(a.plot, [r for r in results if r["op"] != "pipeline"], doc)
+            console.print(f"wrote {a.plot}")
+        timeline = a.plot.rsplit(".", 1)[0] + "-pipeline.png"
+        if pipeline.plot_timeline(timeline, results):
+            console.print(f"wrote {timeline}")
     return 0

@@ -1,6 +1,7 @@
 """Running the workloads on one device and turning timings into result rows."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +27,11 @@ class Settings:
 
 def _rand(shape, dtype, seed) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, shape).astype(dtype)
+
+
+def _time(dev, fn: Callable[[], Any], s: Settings) -> Timing:
+    """One call timed on one device alone (for ops that measure themselves)."""
+    return measure_interleaved([Case(dev, fn)], s.target_s, s.repeat)[0]
 
 
 def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
@@ -73,10 +79,19 @@ class Workload:
     """
     section: str
     label: str
-    prepare: Callable[[Any], tuple[list[Callable[[], Any]], Finish] | None]
+    prepare: Callable[[Any], tuple[list[Callable[[], Any]], Finish] | None] | None = None
+    direct: Callable[[Any], list[dict[str, Any]]] | None = None  # measures one device itself
 
 
 def run_workload(w: Workload, devices: list, s: Settings) -> list[dict[str, Any]]:
+    if w.direct is not None:
+        rows: list[dict[str, Any]] = []
+        for i, dev in enumerate(d for d in devices if d.backend != "torch"):
+            if i:
+                time.sleep(s.settle_s)  # the previous device's worker threads go idle first
+            rows.extend(w.direct(dev))
+        return rows
+    assert w.prepare is not None
     prepared = [(dev, w.prepare(dev)) for dev in devices]
     prepared = [(dev, p) for dev, p in prepared if p is not None]
     cases = [Case(dev, fn, w.label) for dev, (fns, _) in prepared for fn in fns]

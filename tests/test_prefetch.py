@@ -1,0 +1,397 @@
+"""xdev.prefetch, xdev.npy_batches and downloads into caller memory, on every available backend."""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import traceback
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import xdev
+from xdev._disk import resident_fraction
+
+Pair = namedtuple("Pair", "x y")
+
+
+def _batches(n: int, shape=(2, 3, 9, 7), seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+def _wait_for(cond, timeout=10.0) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def _settle(n0: int) -> int:
+    """Thread count once finished threads have gone (they are joined, but give the OS a moment)."""
+    _wait_for(lambda: threading.active_count() <= n0, timeout=5.0)
+    return threading.active_count()
+
+
+def test_order_and_values_equal_the_serial_path(device):
+    xs = _batches(7)
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    serial = [xdev.conv2d(xdev.asarray(x, backend=device.key), w, padding=1).numpy() for x in xs]
+    got = []
+    with xdev.prefetch(xs, depth=2, backend=device.key) as it:
+        assert it.device == device.key
+        for xb in it:
+            assert isinstance(xb, xdev.Array) and xb.device == device.key
+            got.append(xdev.conv2d(xb, w, padding=1).numpy())
+    assert len(got) == len(serial)
+    for a, b in zip(got, serial):
+        np.testing.assert_array_equal(a, b)  # same kernels on the same data: bit-identical
+
+
+def test_tuples_dicts_and_passthrough_leaves(device):
+    xs = _batches(4)
+    src = [{"x": x, "label": i, "pair": Pair(x * 2, np.arange(3))} for i, x in enumerate(xs)]
+    out = list(xdev.prefetch(iter(src), depth=3, backend=device.key))
+    assert [b["label"] for b in out] == [0, 1, 2, 3]
+    for b, x in zip(out, xs):
+        assert isinstance(b["pair"], Pair)
+        np.testing.assert_array_equal(b["x"].numpy(), x)
+        np.testing.assert_array_equal(b["pair"].x.numpy(), x * 2)
+        assert isinstance(b["pair"].y, np.ndarray) and b["pair"].y.dtype.kind == "i"  # not uploaded
+    # Plain tuples and lists, a zero-size leaf, float64 where the device can do it.
+    dt = np.float64 if device.backend != "opencl" or device.has_fp64 else np.float32
+    a, b = np.ones((0, 3), dt), np.full((2, 2), 3.0, dt)
+    ((za, zb),) = [t for t in xdev.prefetch([(a, [b])], backend=device.key)]
+    assert za.shape == (0, 3) and zb[0].numpy().tolist() == [[3.0, 3.0], [3.0, 3.0]]
+
+
+def _boom_source():
+    yield np.zeros((2, 2), np.float32)
+    raise KeyError("producer failed on batch 1")
+
+
+def test_producer_exception_reaches_consumer_with_traceback(device):
+    n0 = threading.active_count()
+    it = xdev.prefetch(_boom_source(), backend=device.key)
+    first = next(it)
+    assert first.shape == (2, 2)
+    with pytest.raises(KeyError, match="producer failed") as info:
+        next(it)
+    frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+    assert "_boom_source" in frames  # the producer's own frame, not only the consumer's
+    with pytest.raises(StopIteration):
+        next(it)  # closed after the failure
+    assert _settle(n0) == n0
+
+
+@pytest.mark.parametrize("how", ["break", "close", "gc", "with"])
+def test_early_close_leaves_no_thread_and_closes_the_source(device, how):
+    n0 = threading.active_count()
+    state = {"drawn": 0, "finalized": False}
+
+    def source():
+        try:
+            for x in _batches(50, shape=(2, 2)):
+                state["drawn"] += 1
+                yield x
+        finally:
+            state["finalized"] = True
+
+    if how == "break":
+        for i, _ in enumerate(xdev.prefetch(source(), depth=2, backend=device.key)):
+            if i == 2:
+                break
+    elif how == "close":
+        it = xdev.prefetch(source(), depth=2, backend=device.key)
+        next(it)
+        it.close()
+        it.close()  # idempotent
+        with pytest.raises(StopIteration):
+            next(it)
+    elif how == "gc":
+        it = xdev.prefetch(source(), depth=2, backend=device.key)
+        next(it)
+        del it
+        gc.collect()
+    else:
+        with xdev.prefetch(source(), depth=2, backend=device.key) as it:
+            next(it)
+    assert _settle(n0) == n0
+    assert state["finalized"], "the generator source was not closed"
+    assert state["drawn"] < 50
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_memory_bounded_by_depth(device, depth):
+    drawn = [0]
+
+    def source():
+        for x in _batches(20, shape=(2, 2)):
+            drawn[0] += 1
+            yield x
+
+    it = xdev.prefetch(source(), depth=depth, backend=device.key)
+    held = []
+    for k in range(1, 4):
+        held.append(next(it))
+        # The thread runs ahead to exactly `depth` batches beyond those taken, then waits.
+        assert _wait_for(lambda: drawn[0] >= k + depth), (drawn[0], k, depth)
+        time.sleep(0.1)
+        assert drawn[0] == k + depth, (drawn[0], k, depth)
+    it.close()
+
+
+def test_overlaps_producer_with_consumer():
+    # Sleeps use no CPU, so this holds on a loaded machine: serial takes 8 * (50 + 50) ms,
+    # overlapped about 9 * 50 ms.
+    def slow():
+        for x in _batches(8, shape=(2, 2)):
+            time.sleep(0.05)
+            yield x
+
+    t0 = time.perf_counter()
+    for _ in xdev.prefetch(slow(), depth=2, backend="numpy"):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.8 * 8 * 0.1, elapsed
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="depth"):
+        xdev.prefetch([], depth=0)
+    with pytest.raises(ValueError, match="depth"):
+        xdev.prefetch([], depth=True)
+    with pytest.raises(TypeError, match="iterable of batches"):
+        xdev.prefetch(np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="iterable"):
+        xdev.prefetch(5)
+    with pytest.raises(ValueError, match="unknown backend"):
+        xdev.prefetch([], backend="nope")
+    assert list(xdev.prefetch([])) == []
+
+
+def test_upload_error_reaches_consumer():
+    dev = xdev._registry.get_device("numpy")
+    it = xdev.prefetch([np.zeros(2, np.float32), np.zeros(2, np.float16).view([("a", "f2")])], backend=dev.key)
+    # A structured array is not a float leaf: passed through, not an error.
+    assert next(it).shape == (2,)
+    assert next(it).dtype.names == ("a",)
+
+
+# -- the disk source --------------------------------------------------------------------------
+def _files(tmp_path, n=5, shape=(3, 4, 5)):
+    xs = _batches(n, shape=shape, seed=3)
+    paths = []
+    for i, x in enumerate(xs):
+        p = tmp_path / f"b{i}.npy"
+        np.save(p, x)
+        paths.append(p)
+    return xs, paths
+
+
+def test_npy_batches_order_split_and_epochs(tmp_path):
+    xs, paths = _files(tmp_path)
+    src = xdev.npy_batches(paths, workers=3)
+    assert len(src) == 5
+    for _ in range(2):  # two epochs
+        got = list(src)
+        assert all(isinstance(g, np.ndarray) and not isinstance(g, np.memmap) for g in got)
+        for g, x in zip(got, xs):
+            np.testing.assert_array_equal(g, x)
+    split = list(xdev.npy_batches(paths[:2], batch_size=2))
+    assert [s.shape[0] for s in split] == [2, 1, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(split), np.concatenate(xs[:2]))
+
+
+def test_npy_batches_through_prefetch_and_early_close(tmp_path, device):
+    xs, paths = _files(tmp_path, n=6)
+    n0 = threading.active_count()
+    got = [b.numpy() for b in xdev.prefetch(xdev.npy_batches(paths), depth=2, backend=device.key)]
+    for g, x in zip(got, xs):
+        np.testing.assert_array_equal(g, x)
+    for i, _ in enumerate(xdev.prefetch(xdev.npy_batches(paths, workers=2), backend=device.key)):
+        if i == 1:
+            break
+    assert _settle(n0) == n0  # the prefetch thread and the reader pool are gone
+
+
+def test_npy_batches_break_stops_readers(tmp_path):
+    _, paths = _files(tmp_path, n=8)
+    n0 = threading.active_count()
+    for i, _ in enumerate(xdev.npy_batches(paths, workers=3)):
+        if i == 0:
+            assert threading.active_count() > n0  # the readers run beside the caller
+            break
+    assert _settle(n0) == n0
+
+
+def test_npy_batches_bad_input(tmp_path):
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"not an npy file")
+    with pytest.raises(ValueError, match="cannot memory-map"):
+        xdev.npy_batches([bad])
+    with pytest.raises(ValueError, match="workers"):
+        xdev.npy_batches([], workers=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        xdev.npy_batches([], batch_size=0)
+
+
+def test_drop_page_cache(tmp_path):
+    _, paths = _files(tmp_path, n=1, shape=(64, 1024))
+    why = xdev.drop_page_cache(paths)
+    before = resident_fraction(paths[0])
+    if why is not None:
+        pytest.skip(f"this OS cannot drop the file from the page cache: {why}")
+    assert before is None or before <= 0.5
+    next(iter(xdev.npy_batches(paths)))
+    after = resident_fraction(paths[0])
+    assert after is None or after == 1.0  # the read brought it back
+    assert "cannot open" in xdev.drop_page_cache([tmp_path / "missing.npy"])
+
+
+# -- downloads into caller memory -------------------------------------------------------------
+def test_numpy_out(device):
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    a = xdev.asarray(x, backend=device.key)
+    out = np.empty((4, 6), np.float32)
+    assert a.numpy(out=out) is out
+    np.testing.assert_array_equal(out, x)
+    out_t = np.empty((6, 4), np.float32)
+    np.testing.assert_array_equal(a.T.numpy(out=out_t), x.T)  # a strided view
+    pinned = device.pinned_empty((4, 6), np.dtype(np.float32))
+    if pinned is not None:
+        np.testing.assert_array_equal(a.numpy(out=pinned), x)
+    with pytest.raises(ValueError, match=r"shape \(4, 6\) and dtype float32"):
+        a.numpy(out=np.empty((6, 4), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        a.numpy(out=np.empty((4, 6), np.float64))
+    ro = np.empty((4, 6), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        a.numpy(out=ro)
+
+
+# -- CUDA staging logic, with a stand-in for CuPy (the GPU run is bench/gpu_pipeline.sh) --------
+class _FakeEvent:
+    def synchronize(self) -> None:
+        pass
+
+
+class _FakeStream:
+    def __init__(self, *a, **k) -> None:
+        self.waits = 0
+
+    def record(self) -> _FakeEvent:
+        return _FakeEvent()
+
+    def wait_event(self, ev) -> None:
+        self.waits += 1
+
+    def synchronize(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a) -> None:
+        pass
+
+
+class _FakePtr:
+    """A device pointer into a host uint8 array: copies are memmoves."""
+
+    def __init__(self, mem: np.ndarray, off: int = 0) -> None:
+        self.mem, self.off = mem, off
+
+    def __add__(self, n: int) -> "_FakePtr":
+        return _FakePtr(self.mem, self.off + n)
+
+    def copy_to_host_async(self, dst, n, stream=None) -> None:
+        import ctypes
+        ctypes.memmove(dst.value, self.mem.ctypes.data + self.off, n)
+
+    def copy_from_host_async(self, src, n, stream=None) -> None:
+        import ctypes
+        ctypes.memmove(self.mem.ctypes.data + self.off, src.value, n)
+
+
+class _FakeDeviceArray:
+    def __init__(self, host: np.ndarray) -> None:
+        self.host = np.ascontiguousarray(host)
+        self.shape, self.dtype, self.nbytes = self.host.shape, self.host.dtype, self.host.nbytes
+        self.data = _FakePtr(self.host.reshape(-1).view(np.uint8))
+
+
+@pytest.fixture
+def fake_cuda_staging(monkeypatch):
+    import contextlib
+    import importlib.util
+    import pathlib
+    import sys
+    import types
+
+    stream = _FakeStream()
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(Stream=_FakeStream, Event=_FakeEvent, get_current_stream=lambda: stream)
+    cupy.empty = lambda shape, dtype: _FakeDeviceArray(np.zeros(shape, dtype))
+    cupyx = types.ModuleType("cupyx")
+    cupyx.empty_pinned = lambda shape, dtype: np.empty(shape, dtype)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    path = pathlib.Path(xdev.__file__).parent.parent / "backends" / "cuda" / "staging.py"
+    if not path.exists():
+        path = pathlib.Path(xdev.__file__).parent / "backends" / "cuda" / "staging.py"
+    spec = importlib.util.spec_from_file_location("_xdev_fake_cuda_staging", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dev = types.SimpleNamespace(index=0, _cp=contextlib.nullcontext(),
+                                _guard=lambda what: contextlib.nullcontext())
+    return mod, dev, stream
+
+
+def test_cuda_chunked_download_logic(fake_cuda_staging, monkeypatch):
+    mod, dev, _ = fake_cuda_staging
+    monkeypatch.setattr(mod, "CHUNK_BYTES", 4096)
+    for n in (1, 1024, 1025, 2048, 2500):  # below, at and across chunk boundaries (floats: 4 B)
+        x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        out = np.empty_like(x)
+        mod.download_staged(dev, _FakeDeviceArray(x), out)
+        np.testing.assert_array_equal(out, x)
+    assert len(mod._chunks[0].bufs) == 2 and all(b.nbytes == 4096 for b in mod._chunks[0].bufs)
+
+
+def test_cuda_stager_logic(fake_cuda_staging, monkeypatch):
+    mod, dev, compute = fake_cuda_staging
+    monkeypatch.setattr(mod, "CHUNK_BYTES", 16)  # 60-byte batches: 4 chunks, the last partial
+    st = mod.CudaStager(dev, 3)
+    xs = _batches(6, shape=(3, 5)) + [_batches(1, shape=(5, 4))[0].T]  # and a non-contiguous one
+    outs = []
+    for x in xs:
+        d, ev = st.upload(x)
+        st.ready(ev)
+        outs.append(d)
+    for d, x in zip(outs, xs):
+        np.testing.assert_array_equal(d.host, x)  # each batch its own device array
+    assert len([s for s in st.slots if s is not None]) == 3  # the pinned slots are reused
+    assert st.stream.waits == 7 and compute.waits == 7  # copy after compute's frees; compute after copy
+    empty, ev = st.upload(np.zeros((0, 4), np.float32))
+    assert ev is None and empty.shape == (0, 4)
+    st.close()
+    assert st.slots == [None] * 3
+
+
+def test_cuda_stager_falls_back_when_pinned_memory_runs_out(fake_cuda_staging, monkeypatch):
+    mod, dev, _ = fake_cuda_staging
+
+    def refuse(shape, dtype):
+        raise MemoryError("page-locked memory exhausted")
+
+    monkeypatch.setattr(mod.cupyx, "empty_pinned", refuse)
+    st = mod.CudaStager(dev, 2)
+    x = _batches(1, shape=(4, 4))[0]
+    d, ev = st.upload(x)
+    np.testing.assert_array_equal(d.host, x)
+    assert ev is not None and "page-locked memory exhausted" in st.pinned_error
