@@ -84,8 +84,14 @@ class Workload:
 
 
 def run_workload(w: Workload, devices: list, s: Settings) -> list[dict[str, Any]]:
+    if s.announce:  # before anything runs: the first call on a device builds its kernels
+        for dev in devices:
+            if dev.key not in s.announced and dev.backend not in ("numpy", "torch"):
+                s.announced.add(dev.key)
+                s.announce(f"first use of {dev.key}: building {dev.backend} kernels for {dev.name}, "
+                           "once (reported in 'build s', never in the timings)")
+    rows: list[dict[str, Any]] = []
     if w.direct is not None:
-        rows: list[dict[str, Any]] = []
         for i, dev in enumerate(d for d in devices if d.backend != "torch"):
             if i:
                 time.sleep(s.settle_s)  # the previous device's worker threads go idle first
@@ -96,15 +102,8 @@ def run_workload(w: Workload, devices: list, s: Settings) -> list[dict[str, Any]
     prepared = [(dev, p) for dev, p in prepared if p is not None]
     cases = [Case(dev, fn, w.label) for dev, (fns, _) in prepared for fn in fns]
     cpu_devices = {id(c.dev) for c in cases if c.dev.is_cpu}
-    if s.announce:
-        for c in cases:
-            if c.dev.key not in s.announced and c.dev.backend not in ("numpy", "torch"):
-                s.announced.add(c.dev.key)
-                s.announce(f"first use of {c.dev.key}: building {c.dev.backend} kernels for {c.dev.name}, "
-                           "once (reported in 'build s', never in the timings)")
     timings = measure_interleaved(cases, s.target_s, s.repeat,
                                   settle_s=s.settle_s if len(cpu_devices) > 1 else 0.0)
-    rows: list[dict[str, Any]] = []
     i = 0
     for dev, (fns, finish) in prepared:
         rows.extend(finish(timings[i:i + len(fns)]))
@@ -135,6 +134,7 @@ def matmul_case(s: Settings, M: int, K: int, N: int, kind: str):
 def conv_case(s: Settings, layer_of: Callable[[Any], ConvLayer], algorithms: Callable[[Any], list[str]]):
     def prepare(dev):
         layer = layer_of(dev)
+        first: list[tuple[float, float]] = []  # (build s, seconds) of each algorithm's first call
         hx = _rand((layer.N, layer.C, layer.H, layer.H), s.dtype, 3)
         hw = _rand((layer.O, layer.C, 3, 3), s.dtype, 4) * 0.1
         hb = _rand((layer.O,), s.dtype, 5)
@@ -144,10 +144,18 @@ def conv_case(s: Settings, layer_of: Callable[[Any], ConvLayer], algorithms: Cal
             x, w, b = (xdev.asarray(h, backend=dev.key) for h in (hx, hw, hb))
             fns, ran = [], []
             for algo in algorithms(dev):
+                # This first call (it names the algorithm that ran) builds the kernels: its
+                # cost goes to build_s / first_call_s, as the timed path would report it.
+                b0, t0 = dev.build_seconds, time.perf_counter()
                 ran.append(xdev.conv2d(x, w, b, padding=1, algorithm=algo).algorithm)
+                dev.synchronize()
+                first.append((dev.build_seconds - b0, time.perf_counter() - t0))
                 fns.append(lambda algo=algo: xdev.conv2d(x, w, b, padding=1, algorithm=algo))
 
         def finish(t: list[Timing]):
+            if first:
+                t = [Timing(ti.median_s, ti.spread_s, ti.repeats, ti.build_s + fb, ft)
+                     for ti, (fb, ft) in zip(t, first)]
             return [_row(dev, s, "conv2d", layer.shape, r, ti, layer.flops, layer=layer.name, batch=layer.N,
                          geometry=f"{layer.C}>{layer.O}@{layer.H}") for r, ti in zip(ran, t)]
         return fns, finish
