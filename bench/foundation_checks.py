@@ -19,7 +19,7 @@ import timeit
 import numpy as np
 
 import xdev
-from xdev.backends.numpy.device import blas_advice, blas_name
+from xdev.contract.machine import blas_advice, blas_name
 from xdev.bench.workloads import vgg16
 
 

@@ -148,9 +148,9 @@ EOF
   if [ $DRY = 1 ]; then
     echo
     echo "dry run: the GPU run is: XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra --durations=15"
-    echo "dry run: running tests/test_cuda.py with the default backend instead (no GPU here)"
-    step "pytest (dry run: tests/test_cuda.py)" 240 env XDEV_HYPOTHESIS_PROFILE=ci \
-      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/test_cuda.py
+    echo "dry run: running the CUDA tests with the default backend instead (no GPU here)"
+    step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env XDEV_HYPOTHESIS_PROFILE=ci \
+      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py tests/backends/test_cuda_emulator.py
   else
     step "pytest (XDEV_BACKEND=cuda)" 210 env XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci \
       "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"

@@ -14,9 +14,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDON
 exec > >(tee "$RES/gpu_pipeline.log") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi: not found"
 
-echo "=== pytest tests/test_prefetch.py on CUDA"
+echo "=== pytest tests/contract/test_prefetch.py and the CUDA staging tests on CUDA"
 XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda timeout -k 5 120 "$PY" -m pytest -q -ra -p no:cacheprovider \
-  tests/test_prefetch.py; echo "exit $?"
+  tests/contract/test_prefetch.py tests/backends/test_cuda_staging.py; echo "exit $?"
 
 echo "=== bench: pipeline and transfers on CUDA"
 timeout -k 5 240 "$PY" -m xdev.bench --backends cuda --ops pipeline,transfer \

@@ -36,3 +36,16 @@ def assert_agrees(y, ref, ref_abs, K: int, acc_dtype, out_dtype, what: str = "")
             f"got {y[first]!r}, reference {ref[first]!r}, bound {lim[first]:.3g}; "
             f"worst error/bound {ratio:.3g}"
         )
+
+
+def assert_conv_agrees(y, x, w, b, case, out_dtype, what: str = "") -> None:
+    """A conv2d result against the float64 loop reference; ``case`` is (xs, ws, stride,
+    padding, dilation, groups); K = C/groups*kH*kW, plus one with a bias; float16
+    accumulates in float32 (the CUDA backend's rule, shared by its emulator tests)."""
+    from reference import conv2d_ref
+
+    xs, ws, stride, padding, dilation, groups = case
+    ref, ref_abs = conv2d_ref(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    K = ws[1] * ws[2] * ws[3] + (1 if b is not None else 0)
+    acc = np.dtype(np.float32) if out_dtype == np.float16 else out_dtype
+    assert_agrees(y, ref, ref_abs, K, acc, out_dtype, what)

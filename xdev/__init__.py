@@ -20,7 +20,7 @@ from ._disk import drop_page_cache, npy_batches
 from ._ops import asarray, conv2d, matmul, synchronize
 from ._prefetch import Prefetch, prefetch
 from ._registry import available_backends
-from .backends.base import BackendStatus, BackendUnavailable
+from .contract import BackendStatus, BackendUnavailable, KernelBuildError
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "Array",
     "BackendStatus",
     "BackendUnavailable",
+    "KernelBuildError",
     "asarray",
     "available_backends",
     "conv2d",

@@ -1,11 +1,12 @@
 """xdev.Array: a device array of one backend, with explicit transfers."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .backends.base import Device
+from ._registry import get_device
+from .contract import Device
 
 
 class Array:
@@ -22,6 +23,11 @@ class Array:
     _data: Any
     _dev: Device
     algorithm: str | None  # conv2d results: the algorithm that ran
+
+    # The @ operator is xdev.matmul. xdev._ops, which defines matmul and builds Arrays, binds
+    # these two when it is imported, so this module does not import _ops (no import cycle).
+    __matmul__: Callable[[Array, Any], Array]
+    __rmatmul__: Callable[[Array, Any], Array]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("create an xdev.Array with xdev.asarray(data, dtype=None, backend=None)")
@@ -102,8 +108,6 @@ class Array:
 
     def to(self, backend: str) -> Array:
         """Move to another backend or device (``"numpy"``, ``"cuda:1"``, ...); explicit copy."""
-        from ._registry import get_device
-
         dev = get_device(backend)
         if dev is self._dev:
             return self
@@ -156,13 +160,6 @@ class Array:
                 )
         return Array._wrap(self._dev.getitem(self._data, key), self._dev)
 
-    # -- operators ------------------------------------------------------------------
-    def __matmul__(self, other: Any) -> Array:
-        return _matmul(self, other)
-
-    def __rmatmul__(self, other: Any) -> Array:
-        return _matmul(other, self)
-
     def __repr__(self) -> str:
         head = f"xdev.Array(shape={self.shape}, dtype={self.dtype}, device='{self.device}'"
         if self.algorithm:
@@ -186,6 +183,3 @@ def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ..
     elif known != size:
         raise ValueError(f"cannot reshape an array of shape {old} (size {size}) into {new}")
     return tuple(int(d) for d in new)
-
-
-from ._ops import matmul as _matmul  # noqa: E402  (circular: _ops needs Array)

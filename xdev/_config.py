@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from collections.abc import Iterator
 
 from ._registry import get_device, split_selector
-
-ENV_VAR = "XDEV_BACKEND"
+from .contract import env
 
 # Context-local choice: each thread (and each asyncio task) starts with None.
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("xdev_backend", default=None)
@@ -18,13 +16,13 @@ _global: str | None = None  # set by set_backend; else XDEV_BACKEND, read at fir
 def _default_spec() -> str:
     global _global
     if _global is None:
-        env = os.environ.get(ENV_VAR, "").strip()
-        if env:
+        spec = env.backend_spec()
+        if spec:
             try:
-                split_selector(env)
+                split_selector(spec)
             except ValueError as e:
-                raise ValueError(f"{ENV_VAR}={env!r} is not valid: {e}") from None
-        _global = env or "numpy"
+                raise ValueError(f"{env.BACKEND}={spec!r} is not valid: {e}") from None
+        _global = spec or "numpy"
     return _global
 
 
@@ -53,10 +51,6 @@ def use_backend(spec: str) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def context_spec() -> str | None:
-    return _context.get()
 
 
 def default_device():

@@ -7,11 +7,10 @@ import numpy as np
 
 from ._array import Array
 from ._config import _context, default_device
-from ._shapes import IntPair, conv_params, matmul_shape
+from .contract import IntPair, conv_params, matmul_shape
 from ._registry import get_device
-from .backends.base import FLOAT_DTYPES, Device
+from .contract import FLOAT_DTYPES, Device
 
-_F16, _F32, _F64 = FLOAT_DTYPES
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -169,6 +168,11 @@ def conv2d(
     if unbatched:
         out = dev.reshape(out, p.out_shape[1:])
     return Array._wrap(out, dev, ran)
+
+
+# Array's @ operator (declared in _array.py) is matmul.
+Array.__matmul__ = lambda self, other: matmul(self, other)  # type: ignore[method-assign]
+Array.__rmatmul__ = lambda self, other: matmul(other, self)  # type: ignore[method-assign]
 
 
 def synchronize(backend: str | None = None) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._array import Array
 from ._ops import _device_for
-from .backends.base import FLOAT_DTYPES, Device
+from .contract import FLOAT_DTYPES, Device
 
 _DONE = object()
 _POLL_S = 0.05  # how often a waiting producer looks at the stop flag

@@ -5,7 +5,7 @@ import importlib
 import threading
 from types import ModuleType
 
-from .backends.base import BackendStatus, BackendUnavailable, Device
+from .contract import BackendStatus, BackendUnavailable, Device
 
 # name -> (module, pip extra that installs its third-party packages, those packages)
 _BACKENDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {

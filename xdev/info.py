@@ -1,7 +1,6 @@
 """python -m xdev.info: backends, devices, versions, and why a backend is unavailable."""
 from __future__ import annotations
 
-import os
 import platform
 import sys
 
@@ -9,15 +8,15 @@ import numpy as np
 
 import xdev
 from xdev._registry import get_device
+from xdev.contract import env
+from xdev.contract.machine import blas_name
 
 
 def lines() -> list[str]:
-    from xdev.backends.numpy.device import blas_name
-
     out = [
         f"xdev {xdev.__version__}  Python {platform.python_version()}  NumPy {np.__version__} ({blas_name()})",
         f"platform: {platform.platform()}",
-        f"XDEV_BACKEND={os.environ.get('XDEV_BACKEND', '')!r} -> default backend {xdev.get_backend()!r}",
+        f"{env.BACKEND}={env.backend_spec()!r} -> default backend {xdev.get_backend()!r}",
         "",
     ]
     for name, st in xdev.available_backends().items():
@@ -47,9 +46,9 @@ def lines() -> list[str]:
 def tuned_line(params: dict) -> str:
     """Whether `python -m xdev.tune` results are in use for this device."""
     if params.get("tuned"):
-        from xdev.backends.opencl.tuning import cache_file
+        from xdev._registry import load
 
-        return f"tuned (python -m xdev.tune), from {cache_file()}"
+        return f"tuned (python -m xdev.tune), from {load('opencl').params.cache_file()}"
     return "built-in defaults (python -m xdev.tune measures and stores better ones, if any)"
 
 

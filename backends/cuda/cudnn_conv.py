@@ -11,7 +11,6 @@ or use Winograd/FFT transforms are deselected, unless ``XDEV_CUDA_TF32=1`` (TF32
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -21,19 +20,11 @@ from typing import Any
 import cupy
 import numpy as np
 
+from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
+from xdev.contract import env
+
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
-_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _CACHE_SIZE = 128
-
-
-def tf32_enabled() -> bool:
-    """``XDEV_CUDA_TF32=1`` lets float32 matmul/convolution use TF32 tensor cores (off by default)."""
-    return os.environ.get("XDEV_CUDA_TF32", "").strip() == "1"
-
-
-def fast_enabled() -> bool:
-    """``XDEV_CUDNN_FAST=1`` lets cuDNN use Winograd and FFT engines (off by default)."""
-    return os.environ.get("XDEV_CUDNN_FAST", "").strip() == "1"
 
 
 _frontend_state: tuple[Any, str | None] | None = None
@@ -104,7 +95,7 @@ class CudnnConv:
     # -- graph construction --------------------------------------------------------------
     def _tf32(self) -> bool:
         """TF32 asked for, on a GPU that has it (compute capability 8.0+)."""
-        return tf32_enabled() and self.compute_capability >= (8, 0)
+        return env.cuda_tf32() and self.compute_capability >= (8, 0)
 
     def _handle_for_device(self, mod: Any) -> Any:
         if self._handle is None:
@@ -142,7 +133,7 @@ class CudnnConv:
             notes.append("DOWN_CONVERT_INPUTS")
             if dt == _F32:
                 notes.append("TENSOR_CORE")
-        if not fast_enabled():
+        if not env.cudnn_fast():
             notes += ["WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13", "FFT"]
         present = [getattr(mod.numerical_note, n) for n in notes if hasattr(mod.numerical_note, n)]
         g.deselect_numeric_notes(present)
@@ -153,7 +144,7 @@ class CudnnConv:
         return _Plan(g, tensors, workspace, kind)
 
     def _plan(self, mod: Any, dt: np.dtype, xshape, xstrides, p, has_bias: bool) -> _Plan:
-        key = (dt.str, tuple(xshape), tuple(xstrides), p, has_bias, self._tf32(), fast_enabled())
+        key = (dt.str, tuple(xshape), tuple(xstrides), p, has_bias, self._tf32(), env.cudnn_fast())
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

@@ -9,11 +9,11 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from ..base import FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract.machine import cuda_peak_estimate
 from . import _plan, kernels, staging
-from .cudnn_conv import CudnnConv, CudnnUnsupported, fast_enabled, frontend, tf32_enabled, versions
+from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
-F16, F32, F64 = FLOAT_DTYPES
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
 _lock = threading.Lock()
@@ -116,7 +116,7 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
     if dtype != F32:
         yield
         return
-    tf32 = tf32_enabled() and cc >= 80
+    tf32 = env.cuda_tf32() and cc >= 80
     rl = _routines_linalg()
     cublas = _cublas()
     # CuPy's COMPUTE_TYPE_DEFAULT / _TF32 and cuBLAS's math modes (values as in their headers).
@@ -140,13 +140,6 @@ def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
             cublas.setMathMode(handle, prev_mode)
 
 
-# Compute capability -> FP32 lanes per SM (CUDA cores); used for the peak estimates in info().
-_FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}
-_FP64_PER_FP32 = {(6, 0): 0.5, (7, 0): 0.5, (8, 0): 0.5, (9, 0): 0.5}
-_DMMA = {(8, 0), (9, 0)}  # FP64 tensor cores double the FP64 rate for GEMMs
-_HMMA_FLOPS_PER_CLK_SM = {(7, 0): 1024, (8, 0): 2048, (9, 0): 4096}  # dense FP16, FP32 accumulate
-
-
 class CudaDevice(Device):
     """One CUDA GPU. Native arrays are cupy.ndarray (any strides); work runs on CuPy's current stream."""
 
@@ -164,12 +157,12 @@ class CudaDevice(Device):
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
         self._cudnn = CudnnConv(index, self.cc)
-        self._kernel_build_s = 0.0
+        self.kernels = kernels.Kernels(f"{self.key} {self.name}")
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
-        return self._kernel_build_s + self._cudnn.build_seconds
+        return self.kernels.build_seconds + self._cudnn.build_seconds
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -216,7 +209,7 @@ class CudaDevice(Device):
         dtype = np.dtype(dtype)
         if dtype == F16:
             return F32
-        if dtype == F32 and tf32_enabled() and self.cc >= (8, 0):
+        if dtype == F32 and env.cuda_tf32() and self.cc >= (8, 0):
             return F16
         return dtype
 
@@ -348,8 +341,14 @@ class CudaDevice(Device):
                 _plan.run_direct(cupy, self._launch, x, w, bias, p, y)
             return y, algo
 
+    peak_method = "estimate: SMs x lanes x 2 x max clock"
+
+    def peak_gflops(self, dtype: np.dtype = F32) -> float | None:
+        """Estimated from the SM count and maximum clock (see info()['peak_gflops_est'])."""
+        return self.info().get("peak_gflops_est", {}).get(np.dtype(dtype).name)
+
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
-        self._kernel_build_s += kernels.launch(self.index, plan, arrays)
+        self.kernels.launch(plan, arrays)
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -388,19 +387,12 @@ class CudaDevice(Device):
             "cupy": cupy.__version__,
             **versions(),
             "conv_algorithms": list(self.conv_algorithms),
-            "tf32": tf32_enabled(),
-            "cudnn_fast": fast_enabled(),
+            "tf32": env.cuda_tf32(),
+            "cudnn_fast": env.cudnn_fast(),
         }
         if clock_khz and sms:
-            lanes = _FP32_LANES.get(self.cc, 128)
-            ghz = clock_khz / 1e6
-            fp32 = sms * lanes * 2 * ghz
-            fp64 = fp32 * _FP64_PER_FP32.get(self.cc, 1 / 32)
-            peaks = {"float32": fp32, "float64": fp64 * (2 if self.cc in _DMMA else 1)}
-            hmma = _HMMA_FLOPS_PER_CLK_SM.get(self.cc)
-            if hmma:
-                peaks["float16"] = sms * hmma * ghz
-            out["peak_gflops_est"] = peaks  # at the maximum clock; datasheet figures are the reference
+            # At the maximum clock; datasheet figures (machine.datasheet_gflops) are the reference.
+            out["peak_gflops_est"] = cuda_peak_estimate(self.cc, sms, clock_khz / 1e6)
         if mem_khz and bus_bits:
             out["peak_bandwidth_gbs_est"] = 2 * mem_khz * 1e3 * bus_bits / 8 / 1e9
         return out

@@ -1,13 +1,14 @@
 """xdev's own CUDA kernels: the .cu files beside this module, compiled once per device with NVRTC."""
 from __future__ import annotations
 
-import threading
-import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import cupy
 import numpy as np
+
+from xdev.contract.kernel_cache import KernelCache, KernelSource
 
 from ._plan import Launch
 
@@ -16,67 +17,54 @@ SOURCE_DIR = Path(__file__).resolve().parent
 OPTIONS = ("-std=c++17",)
 
 
-class KernelBuildError(RuntimeError):
-    """A .cu file failed to compile; the message holds the file, the options and NVRTC's log."""
+@lru_cache(maxsize=None)
+def source(name: str) -> KernelSource:
+    return KernelSource([SOURCE_DIR / name])
 
 
-_lock = threading.Lock()
-_modules: dict[tuple[int, str, tuple[str, ...]], Any] = {}
-_functions: dict[tuple[int, str, str], Any] = {}
+class Kernels:
+    """The kernels of one device: a module per (.cu file, options), a function per kernel name.
 
-
-def source(name: str) -> str:
-    return (SOURCE_DIR / name).read_text()
-
-
-def function(device_id: int, filename: str, kernel: str) -> tuple[Any, float]:
-    """(compiled kernel, seconds spent compiling it now), memoized per (device, source, options).
-
-    The current device must be ``device_id``.
+    Methods run with the device current (CudaDevice's guard).
     """
-    fkey = (device_id, filename, kernel)
-    fn = _functions.get(fkey)
-    if fn is not None:
-        return fn, 0.0
-    with _lock:
-        fn = _functions.get(fkey)
-        if fn is not None:
-            return fn, 0.0
-        t0 = time.perf_counter()
-        mkey = (device_id, filename, OPTIONS)
-        try:
-            mod = _modules.get(mkey)
-            if mod is None:
-                mod = _modules[mkey] = cupy.RawModule(code=source(filename), options=OPTIONS)
-            fn = mod.get_function(kernel)  # compiles (NVRTC) and loads on first use
-        except cupy.cuda.compiler.CompileException as e:
-            _modules.pop(mkey, None)
-            log = e.get_message() if hasattr(e, "get_message") else str(e)
-            raise KernelBuildError(
-                f"{SOURCE_DIR / filename} failed to build with NVRTC (options {' '.join(OPTIONS)}) for "
-                f"kernel {kernel}; compiler log:\n{log}"
-            ) from e
-        _functions[fkey] = fn
-    return fn, time.perf_counter() - t0
 
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.modules: KernelCache[Any] = KernelCache()
+        self.functions: KernelCache[Any] = KernelCache()
 
-def launch(device_id: int, plan: Launch, arrays: dict[str, Any]) -> float:
-    """Run a planned launch on the current stream; returns the seconds spent compiling first.
+    @property
+    def build_seconds(self) -> float:
+        """Seconds spent compiling (NVRTC compiles a module at its first get_function)."""
+        return self.functions.build_seconds
 
-    ``arrays`` maps the plan's pointer roles to cupy arrays.
-    """
-    args: list[Any] = []
-    for kind, value in plan.args:
-        if kind == "ptr":
-            arr = arrays[value]
-            # A missing optional operand (bias=None) is passed as a null pointer.
-            args.append(np.uint64(0) if arr is None else arr)
-        elif kind == "i64":
-            args.append(np.int64(value))
-        elif kind == "i32":
-            args.append(np.int32(value))
-        else:  # pragma: no cover - plans only hold these kinds
-            raise AssertionError(kind)
-    fn, compile_s = function(device_id, plan.source, plan.kernel)
-    fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)
-    return compile_s
+    def function(self, filename: str, kernel: str) -> Any:
+        src = source(filename)
+
+        def build() -> Any:
+            mod = self.modules.get((filename, OPTIONS), lambda: cupy.RawModule(code=src.text, options=OPTIONS))
+            try:
+                return mod.get_function(kernel)  # compiles (NVRTC) and loads on first use
+            except cupy.cuda.compiler.CompileException as e:
+                log = e.get_message() if hasattr(e, "get_message") else str(e)
+                raise src.build_error(OPTIONS, f"(kernel {kernel})\n{log}", device=self.label,
+                                      compiler="NVRTC") from e
+
+        return self.functions.get((filename, kernel, OPTIONS), build)
+
+    def launch(self, plan: Launch, arrays: dict[str, Any]) -> None:
+        """Run a planned launch on the current stream; ``arrays`` maps the plan's pointer roles."""
+        args: list[Any] = []
+        for kind, value in plan.args:
+            if kind == "ptr":
+                arr = arrays[value]
+                # A missing optional operand (bias=None) is passed as a null pointer.
+                args.append(np.uint64(0) if arr is None else arr)
+            elif kind == "i64":
+                args.append(np.int64(value))
+            elif kind == "i32":
+                args.append(np.int32(value))
+            else:  # pragma: no cover - plans only hold these kinds
+                raise AssertionError(kind)
+        fn = self.function(plan.source, plan.kernel)
+        fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)

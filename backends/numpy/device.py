@@ -1,94 +1,17 @@
 """NumPy device: np.matmul, and conv2d as im2col (stride tricks) + one batched GEMM."""
 from __future__ import annotations
 
-import platform
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract.machine import blas_advice, blas_name, cpu_name
 
-F16, F32, F64 = FLOAT_DTYPES
 # Upper bound for one im2col block, so memory stays bounded for large batches and images.
 # (Smaller blocks, 2-32 MiB, measured no faster on VGG-16: they shrink the GEMMs.)
 COLS_BUDGET_BYTES = 64 << 20
-
-
-@lru_cache(maxsize=1)
-def cpuinfo() -> dict[str, Any]:
-    """Model, flags, physical cores and clock of this CPU from /proc/cpuinfo (Linux)."""
-    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": frozenset(),
-                            "physical_cores": None, "mhz": None}
-    cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            phys = ""
-            for line in f:
-                k, _, v = (x.strip() for x in line.partition(":"))
-                if k == "model name":
-                    info["model"] = v
-                elif k == "flags" and not info["flags"]:
-                    info["flags"] = frozenset(v.split())
-                elif k == "physical id":
-                    phys = v
-                elif k == "core id":
-                    cores.add((phys, v))
-                elif k == "cpu MHz" and info["mhz"] is None:
-                    info["mhz"] = float(v)
-    except (OSError, ValueError):
-        pass
-    info["physical_cores"] = len(cores) or None
-    return info
-
-
-def cpu_name() -> str:
-    return cpuinfo()["model"]
-
-
-def blas_name() -> str:
-    try:
-        cfg = np.show_config(mode="dicts")  # type: ignore[call-arg]
-        blas = cfg["Build Dependencies"]["blas"]
-        name = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy: no dict mode
-        name = "unknown BLAS"
-    core = openblas_core()
-    return f"{name}, {core} kernels" if core else name
-
-
-def openblas_core() -> str | None:
-    """The kernel set a DYNAMIC_ARCH OpenBLAS picked for this CPU (e.g. 'Haswell'), if loaded."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        return None
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_", "openblas_get_corename"):
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return None
-
-
-def blas_advice() -> str | None:
-    """A hint when OpenBLAS runs AVX2 kernels on an AVX-512 CPU (it misdetects AMD Zen 5)."""
-    core = openblas_core()
-    avx512 = "avx512f" in cpuinfo()["flags"]
-    if core and avx512 and core.lower() in ("haswell", "zen", "sandybridge"):
-        return (f"OpenBLAS chose its {core} (AVX2) kernels on this AVX-512 CPU; setting "
-                f"OPENBLAS_CORETYPE=SkylakeX before NumPy is imported selects its AVX-512 kernels "
-                f"(about 1.9x the GEMM throughput on a Zen 5)")
-    return None
 
 
 def probe() -> BackendStatus:

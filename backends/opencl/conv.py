@@ -6,16 +6,19 @@ choice for depthwise convolution. ``auto`` picks direct when C/groups == 1 < gro
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from xdev.backends.base import ConvParams
+from xdev.contract import F32, F64, ConvParams
 
 from . import array as cla
 from .array import CLArray
 from .gemm import cdiv, pack, tile_options
-from .program import type_options
+from .kernels import type_options
 
-F64 = np.dtype(np.float64)
+if TYPE_CHECKING:  # (the device module imports this one)
+    from .device import OpenCLDevice
 
 
 def choose(p: ConvParams, algorithm: str) -> str:
@@ -24,9 +27,9 @@ def choose(p: ConvParams, algorithm: str) -> str:
     return "direct" if p.Cg == 1 and p.groups > 1 else "gemm"
 
 
-def pad_input(dev, x: CLArray, p: ConvParams, slack: int) -> tuple[object, int, int]:
+def pad_input(dev: OpenCLDevice, x: CLArray, p: ConvParams, slack: int) -> tuple[Any, int, int]:
     """Zero-padded copy in the compute type, with `slack` spare elements at the end."""
-    real = F64 if x.dtype == F64 else np.dtype(np.float32)
+    real = F64 if x.dtype == F64 else F32
     pt, pb, pl, pr = p.pad
     Hp, Wp = p.H + pt + pb, p.W + pl + pr
     buf = dev.alloc((p.N * p.C * Hp * Wp + slack) * real.itemsize)
@@ -39,13 +42,13 @@ def pad_input(dev, x: CLArray, p: ConvParams, slack: int) -> tuple[object, int, 
     return buf, Hp, Wp
 
 
-def bias_args(bias: CLArray | None):
+def bias_args(bias: CLArray | None) -> tuple[Any, np.int64, np.int64]:
     if bias is None:
         return None, np.int64(0), np.int64(0)
     return bias.buf, np.int64(bias.offset), np.int64(bias.strides[0])
 
 
-def conv2d(dev, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str) -> tuple[CLArray, str]:
+def conv2d(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str) -> tuple[CLArray, str]:
     algo = choose(p, algorithm)
     out = dev.empty(p.out_shape, x.dtype)
     if out.size == 0:
@@ -60,13 +63,13 @@ def conv2d(dev, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, alg
     return out, algo
 
 
-def _geometry(p: ConvParams, Hp: int, Wp: int):
+def _geometry(p: ConvParams, Hp: int, Wp: int) -> tuple[np.int32, ...]:
     i32 = np.int32
     return (i32(p.kh), i32(p.kw), i32(p.dilation[0]), i32(p.dilation[1]),
             i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo))
 
 
-def _direct(dev, x, w, bias, p, out) -> None:
+def _direct(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
     vw = dev.params["conv"]["VWD" if x.dtype == F64 else "VW"]
     xp, Hp, Wp = pad_input(dev, x, p, slack=2 * vw + p.W + 64)
     opts = {**type_options(x.dtype, out.dtype), "VW": vw}
@@ -77,7 +80,7 @@ def _direct(dev, x, w, bias, p, out) -> None:
                i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
-def _packed(dev, x, w, bias, p, out) -> None:
+def _packed(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
     c = dev.params["conv"]
     vw = c["VWD"] if x.dtype == F64 else c["VW"]
     MR, NV = c["MR"], c["NV"]
@@ -99,7 +102,7 @@ def _packed(dev, x, w, bias, p, out) -> None:
                i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
-def _tiled(dev, x, w, bias, p, out) -> None:
+def _tiled(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
     t = tile_options(dev.params["conv_gpu"])
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)
     rtsm, rtsn = t["TSM"] // t["WPTM"], t["TSN"] // t["WPTN"]

@@ -9,34 +9,39 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from xdev._shapes import broadcast_batch, matmul_shape
+from xdev.contract import F32, F64, broadcast_batch, matmul_shape
 
 from . import array as cla
 from .array import CLArray
-from .program import type_options
+from .kernels import type_options
 
-F64 = np.dtype(np.float64)
+if TYPE_CHECKING:  # (the device module imports this one)
+    from .device import OpenCLDevice
+
+Strides = tuple[int, ...]
 
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def family(dev, M: int, N: int, K: int) -> str:
+def family(dev: OpenCLDevice, M: int, N: int, K: int) -> str:
     if M * N * K < dev.params["small_work"]:
         return "small"
     return "packed" if dev.family == "cpu" else "tiled"
 
 
-def pad3(shape, *strides):
+def pad3(shape: tuple[int, ...], *strides: Strides) -> tuple[tuple[int, ...], list[Strides]]:
     """Left-pad batch dims to exactly 3 (size 1, stride 0)."""
     k = 3 - len(shape)
     return (1,) * k + tuple(shape), [(0,) * k + tuple(s) for s in strides]
 
 
-def matmul(dev, a: CLArray, b: CLArray) -> CLArray:
+def matmul(dev: OpenCLDevice, a: CLArray, b: CLArray) -> CLArray:
     out_shape = matmul_shape(a.shape, b.shape)
     dt = a.dtype
     if a.ndim == 1:
@@ -81,7 +86,8 @@ def astr_full(x: CLArray, nb: int, batch: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(0 if n == 1 else s for n, s in zip(shp, st)) + x.strides[-2:]
 
 
-def _small(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+def _small(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+           shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))
     i64 = np.int64
@@ -92,9 +98,10 @@ def _small(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
                *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
 
 
-def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int, R: int):
+def pack(dev: OpenCLDevice, src: CLArray, shape: tuple[int, ...], strides: Strides, rs: int, ks: int,
+         rows: int, K: int, R: int) -> tuple[Any, Strides]:
     """Panels of R rows for the packed GEMM; returns (buffer, packed strides per batch dim)."""
-    real = F64 if src.dtype == F64 else np.dtype(np.float32)
+    real = F64 if src.dtype == F64 else F32
     own = [(n, s) for n, s in zip(shape, strides) if s != 0]
     own_shape, (own_str,) = pad3(tuple(n for n, _ in own), tuple(s for _, s in own))
     PB = int(np.prod(own_shape))
@@ -118,7 +125,8 @@ def pack(dev, src: CLArray, shape, strides, rs: int, ks: int, rows: int, K: int,
     return buf, tuple(reversed(pstr))
 
 
-def _packed(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+def _packed(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+            shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     g = dev.params["gemm"]
     vw = g["VWD"] if a.dtype == F64 else g["VW"]
     MR, NV = g["MR"], g["NV"]
@@ -135,11 +143,12 @@ def _packed(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
                *(i64(s) for s in pa3), *(i64(s) for s in pb3))
 
 
-def tile_options(t: dict) -> dict[str, int]:
+def tile_options(t: dict[str, Any]) -> dict[str, int]:
     return {k: int(t[k]) for k in ("TSM", "TSN", "TSK", "WPTM", "WPTN")}
 
 
-def _tiled(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+def _tiled(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+           shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     t = tile_options(dev.params["gemm_gpu"])
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))

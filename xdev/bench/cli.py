@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = doc_machine["cpu"]
     calibrated = None
     for dev in devices:
-        if dev.is_cpu and hasattr(dev, "measured_peak_gflops"):
-            calibrated = dev.measured_peak_gflops(dtype)
+        calibrated = dev.peak_gflops(dtype) if dev.is_cpu else None
+        if calibrated is not None:  # a device that calibrates the CPU (OpenCL on the CPU)
             break
     a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
     a.settings.announce = lambda msg: console.print(f"[dim]{escape(msg)}[/dim]")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xdev.contract import env
+
 SCHEMA = {"name": "xdev.bench", "version": 2}
 
 # Environment that changes what a benchmark measures: xdev's own switches, PoCL's and
@@ -46,7 +48,7 @@ def git_commit() -> dict[str, Any] | None:
 
 
 def environment() -> dict[str, str]:
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
+    return env.snapshot(ENV_PREFIXES, ENV_NAMES)
 
 
 def threads() -> dict[str, Any]:

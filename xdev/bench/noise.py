@@ -14,12 +14,13 @@ Three defences, each reported rather than hidden:
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from xdev.contract import machine
 
 from .timing import Timing
 
@@ -131,36 +132,9 @@ def fmt_ratio(r: float | None, spread: float | None, noise: bool | None) -> str:
 
 # -- system load ---------------------------------------------------------------------------
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def sample_load() -> dict[str, Any]:
     """Load average, /proc/stat CPU counters (jiffies) and this process's CPU time."""
-    out: dict[str, Any] = {"time": time.monotonic(), "cpus": os.cpu_count() or 1}
-    la = _read("/proc/loadavg")
-    if la:
-        out["loadavg"] = [float(x) for x in la.split()[:3]]
-    else:
-        try:
-            out["loadavg"] = list(os.getloadavg())
-        except OSError:
-            out["loadavg"] = None
-    st = _read("/proc/stat")
-    if st and st.startswith("cpu "):
-        v = [int(x) for x in st.splitlines()[0].split()[1:]]
-        v += [0] * (8 - len(v))
-        # user nice system idle iowait irq softirq steal (guest time is inside user)
-        out["stat"] = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}
-    else:
-        out["stat"] = None
-    t = os.times()
-    out["self_cpu_s"] = t.user + t.system
-    return out
+    return machine.load_sample()
 
 
 def summarize_load(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,12 @@ users run it). torch is imported only here, only when asked; it is not a depende
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
 import numpy as np
+
+from xdev.contract import env
 
 
 def torch_or_reason() -> tuple[Any, str | None]:
@@ -36,7 +37,7 @@ class TorchDevice:
         self.beside = beside  # the xdev device key these rows stand beside
         self.is_cpu = device == "cpu"
         self.name = f"PyTorch {getattr(torch, '__version__', '?')} on {device}"
-        tf32 = os.environ.get("XDEV_CUDA_TF32", "").strip() == "1"
+        tf32 = env.cuda_tf32()
         try:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32

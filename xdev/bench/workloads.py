@@ -54,10 +54,6 @@ def vgg16(batch: int, image: int = 224) -> list[ConvLayer]:
     return [ConvLayer(n, batch, c, o, max(1, image * h // 224)) for n, c, o, h in VGG16]
 
 
-def vgg16_gmac_per_image(image: int = 224) -> float:
-    return sum(layer.flops for layer in vgg16(1, image)) / 2e9
-
-
 MATMUL_SIZES = [128, 256, 512, 1024, 2048, 4096]
 MATMUL_SIZES_QUICK = [128, 512, 1024]
 SKINNY = (32, 4096, 4096)  # (M, K, N): a batch of 32 through a 4096-wide layer

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import itertools
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import xdev
-from conftest import require
+from availability import require
 from reference import conv2d_ref, matmul_ref
 from strategies import supported_dtypes, values
 from tolerance import assert_agrees
@@ -117,23 +120,34 @@ def test_auto_picks_direct_for_depthwise(cl_dev):
 def test_kernels_build_once_and_shapes_do_not_rebuild(cl_dev):
     a = xdev.asarray(values(1, (70, 80), np.float32), backend=cl_dev.key)
     xdev.matmul(a, a.T)
-    n = len(cl_dev.programs._programs)
+    n = len(cl_dev.programs)
     for m in (71, 90, 130):
         xdev.matmul(a[:m % 70 + 1], a.T)
     xdev.matmul(xdev.asarray(values(2, (300, 200), np.float32), backend=cl_dev.key),
                 xdev.asarray(values(3, (200, 150), np.float32), backend=cl_dev.key))
-    after_big = len(cl_dev.programs._programs)
+    after_big = len(cl_dev.programs)
     xdev.matmul(xdev.asarray(values(4, (301, 203), np.float32), backend=cl_dev.key),
                 xdev.asarray(values(5, (203, 157), np.float32), backend=cl_dev.key))
-    assert len(cl_dev.programs._programs) == after_big  # a new shape compiles nothing
+    assert len(cl_dev.programs) == after_big  # a new shape compiles nothing
     assert after_big - n <= 2  # the packed family: pack + micro-kernel
 
 
-def test_build_error_carries_log_and_options(cl_dev):
-    from xdev.backends.opencl.program import KernelBuildError
-
-    with pytest.raises(KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output"):
-        cl_dev.programs.get("gemm_cpu.cl", {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5})
+def test_build_error_carries_log_options_and_real_source_lines(cl_dev):
+    # VW=5 is no OpenCL vector width: the build fails inside common.cl's macros and gemm_cpu.cl.
+    opts = {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, "MR": 3, "NV": 1, "VW": 5}
+    with pytest.raises(xdev.KernelBuildError, match=r"(?s)gemm_cpu.cl failed to build.*-DMR=3.*-DVW=5.*Compiler output") as ei:
+        cl_dev.program("gemm_cpu.cl", opts)
+    e = ei.value
+    assert e.file.endswith("gemm_cpu.cl") and "-DVW=5" in e.options and e.log
+    files = {Path(f).name for f, _ in e.locations}
+    assert files <= {"common.cl", "gemm_cpu.cl"} and "gemm_cpu.cl" in files, e.locations
+    for f, line in e.locations:  # every place is a real line of the real file, shown in the message
+        assert 1 <= line <= len(Path(f).read_text().splitlines()), (f, line)
+        assert f"{f}:{line}" in str(e)
+    # The 'float5' error points at the vector typedef in common.cl, not at a temporary file.
+    line = next(ln for ln in str(e).splitlines() if "float5" in ln)
+    f, n = re.search(r"(\S+common\.cl):(\d+)", line).groups()
+    assert "typedef CAT(REAL_T, VW)" in Path(f).read_text().splitlines()[int(n) - 1]
 
 
 def test_out_of_memory_is_memory_error_and_device_survives(cl_dev):
@@ -177,15 +191,15 @@ def test_two_pocls_with_one_platform_name_are_told_apart():
 
 
 def test_tuning_cache_round_trip(cl_dev, tmp_path, monkeypatch):
-    from xdev.backends.opencl import tuning
+    from xdev.backends.opencl import params
 
     monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
-    assert tuning.cache_file() == tmp_path / "opencl-tuning.json"
+    assert params.cache_file() == tmp_path / "opencl-tuning.json"
     saved = cl_dev.params
     try:
-        assert "tuned" not in tuning.params_for(cl_dev)
-        tuning.store(cl_dev, {"gemm": {"MR": 8, "NV": 2}})
-        tuned = tuning.params_for(cl_dev)
+        assert "tuned" not in params.params_for(cl_dev)
+        params.store(cl_dev, {"gemm": {"MR": 8, "NV": 2}})
+        tuned = params.params_for(cl_dev)
         assert tuned["tuned"] and tuned["gemm"]["MR"] == 8 and tuned["gemm"]["VW"] == saved["gemm"]["VW"]
         cl_dev.params = tuned  # the backend really uses what was stored
         a = values(1, (100, 90), np.float32)
@@ -233,3 +247,35 @@ def test_threads_sharing_the_device_get_their_own_results(cl_dev):
     for t in threads:
         t.join(120)
     assert not errors, errors[0]
+
+
+def test_pocl_affinity_is_set_at_first_use_not_at_import(cl_dev):
+    import subprocess
+    import sys
+
+    code = ("import os, xdev.backends.opencl as b; print(os.environ.get('POCL_AFFINITY'));"
+            "import xdev; xdev.available_backends(); print(os.environ.get('POCL_AFFINITY'))")
+    env = {k: v for k, v in os.environ.items() if k != "POCL_AFFINITY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.split() == ["None", "1"], r.stderr
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**env, "POCL_AFFINITY": "0"})
+    assert r.stdout.split() == ["0", "0"], r.stderr  # the user's choice wins
+
+
+def test_elapsed_times_with_profiling_events(cl_dev):
+    import time
+
+    import pyopencl as cl
+
+    a = xdev.asarray(values(1, (256, 256), np.float32), backend=cl_dev.key)
+    xdev.matmul(a, a)
+    t0 = time.perf_counter()
+    times = cl_dev.elapsed(lambda: xdev.matmul(a, a), 3)
+    host = time.perf_counter() - t0
+    assert cl_dev.queue.properties & cl.command_queue_properties.PROFILING_ENABLE
+    assert cl_dev._event_timing, "PoCL gives markers profiling info: no host-clock fallback here"
+    assert len(times) == 3 and all(0 < t for t in times) and sum(times) <= host
+    # More work takes longer on the device clock too.
+    four = cl_dev.elapsed(lambda: [xdev.matmul(a, a) for _ in range(4)], 3)
+    assert min(four) > min(times)

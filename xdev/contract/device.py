@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from .shapes import ConvParams
 
 
 @dataclass(frozen=True)
@@ -18,50 +18,6 @@ class BackendStatus:
     available: bool
     reason: str
     devices: tuple[str, ...] = field(default_factory=tuple)
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend (or one of its devices) cannot be used; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class ConvParams:
-    """Validated conv2d geometry, shared by every backend (built by xdev._shapes)."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    O: int
-    kh: int
-    kw: int
-    groups: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad: tuple[int, int, int, int]  # top, bottom, left, right
-    Ho: int
-    Wo: int
-
-    @property
-    def Cg(self) -> int:
-        return self.C // self.groups
-
-    @property
-    def Og(self) -> int:
-        return self.O // self.groups
-
-    @property
-    def K(self) -> int:
-        """Reduction length of one output element."""
-        return self.Cg * self.kh * self.kw
-
-    @property
-    def out_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.O, self.Ho, self.Wo)
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.N * self.O * self.Ho * self.Wo * self.K
 
 
 class Device(abc.ABC):
@@ -141,6 +97,15 @@ class Device(abc.ABC):
             self.synchronize()
             out.append(time.perf_counter() - t0)
         return out
+
+    peak_method: str = ""  # how peak_gflops() gets its figure, for reports
+
+    def peak_gflops(self, dtype: np.dtype) -> float | None:
+        """This device's peak multiply-add rate in GFLOP/s for ``dtype``, or None if unknown.
+
+        The benchmark divides measured GFLOP/s by it; ``peak_method`` says where it comes from.
+        """
+        return None
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A page-locked host array for fast transfers, or None if the backend has none."""

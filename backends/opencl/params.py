@@ -6,21 +6,20 @@ Tuned values are stored per (device name, driver version) in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ENV_CACHE = "XDEV_CACHE_DIR"
+from xdev.contract import env
+
+if TYPE_CHECKING:  # (the device module imports this one)
+    from .device import OpenCLDevice
 
 
 def cache_file() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev"
-    )
-    return Path(root) / "opencl-tuning.json"
+    return env.cache_dir() / "opencl-tuning.json"
 
 
-def device_id(dev) -> str:
+def device_id(dev: OpenCLDevice) -> str:
     d = dev.cl_device
     return f"{d.name.strip()} | {dev.cand.platform.version.strip()} | {d.driver_version.strip()}"
 
@@ -28,7 +27,7 @@ def device_id(dev) -> str:
 GPU_TILE = {"TSM": 64, "TSN": 64, "TSK": 16, "WPTM": 4, "WPTN": 4}
 
 
-def defaults(dev) -> dict[str, Any]:
+def defaults(dev: OpenCLDevice) -> dict[str, Any]:
     """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
     d = dev.cl_device
     tile = dict(GPU_TILE)
@@ -62,7 +61,7 @@ def load_all() -> dict[str, Any]:
         return {}
 
 
-def params_for(dev) -> dict[str, Any]:
+def params_for(dev: OpenCLDevice) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
     if isinstance(tuned, dict) and tuned:
@@ -75,7 +74,7 @@ def params_for(dev) -> dict[str, Any]:
     return params
 
 
-def store(dev, params: dict[str, Any]) -> Path:
+def store(dev: OpenCLDevice, params: dict[str, Any]) -> Path:
     path = cache_file()
     data = load_all()
     data[device_id(dev)] = params

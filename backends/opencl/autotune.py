@@ -1,16 +1,20 @@
 """Measure kernel parameter sets on one OpenCL device against the built-in default; keep a winner beyond noise."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-import xdev
+from xdev.contract import conv_params
 
-from . import tuning
+from . import params
+
+if TYPE_CHECKING:
+    from .device import OpenCLDevice
 
 
-def pick(dev, key: str, run: Callable[[], Any], candidates: list[dict[str, Any]], default: dict[str, Any],
+def pick(dev: OpenCLDevice, key: str, run: Callable[[], Any], candidates: list[dict[str, Any]], default: dict[str, Any],
          rounds: int, log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Time the built-in default and every candidate for dev.params[key], interleaved.
 
@@ -72,7 +76,7 @@ def cpu_candidates(vw: int) -> list[tuple[int, int]]:
     return out
 
 
-def gpu_candidates(dev) -> list[dict[str, int]]:
+def gpu_candidates(dev: OpenCLDevice) -> list[dict[str, int]]:
     d = dev.cl_device
     out = []
     for tsm, tsn, wptm, wptn in [(64, 64, 4, 4), (128, 128, 8, 8), (128, 64, 8, 4), (64, 128, 4, 8),
@@ -84,27 +88,29 @@ def gpu_candidates(dev) -> list[dict[str, int]]:
     return out
 
 
-def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure candidates for GEMM and conv on `dev` against the built-in defaults; returns
     the parameters to store: only those that beat the default beyond noise."""
     saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dev.params.items()}
     n = 512 if quick else 1024
     rng = np.random.default_rng(0)
-    a = xdev.asarray(rng.standard_normal((n, n), dtype=np.float32), backend=dev.key)
-    b = xdev.asarray(rng.standard_normal((n, n), dtype=np.float32), backend=dev.key)
+    # The device's own methods, not the public API: a backend depends on the contract only.
+    a = dev.upload(rng.standard_normal((n, n), dtype=np.float32))
+    b = dev.upload(rng.standard_normal((n, n), dtype=np.float32))
     convs = [(64, 128, 56), (256, 256, 28)] if quick else [(64, 64, 112), (128, 256, 56), (512, 512, 14)]
-    conv_in = [(xdev.asarray(rng.standard_normal((1, c, h, h), dtype=np.float32), backend=dev.key),
-                xdev.asarray(rng.standard_normal((o, c, 3, 3), dtype=np.float32), backend=dev.key))
+    conv_in = [(dev.upload(rng.standard_normal((1, c, h, h), dtype=np.float32)),
+                dev.upload(rng.standard_normal((o, c, 3, 3), dtype=np.float32)),
+                conv_params((1, c, h, h), (o, c, 3, 3), None, 1, 1, 1, 1))
                for c, o, h in convs]
     found: dict[str, Any] = {}
 
-    def gemm():
-        return xdev.matmul(a, b)
+    def gemm() -> Any:
+        return dev.matmul(a, b)
 
-    def convs():
-        return [xdev.conv2d(x, w, padding=1, algorithm="gemm") for x, w in conv_in]
+    def convs() -> Any:
+        return [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in]
 
-    builtin = tuning.defaults(dev)
+    builtin = params.defaults(dev)
     rounds = 5 if quick else 7
     try:
         dev.params["small_work"] = 0
@@ -125,7 +131,7 @@ def tune(dev, quick: bool = False, log: Callable[[str], None] = print) -> dict[s
     return found
 
 
-def save(dev, found: dict[str, Any]):
-    path = tuning.store(dev, found)
-    dev.params = tuning.params_for(dev)
+def save(dev: OpenCLDevice, found: dict[str, Any]) -> Path:
+    path = params.store(dev, found)
+    dev.params = params.params_for(dev)
     return path

@@ -150,9 +150,12 @@ def test_array_cannot_be_constructed_directly():
         xdev.Array(np.ones(3))
 
 
-def test_conv_result_records_algorithm():
-    y = xdev.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), padding="same")
-    assert y.algorithm == "gemm" and "algorithm='gemm'" in repr(y)
+def test_conv_result_records_algorithm(device):
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    y = xdev.conv2d(x, w, padding="same", backend=device.key)
+    assert y.algorithm in device.conv_algorithms and f"algorithm='{y.algorithm}'" in repr(y)
+    for algo in device.conv_algorithms:
+        assert xdev.conv2d(x, w, padding="same", algorithm=algo, backend=device.key).algorithm == algo
 
 
 def test_synchronize_runs():
@@ -166,3 +169,10 @@ def test_info_lists_every_backend_with_a_reason():
     for name in ("numpy", "opencl", "cuda"):
         assert any(line.startswith(name) and (" available:" in line or " unavailable:" in line)
                    for line in r.stdout.splitlines()), (name, r.stdout)
+
+
+def test_zero_dim_array_keeps_its_shape(device):
+    a = xdev.asarray(np.float32(2.5), backend=device.key)
+    assert a.shape == () and a.numpy().shape == () and float(a.numpy()) == 2.5
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        xdev.matmul(a, np.ones(3, np.float32))

@@ -52,7 +52,6 @@ def test_non_float_data_is_refused_with_fix():
         (dict(padding="full"), (1, 1, 4, 4), (1, 1, 3, 3), r"'valid' or 'same'; received 'full'"),
         (dict(padding="same", stride=2), (1, 1, 4, 4), (1, 1, 3, 3), r"'same' needs stride 1"),
         (dict(groups=0), (1, 1, 4, 4), (1, 1, 3, 3), r"groups must be a positive int"),
-        (dict(algorithm="winograd"), (1, 1, 4, 4), (1, 1, 3, 3), r"'winograd' is not available on numpy; choose one of auto, gemm"),
         (dict(), (2, 4, 4), (1, 1, 3, 3), r"weight \(1, 1, 3, 3\) has 1 input channels per group.*C/groups = 2"),
         (dict(), (4, 4), (1, 1, 3, 3), r"\(N, C, H, W\) or \(C, H, W\); received shape \(4, 4\)"),
         (dict(), (1, 1, 4, 4), (1, 3, 3), r"weight must have shape \(O, C/groups, kH, kW\)"),
@@ -61,6 +60,16 @@ def test_non_float_data_is_refused_with_fix():
 def test_conv_parameter_errors(kwargs, xs, ws, pattern):
     with pytest.raises(ValueError, match=pattern):
         xdev.conv2d(np.ones(xs), np.ones(ws), **kwargs)
+
+
+def test_conv_unknown_algorithm_lists_the_device_algorithms(device):
+    # Runs on every backend, and on the default one: the list is the device's own.
+    expected = ", ".join(("auto",) + tuple(device.conv_algorithms))
+    with pytest.raises(ValueError, match=rf"'winograd' is not available on {device.key}; choose one of {expected}$"):
+        xdev.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), algorithm="winograd", backend=device.key)
+    default = xdev.get_backend()
+    with pytest.raises(ValueError, match=rf"'winograd' is not available on {default}"):
+        xdev.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), algorithm="winograd")
 
 
 def test_conv_bias_shape():

@@ -1,11 +1,50 @@
 """Argument geometry shared by every backend: conv2d parameters (PyTorch rules), matmul shapes (NumPy rules)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Union
 
-from .backends.base import ConvParams
-
 IntPair = Union[int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Validated conv2d geometry, shared by every backend (built by :func:`conv_params`)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    kh: int
+    kw: int
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+    Ho: int
+    Wo: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def Og(self) -> int:
+        return self.O // self.groups
+
+    @property
+    def K(self) -> int:
+        """Reduction length of one output element."""
+        return self.Cg * self.kh * self.kw
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.O, self.Ho, self.Wo)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.N * self.O * self.Ho * self.Wo * self.K
 
 
 def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:

@@ -1,0 +1,35 @@
+"""Which backends the suite can run on here, and what to do when one is missing.
+
+Imported by conftest.py (the ``device`` fixture) and by tests that need one backend.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import xdev
+from xdev._registry import get_device
+
+# Backends that must be available (CI sets XDEV_TEST_REQUIRE=opencl): their absence fails
+# the run instead of skipping it, so a broken install cannot pass silently.
+REQUIRED = {b.strip() for b in os.environ.get("XDEV_TEST_REQUIRE", "").split(",") if b.strip()}
+
+_status_cache: dict[str, xdev.BackendStatus] = {}
+
+
+def backend_status(name: str) -> xdev.BackendStatus:
+    if not _status_cache:
+        _status_cache.update(xdev.available_backends())
+    return _status_cache[name]
+
+
+def require(name: str):
+    """The default device of backend `name`, or skip (fail if required) with the reason."""
+    status = backend_status(name)
+    if not status.available:
+        msg = f"{name} backend unavailable: {status.reason}"
+        if name in REQUIRED:
+            pytest.fail(msg + " (required by XDEV_TEST_REQUIRE)")
+        pytest.skip(msg)
+    return get_device(name)

@@ -1,0 +1,34 @@
+"""The contract between xdev's core and its backends: the bottom layer of the package.
+
+Backends import from here and from nowhere else in xdev; the core imports from here and
+reaches a backend only through ``xdev._registry``. Nothing here imports the core, a
+backend or the benchmark (see docs/architecture.md and tests/tools/test_layers.py).
+
+- ``device``: the Device interface every backend implements, BackendStatus;
+- ``shapes``: matmul shapes (NumPy rules), conv2d parameters (PyTorch rules), ConvParams;
+- ``dtypes``: the dtypes xdev computes in;
+- ``errors``: BackendUnavailable, KernelBuildError;
+- ``kernel_cache``: kernel sources with their line map, the memoizing build cache;
+- ``env``: every ``XDEV_*`` environment variable, read in one place;
+- ``machine``: what this host is (CPU, BLAS) and the table of peak rates.
+"""
+from .device import BackendStatus, Device
+from .dtypes import F16, F32, F64, FLOAT_DTYPES
+from .errors import BackendUnavailable, KernelBuildError
+from .shapes import ConvParams, IntPair, broadcast_batch, conv_params, matmul_shape
+
+__all__ = [
+    "BackendStatus",
+    "BackendUnavailable",
+    "ConvParams",
+    "Device",
+    "F16",
+    "F32",
+    "F64",
+    "FLOAT_DTYPES",
+    "IntPair",
+    "KernelBuildError",
+    "broadcast_batch",
+    "conv_params",
+    "matmul_shape",
+]

@@ -1,0 +1,68 @@
+"""Every environment variable xdev reads, in one place (documented in docs/environment.md).
+
+Each is read when asked for, never at import: a program may set them after ``import xdev``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKEND = "XDEV_BACKEND"
+CACHE_DIR = "XDEV_CACHE_DIR"
+OPENCL_KERNELS = "XDEV_OPENCL_KERNELS"
+CUDA_TF32 = "XDEV_CUDA_TF32"
+CUDNN_FAST = "XDEV_CUDNN_FAST"
+
+
+def _get(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def backend_spec() -> str:
+    """``XDEV_BACKEND`` as given ('' when unset); xdev._config validates it."""
+    return _get(BACKEND)
+
+
+def cache_dir() -> Path:
+    """``XDEV_CACHE_DIR``, else ``$XDG_CACHE_HOME/xdev``, else ``~/.cache/xdev``."""
+    root = _get(CACHE_DIR) or os.path.join(_get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xdev")
+    return Path(root)
+
+
+def opencl_kernels() -> str:
+    """``XDEV_OPENCL_KERNELS``: 'auto' (default), 'cpu' or 'gpu'; anything else is a ValueError."""
+    v = _get(OPENCL_KERNELS).lower() or "auto"
+    if v not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"{OPENCL_KERNELS}={v!r} is not valid; expected auto, cpu or gpu")
+    return v
+
+
+def cuda_tf32() -> bool:
+    """``XDEV_CUDA_TF32=1`` lets float32 matmul and convolution (cuBLAS, cuDNN) use TF32."""
+    return _get(CUDA_TF32) == "1"
+
+
+def cudnn_fast() -> bool:
+    """``XDEV_CUDNN_FAST=1`` lets cuDNN use Winograd and FFT engines (off by default)."""
+    return _get(CUDNN_FAST) == "1"
+
+
+def pyopencl_ctx() -> str:
+    """PyOpenCL's ``PYOPENCL_CTX`` ('' when unset): the default OpenCL device if set."""
+    return _get("PYOPENCL_CTX")
+
+
+def prepare_pocl() -> None:
+    """Pin PoCL's worker threads (``POCL_AFFINITY=1``) unless the user chose otherwise.
+
+    Unpinned PoCL threads were seen sharing one core for whole kernels (GEMM throughput
+    halving at random on a 2-core VM). PoCL reads the variable when the OpenCL platforms
+    are first enumerated, so the OpenCL backend calls this just before that, not at import.
+    """
+    os.environ.setdefault("POCL_AFFINITY", "1")
+
+
+def snapshot(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> dict[str, str]:
+    """The variables whose name starts with one of ``prefixes`` or is in ``names``, sorted:
+    what the benchmark records beside its results (it changes what it measures)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes) or k in names}
