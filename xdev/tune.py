@@ -1,6 +1,6 @@
-"""python -m xdev.tune: measure OpenCL kernel parameters on your device and cache the best.
+"""python -m xdev.tune: measure OpenCL kernel parameters on your device against the built-in default; cache a winner beyond noise.
 
-The cache lives in $XDEV_CACHE_DIR/opencl-params.json (default ~/.cache/xdev), keyed by
+The cache lives in $XDEV_CACHE_DIR/opencl-tuning.json (default ~/.cache/xdev), keyed by
 device name, platform version and driver version; the OpenCL backend reads it when it
 opens the device. Delete the file (or pass --reset) to return to the built-in table.
 """
