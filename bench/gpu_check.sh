@@ -11,7 +11,9 @@
 # The GPU machine's Python 3.12 has numpy, pytest, hypothesis, rich, matplotlib, cupy-cuda13x
 # and cuDNN; the wheels from gpu_prepare.sh add pyopencl and the cuDNN frontend. xdev is not
 # installed there: it is imported from the checkout. Each step runs under a
-# timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 470, < 8 min).
+# timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 420: 7 min).
+# Order = priority: versions, the test suite, the targets (bench/cuda_targets.py), then the
+# TFLOP/s check and the quick benchmarks while budget is left.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
@@ -21,7 +23,7 @@ DRY=0
 PY=${PYTHON:-python3}
 RES=${OUT:-$REPO/bench/results}
 WORK=${GPU_CHECK_WORK:-/tmp/xdev_gpu_check}
-BUDGET=${GPU_CHECK_BUDGET_S:-470}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
 START=$(date +%s)
 mkdir -p "$RES" "$WORK"
 LOG=$RES/gpu_check.log
@@ -143,21 +145,37 @@ if xdev.available_backends()["cuda"].available:
 EOF
 
   # -- the whole test suite with CUDA as the default backend ------------------------------------
+  # pytest-timeout registers itself through its entry point (as "timeout"); naming it again
+  # with -p pytest_timeout made pytest stop with "Plugin already registered under a different
+  # name". Ask pytest whether the option exists instead.
   local timeout_opt=()
-  "$PY" -c "import pytest_timeout" 2>/dev/null && timeout_opt=(-p pytest_timeout --timeout=150)
+  "$PY" -m pytest --help 2>/dev/null | grep -q -- "--timeout=" && timeout_opt=(--timeout=150)
+  # The cuDNN plan search is on by default; the suite's many small random shapes would each
+  # build and time up to 2 x 8 plans, so the test run bounds it (the targets below use the default).
+  local tune_env=(XDEV_CUDNN_AUTOTUNE_LIMIT=2 XDEV_CACHE_DIR="$WORK/cache-tests")
   if [ $DRY = 1 ]; then
     echo
-    echo "dry run: the GPU run is: XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra --durations=15"
+    echo "dry run: the GPU run is: ${tune_env[*]} XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra ${timeout_opt[*]} --durations=15"
     echo "dry run: running the CUDA tests with the default backend instead (no GPU here)"
-    step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env XDEV_HYPOTHESIS_PROFILE=ci \
-      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py tests/backends/test_cuda_emulator.py
+    step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env "${tune_env[@]}" XDEV_HYPOTHESIS_PROFILE=ci \
+      "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py \
+      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_tuning.py
   else
-    step "pytest (XDEV_BACKEND=cuda)" 210 env XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci \
-      "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"
+    step "pytest (XDEV_BACKEND=cuda)" 200 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
+      XDEV_HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"
+  fi
+
+  # -- issue 11's targets: xdev vs torch (and CuPy), interleaved in one process ------------------
+  # A fresh plan cache, so the first calls show the search cost.
+  if [ $DRY = 1 ]; then
+    step "cuda targets (dry run)" 60 "$PY" bench/cuda_targets.py --dry-run --out "$RES"
+  else
+    step "cuda targets vs torch" 190 env XDEV_CACHE_DIR="$WORK/cache-targets" \
+      "$PY" bench/cuda_targets.py --out "$RES" --budget-s 170
   fi
 
   # -- matmul TFLOP/s through xdev, timed with CUDA events ----------------------------------------
-  step "matmul TFLOP/s" 90 "$PY" - "$RES/matmul_tflops.json" "$DRY" <<'EOF'
+  step "matmul TFLOP/s" 60 "$PY" - "$RES/matmul_tflops.json" "$DRY" <<'EOF'
 import json, os, subprocess, sys
 import numpy as np
 import xdev
@@ -200,9 +218,9 @@ print("wrote", out_path)
 EOF
 
   # -- the benchmark: CUDA, then OpenCL on the same GPU -----------------------------------------
-  local bench_cuda=("$PY" -m xdev.bench --backends cuda --ops matmul,conv2d,transfer
+  local bench_cuda=("$PY" -m xdev.bench --backends cuda --quick --ops matmul,conv2d,transfer
                     --json "$RES/bench_cuda.json" --plot "$RES/bench_cuda.png")
-  local bench_ocl=("$PY" -m xdev.bench --backends opencl --ops matmul,conv2d,transfer
+  local bench_ocl=("$PY" -m xdev.bench --backends opencl --quick --ops matmul,conv2d,transfer
                    --json "$RES/bench_opencl.json" --plot "$RES/bench_opencl.png")
   if [ $DRY = 1 ]; then
     echo
@@ -210,9 +228,9 @@ EOF
     echo "dry run: then, with NVIDIA's OpenCL: ${bench_ocl[*]}"
     step "bench CLI accepts the flags (--help)" 60 "$PY" -m xdev.bench --help
   else
-    step "bench cuda" 130 "${bench_cuda[@]}"
+    step "bench cuda" 90 env XDEV_CACHE_DIR="$WORK/cache-targets" "${bench_cuda[@]}"
     if [ $have_ocl = 1 ]; then
-      step "bench opencl (NVIDIA OpenCL)" 100 "${bench_ocl[@]}"
+      step "bench opencl (NVIDIA OpenCL)" 60 "${bench_ocl[@]}"
     fi
   fi
 

@@ -9,12 +9,13 @@ import os as _os
 # the repository root, or from a non-editable install shadowed by it) backends/ sits beside
 # xdev/: let the package look there too, so `import xdev.backends` works either way.
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_checkout, "backends", "base.py")) and not _os.path.isdir(
+if _os.path.isfile(_os.path.join(_checkout, "backends", "__init__.py")) and not _os.path.isdir(
     _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")
 ):
     __path__.append(_checkout)  # noqa: F821 (the package's own __path__)
 
 from ._array import Array  # noqa: E402
+from ._dlpack import from_dlpack
 from ._config import get_backend, set_backend, use_backend
 from ._disk import drop_page_cache, npy_batches
 from ._ops import asarray, conv2d, matmul, synchronize
@@ -24,6 +25,15 @@ from .contract import BackendStatus, BackendUnavailable, KernelBuildError
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # xdev.dask imports dask: load it on first use so that `import xdev` stays light.
+    if name == "dask":
+        import importlib
+
+        return importlib.import_module("xdev.dask")
+    raise AttributeError(f"module 'xdev' has no attribute {name!r}")
+
 __all__ = [
     "Array",
     "BackendStatus",
@@ -32,6 +42,7 @@ __all__ = [
     "asarray",
     "available_backends",
     "conv2d",
+    "from_dlpack",
     "drop_page_cache",
     "get_backend",
     "matmul",

@@ -114,6 +114,34 @@ class Array:
         dev.check_dtype(self.dtype)
         return Array._wrap(dev.upload(self.numpy()), dev)
 
+    # -- DLPack and the CUDA array interface (zero-copy; docs/interop.md) -------------------
+    def __dlpack__(self, stream: Any = None, *, max_version: tuple[int, int] | None = None,
+                   dl_device: Any = None, copy: bool | None = None) -> Any:
+        """Export as a DLPack capsule sharing this array's memory (numpy and cuda backends).
+
+        ``dl_device=(1, 0)`` (the CPU) for an array elsewhere exports a host copy, and only
+        with ``copy=True``: nothing moves silently.
+        """
+        if dl_device is not None and (int(dl_device[0]), int(dl_device[1])) != _dlpack_device_or_none(self._dev):
+            if int(dl_device[0]) != 1:  # kDLCPU
+                raise BufferError(f"__dlpack__: this xdev.Array lives on {self.device}; it can be exported to "
+                                  f"its own device or, as a copy, to the CPU, not to DLPack device {tuple(dl_device)}")
+            if copy is not True:
+                raise BufferError(f"__dlpack__: this xdev.Array lives on {self.device}; handing it to the CPU needs "
+                                  f"a copy, which DLPack makes only with copy=True (received copy={copy!r}); or "
+                                  f"download it with a.numpy()")
+            return get_device("numpy").to_dlpack(self.numpy(), stream=None, max_version=max_version, copy=False)
+        return self._dev.to_dlpack(self._data, stream=stream, max_version=max_version, copy=copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(DLPack device type, device id): (1, 0) for numpy, (2, N) for cuda:N."""
+        return self._dev.dlpack_device()
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """CUDA arrays only (numba, CuPy, torch read it); AttributeError on other backends."""
+        return self._dev.cuda_array_interface(self._data)
+
     # -- views ----------------------------------------------------------------------
     @property
     def T(self) -> Array:
@@ -168,6 +196,13 @@ class Array:
             body = np.array2string(self.numpy(), separator=", ", prefix="  ")
             return f"{head},\n  {body})"
         return head + ")"
+
+
+def _dlpack_device_or_none(dev: Device) -> tuple[int, int] | None:
+    try:
+        return dev.dlpack_device()
+    except BufferError:  # memory DLPack cannot describe (OpenCL)
+        return None
 
 
 def _reshape_target(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:

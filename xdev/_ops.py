@@ -1,6 +1,7 @@
 """The public operations and the one dispatch path every backend goes through."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -143,8 +144,21 @@ def conv2d(
     ``algorithm``: ``"auto"``, ``"direct"``, ``"gemm"`` (and ``"cudnn"`` on CUDA); the
     result's ``.algorithm`` says which ran.
     """
-    dev, why = _device_for(backend, (x, w, bias))
-    xd, wd, bd = _operands("conv2d", dev, why, (x, w, bias), ("x", "w", "bias"))
+    if (
+        backend is None
+        and type(x) is Array
+        and type(w) is Array
+        and x._dev is w._dev
+        and x._data.dtype == w._data.dtype
+        and (bias is None or (type(bias) is Array and bias._dev is x._dev and bias._data.dtype == x._data.dtype))
+        and _context.get() is None
+    ):
+        # Fast path (as matmul's): arrays of one device and dtype, nothing to resolve or upload.
+        dev = x._dev
+        xd, wd, bd = x._data, w._data, (None if bias is None else bias._data)
+    else:
+        dev, why = _device_for(backend, (x, w, bias))
+        xd, wd, bd = _operands("conv2d", dev, why, (x, w, bias), ("x", "w", "bias"))
     xshape = tuple(xd.shape)
     if len(xshape) not in (3, 4):
         raise ValueError(
@@ -153,7 +167,7 @@ def conv2d(
     unbatched = len(xshape) == 3
     if unbatched:
         xd = dev.reshape(xd, (1,) + xshape)
-    p = conv_params(
+    p = _conv_params(
         tuple(xd.shape), tuple(wd.shape), None if bd is None else tuple(bd.shape),
         stride, padding, dilation, groups,
     )
@@ -168,6 +182,17 @@ def conv2d(
     if unbatched:
         out = dev.reshape(out, p.out_shape[1:])
     return Array._wrap(out, dev, ran)
+
+
+_conv_params_cached = functools.lru_cache(maxsize=512)(conv_params)
+
+
+def _conv_params(*args: Any) -> Any:
+    """conv_params, memoized for hashable arguments (the validation costs ~10 us per call)."""
+    try:
+        return _conv_params_cached(*args)
+    except TypeError:  # an unhashable argument (a list for stride, ...): validate uncached
+        return conv_params(*args)
 
 
 # Array's @ operator (declared in _array.py) is matmul.

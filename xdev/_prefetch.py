@@ -38,7 +38,6 @@ from ._ops import _device_for
 from .contract import FLOAT_DTYPES, Device
 
 _DONE = object()
-_POLL_S = 0.05  # how often a waiting producer looks at the stop flag
 
 
 class _Plain:
@@ -78,9 +77,7 @@ class _State:
         try:
             it = iter(self.source)
             while True:
-                while not self.slots.acquire(timeout=_POLL_S):
-                    if self.stop.is_set():
-                        return
+                self.slots.acquire()  # no polling: shutdown() releases a slot to wake this up
                 if self.stop.is_set():
                     return
                 try:
@@ -120,6 +117,7 @@ class _State:
                 return
             self.closed = True
         self.stop.set()
+        self.slots.release()  # wake a producer waiting for a slot; it sees `stop` and returns
         t = self.thread
         if t is not None and t is not threading.current_thread():
             t.join()

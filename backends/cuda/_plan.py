@@ -9,6 +9,7 @@ which one), ``("i64", v)`` and ``("i32", v)`` for scalars, in the kernel's param
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,7 @@ def direct_smem(cc: int, IH: int, IW: int, khw: int, ot: int, acc_itemsize: int)
     return (xs + cc * khw * ot) * acc_itemsize
 
 
+@functools.lru_cache(maxsize=1024)
 def direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], has_bias: bool) -> Launch:
     """The launch of conv2d_direct.cu for ConvParams ``p`` (x strides in elements)."""
     g = _geometry(p)
@@ -114,18 +116,24 @@ class ColsBlock:
     hb: int
 
 
-def gemm_blocks(p: Any, Kp: int, itemsize: int, budget: int = COLS_BUDGET_BYTES) -> list[ColsBlock]:
+def gemm_blocks(p: Any, Kp: int, itemsize: int, budget: int = COLS_BUDGET_BYTES) -> tuple[ColsBlock, ...]:
+    return _gemm_blocks(p, Kp, itemsize, budget)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gemm_blocks(p: Any, Kp: int, itemsize: int, budget: int) -> tuple[ColsBlock, ...]:
     """Split the work so that no im2col buffer (nb, G, Kp, hb*Wo) exceeds ``budget`` bytes."""
     per_row = p.groups * Kp * p.Wo * itemsize  # one output row of one image
     per_img = per_row * p.Ho
     max_rows = max(1, INT32_MAX // max(p.Wo, 1))  # hb*Wo indexes with int
     if per_img <= budget and p.Ho <= max_rows:
         nb = max(1, min(p.N, budget // max(per_img, 1), GRID_YZ_MAX))
-        return [ColsBlock(n0, min(nb, p.N - n0), 0, p.Ho) for n0 in range(0, p.N, nb)]
+        return tuple(ColsBlock(n0, min(nb, p.N - n0), 0, p.Ho) for n0 in range(0, p.N, nb))
     hb = max(1, min(p.Ho, budget // max(per_row, 1), max_rows))
-    return [ColsBlock(n, 1, h0, min(hb, p.Ho - h0)) for n in range(p.N) for h0 in range(0, p.Ho, hb)]
+    return tuple(ColsBlock(n, 1, h0, min(hb, p.Ho - h0)) for n in range(p.N) for h0 in range(0, p.Ho, hb))
 
 
+@functools.lru_cache(maxsize=1024)
 def im2col_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], blk: ColsBlock, Kp: int) -> Launch:
     """The launch of im2col.cu for one block; x is passed at image blk.n0."""
     g = _geometry(p)
@@ -152,8 +160,12 @@ def elem_strides(a: Any) -> tuple[int, ...]:
 
 
 def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
-             budget: int = COLS_BUDGET_BYTES) -> None:
-    """im2col (own kernel) + one batched GEMM over the groups per block of images."""
+             budget: int = COLS_BUDGET_BYTES, matmul: Any = None) -> None:
+    """im2col (own kernel) + one batched GEMM over the groups per block of images.
+
+    ``matmul(a, b, out=...)`` is the GEMM: the device's own cuBLAS call (numpy's in the tests).
+    """
+    mm = xp.matmul if matmul is None else matmul
     dt = x.dtype
     G, Og, K = p.groups, p.O // p.groups, p.K
     y4 = y.reshape(p.N, G, Og, p.Ho * p.Wo)
@@ -161,7 +173,7 @@ def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
     pointwise = p.kh == p.kw == 1 and tuple(p.stride) == (1, 1) and not any(p.pad)
     if pointwise and (bias is None or dt.itemsize > 2):
         # A 1x1 convolution: x already is the column matrix (Ho = H, Wo = W).
-        xp.matmul(wm, x.reshape(p.N, G, p.C // G, p.H * p.W), out=y4)
+        mm(wm, x.reshape(p.N, G, p.C // G, p.H * p.W), out=y4)
         if bias is not None:
             y += bias.reshape(1, p.O, 1, 1)
         return
@@ -177,7 +189,7 @@ def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
         cols = xp.empty((blk.nb, G, Kp, L), dt)
         launch(im2col_launch(p, dt.name, xs, blk, Kp), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
         out = y4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * p.Wo : blk.h0 * p.Wo + L]
-        xp.matmul(wm, cols, out=out)
+        mm(wm, cols, out=out)
         del cols
 
 

@@ -1,13 +1,16 @@
 """conv2d through cuDNN's official Python frontend (``nvidia-cudnn-frontend``, module ``cudnn``).
 
-One cuDNN graph is built per (shape, strides, dtype, parameters, switches) and cached with its
-workspace. Tensors are NCHW with explicit dims and strides (the frontend would otherwise pick
-channels-last for the output); asymmetric padding is pre/post padding; groups come from the
-weight's C/groups dimension; the bias is a pointwise add of a (1, O, 1, 1) tensor inside the
-graph, so float16 results are rounded once. Numerics: engines whose notes say they round
-inputs down (TF32 tensor cores for float32, DOWN_CONVERT_INPUTS), reduce in lower precision,
-or use Winograd/FFT transforms are deselected, unless ``XDEV_CUDA_TF32=1`` (TF32) or
-``XDEV_CUDNN_FAST=1`` (Winograd, FFT) opt in.
+Per convolution key (dtype, shape, input layout, parameters, bias, switches) xdev builds the
+candidate graphs and plans once, times them on the call's own operands and keeps the fastest
+(``cudnn_tune.py`` holds that logic and the disk cache). What stays per key is an ``_Exec``:
+the graph, the plan index, the tensor uids, the workspace. A call then only makes its output,
+converts layouts where the chosen variant needs it, and passes raw device pointers to the
+frontend's execute-by-index: no graph validation, no DLPack export, no stream re-binding
+unless the stream changed.
+
+Numerics: engines whose notes say they round inputs down (TF32 tensor cores for float32,
+DOWN_CONVERT_INPUTS), reduce in lower precision, or use Winograd/FFT transforms are
+deselected, unless ``XDEV_CUDA_TF32=1`` (TF32) or ``XDEV_CUDNN_FAST=1`` (Winograd, FFT) opt in.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ from typing import Any
 import cupy
 import numpy as np
 
-from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
+from xdev.contract import F16 as _F16, F32 as _F32
 from xdev.contract import env
 
-INSTALL_HINT = 'pip install "xdev[cudnn]"'
-_CACHE_SIZE = 128
+from . import cudnn_tune as tune
 
+INSTALL_HINT = 'pip install "xdev[cudnn]"'
+_CACHE_SIZE = 256
 
 _frontend_state: tuple[Any, str | None] | None = None
 
@@ -69,192 +73,282 @@ class CudnnUnsupported(Exception):
 
 
 @dataclass
-class _Plan:
-    graph: Any
-    tensors: dict[str, Any]
-    workspace: Any
-    kind: str  # "fused" (conv + bias in the graph) or "conv" (bias added afterwards)
-
-
-@dataclass
 class _Failure:
     message: str
 
 
+class _Exec:
+    """Per-key execution state: everything a call needs that does not depend on the operands."""
+
+    __slots__ = ("graph", "index", "ux", "uw", "ub", "uy", "uids", "workspace", "ws_ptr", "nhwc", "fused",
+                 "bias_after", "yshape", "spec", "choice", "call", "form")
+
+    def __init__(self, g: tune.Graph, index: int, spec: tune.ConvSpec, choice: tune.Choice | None) -> None:
+        self.graph = g.graph
+        self.index = index
+        self.ux, self.uw, self.uy = g.uids["x"], g.uids["w"], g.uids["y"]
+        self.ub = g.uids.get("bias")
+        ws = max(1, g.workspace.get(index, 0))
+        self.workspace = cupy.empty(ws, dtype=np.uint8)
+        self.ws_ptr = int(self.workspace.data.ptr)
+        self.nhwc = g.variant.layout == "nhwc"
+        self.fused = g.variant.kind == "fused"
+        self.bias_after = spec.has_bias and not self.fused
+        self.uids = (self.ux, self.uw, self.ub, self.uy) if self.fused else (self.ux, self.uw, self.uy)
+        n = spec.xshape[0]
+        o = spec.wshape[0]
+        ho, wo = spec.out_hw
+        self.yshape = (n, ho, wo, o) if self.nhwc else (n, o, ho, wo)
+        self.spec = spec
+        self.choice = choice
+        # Until pick_form runs (the plan search's timed calls): the form every frontend has.
+        self.form, self.call = "_array_dict", None
+
+    # -- the frontend's execute-by-index entry points, cheapest first -----------------------------
+    # Frontends differ: up to 1.2x the graph is a pybind class whose _execute_plan_at_index takes
+    # {uid: pointer}; 1.3x is a Python class whose execute_plan_at_index has an ordered form
+    # (a tuple of buffers + tensor_uids) that stays in C++. Which ones exist, and which is
+    # cheapest, is found out once per key (pick_form), never per call.
+    def _classic(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+        pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
+        if self.fused:
+            pack[self.ub] = b.data.ptr
+        self.graph._execute_plan_at_index(pack, self.ws_ptr, self.index, h)
+
+    def _ordered(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+        bufs = (xin.data.ptr, win.data.ptr, b.data.ptr, y.data.ptr) if self.fused else (
+            xin.data.ptr, win.data.ptr, y.data.ptr)
+        self.graph.execute_plan_at_index(bufs, self.ws_ptr, self.index, h, tensor_uids=self.uids)
+
+    def _ptr_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+        pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
+        if self.fused:
+            pack[self.ub] = b.data.ptr
+        self.graph.execute_plan_at_index(pack, self.ws_ptr, self.index, h)
+
+    def _array_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+        # Arrays are described to the frontend through DLPack: give each exactly the dims and
+        # strides its tensor declares (size-1 dimensions may carry any stride in CuPy).
+        sp, lay = self.spec, "nhwc" if self.nhwc else "nchw"
+        n, o, (ho, wo) = sp.xshape[0], sp.wshape[0], sp.out_hw
+        pack = {self.ux: _declared(xin, sp.xshape, tune.strides(sp.xshape, lay)),
+                self.uw: _declared(win, sp.wshape, tune.strides(sp.wshape, lay)),
+                self.uy: _declared(y, (n, o, ho, wo), tune.strides((n, o, ho, wo), lay))}
+        if self.fused:
+            pack[self.ub] = _declared(b, (1, o, 1, 1), [o, 1, 1, 1])
+        self.graph.execute_plan_at_index(pack, self.workspace, self.index, h)
+
+    def run(self, x: Any, x_nhwc: bool, w: Any, w_nhwc: bool, bias: Any | None, handle: Any) -> Any:
+        """y = conv(x, w) (+ bias); x and w packed NCHW or NHWC (the flags say which) and aligned.
+
+        A layout the chosen graph does not declare is converted here, inside the call the
+        autotuner timed.
+        """
+        # Every array keeps the (N, C, H, W) / (O, C, kH, kW) indexing; NHWC is in the strides.
+        if self.nhwc:
+            xin = x if x_nhwc else cupy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            win = w if w_nhwc else cupy.ascontiguousarray(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # KRSC
+            out = cupy.empty(self.yshape, x.dtype).transpose(0, 3, 1, 2)  # channels-last strides
+        else:
+            xin = cupy.ascontiguousarray(x) if x_nhwc else x
+            win = cupy.ascontiguousarray(w) if w_nhwc else w
+            out = cupy.empty(self.yshape, x.dtype)
+        call = self.call
+        if call is None:
+            call = self.call = getattr(self, self.form)
+        call(handle, xin, win, bias, out)
+        if self.bias_after:
+            out += bias.reshape(1, -1, 1, 1)
+        return out
+
+    def pick_form(self, run_once: Any, synchronize: Any) -> None:
+        """Keep the cheapest execute form that works with this frontend.
+
+        ``run_once()`` makes one whole call. A form that raises is skipped; when one call
+        takes long enough for the GPU to hide the host (over 0.2 ms) the first that works is
+        kept, else each gets 20 calls of wall-clock time.
+        """
+        best: tuple[float, str] | None = None
+        errors = []
+        for name, _why in _FORMS:
+            self.form, self.call = name, getattr(self, name)
+            try:
+                synchronize()
+                t0 = time.perf_counter()
+                run_once()
+                synchronize()
+                one = time.perf_counter() - t0
+                if one > 2e-4:
+                    return  # GPU-bound: host cost is hidden; the first form that works
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    run_once()
+                synchronize()
+                t = (time.perf_counter() - t0) / 20
+            except cupy.cuda.memory.OutOfMemoryError:
+                raise
+            except Exception as e:  # this frontend lacks the form (AttributeError), or refuses its arguments
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            if best is None or t < best[0]:
+                best = (t, name)
+        if best is None:
+            raise RuntimeError("no execute form of this cuDNN frontend ran the plan: " + "; ".join(errors))
+        self.form, self.call = best[1], getattr(self, best[1])
+
+
+# (method, when it applies), in order of preference.
+_FORMS = (
+    ("_classic", "pybind graph (frontend <= 1.2x): {uid: pointer}"),
+    ("_ordered", "Python graph (frontend 1.3x): tuple of pointers + tensor_uids, stays in C++"),
+    ("_ptr_dict", "public execute_plan_at_index with {uid: pointer}"),
+    ("_array_dict", "public execute_plan_at_index with {uid: array} (DLPack per operand)"),
+)
+
+
 @dataclass
 class CudnnConv:
-    """Per-device state: the cuDNN handle and the graph cache."""
+    """Per-device state: the cuDNN handle, the per-key execution states, the plan cache."""
 
     device_id: int
     compute_capability: tuple[int, int] = (0, 0)
-    build_seconds: float = 0.0  # time spent building cuDNN graphs (plans) so far
+    gpu_name: str = "?"
+    build_seconds: float = 0.0  # graph building and plan search so far (the benchmark's build time)
+    last: _Exec | None = None  # the state the latest call ran (the benchmark reports its choice)
     _handle: Any = None
+    _stream: int = -1  # the stream the handle is bound to
     _cache: OrderedDict = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _disk: tune.DiskCache | None = None
+    _events: tuple[Any, Any] | None = None
 
-    # -- graph construction --------------------------------------------------------------
     def _tf32(self) -> bool:
         """TF32 asked for, on a GPU that has it (compute capability 8.0+)."""
-        return env.cuda_tf32() and self.compute_capability >= (8, 0)
+        return self.compute_capability >= (8, 0) and env.cuda_tf32()
 
     def _handle_for_device(self, mod: Any) -> Any:
         if self._handle is None:
             self._handle = mod.create_handle()  # bound to the current device (ours)
         return self._handle
 
-    def _build(self, mod: Any, dt: np.dtype, xshape, xstrides, p, kind: str) -> _Plan:
-        cd = {_F16: mod.data_type.HALF, _F32: mod.data_type.FLOAT, _F64: mod.data_type.DOUBLE}[dt]
-        acc = mod.data_type.DOUBLE if dt == _F64 else mod.data_type.FLOAT
-        handle = self._handle_for_device(mod)
-        g = mod.pygraph(io_data_type=cd, intermediate_data_type=acc, compute_data_type=acc, handle=handle)
-        O, Cg, kh, kw = p.O, p.Cg, p.kh, p.kw
-        X = g.tensor(name="X", dim=list(xshape), stride=list(xstrides), data_type=cd)
-        Wt = g.tensor(name="W", dim=[O, Cg, kh, kw], stride=[Cg * kh * kw, kh * kw, kw, 1], data_type=cd)
-        pt, pb, pl, pr = p.pad
-        Y = g.conv_fprop(
-            image=X, weight=Wt, pre_padding=[pt, pl], post_padding=[pb, pr],
-            stride=list(p.stride), dilation=list(p.dilation), compute_data_type=acc, name="conv",
-        )
-        tensors = {"x": X, "w": Wt}
-        if kind == "fused":
-            B = g.tensor(name="B", dim=[1, O, 1, 1], stride=[O, 1, 1, 1], data_type=cd)
-            Y = g.bias(name="bias", input=Y, bias=B)
-            tensors["bias"] = B
-        N, Ho, Wo = p.N, p.Ho, p.Wo
-        Y.set_output(True).set_dim([N, O, Ho, Wo]).set_stride([O * Ho * Wo, Ho * Wo, Wo, 1]).set_data_type(cd)
-        tensors["y"] = Y
-        g.validate()
-        g.build_operation_graph()
-        g.create_execution_plans([mod.heur_mode.A, mod.heur_mode.FALLBACK])
-        notes = ["REDUCED_PRECISION_REDUCTION"]
-        if not (dt == _F32 and self._tf32()):
-            # For float32 I/O, tensor cores mean TF32 (or an emulation of FP32 through it), and
-            # down-converted inputs mean TF32 or float16: only with XDEV_CUDA_TF32=1.
-            notes.append("DOWN_CONVERT_INPUTS")
-            if dt == _F32:
-                notes.append("TENSOR_CORE")
-        if not env.cudnn_fast():
-            notes += ["WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13", "FFT"]
-        present = [getattr(mod.numerical_note, n) for n in notes if hasattr(mod.numerical_note, n)]
-        g.deselect_numeric_notes(present)
-        g.check_support()
-        g.build_plans()
-        ws = int(g.get_workspace_size())
-        workspace = cupy.empty(max(ws, 1), dtype=np.uint8)
-        return _Plan(g, tensors, workspace, kind)
+    def _disk_cache(self) -> tune.DiskCache | None:
+        if self._disk is None:
+            v = versions().get("cudnn")
+            if v is None:
+                return None
+            self._disk = tune.DiskCache(self.gpu_name, str(v))
+        return self._disk
 
-    def _plan(self, mod: Any, dt: np.dtype, xshape, xstrides, p, has_bias: bool) -> _Plan:
-        key = (dt.str, tuple(xshape), tuple(xstrides), p, has_bias, self._tf32(), env.cudnn_fast())
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            if isinstance(hit, _Failure):
-                raise CudnnUnsupported(hit.message)
-            return hit
-        # With a bias: conv + bias in one graph (one rounding); else the conv alone and the
-        # bias added afterwards, which only float32/float64 can afford (float16 would round twice).
-        kinds = ["fused", "conv"] if has_bias else ["conv"]
-        errors = []
-        plan: _Plan | _Failure | None = None
-        t0 = time.perf_counter()
-        for kind in kinds:
-            try:
-                plan = self._build(mod, dt, xshape, xstrides, p, kind)
-                break
-            except cupy.cuda.memory.OutOfMemoryError:
-                raise
-            except Exception as e:  # cudnnGraphNotSupportedError, RuntimeError, ...
-                errors.append(f"{kind}: {type(e).__name__}: {e}")
-        self.build_seconds += time.perf_counter() - t0
-        if plan is None:
-            plan = _Failure("; ".join(errors) or "no plan")
-        self._cache[key] = plan
-        while len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        if isinstance(plan, _Failure):
-            raise CudnnUnsupported(plan.message)
-        return plan
+    # -- the hot path --------------------------------------------------------------------------
+    def conv2d(self, x: Any, w: Any, bias: Any | None, p: Any) -> Any:
+        """conv(x, w) + bias as a new (N, O, Ho, Wo) array (strides may be channels-last).
 
-    # -- execution ------------------------------------------------------------------------
-    def conv2d(self, x: Any, w: Any, bias: Any | None, p: Any, y: Any) -> None:
-        """y (N, O, Ho, Wo), C-contiguous and preallocated, = conv(x, w) + bias. Raises CudnnUnsupported."""
+        Raises CudnnUnsupported when cuDNN has no plan under xdev's numeric rules.
+        """
         mod, why = frontend()
         if mod is None:
             raise CudnnUnsupported(why or "cuDNN unavailable")
-        dt = np.dtype(x.dtype)
-        if dt == _F16 and bias is not None:
-            # Prefer the fused graph; if cuDNN has none, compute in float32 and round once.
+        if x.dtype == _F16 and bias is not None:
+            # Prefer the fused graph (one rounding); if cuDNN has none, compute in float32 and round once.
             try:
-                return self._run(mod, x, w, bias, p, y, require_fused=True)
+                return self._run(mod, x, w, bias, p)
             except CudnnUnsupported:
-                y32 = cupy.empty(y.shape, _F32)
-                self._run(mod, x.astype(_F32), w.astype(_F32), bias.astype(_F32), p, y32)
-                y[...] = y32.astype(_F16)
-                return None
-        return self._run(mod, x, w, bias, p, y)
+                return self._run(mod, x.astype(_F32), w.astype(_F32), bias.astype(_F32), p).astype(_F16)
+        return self._run(mod, x, w, bias, p)
 
-    def _run(self, mod, x, w, bias, p, y, require_fused: bool = False) -> None:
-        ready = _cudnn_ready(x)
-        try:
-            return self._run_ready(mod, ready, w, bias, p, y, require_fused)
-        except CudnnUnsupported:
-            if ready.flags.c_contiguous:
-                raise
-        # cuDNN declined channels-last input with NCHW output: give it NCHW.
-        return self._run_ready(mod, ready.copy(), w, bias, p, y, require_fused)
-
-    def _run_ready(self, mod, x, w, bias, p, y, require_fused: bool) -> None:
-        xstrides = _layout_strides(x)
-        x = _restride(x, xstrides)  # the buffer's strides exactly as the graph declares them
-        w = _aligned_contiguous(w)
-        dt = np.dtype(x.dtype)
+    def _run(self, mod: Any, x: Any, w: Any, bias: Any | None, p: Any) -> Any:
+        x, x_nhwc = _cudnn_ready(x)
+        w, w_nhwc = _cudnn_ready(w)  # a channels-last (KRSC) weight is taken as it is too
+        if bias is not None and not (bias.flags.c_contiguous and bias.data.ptr % 16 == 0):
+            bias = bias.copy()
+        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, self._tf32(), env.cudnn_fast(),
+               env.cudnn_autotune())
+        ex = self._cache.get(key)
+        if ex is None:
+            ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)
+        if type(ex) is _Failure:
+            raise CudnnUnsupported(ex.message)
+        handle = self._handle
+        stream = cupy.cuda.get_current_stream().ptr
+        # One handle per device: threads on different streams take turns binding it.
         with self._lock:
-            plan = self._plan(mod, dt, x.shape, xstrides, p, bias is not None)
-            if require_fused and plan.kind != "fused":
-                raise CudnnUnsupported("cuDNN has no fused conv + bias graph for float16 here")
-            pack = {plan.tensors["x"]: x, plan.tensors["w"]: w, plan.tensors["y"]: y}
-            if plan.kind == "fused":
-                pack[plan.tensors["bias"]] = _aligned_contiguous(bias).reshape(1, p.O, 1, 1)
-            handle = self._handle_for_device(mod)
+            if stream != self._stream:
+                mod.set_stream(handle=handle, stream=stream)
+                self._stream = stream
             try:
-                mod.set_stream(handle=handle, stream=cupy.cuda.get_current_stream().ptr)
-                plan.graph.execute(pack, plan.workspace, handle=handle)
+                y = ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
             except Exception as e:
                 # Remember it: "auto" then goes straight to gemm for this geometry.
-                message = f"execution failed: {type(e).__name__}: {e}"
-                key = next((k for k, v in self._cache.items() if v is plan), None)
-                if key is not None:
-                    self._cache[key] = _Failure(message)
-                raise CudnnUnsupported(message) from e
-        if bias is not None and plan.kind != "fused":
-            y += bias.reshape(1, p.O, 1, 1)
+                self._cache[key] = _Failure(f"execution failed: {type(e).__name__}: {e}")
+                raise CudnnUnsupported(self._cache[key].message) from e
+            self.last = ex
+        return y
+
+    # -- building and tuning (once per key) ---------------------------------------------------------
+    def _prepare(self, mod, key, x, x_nhwc, w, w_nhwc, bias, p) -> _Exec | _Failure:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            t0 = time.perf_counter()
+            handle = self._handle_for_device(mod)
+            spec = tune.ConvSpec(
+                dtype=x.dtype.name, xshape=tuple(int(v) for v in x.shape), x_layout="nhwc" if x_nhwc else "nchw",
+                wshape=tuple(int(v) for v in w.shape), stride=tuple(p.stride), dilation=tuple(p.dilation),
+                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=bias is not None, tf32=key[7], fast=key[8],
+                w_layout="nhwc" if w_nhwc else "nchw",
+            )
+            stream = cupy.cuda.get_current_stream()
+            mod.set_stream(handle=handle, stream=stream.ptr)
+            self._stream = stream.ptr
+
+            def time_call(g: tune.Graph, index: int) -> float:
+                ex = _Exec(g, index, spec, None)
+                start, end = self._timing_events()
+                start.record(stream)
+                ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
+                end.record(stream)
+                end.synchronize()
+                return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+            try:
+                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=env.cudnn_autotune_limit(),
+                                        disk=self._disk_cache() if key[9] else None,
+                                        budget_s=env.cudnn_autotune_budget_s())
+                ex: _Exec | _Failure = _Exec(g, choice.index, spec, choice)
+                ex.pick_form(lambda: ex.run(x, x_nhwc, w, w_nhwc, bias, handle), stream.synchronize)
+            except cupy.cuda.memory.OutOfMemoryError:
+                raise
+            except Exception as e:
+                ex = _Failure(f"{type(e).__name__}: {e}")
+            finally:
+                self.build_seconds += time.perf_counter() - t0
+            self._cache[key] = ex
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return ex
+
+    def _timing_events(self) -> tuple[Any, Any]:
+        if self._events is None:
+            self._events = (cupy.cuda.Event(), cupy.cuda.Event())
+        return self._events
 
 
-def _layout_strides(x: Any) -> list[int]:
-    """Element strides for the descriptor: canonical NCHW or NHWC (size-1 dims included)."""
-    N, C, H, W = x.shape
-    if x.flags.c_contiguous:
-        return [C * H * W, H * W, W, 1]
-    return [H * W * C, 1, W * C, C]  # NHWC, as _cudnn_ready guarantees
+def _declared(a: Any, shape: tuple[int, ...], elem_strides: list[int]) -> Any:
+    """A view of a's memory with exactly these dims and element strides (same elements)."""
+    isz = a.dtype.itemsize
+    return cupy.ndarray(tuple(shape), a.dtype, memptr=a.data, strides=tuple(v * isz for v in elem_strides))
 
 
-def _restride(x: Any, strides: list[int]) -> Any:
-    """A view of x's memory with these element strides (they differ at most on size-1 dims)."""
-    isz = x.dtype.itemsize
-    return cupy.ndarray(x.shape, x.dtype, memptr=x.data, strides=tuple(s * isz for s in strides))
+def _cudnn_ready(x: Any) -> tuple[Any, bool]:
+    """(x, is_nhwc): x itself when packed NCHW or NHWC and 16-byte aligned, else an NCHW copy.
 
-
-def _aligned_contiguous(a: Any) -> Any:
-    """a when C-contiguous and 16-byte aligned (cuDNN's vectorized engines need it), else a copy."""
-    if a.flags.c_contiguous and a.data.ptr % 16 == 0:
-        return a
-    return a.copy()  # a fresh allocation: C-contiguous and 256-byte aligned
-
-
-def _cudnn_ready(x: Any) -> Any:
-    """x itself when it is packed NCHW or NHWC and 16-byte aligned, else a C-contiguous copy."""
-    if x.data.ptr % 16 == 0 and (x.flags.c_contiguous or x.transpose(0, 2, 3, 1).flags.c_contiguous):
-        return x
-    return x.copy()
+    The same for a weight (O, C/groups, kH, kW): NHWC means KRSC."""
+    if x.data.ptr % 16 == 0:
+        if x.flags.c_contiguous:
+            return x, False
+        if x.transpose(0, 2, 3, 1).flags.c_contiguous:
+            return x, True
+    return x.copy(), False  # C-contiguous, 256-byte aligned

@@ -9,9 +9,10 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract import F16, F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract.device import DL_CUDA, DL_CUDA_MANAGED
 from xdev.contract.machine import cuda_peak_estimate
-from . import _plan, kernels, staging
+from . import _gemm, _plan, kernels, staging
 from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
 ALGORITHMS = ("cudnn", "gemm", "direct")
@@ -90,54 +91,31 @@ def open_device(selector: str | None) -> "CudaDevice":
     return dev
 
 
-# ---- cuBLAS numerics: TF32 only when asked for ------------------------------------------------
-def _routines_linalg() -> Any:
-    from cupy._core import _routines_linalg  # noqa: PLC0415  (CuPy's matmul compute-type switch)
-
-    return _routines_linalg
+# ---- cuBLAS: xdev's own handle and GEMM calls, the compute type in each call -------------------
+_cublas_mod: Any = None
 
 
 def _cublas() -> Any:
-    from cupy_backends.cuda.libs import cublas  # noqa: PLC0415  (needs the cuBLAS library)
+    """CuPy's low-level cuBLAS binding, imported once (an import statement per call costs ~1 us)."""
+    global _cublas_mod
+    if _cublas_mod is None:
+        from cupy_backends.cuda.libs import cublas  # noqa: PLC0415  (needs the cuBLAS library)
 
-    return cublas
+        _cublas_mod = cublas
+    return _cublas_mod
 
 
-@contextlib.contextmanager
-def _blas_mode(dtype: np.dtype, cc: int) -> Iterator[None]:
-    """Pin CuPy's float32 GEMM numerics for the call, then restore what was there.
-
-    cupy.matmul reaches cuBLAS two ways: 2-D products call cublasGemmEx with the compute type
-    from cupy._core.get_compute_type(float32), which CuPy initializes from CUPY_TF32 at its
-    first matmul; batched products use legacy compute types governed by the cuBLAS handle's
-    math mode. xdev sets both to plain FP32 (CUBLAS_COMPUTE_32F, CUBLAS_DEFAULT_MATH) unless
-    XDEV_CUDA_TF32=1 asks for TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_TF32_TENSOR_OP_MATH).
-    """
-    if dtype != F32:
-        yield
-        return
-    tf32 = env.cuda_tf32() and cc >= 80
-    rl = _routines_linalg()
-    cublas = _cublas()
-    # CuPy's COMPUTE_TYPE_DEFAULT / _TF32 and cuBLAS's math modes (values as in their headers).
-    want_type = getattr(rl, "COMPUTE_TYPE_TF32", 7) if tf32 else getattr(rl, "COMPUTE_TYPE_DEFAULT", 1)
-    default_mode = getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
-    want_mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if tf32 else default_mode
-    handle = cupy.cuda.device.get_cublas_handle()
-    prev_type = rl.get_compute_type(F32)
-    get_mode = getattr(cublas, "getMathMode", None)
-    prev_mode = get_mode(handle) if get_mode is not None else default_mode
-    if prev_type != want_type:
-        rl.set_compute_type(F32, want_type)
-    if prev_mode != want_mode:
-        cublas.setMathMode(handle, want_mode)
-    try:
-        yield
-    finally:
-        if prev_type != want_type:
-            rl.set_compute_type(F32, prev_type)
-        if prev_mode != want_mode:
-            cublas.setMathMode(handle, prev_mode)
+# cudaDataType (library_types.h), cublasComputeType_t (cublas_api.h): the values CuPy's
+# cupy_backends.cuda.libs.cublas and runtime enums use.
+_CUDA_R = {F16: 2, F32: 0, F64: 1}  # CUDA_R_16F, CUDA_R_32F, CUDA_R_64F
+_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
+_GEMM_DEFAULT = -1  # CUBLAS_GEMM_DEFAULT
+_DEFAULT_MATH = 0  # CUBLAS_DEFAULT_MATH: no TF32 unless the compute type asks for it
+# alpha = 1, beta = 0 in the compute type's precision, in host memory (pointer mode host).
+# The arrays stay alive for the process; their addresses are taken once (``.ctypes`` costs ~1 us).
+_SCALAR_ARRAYS = [np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float64), np.zeros(1, np.float64)]
+_SCALARS = {np.dtype(np.float32): (_SCALAR_ARRAYS[0].ctypes.data, _SCALAR_ARRAYS[1].ctypes.data),
+            np.dtype(np.float64): (_SCALAR_ARRAYS[2].ctypes.data, _SCALAR_ARRAYS[3].ctypes.data)}
 
 
 class CudaDevice(Device):
@@ -156,7 +134,9 @@ class CudaDevice(Device):
         mod, why = frontend()
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
-        self._cudnn = CudnnConv(index, self.cc)
+        self._cudnn = CudnnConv(index, self.cc, self.name)
+        self._tls = threading.local()  # this thread's cuBLAS handle (cuBLAS handles are per thread)
+        self._gemm_plans: dict[tuple, Any] = {}
         self.kernels = kernels.Kernels(f"{self.key} {self.name}")
 
     @property
@@ -181,6 +161,19 @@ class CudaDevice(Device):
                 if type(e).__name__ == "CUBLASError" and "ALLOC_FAILED" in str(e):
                     raise MemoryError(self._oom_message(what, f"cuBLAS could not allocate its workspace ({e})")) from e
                 raise
+
+    def _translate(self, e: BaseException, what: Callable[[], str]) -> BaseException:
+        """What _guard raises for ``e``, for hot paths that skip the context manager.
+
+        ``what`` builds the operation's description only when an error needs it.
+        """
+        if isinstance(e, cupy.cuda.memory.OutOfMemoryError):
+            return MemoryError(self._oom_message(what(), str(e)))
+        if isinstance(e, cupy.cuda.runtime.CUDARuntimeError) and getattr(e, "status", None) == 2:
+            return MemoryError(self._oom_message(what(), str(e)))
+        if type(e).__name__ == "CUBLASError" and "ALLOC_FAILED" in str(e):
+            return MemoryError(self._oom_message(what(), f"cuBLAS could not allocate its workspace ({e})"))
+        return e
 
     def _oom_message(self, what: str, detail: str) -> str:
         try:
@@ -264,6 +257,35 @@ class CudaDevice(Device):
     def synchronize(self) -> None:
         self._cp.synchronize()
 
+    # -- DLPack and the CUDA array interface ----------------------------------------------------
+    # xdev queues its work on CuPy's current stream of the device, so CuPy's own exporters and
+    # importers, called on this device, implement the DLPack stream rules: an exporter makes the
+    # consumer's stream wait for that stream, an importer passes it as the consumer stream.
+    def dlpack_device(self) -> tuple[int, int]:
+        return (DL_CUDA, self.index)
+
+    def to_dlpack(self, data: Any, *, stream: Any, max_version: tuple[int, int] | None,
+                  copy: bool | None) -> Any:
+        with self._guard(f"exporting {tuple(data.shape)} {data.dtype} through DLPack"):
+            src = data.copy() if copy else data
+            if max_version is None:
+                return src.__dlpack__(stream=stream)
+            try:
+                return src.__dlpack__(stream=stream, max_version=max_version)
+            except TypeError:  # CuPy 13: legacy capsules only, which every consumer reads
+                return src.__dlpack__(stream=stream)
+
+    def wrap_dlpack(self, obj: Any, src: tuple[int, int], copy: bool | None) -> Any | None:
+        if not ((src[0] == DL_CUDA and src[1] == self.index) or src[0] == DL_CUDA_MANAGED):
+            return None
+        with self._guard("importing an array through DLPack"):
+            data = cupy.from_dlpack(obj)
+            return data.copy() if copy else data
+
+    def cuda_array_interface(self, data: Any) -> dict[str, Any]:
+        with self._cp:  # CuPy reports its current stream of this device (CAI v3 "stream")
+            return data.__cuda_array_interface__
+
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         import cupyx  # noqa: PLC0415
 
@@ -287,19 +309,99 @@ class CudaDevice(Device):
 
     # -- matmul ---------------------------------------------------------------------------------
     def matmul(self, a: Any, b: Any) -> Any:
-        with self._guard(f"multiplying {a.shape} @ {b.shape} ({a.dtype})"), _blas_mode(a.dtype, self._cc_int):
-            if a.dtype == F16 and a.ndim <= 2 and b.ndim <= 2:
-                rows_a = a.shape[0] if a.ndim == 2 else 1
-                cols_b = b.shape[1] if b.ndim == 2 else 1
-                if rows_a == 1 and cols_b == 1:
-                    # CuPy computes a single dot product with a reduction kernel that rounds each
-                    # product to float16; xdev's float16 accumulates in float32 everywhere.
-                    return cupy.matmul(a.astype(F32), b.astype(F32)).astype(F16)
-            return cupy.matmul(a, b)
+        try:
+            with self._cp:
+                return self._matmul(a, b)
+        except Exception as e:
+            raise self._translate(e, lambda: f"multiplying {a.shape} @ {b.shape} ({a.dtype})") from e
 
-    @property
-    def _cc_int(self) -> int:
-        return self.cc[0] * 10 + self.cc[1]
+    def _matmul(self, a: Any, b: Any) -> Any:
+        """numpy.matmul semantics on xdev's cuBLAS calls."""
+        A = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+        B = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+        if A.ndim < 2 or B.ndim < 2:
+            raise ValueError("matmul: scalar operands")
+        M, K = A.shape[-2:]
+        N = B.shape[-1]
+        if B.shape[-2] != K:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
+        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2]) if (A.ndim > 2 or B.ndim > 2) else ()
+        c = cupy.empty(batch + (M, N), a.dtype)
+        self._gemm_into(A, B, out=c)
+        if a.ndim == 1 and b.ndim == 1:
+            return c.reshape(())
+        if a.ndim == 1:
+            return c.reshape(batch + (N,))
+        if b.ndim == 1:
+            return c.reshape(batch + (M,))
+        return c
+
+    def _cublas_handle(self) -> int:
+        h = getattr(self._tls, "handle", None)
+        if h is None:
+            cublas = _cublas()
+            with self._cp:
+                h = cublas.create()
+                cublas.setMathMode(h, _DEFAULT_MATH)  # xdev's handle: nobody else changes its mode
+            self._tls.handle = h
+        return h
+
+    def _gemm_into(self, a: Any, b: Any, out: Any) -> Any:
+        """out[...] = a @ b for a (…, M, K), b (…, K, N), out (…, M, N) of the broadcast batch shape.
+
+        One cublasGemmEx / cublasGemmStridedBatchedEx per outer batch index, on xdev's own
+        handle with the compute type in the call: float32 stays FP32 (CUBLAS_COMPUTE_32F) unless
+        XDEV_CUDA_TF32=1 (CUBLAS_COMPUTE_32F_FAST_TF32); float16 accumulates in float32.
+        """
+        dt = a.dtype
+        key = (a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, dt.char)
+        g = self._gemm_plans.get(key)
+        if g is None:
+            g = self._gemm_plan(a, b, out)
+            if not isinstance(g, str):
+                if len(self._gemm_plans) > 4096:
+                    self._gemm_plans.clear()
+                self._gemm_plans[key] = g
+        if isinstance(g, str):  # an operand cuBLAS cannot read in place: a packed copy, planned again
+            if g == "a":
+                return self._gemm_into(cupy.ascontiguousarray(a), b, out)
+            if g == "b":
+                return self._gemm_into(a, cupy.ascontiguousarray(b), out)
+            if g == "zero":
+                out.fill(0)
+                return out
+            if g == "empty":
+                return out
+            tmp = cupy.empty(out.shape, dt)
+            self._gemm_into(a, b, tmp)
+            out[...] = tmp
+            return out
+        tf32 = dt == F32 and self.cc >= (8, 0) and env.cuda_tf32()
+        if dt == F64:
+            compute, (one, zero) = _COMPUTE_64F, _SCALARS[F64]
+        else:
+            compute, (one, zero) = (_COMPUTE_32F_FAST_TF32 if tf32 else _COMPUTE_32F), _SCALARS[F32]
+        h = self._cublas_handle()
+        cublas = _cublas()
+        code = _CUDA_R[dt]
+        isz = dt.itemsize
+        pa, pb, pc = a.data.ptr, b.data.ptr, out.data.ptr
+        alpha, beta = one, zero
+        for ob, oa, oc in g.outer:
+            if g.batch == 1:
+                cublas.gemmEx(h, g.op_first, g.op_second, g.m, g.n, g.k, alpha, pb + ob * isz, code, g.ld_first,
+                              pa + oa * isz, code, g.ld_second, beta, pc + oc * isz, code, g.ldc, compute,
+                              _GEMM_DEFAULT)
+            else:
+                cublas.gemmStridedBatchedEx(
+                    h, g.op_first, g.op_second, g.m, g.n, g.k, alpha, pb + ob * isz, code, g.ld_first,
+                    g.stride_first, pa + oa * isz, code, g.ld_second, g.stride_second, beta, pc + oc * isz, code,
+                    g.ldc, g.stride_c, g.batch, compute, _GEMM_DEFAULT)
+        return out
+
+    @staticmethod
+    def _gemm_plan(a: Any, b: Any, out: Any) -> Any:
+        return _gemm.plan_arrays(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, a.dtype.itemsize)
 
     # -- conv2d ---------------------------------------------------------------------------------
     def unavailable_reason(self, algorithm: str) -> str | None:
@@ -308,38 +410,79 @@ class CudaDevice(Device):
         return None
 
     def conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
+        try:
+            with self._cp:
+                return self._conv2d(x, w, bias, p, algorithm)
+        except Exception as e:
+            err = self._translate(e, lambda: f"running conv2d ({algorithm}) on x {tuple(x.shape)} with w "
+                                             f"{tuple(w.shape)} ({x.dtype})")
+            if err is e:
+                raise
+            raise err from e
+
+    def _conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
         algo = algorithm  # xdev._ops has checked it against conv_algorithms
         if algo == "auto":
             algo = "cudnn" if "cudnn" in self.conv_algorithms else "gemm"
-        what = f"running conv2d ({algo}) on x {tuple(x.shape)} with w {tuple(w.shape)} ({x.dtype})"
-        with self._guard(what), _blas_mode(x.dtype, self._cc_int):
-            y = cupy.empty(p.out_shape, x.dtype)
-            if y.size == 0:
-                return y, algo
-            if p.K == 0:  # no input channels: only the bias remains
-                if bias is None:
-                    y.fill(0)
-                else:
-                    y[...] = bias.reshape(1, p.O, 1, 1)
-                return y, algo
-            if algo == "cudnn":
-                try:
-                    self._cudnn.conv2d(x, w, bias, p, y)
-                    return y, "cudnn"
-                except CudnnUnsupported as e:
-                    if algorithm != "auto":
-                        raise ValueError(
-                            f"cuDNN cannot run this convolution on {self.key} under xdev's numeric rules "
-                            f"(x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride {p.stride}, "
-                            f"padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; use "
-                            f"algorithm='gemm' or 'direct'"
-                        ) from None
-                    algo = "gemm"
-            if algo == "gemm":
-                _plan.run_gemm(cupy, self._launch, x, w, bias, p, y)
-            else:
-                _plan.run_direct(cupy, self._launch, x, w, bias, p, y)
+        if p.N * p.O * p.Ho * p.Wo == 0:
+            return cupy.empty(p.out_shape, x.dtype), algo
+        if p.K == 0:  # no input channels: only the bias remains
+            y = cupy.zeros(p.out_shape, x.dtype)
+            if bias is not None:
+                y[...] = bias.reshape(1, p.O, 1, 1)
             return y, algo
+        if algo == "cudnn":
+            try:
+                return self._cudnn.conv2d(x, w, bias, p), "cudnn"
+            except CudnnUnsupported as e:
+                if algorithm != "auto":
+                    raise ValueError(
+                        f"cuDNN cannot run this convolution on {self.key} under xdev's numeric rules "
+                        f"(x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride {p.stride}, "
+                        f"padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; use "
+                        f"algorithm='gemm' or 'direct'"
+                    ) from None
+                algo = "gemm"
+        y = cupy.empty(p.out_shape, x.dtype)
+        if algo == "gemm":
+            _plan.run_gemm(cupy, self._launch, x, w, bias, p, y, matmul=self._gemm_out)
+        else:
+            _plan.run_direct(cupy, self._launch, x, w, bias, p, y)
+        return y, algo
+
+    def _gemm_out(self, a: Any, b: Any, out: Any) -> Any:
+        return self._gemm_into(a, b, out)
+
+    def conv_numerics(self, algorithm: str, dtype: np.dtype) -> dict[str, Any]:
+        """The numerics a conv2d of ``algorithm`` just ran with (the benchmark's honesty columns)."""
+        dtype = np.dtype(dtype)
+        tf32 = dtype == F32 and self.cc >= (8, 0) and env.cuda_tf32()
+        mode = {F16: "fp16", F64: "fp64"}.get(dtype, "tf32" if tf32 else "strict-fp32")
+        layout, fast = "nchw", False
+        if algorithm == "direct" and dtype == F32:
+            mode = "strict-fp32"  # xdev's own kernel computes in FP32 whatever the switch says
+        if algorithm == "cudnn":
+            c = self.cudnn_choice()
+            if c is not None:
+                mode, fast, layout = c["mode"], c["winograd_fft_allowed"], c["layout"]
+                if c["input_layout"] != layout:
+                    layout = f"{c['input_layout']}->{layout}"
+        text = f"{mode}, {'Winograd/FFT allowed' if fast else 'no Winograd/FFT'}, {layout}"
+        return {"numeric_mode": mode, "winograd_fft_allowed": fast, "layout": layout, "numerics": text}
+
+    def cudnn_choice(self) -> dict[str, Any] | None:
+        """What the latest cuDNN call ran: numeric mode, Winograd/FFT allowed, layout, plan (for the benchmark)."""
+        ex = self._cudnn.last
+        if ex is None:
+            return None
+        c = ex.choice
+        return {
+            "mode": ex.spec.mode, "winograd_fft_allowed": ex.spec.fast, "input_layout": ex.spec.x_layout,
+            "layout": "nhwc" if ex.nhwc else "nchw", "bias": ("fused" if ex.fused else "separate")
+            if ex.spec.has_bias else None, "plan": None if c is None else c.name,
+            "plan_index": ex.index, "autotuned": bool(c is not None and c.candidates),
+            "candidates": None if c is None else c.candidates,
+        }
 
     peak_method = "estimate: SMs x lanes x 2 x max clock"
 
@@ -389,6 +532,9 @@ class CudaDevice(Device):
             "conv_algorithms": list(self.conv_algorithms),
             "tf32": env.cuda_tf32(),
             "cudnn_fast": env.cudnn_fast(),
+            "cudnn_autotune": env.cudnn_autotune(),
+            "cudnn_autotune_limit": env.cudnn_autotune_limit(),
+            "cudnn_autotune_budget_s": env.cudnn_autotune_budget_s(),
         }
         if clock_khz and sms:
             # At the maximum clock; datasheet figures (machine.datasheet_gflops) are the reference.

@@ -32,6 +32,7 @@ class Kernels:
         self.label = label
         self.modules: KernelCache[Any] = KernelCache()
         self.functions: KernelCache[Any] = KernelCache()
+        self._prepared: dict[Launch, tuple[Any, tuple[Any, ...], tuple[tuple[int, str], ...]]] = {}
 
     @property
     def build_seconds(self) -> float:
@@ -53,18 +54,36 @@ class Kernels:
         return self.functions.get((filename, kernel, OPTIONS), build)
 
     def launch(self, plan: Launch, arrays: dict[str, Any]) -> None:
-        """Run a planned launch on the current stream; ``arrays`` maps the plan's pointer roles."""
-        args: list[Any] = []
-        for kind, value in plan.args:
-            if kind == "ptr":
-                arr = arrays[value]
-                # A missing optional operand (bias=None) is passed as a null pointer.
-                args.append(np.uint64(0) if arr is None else arr)
-            elif kind == "i64":
-                args.append(np.int64(value))
-            elif kind == "i32":
-                args.append(np.int32(value))
-            else:  # pragma: no cover - plans only hold these kinds
-                raise AssertionError(kind)
-        fn = self.function(plan.source, plan.kernel)
+        """Run a planned launch on the current stream; ``arrays`` maps the plan's pointer roles.
+
+        Per plan, the kernel and the typed scalar arguments are prepared once; a call only
+        fills in the arrays (the plans themselves are memoized by _plan).
+        """
+        prep = self._prepared.get(plan)
+        if prep is None:
+            template: list[Any] = []
+            slots: list[tuple[int, str]] = []
+            for i, (kind, value) in enumerate(plan.args):
+                if kind == "ptr":
+                    template.append(None)
+                    slots.append((i, value))
+                elif kind == "i64":
+                    template.append(np.int64(value))
+                elif kind == "i32":
+                    template.append(np.int32(value))
+                else:  # pragma: no cover - plans only hold these kinds
+                    raise AssertionError(kind)
+            prep = (self.function(plan.source, plan.kernel), tuple(template), tuple(slots))
+            if len(self._prepared) > 4096:
+                self._prepared.clear()
+            self._prepared[plan] = prep
+        fn, template, slots = prep
+        args = list(template)
+        for i, role in slots:
+            arr = arrays[role]
+            # A missing optional operand (bias=None) is passed as a null pointer.
+            args[i] = _NULL if arr is None else arr
         fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)
+
+
+_NULL = np.uint64(0)

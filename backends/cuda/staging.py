@@ -38,8 +38,8 @@ class CudaStager:
         self.dev = dev
         with dev._cp:
             self.stream = cupy.cuda.Stream(non_blocking=True)
-        # Created in the consumer's thread: its current stream is the one that computes.
-        self.compute = cupy.cuda.get_current_stream()
+            # Created in the consumer's thread: its current stream is the one that computes.
+            self.compute = cupy.cuda.get_current_stream()
         self.slots: list[_Slot | None] = [None] * max(2, slots)
         self.next = 0
         self.pinned_error: str | None = None  # why a slot fell back to pageable memory, if one did
@@ -91,8 +91,9 @@ class CudaStager:
             return out, s.event
 
     def ready(self, event: Any) -> None:
-        # The stream current in the consumer's thread when it takes the batch.
-        cupy.cuda.get_current_stream().wait_event(event)
+        # The stream current in the consumer's thread (on this device) when it takes the batch.
+        with self.dev._cp:
+            cupy.cuda.get_current_stream().wait_event(event)
 
     def close(self) -> None:
         self.stream.synchronize()

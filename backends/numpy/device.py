@@ -7,7 +7,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract.device import DL_CPU, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST
 from xdev.contract.machine import blas_advice, blas_name, cpu_name
+
+# DLPack memory NumPy can read in place: host memory, pinned host memory, CUDA managed memory.
+HOST_DLPACK = (DL_CPU, DL_CUDA_HOST, DL_ROCM_HOST, DL_CUDA_MANAGED)
 
 # Upper bound for one im2col block, so memory stays bounded for large batches and images.
 # (Smaller blocks, 2-32 MiB, measured no faster on VGG-16: they shrink the GEMMs.)
@@ -63,6 +67,22 @@ class NumpyDevice(Device):
     def synchronize(self) -> None:
         pass
 
+    def dlpack_device(self) -> tuple[int, int]:
+        return (DL_CPU, 0)
+
+    def to_dlpack(self, data: np.ndarray, *, stream: Any, max_version: tuple[int, int] | None,
+                  copy: bool | None) -> Any:
+        if stream is not None:
+            raise ValueError(f"__dlpack__: host memory has no streams; stream must be None (DLPack rule "
+                             f"for CPU arrays), received {stream!r}")
+        return ndarray_dlpack(np.array(data, copy=True) if copy else data, max_version)
+
+    def wrap_dlpack(self, obj: Any, src: tuple[int, int], copy: bool | None) -> np.ndarray | None:
+        if src[0] not in HOST_DLPACK:
+            return None
+        view = np.from_dlpack(obj)
+        return np.array(view, copy=True) if copy else view
+
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.dtype == F16:
             # NumPy has no half-precision BLAS: compute in float32 (the documented accumulation).
@@ -84,6 +104,16 @@ class NumpyDevice(Device):
         if advice:
             out["advice"] = advice
         return out
+
+
+def ndarray_dlpack(a: np.ndarray, max_version: tuple[int, int] | None) -> Any:
+    """a.__dlpack__ with the consumer's max_version where this NumPy takes it (2.1 and later)."""
+    if max_version is None:
+        return a.__dlpack__()
+    try:
+        return a.__dlpack__(max_version=max_version)
+    except TypeError:  # NumPy < 2.1: legacy (unversioned) capsules only, which every consumer reads
+        return a.__dlpack__()
 
 
 def conv2d_im2col(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, p: ConvParams) -> np.ndarray:

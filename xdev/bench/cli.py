@@ -92,6 +92,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers "
                    "(and FILE-pipeline.png: the pipeline timeline)")
+    p.add_argument("--dask", type=int, metavar="N",
+                   help="xdev.dask on N local workers vs one process: blocked matmul (--sizes n, --dask-chunk c) "
+                        "and VGG-16 conv (--batch, --image); needs xdev[dask]")
+    p.add_argument("--dask-chunk", type=int, metavar="C", help="--dask matmul chunk edge (default n/4)")
     a = p.parse_args(argv)
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(args[1:])
     a = parse(args)
+    if a.dask is not None:
+        from .dask_bench import run
+
+        return run(a)
     try:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -86,7 +86,8 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
                    "vs NumPy", "build s"])
         for r in conv:
             style = "bold" if r["layer"] == "total" else None
-            t.add_row(r["device"], r["algorithm"], r["layer"], r.get("geometry", ""),
+            algo = r["algorithm"] + (f" ({r['numerics']})" if r.get("numerics") else "")
+            t.add_row(r["device"], escape(algo), r["layer"], r.get("geometry", ""),
                       _ms(r["median_s"]), _ms(r["spread_s"]),
                       _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"), style=style)
         console.print(t)

@@ -152,12 +152,16 @@ def conv_case(s: Settings, layer_of: Callable[[Any], ConvLayer], algorithms: Cal
                 first.append((dev.build_seconds - b0, time.perf_counter() - t0))
                 fns.append(lambda algo=algo: xdev.conv2d(x, w, b, padding=1, algorithm=algo))
 
+        # CUDA rows say what numerics ran: strict float32, TF32 or float16; Winograd/FFT; layout.
+        numerics = getattr(dev, "conv_numerics", None)
+
         def finish(t: list[Timing]):
             if first:
                 t = [Timing(ti.median_s, ti.spread_s, ti.repeats, ti.build_s + fb, ft)
                      for ti, (fb, ft) in zip(t, first)]
             return [_row(dev, s, "conv2d", layer.shape, r, ti, layer.flops, layer=layer.name, batch=layer.N,
-                         geometry=f"{layer.C}>{layer.O}@{layer.H}") for r, ti in zip(ran, t)]
+                         geometry=f"{layer.C}>{layer.O}@{layer.H}",
+                         **(numerics(r, s.dtype) if numerics is not None else {})) for r, ti in zip(ran, t)]
         return fns, finish
     return prepare
 
@@ -196,8 +200,9 @@ def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
                min(r["repeats"] for r in rows), sum(r["build_s"] for r in rows),
                sum(r["first_call_s"] for r in rows))
     flops = sum(r["flops"] for r in rows)
+    extra = {k: rows[0][k] for k in ("numerics", "numeric_mode", "winograd_fft_allowed", "layout") if k in rows[0]}
     return _row(dev, s, "conv2d", "VGG-16 conv layers", rows[0]["algorithm"], t, flops,
-                layer="total", batch=rows[0]["batch"])
+                layer="total", batch=rows[0]["batch"], **extra)
 
 
 def transfer_case(s: Settings, nbytes: int):

@@ -10,6 +10,9 @@ import numpy as np
 
 from .shapes import ConvParams
 
+# DLPack device types (dlpack.h DLDeviceType) that xdev meets.
+DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_OPENCL, DL_ROCM_HOST, DL_CUDA_MANAGED = 1, 2, 3, 4, 11, 13
+
 
 @dataclass(frozen=True)
 class BackendStatus:
@@ -110,6 +113,30 @@ class Device(abc.ABC):
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A page-locked host array for fast transfers, or None if the backend has none."""
         return None
+
+    # -- DLPack: zero-copy exchange with NumPy, torch, CuPy, JAX (xdev._dlpack drives these) --
+    def dlpack_device(self) -> tuple[int, int]:
+        """(DLPack device type, device id) of this device's memory."""
+        raise BufferError(self._no_dlpack())
+
+    def to_dlpack(self, data: Any, *, stream: Any, max_version: tuple[int, int] | None, copy: bool | None) -> Any:
+        """A DLPack capsule of ``data`` (of a copy when ``copy``), ordered after the work queued
+        so far as the consumer's ``stream`` requires."""
+        raise BufferError(self._no_dlpack())
+
+    def wrap_dlpack(self, obj: Any, src: tuple[int, int], copy: bool | None) -> Any | None:
+        """Native data for the DLPack producer ``obj`` living on ``src``: its own memory (a copy
+        when ``copy``) if that is this device's memory, else None (the caller decides about copies)."""
+        return None
+
+    def cuda_array_interface(self, data: Any) -> dict[str, Any]:
+        """``__cuda_array_interface__`` of ``data``; AttributeError where memory is not CUDA's."""
+        raise AttributeError(f"__cuda_array_interface__: {self.key} memory is not CUDA memory")
+
+    def _no_dlpack(self) -> str:
+        return (f"{self.key} ({self.name}) memory cannot be exported through DLPack: no DLPack "
+                f"consumer reads {self.backend} buffers; download with a.numpy() (a NumPy array) or "
+                f"move with a.to('numpy') / a.to('cuda') first")
 
     def download_into(self, data: Any, out: np.ndarray) -> None:
         """Copy device data into ``out`` (same shape and dtype; e.g. a pinned_empty array)."""

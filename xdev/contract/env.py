@@ -5,6 +5,7 @@ Each is read when asked for, never at import: a program may set them after ``imp
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 BACKEND = "XDEV_BACKEND"
@@ -12,6 +13,11 @@ CACHE_DIR = "XDEV_CACHE_DIR"
 OPENCL_KERNELS = "XDEV_OPENCL_KERNELS"
 CUDA_TF32 = "XDEV_CUDA_TF32"
 CUDNN_FAST = "XDEV_CUDNN_FAST"
+CUDNN_AUTOTUNE = "XDEV_CUDNN_AUTOTUNE"
+CUDNN_AUTOTUNE_LIMIT = "XDEV_CUDNN_AUTOTUNE_LIMIT"
+CUDNN_AUTOTUNE_BUDGET_S = "XDEV_CUDNN_AUTOTUNE_BUDGET_S"
+DEFAULT_CUDNN_AUTOTUNE_LIMIT = 8  # plans per graph variant, like torch.backends.cudnn.benchmark_limit (10)
+DEFAULT_CUDNN_AUTOTUNE_BUDGET_S = 3.0
 
 
 def _get(name: str) -> str:
@@ -45,6 +51,40 @@ def cuda_tf32() -> bool:
 def cudnn_fast() -> bool:
     """``XDEV_CUDNN_FAST=1`` lets cuDNN use Winograd and FFT engines (off by default)."""
     return _get(CUDNN_FAST) == "1"
+
+
+def cudnn_autotune() -> bool:
+    """``XDEV_CUDNN_AUTOTUNE``: on unless ``0``/``off``/``false``/``no`` (then the heuristic's first plan runs)."""
+    return _get(CUDNN_AUTOTUNE).lower() not in ("0", "off", "false", "no")
+
+
+def cudnn_autotune_limit() -> int:
+    """``XDEV_CUDNN_AUTOTUNE_LIMIT``: plans timed per graph variant (default 8, at least 1)."""
+    raw = _get(CUDNN_AUTOTUNE_LIMIT)
+    if not raw:
+        return DEFAULT_CUDNN_AUTOTUNE_LIMIT
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        warnings.warn(f"{CUDNN_AUTOTUNE_LIMIT}={raw!r} is not an integer; using {DEFAULT_CUDNN_AUTOTUNE_LIMIT}",
+                      RuntimeWarning, stacklevel=2)
+        return DEFAULT_CUDNN_AUTOTUNE_LIMIT
+
+
+def cudnn_autotune_budget_s() -> float:
+    """``XDEV_CUDNN_AUTOTUNE_BUDGET_S``: seconds of plan building per key before the search adds no more (3)."""
+    raw = _get(CUDNN_AUTOTUNE_BUDGET_S)
+    if not raw:
+        return DEFAULT_CUDNN_AUTOTUNE_BUDGET_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        warnings.warn(f"{CUDNN_AUTOTUNE_BUDGET_S}={raw!r} is not a positive number of seconds; using "
+                      f"{DEFAULT_CUDNN_AUTOTUNE_BUDGET_S}", RuntimeWarning, stacklevel=2)
+        return DEFAULT_CUDNN_AUTOTUNE_BUDGET_S
+    return v
 
 
 def pyopencl_ctx() -> str:

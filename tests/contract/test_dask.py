@@ -1,0 +1,179 @@
+"""xdev.dask on a dask.distributed LocalCluster of 2 workers (threads: quick to start, and the
+workers resolve their backend the way separate processes would: XDEV_BACKEND or backend=).
+
+Every result is held to the suite's one bound with K the full contraction length, and the
+same inputs through xdev in this process are held to it too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array", reason='xdev.dask needs dask: pip install "xdev[dask]"')
+distributed = pytest.importorskip("distributed", reason='the tests need distributed: pip install "xdev[dask]"')
+
+import xdev  # noqa: E402
+import xdev.dask as xd  # noqa: E402
+from xdev._registry import get_device  # noqa: E402
+
+from availability import backend_status, require  # noqa: E402
+from reference import conv2d_ref, matmul_ref  # noqa: E402
+from tolerance import assert_agrees  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def _rand(shape, dtype, seed):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(dtype)
+
+
+def _worker_device():
+    """The device the workers resolve to (threads of this process: its default backend)."""
+    return get_device(xdev.get_backend())
+
+
+def _dtypes():
+    dev = _worker_device()
+    out = []
+    for dt in (np.float16, np.float32, np.float64):
+        try:
+            dev.check_dtype(np.dtype(dt))
+            out.append(np.dtype(dt))
+        except TypeError:
+            pass
+    return out
+
+
+def _check_matmul(client, a, b, chunks_a, chunks_b, what, **kw):
+    dev = _worker_device()
+    A, B = da.from_array(a, chunks=chunks_a), da.from_array(b, chunks=chunks_b)
+    C = xd.matmul(A, B, **kw)
+    y = C.compute()
+    ref, ref_abs = matmul_ref(a, b)
+    K = a.shape[-1]
+    out = np.result_type(a.dtype, b.dtype)
+    assert C.shape == ref.shape and C.dtype == out
+    assert_agrees(y, ref, ref_abs, K, dev.acc_dtype(out), out, f"xdev.dask {what}")
+    single = xdev.matmul(a, b, backend=kw.get("backend") or dev.key).numpy()
+    assert_agrees(single, ref, ref_abs, K, dev.acc_dtype(out), out, f"xdev single process {what}")
+    return C
+
+
+def test_matmul_blocked_along_m_n_and_k(client):
+    for dt in _dtypes():
+        a, b = _rand((70, 131), dt, 1), _rand((131, 45), dt, 2)
+        # Uneven chunks on every axis, and the K axis split into 4 blocks (32+32+32+35).
+        C = _check_matmul(client, a, b, ((20, 30, 20), (32, 32, 32, 35)), ((32, 32, 32, 35), (16, 29)),
+                          f"2-D {dt}")
+        assert C.chunks == ((20, 30, 20), (16, 29))
+
+
+@pytest.mark.filterwarnings("ignore::dask.array.core.PerformanceWarning")  # dask's note on rechunking
+def test_matmul_k_chunks_that_differ_are_aligned(client):
+    a, b = _rand((33, 64), np.float32, 3), _rand((64, 17), np.float32, 4)
+    _check_matmul(client, a, b, (11, 16), (24, 5), "misaligned K chunks")
+
+
+@pytest.mark.parametrize("reduce_k", ["task", "tree"])
+def test_matmul_both_k_reductions(client, reduce_k):
+    for dt in [d for d in _dtypes() if d != np.float64]:
+        a, b = _rand((24, 200), dt, 5), _rand((200, 14), dt, 6)
+        # 20 K blocks: summed in the output block's task, or by a tree of 3 partials per step.
+        _check_matmul(client, a, b, (12, 10), (10, 7), f"20 K blocks, {reduce_k}, {np.dtype(dt)}",
+                      reduce_k=reduce_k, split_every=3)
+    # auto: a 1x1-block output with 20 K blocks is summed by a tree (K gives the parallelism).
+    C = xd.matmul(da.from_array(a, chunks=(24, 10)), da.from_array(b, chunks=(10, 14)))
+    assert any("sum_parts" in str(k) for k in C.__dask_graph__().keys())
+    with pytest.raises(ValueError, match="reduce_k"):
+        xd.matmul(a, b, reduce_k="ring")
+
+
+def test_matmul_batched_and_broadcast(client):
+    a, b = _rand((3, 1, 12, 20), np.float64, 7), _rand((4, 20, 9), np.float64, 8)
+    C = _check_matmul(client, a, b, (2, 1, 6, 10), (3, 10, 5), "batched, broadcast")
+    assert C.shape == (3, 4, 12, 9)
+
+
+def test_matmul_one_dimensional_operands(client):
+    v, m = _rand((20,), np.float64, 9), _rand((20, 6), np.float64, 10)
+    _check_matmul(client, v, m, 7, (6, 4), "vector @ matrix")
+    _check_matmul(client, m.T.copy(), v, (4, 6), 7, "matrix @ vector")
+
+
+def test_matmul_on_a_named_backend(client):
+    require("opencl")
+    a, b = _rand((30, 50), np.float32, 11), _rand((50, 20), np.float32, 12)
+    C = xd.matmul(da.from_array(a, chunks=(15, 25)), da.from_array(b, chunks=(25, 10)), backend="opencl")
+    ref, ref_abs = matmul_ref(a, b)
+    dev = get_device("opencl")
+    assert_agrees(C.compute(), ref, ref_abs, 50, dev.acc_dtype(np.float32), np.float32, "backend='opencl'")
+
+
+def test_conv2d_chunked_along_the_batch(client):
+    dev = _worker_device()
+    x, w, b = _rand((5, 6, 11, 9), np.float32, 13), _rand((4, 3, 3, 2), np.float32, 14), _rand((4,), np.float32, 15)
+    kw = dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
+    # Uneven batch chunks; the C and H chunks are merged by xdev.dask (whole images per task).
+    X = da.from_array(x, chunks=(2, 3, 5, 9))
+    Y = xd.conv2d(X, w, b, **kw)
+    assert Y.chunks[0] == (2, 2, 1) and len(Y.chunks[1]) == 1
+    y = Y.compute()
+    ref, ref_abs = conv2d_ref(x, w, b, **kw)
+    K = 3 * 3 * 2
+    assert_agrees(y, ref, ref_abs, K, dev.acc_dtype(np.float32), np.float32, "xdev.dask conv2d")
+    single = xdev.conv2d(x, w, b, **kw, backend=dev.key).numpy()
+    assert_agrees(single, ref, ref_abs, K, dev.acc_dtype(np.float32), np.float32, "xdev conv2d")
+    y1 = xd.conv2d(da.from_array(x[0], chunks=2), w, None, padding="same", groups=2).compute()  # (C, H, W)
+    ref1, ref1_abs = conv2d_ref(x[:1], w, None, padding="same", groups=2)
+    assert_agrees(y1, ref1[0], ref1_abs[0], K, dev.acc_dtype(np.float32), np.float32, "unbatched")
+
+
+def test_conv2d_weights_are_one_key_shared_by_every_task(client):
+    x, w = _rand((6, 3, 8, 8), np.float32, 16), _rand((5, 3, 3, 3), np.float32, 17)
+    W = da.from_array(w, chunks=(2, 3, 3, 3), name="weights-under-test")  # chunked: merged into one
+    Y = xd.conv2d(da.from_array(x, chunks=(1, 3, 8, 8)), W, padding=1)
+    graph = dict(Y.__dask_graph__())
+    conv_tasks = [k for k in graph if isinstance(k, tuple) and k[0].startswith("block_conv")]
+    assert len(conv_tasks) == 6
+    # Every conv task reads the single merged weight key (Dask moves it once per worker).
+    deps = Y.__dask_graph__().get_all_dependencies()
+    wkeys = set.union(*(deps[k] for k in conv_tasks)) - {k for k in graph if "array-" in str(k[0])}
+    assert len(wkeys) == 1, wkeys
+    np.testing.assert_allclose(Y.compute(), xdev.conv2d(x, w, padding=1).numpy(), rtol=0, atol=0)
+
+
+def test_errors_are_raised_on_the_client_before_any_work(client):
+    A = da.ones((4, 5), chunks=2)
+    with pytest.raises(ValueError, match="do not align"):
+        xd.matmul(A, da.ones((4, 5), chunks=2))
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        xd.matmul(A.astype(np.int64), A.T)
+    with pytest.raises(ValueError, match="unknown backend"):
+        xd.matmul(A, A.T, backend="metal")
+    with pytest.raises(ValueError, match="input channels per group"):
+        xd.conv2d(da.ones((2, 4, 5, 5), chunks=1), np.ones((3, 3, 3, 3)))
+
+
+def test_a_worker_error_surfaces_as_an_exception(client):
+    x, w = da.ones((4, 2, 5, 5), chunks=1), np.ones((2, 2, 3, 3))
+    with pytest.raises(ValueError, match="algorithm 'winograd'"):
+        xd.conv2d(x, w, algorithm="winograd").compute()
+    if not backend_status("cuda").available:  # the device opens on the worker, and fails there
+        with pytest.raises(xdev.BackendUnavailable, match="cuda"):
+            xd.matmul(da.ones((4, 4), chunks=2), da.ones((4, 4), chunks=2), backend="cuda").compute()
+    # The cluster is still usable afterwards.
+    assert float(xd.matmul(da.ones((4, 4), chunks=2), da.ones((4, 4), chunks=2)).sum().compute()) == 64.0
+
+
+def test_works_without_a_cluster():
+    a, b = _rand((10, 12), np.float64, 18), _rand((12, 5), np.float64, 19)
+    y = xd.matmul(da.from_array(a, chunks=4), da.from_array(b, chunks=4)).compute(scheduler="sync")
+    ref, ref_abs = matmul_ref(a, b)
+    dev = _worker_device()
+    assert_agrees(y, ref, ref_abs, 12, dev.acc_dtype(np.float64), np.float64, "synchronous scheduler")
+

@@ -1,0 +1,217 @@
+"""``python -m xdev.bench --dask N``: xdev.dask on N local workers against one xdev process.
+
+Workloads: a blocked n x n matmul in c x c chunks (default 4096 in 1024: 64 block products
+and a sum of 4 partials per output block) and the VGG-16 convolutions on a batch chunked one
+image per task. Inputs (and weights) are persisted on the workers first, so each timed run is
+what a Dask user pays per call: graph construction, scheduling, moving blocks between
+workers, the block products and the partial sums (``persist`` + ``wait``; the result stays on
+the workers). One process: the same op through xdev with every core (or its one GPU).
+Both sides alternate (ABAB) and each reports its median.
+
+Scaling efficiency = speedup / ideal speedup, with speedup = t(one process) / t(Dask). The
+ideal speedup is N for N GPU workers (one GPU each, dask-cuda) and 1 for CPU workers: they
+share the cores that the one process already uses in full. Dask's overhead = 1/efficiency - 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from contextlib import ExitStack
+from typing import Any, Callable
+
+import numpy as np
+
+import xdev
+from xdev._registry import get_device
+from xdev.contract import env
+
+from . import workloads as wl
+
+PAUSE_S = 0.3  # let one side's BLAS / PoCL threads go idle before the other side starts
+
+
+def _needs() -> tuple[Any, Any, Any]:
+    try:
+        import dask.array as da
+        import distributed
+
+        import xdev.dask as xd
+    except ImportError as e:
+        raise SystemExit(f'python -m xdev.bench --dask needs dask and distributed ({e}): pip install "xdev[dask]"') from None
+    return da, distributed, xd
+
+
+def _abab(one: Callable[[], Any], dask: Callable[[], Any], repeats: int) -> tuple[list[float], list[float]]:
+    """Warm both sides up, then alternate them; seconds per call of each."""
+    one()
+    dask()
+    t_one, t_dask = [], []
+    for _ in range(repeats):
+        for fn, out in ((one, t_one), (dask, t_dask)):
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return t_one, t_dask
+
+
+def _row(op: str, shape: str, t_one: list[float], t_dask: list[float], flops: int, ideal: float,
+         tasks: int, **extra: Any) -> dict[str, Any]:
+    one, dsk = statistics.median(t_one), statistics.median(t_dask)
+    speedup = one / dsk
+    eff = speedup / ideal
+    return {"op": op, "shape": shape, "one_process_s": one, "dask_s": dsk,
+            "one_process_runs_s": t_one, "dask_runs_s": t_dask,
+            "one_process_gflops": flops / one / 1e9, "dask_gflops": flops / dsk / 1e9,
+            "speedup": speedup, "ideal_speedup": ideal, "efficiency": eff,
+            "dask_overhead": 1 / eff - 1, "tasks": tasks, **extra}
+
+
+def _profile(distributed: Any, client: Any, fn: Callable[[], Any], workers: int) -> dict[str, Any]:
+    """One more (untimed for the medians) Dask run under Dask's task stream: how much of the
+    wall time the workers spent computing, and in transfers between them."""
+    with distributed.get_task_stream(client) as ts:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    spent = {"compute": 0.0, "transfer": 0.0}
+    for task in ts.data:
+        for s in task.get("startstops", ()):
+            if s["action"] in spent:
+                spent[s["action"]] += s["stop"] - s["start"]
+    return {"profiled_wall_s": wall, "worker_compute_s": spent["compute"], "worker_transfer_s": spent["transfer"],
+            "worker_busy": spent["compute"] / (wall * workers) if wall > 0 else None}
+
+
+def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any, str | None, float]:
+    """(client, backend= for the workers, ideal speedup)."""
+    quiet = dict(dashboard_address=None, silence_logs=logging.ERROR)
+    if dev.backend == "cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise SystemExit("--dask on the cuda backend runs one worker per GPU through dask-cuda: "
+                             "pip install dask-cuda (see docs/dask.md)") from None
+        # Each worker sees its own GPU as device 0 (CUDA_VISIBLE_DEVICES); XDEV_BACKEND=cuda in
+        # the workers' environment is resolved there (backend=None below).
+        cluster = stack.enter_context(LocalCUDACluster(n_workers=n, env={env.BACKEND: "cuda"}, **quiet))
+        return stack.enter_context(distributed.Client(cluster)), None, float(n)
+    # CPU workers: one process each, their BLAS threads splitting the cores among them.
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    blas = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    cluster = stack.enter_context(distributed.LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, env=blas, **quiet))
+    return stack.enter_context(distributed.Client(cluster)), dev.key, 1.0
+
+
+def run(a: argparse.Namespace) -> int:
+    """Entry point for ``python -m xdev.bench --dask N`` (options parsed by xdev.bench.cli)."""
+    da, distributed, xd = _needs()
+    n_workers = int(a.dask)
+    if n_workers < 1:
+        raise SystemExit("--dask N needs N >= 1 workers")
+    spec = (a.backends or "numpy").split(",")[0].strip()
+    dev = get_device(spec)
+    dtype = np.dtype(a.dtype)
+    dev.check_dtype(dtype)
+    repeats = a.repeat or 3
+    size = int(a.sizes.split(",")[0]) if a.sizes else (1024 if a.quick else 4096)
+    chunk = a.dask_chunk or max(1, size // 4)
+    image = a.image if not a.quick else min(a.image, 56)
+    batch = a.batch or 2 * n_workers
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, Any]] = []
+
+    def rand(shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+        return (rng.uniform(-1, 1, shape) * scale).astype(dtype)
+
+    print(f"xdev.dask on {n_workers} local worker(s) vs one xdev process; backend {dev.key} ({dev.name}), "
+          f"{dtype}, {repeats} alternating runs each, medians")
+    with ExitStack() as stack:
+        client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
+        print(f"cluster: {len(client.scheduler_info()['workers'])} workers, dashboard off")
+
+        def persisted(x: np.ndarray, chunks: Any) -> Any:
+            with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                d = client.persist(da.from_array(x, chunks=chunks))
+            distributed.wait(d)
+            return d
+
+        def run_dask(make: Callable[[], Any]) -> Callable[[], None]:
+            def go() -> None:
+                out = make().persist()
+                distributed.wait(out)
+                del out
+            return go
+
+        if "matmul" in a.ops:
+            A, B = rand((size, size)), rand((size, size))
+            xa, xb = xdev.asarray(A, backend=dev.key), xdev.asarray(B, backend=dev.key)
+            Ad, Bd = persisted(A, chunk), persisted(B, chunk)
+            make = lambda: xd.matmul(Ad, Bd, backend=backend)  # noqa: E731
+
+            def one() -> None:
+                xdev.matmul(xa, xb)
+                dev.synchronize()
+
+            t1, tn = _abab(one, run_dask(make), repeats)
+            tasks = len(make().__dask_graph__()) - len(Ad.__dask_graph__()) - len(Bd.__dask_graph__())
+            rows.append(_row("matmul", f"{size}^2 in {chunk}^2 chunks", t1, tn, wl.matmul_flops(size, size, size),
+                             ideal, tasks, **_profile(distributed, client, run_dask(make), n_workers)))
+            del xa, xb, Ad, Bd
+        if "conv2d" in a.ops:
+            per: list[dict[str, Any]] = []
+            for layer in wl.vgg16(batch, image):
+                x = rand((layer.N, layer.C, layer.H, layer.H))
+                w, b = rand((layer.O, layer.C, 3, 3), 0.1), rand((layer.O,))
+                xs = [xdev.asarray(v, backend=dev.key) for v in (x, w, b)]
+                Xd = persisted(x, (1, layer.C, layer.H, layer.H))
+                Wd, Bd = persisted(w, -1), persisted(b, -1)
+                make = lambda: xd.conv2d(Xd, Wd, Bd, padding=1, backend=backend)  # noqa: E731
+
+                def one() -> None:
+                    xdev.conv2d(*xs, padding=1)
+                    dev.synchronize()
+
+                t1, tn = _abab(one, run_dask(make), repeats)
+                per.append(_row("conv2d", layer.shape, t1, tn, layer.flops, ideal, layer.N, layer=layer.name))
+                print(f"  {layer.name:8s} {layer.shape:32s} one {per[-1]['one_process_s'] * 1e3:8.1f} ms   "
+                      f"dask {per[-1]['dask_s'] * 1e3:8.1f} ms   speedup {per[-1]['speedup']:.2f}")
+            total_one = [sum(r["one_process_runs_s"][i] for r in per) for i in range(repeats)]
+            total_dask = [sum(r["dask_runs_s"][i] for r in per) for i in range(repeats)]
+            rows += per
+            rows.append(_row("conv2d", f"VGG-16 conv layers, batch {batch} at {image}", total_one, total_dask,
+                             sum(layer.flops for layer in wl.vgg16(batch, image)), ideal,
+                             sum(r["tasks"] for r in per), layer="total"))
+
+    print(f"\n{'op':8s} {'shape':36s} {'one process':>12s} {'dask':>10s} {'speedup':>8s} {'ideal':>6s} "
+          f"{'efficiency':>10s} {'overhead':>9s} {'tasks':>6s}")
+    for r in rows:
+        if r["op"] == "conv2d" and r.get("layer") != "total":
+            continue
+        print(f"{r['op']:8s} {r['shape']:36s} {r['one_process_s']:10.3f} s {r['dask_s']:8.3f} s "
+              f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:10.0%} {r['dask_overhead']:9.1%} "
+              f"{r['tasks']:6d}")
+    for r in rows:
+        if r.get("worker_busy") is not None:
+            print(f"{r['op']} {r['shape']}: in a profiled Dask run of {r['profiled_wall_s']:.3f} s the workers computed "
+                  f"{r['worker_busy']:.0%} of the time ({r['worker_compute_s']:.3f} s over {n_workers} worker(s)) and "
+                  f"spent {r['worker_transfer_s']:.3f} s receiving blocks; the rest is Dask's scheduling and idle time")
+    print("efficiency = (t one process / t dask) / ideal speedup; ideal = N for GPU workers, 1 for CPU "
+          "workers sharing the cores one process already uses. Timings on a shared machine vary: compare "
+          "the two sides of one run (they alternate).")
+    if a.json:
+        doc = {"config": {"workers": n_workers, "backend": dev.key, "device": dev.info(), "dtype": str(dtype),
+                          "size": size, "chunk": chunk, "batch": batch, "image": image, "repeats": repeats,
+                          "cpu_count": os.cpu_count()},
+               "results": rows}
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+        print(f"wrote {a.json}")
+    return 0

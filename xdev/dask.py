@@ -1,0 +1,219 @@
+"""xdev's matmul and conv2d on Dask arrays: Dask schedules, moves and holds the blocks; each
+block product runs through xdev on the device of the worker that runs it.
+
+    import dask.array as da, xdev.dask
+    C = xdev.dask.matmul(A, B)            # A, B: dask arrays of host (NumPy) chunks
+    Y = xdev.dask.conv2d(X, w, bias, padding=1)
+
+The backend resolves on the worker: ``backend=`` if given, else the worker's own default
+(``XDEV_BACKEND`` in the worker's environment, then numpy). Results are dask arrays of NumPy
+chunks. Needs ``pip install "xdev[dask]"``; see docs/dask.md for clusters of GPUs and nodes.
+"""
+from __future__ import annotations
+
+import contextlib
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+try:
+    import dask.array as da
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        f'xdev.dask needs dask.array, which is not installed ({e}); install it with: pip install "xdev[dask]"'
+    ) from e
+
+import xdev
+from xdev._registry import split_selector
+from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params
+
+__all__ = ["matmul", "conv2d"]
+
+
+# ---- what runs on the workers (module-level functions: picklable by reference) ------------------
+def _on(backend: str | None) -> contextlib.AbstractContextManager[None]:
+    return xdev.use_backend(backend) if backend is not None else contextlib.nullcontext()
+
+
+def _host(c: xdev.Array) -> np.ndarray:
+    # A numpy-backend result is a fresh host array that nothing else holds: hand it over as is.
+    return c.data if c.backend == "numpy" else c.numpy()
+
+
+def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
+    """One block product a @ b on this worker's device, with a length-1 axis for the K block.
+
+    float16 blocks of a split K run as float32 products (float16 accumulates in float32
+    anyway): a float16 partial would be rounded before the sum of the K blocks.
+    """
+    with _on(backend):
+        c = _host(xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)))
+    return c[..., np.newaxis, :]
+
+
+def _block_matmul_sum(a_blocks: Any, b_blocks: Any, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
+    """Sum over k of a_k @ b_k on this worker's device (the K blocks of one output block)."""
+    if isinstance(a_blocks, np.ndarray):  # a single K block arrives unwrapped
+        a_blocks, b_blocks = [a_blocks], [b_blocks]
+    with _on(backend):
+        prods = (_host(xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)))
+                 for a, b in zip(a_blocks, b_blocks))
+        acc = next(prods)
+        for c in prods:  # one K block at a time: at most two products in memory
+            np.add(acc, c, out=acc)
+    return acc.astype(np.result_type(a_blocks[0].dtype, b_blocks[0].dtype), copy=False)
+
+
+def _sum_parts(parts: Any, axis: tuple[int, ...], keepdims: bool, dtype: Any = None) -> np.ndarray:
+    """Sum the partial products of the K blocks (all of one shape, length 1 along ``axis``)."""
+    out = reduce(np.add, parts) if isinstance(parts, list) else parts
+    return out if keepdims else out.squeeze(axis[0])
+
+
+def _block_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *, kw: dict[str, Any],
+                backend: str | None) -> np.ndarray:
+    with _on(backend):
+        return _host(xdev.conv2d(x, w, bias, **kw))
+
+
+# ---- the graphs (built on the client) ------------------------------------------------------------
+def _check_backend(backend: str | None) -> None:
+    # Only the name is checked here: the device itself is opened on the worker.
+    if backend is not None:
+        split_selector(backend)
+
+
+def _float_dtype(*dts: np.dtype, op: str) -> np.dtype:
+    dt = np.result_type(*dts)
+    if any(np.dtype(d) not in FLOAT_DTYPES for d in dts):  # as xdev.matmul: no silent int -> float
+        raise TypeError(
+            f"xdev.dask.{op}: xdev computes in float16, float32 or float64; received dtype(s) "
+            f"{', '.join(str(np.dtype(d)) for d in dts)}; convert first, e.g. X.astype('float32')"
+        )
+    return np.dtype(dt)
+
+
+def matmul(a: Any, b: Any, *, backend: str | None = None, reduce_k: str = "auto",
+           split_every: int | None = None) -> da.Array:
+    """``numpy.matmul`` of dask arrays, blocked along M, N and K, each block product through xdev.
+
+    Block (i, k) of ``a`` meets block (k, j) of ``b`` on a worker, and the partial products
+    along K are summed; ``reduce_k`` says where:
+
+    - ``"task"``: one task per output block multiplies its K block pairs one after another
+      and sums them in place (Dask's blockwise contraction: no partials move between workers);
+    - ``"tree"``: every block pair is its own task and a Dask tree reduction sums the partials
+      (``split_every`` per step): more parallelism when the output has few blocks;
+    - ``"auto"`` (default): ``"tree"`` when the output has fewer blocks than K has, else ``"task"``.
+
+    ``b``'s K chunks are aligned to ``a``'s. float16 partials are summed in float32, so the
+    result obeys xdev's bound with K the full contraction length.
+    """
+    _check_backend(backend)
+    if reduce_k not in ("auto", "task", "tree"):
+        raise ValueError(f"xdev.dask.matmul: reduce_k is 'auto', 'task' or 'tree'; received {reduce_k!r}")
+    a, b = da.asarray(a), da.asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"xdev.dask.matmul: operands must have at least 1 dimension; received shapes "
+                         f"{a.shape} and {b.shape} (use multiplication for scalars)")
+    dt = _float_dtype(a.dtype, b.dtype, op="matmul")
+    a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
+    a_1d, b_1d = a.ndim == 1, b.ndim == 1
+    if a_1d:
+        a = a[np.newaxis, :]
+    if b_1d:
+        b = b[:, np.newaxis]
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"xdev.dask.matmul: shapes {a.shape} and {b.shape} do not align: the last axis of a "
+            f"({a.shape[-1]}) must equal the second-to-last of b ({b.shape[-2]})"
+        )
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"xdev.dask.matmul: batch dimensions {a.shape[:-2]} and {b.shape[:-2]} of shapes "
+                         f"{a.shape} and {b.shape} do not broadcast") from None
+    nd = len(batch) + 2
+    a = a[(np.newaxis,) * (nd - a.ndim)]
+    b = b[(np.newaxis,) * (nd - b.ndim)]
+    if b.chunks[-2] != a.chunks[-1]:
+        b = b.rechunk({nd - 2: a.chunks[-1]})
+    nk = len(a.chunks[-1])
+    # float16 partials would be rounded to float16 before the sum: keep them in float32.
+    part = _F32 if (dt == _F16 and nk > 1) else dt
+    lhs = tuple(range(nd))  # (batch..., i, k)
+    rhs = tuple(range(nd - 2)) + (nd - 1, nd)  # (batch..., k, j)
+    if reduce_k == "auto":
+        out_blocks = int(np.prod([max(len(ca), len(cb)) for ca, cb in zip(a.chunks[:-2], b.chunks[:-2])]))
+        out_blocks *= len(a.chunks[-2]) * len(b.chunks[-1])
+        reduce_k = "tree" if out_blocks < nk else "task"
+    if reduce_k == "task" or nk == 1:
+        # k is contracted: each task gets the lists of its K blocks (concatenate=False).
+        out = da.blockwise(
+            _block_matmul_sum, lhs[:-1] + (nd,), a, lhs, b, rhs, dtype=dt, concatenate=False,
+            meta=np.empty((0,) * nd, dt), backend=backend, part_dtype=part,
+        )
+    else:
+        # Output index (batch..., i, k, j): k stays an axis with one chunk of length 1 per K
+        # block, so every block pair is its own task; the reduction sums along it.
+        parts = da.blockwise(
+            _block_matmul, tuple(range(nd + 1)), a, lhs, b, rhs,
+            adjust_chunks={nd - 1: 1}, dtype=part, concatenate=False,
+            meta=np.empty((0,) * (nd + 1), part), backend=backend, part_dtype=part,
+        )
+        out = da.reduction(parts, _sum_parts, _sum_parts, axis=-2, dtype=part, concatenate=False,
+                           split_every=split_every, meta=np.empty((0,) * nd, part))
+        if part != dt:
+            out = out.astype(dt)
+    if a_1d:
+        out = out.squeeze(-2)
+    if b_1d:
+        out = out.squeeze(-1)
+    return out
+
+
+def _whole(v: Any) -> da.Array:
+    """A dask array of one chunk: one key, which Dask ships once to each worker that needs it."""
+    if isinstance(v, da.Array):
+        return v.rechunk(-1)
+    v = np.asarray(v)
+    return da.from_array(v, chunks=v.shape or -1)
+
+
+def conv2d(x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1, algorithm: str = "auto", *, backend: str | None = None) -> da.Array:
+    """``xdev.conv2d`` of a dask array ``x`` (N, C, H, W), chunked along the batch.
+
+    ``w`` and ``bias`` (NumPy or dask arrays) become one single-chunk dask array each: Dask
+    sends them once to each worker that needs them, not once per task. Chunks of ``x``
+    along C, H or W are merged first: a convolution needs whole images.
+    """
+    _check_backend(backend)
+    x = da.asarray(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"xdev.dask.conv2d expects x of shape (N, C, H, W) or (C, H, W); received shape {x.shape}")
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[np.newaxis]
+    w = _whole(w)
+    b = None if bias is None else _whole(bias)
+    dts = [x.dtype, w.dtype] + ([] if b is None else [b.dtype])
+    dt = _float_dtype(*dts, op="conv2d")
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algorithm=algorithm)
+    # Shapes and parameters are checked here, on the client, with xdev's own messages.
+    p = conv_params(tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape),
+                    stride, padding, dilation, groups)
+    Ho, Wo = p.Ho, p.Wo
+    x = x.astype(dt, copy=False).rechunk({1: -1, 2: -1, 3: -1})
+    w = w.astype(dt, copy=False)
+    args: list[Any] = [x, "nchw", w, "opqr"]
+    if b is not None:
+        args += [b.astype(dt, copy=False), "o"]
+    # Output (n, o, y, z): n follows x's batch chunks, o w's single chunk, (y, z) are new axes;
+    # C, H, W and w's other axes are single chunks, passed whole (concatenate=True).
+    y = da.blockwise(
+        _block_conv, "noyz", *args, new_axes={"y": Ho, "z": Wo}, concatenate=True, dtype=dt,
+        meta=np.empty((0, 0, 0, 0), dt), kw=kw, backend=backend,
+    )
+    return y[0] if unbatched else y
