@@ -51,3 +51,18 @@ for w in "$DEST"/*.whl; do
 done
 echo "gpu_prepare: next, on the GPU machine from the repository root (with .whl carried):"
 echo "  bash bench/gpu_check.sh"
+
+# bench/gpu_opencl.sh also wants CLBlast and Debian's OpenCL ICD loader (the GPU machine has
+# neither; CLBlast's tools crashed with the loader bundled in pyopencl's wheel). They travel
+# as .debs in .deb/ and are unpacked there with dpkg -x, no root needed.
+if command -v apt-get >/dev/null 2>&1; then
+  mkdir -p .deb && rm -f .deb/*.deb
+  if (cd .deb && apt-get download libclblast1 ocl-icd-libopencl1 >/dev/null 2>&1); then
+    echo "gpu_prepare: .debs in .deb/: $(cd .deb && ls *.deb | tr '\n' ' ')"
+  else
+    echo "gpu_prepare: apt-get download libclblast1 ocl-icd-libopencl1 failed; gpu_opencl.sh will skip CLBlast" >&2
+  fi
+else
+  echo "gpu_prepare: no apt-get here; gpu_opencl.sh will skip CLBlast unless .deb/ holds libclblast1 and ocl-icd-libopencl1" >&2
+fi
+echo "  bash bench/gpu_opencl.sh      # CUDA vs OpenCL (needs .deb/ for the CLBlast rows)"

@@ -66,3 +66,47 @@ def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
         y += b
         y_abs += np.abs(b)
     return y, y_abs
+
+
+def conv2d_backward_ref(gy, x, w, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of conv2d in float64 with explicit loops over groups and kernel taps.
+
+    Returns {"x": (grad_x, |gy| * |w| summed alike), "w": (grad_w, abs), "bias": (grad_bias, abs)}:
+    each tap adds its upstream gradient back onto the input pixels it read (grad_x), or
+    correlates the upstream gradient with those pixels (grad_w).
+    """
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    _, _, Ho, Wo = gy.shape
+    pt, pb, pl, pr = conv_padding(padding, kh, kw, dh, dw)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xp[:, :, pt : pt + H, pl : pl + W] = x
+    gxp = np.zeros_like(xp)
+    gxp_abs = np.zeros_like(xp)
+    gw = np.zeros(w.shape)
+    gw_abs = np.zeros(w.shape)
+    Og = O // groups
+    for g in range(groups):
+        cs, os_ = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        gyg = gy[:, os_]
+        for i in range(kh):
+            for j in range(kw):
+                r0, c0 = i * dh, j * dw
+                rows, colsl = slice(r0, r0 + sh * (Ho - 1) + 1, sh), slice(c0, c0 + sw * (Wo - 1) + 1, sw)
+                wt = w[os_, :, i, j]  # (Og, Cg)
+                gxp[:, cs, rows, colsl] += np.einsum("nohw,oc->nchw", gyg, wt)
+                gxp_abs[:, cs, rows, colsl] += np.einsum("nohw,oc->nchw", np.abs(gyg), np.abs(wt))
+                patch = xp[:, cs, rows, colsl]
+                gw[os_, :, i, j] = np.einsum("nohw,nchw->oc", gyg, patch)
+                gw_abs[os_, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(gyg), np.abs(patch))
+    crop = (slice(None), slice(None), slice(pt, pt + H), slice(pl, pl + W))
+    return {
+        "x": (gxp[crop], gxp_abs[crop]),
+        "w": (gw, gw_abs),
+        "bias": (gy.sum(axis=(0, 2, 3)), np.abs(gy).sum(axis=(0, 2, 3))),
+    }

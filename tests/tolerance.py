@@ -38,6 +38,17 @@ def assert_agrees(y, ref, ref_abs, K: int, acc_dtype, out_dtype, what: str = "")
         )
 
 
+def backward_K(w_shape, y_shape, groups: int) -> dict[str, int]:
+    """Reduction length per conv2d gradient (the design's K per gradient, for ``bound``).
+
+    grad_x sums O/groups * kH * kW products; grad_w sums N * Ho * Wo products; grad_bias
+    sums N * Ho * Wo values.
+    """
+    O, _, kh, kw = w_shape
+    N, _, Ho, Wo = y_shape
+    return {"x": O // groups * kh * kw, "w": N * Ho * Wo, "bias": N * Ho * Wo}
+
+
 def assert_conv_agrees(y, x, w, b, case, out_dtype, what: str = "") -> None:
     """A conv2d result against the float64 loop reference; ``case`` is (xs, ws, stride,
     padding, dilation, groups); K = C/groups*kH*kW, plus one with a bias; float16

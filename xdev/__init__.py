@@ -19,6 +19,7 @@ from ._dlpack import from_dlpack
 from ._config import get_backend, set_backend, use_backend
 from ._disk import drop_page_cache, npy_batches
 from ._ops import asarray, conv2d, matmul, synchronize
+from ._backward import Conv2dGrads, conv2d_backward
 from ._prefetch import Prefetch, prefetch
 from ._registry import available_backends
 from .contract import BackendStatus, BackendUnavailable, KernelBuildError
@@ -38,10 +39,12 @@ __all__ = [
     "Array",
     "BackendStatus",
     "BackendUnavailable",
+    "Conv2dGrads",
     "KernelBuildError",
     "asarray",
     "available_backends",
     "conv2d",
+    "conv2d_backward",
     "from_dlpack",
     "drop_page_cache",
     "get_backend",

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
     p.add_argument("--reset", action="store_true", help="forget this device's tuned parameters")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not store")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="time limit of the GPU kernel family's search (default 180)")
     a = p.parse_args(argv)
     if not a.device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family); each candidate's median and "
           "spread, interleaved with the built-in default")
-    found = autotune.tune(dev, quick=a.quick)
+    found = autotune.tune(dev, quick=a.quick, budget_s=a.budget)
     print("chosen (beat the default beyond noise):", json.dumps(found) if found else "none")
     if a.dry_run:
         return 0

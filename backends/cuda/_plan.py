@@ -203,3 +203,116 @@ def run_direct(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any) 
         "y": y,
     }
     launch(plan, arrays)
+
+
+# ---- conv2d backward ---------------------------------------------------------------------------
+# grad_x and grad_w for the "gemm" (im2col.cu / col2im.cu around cuBLAS) and "direct"
+# (conv2d_backward_direct.cu) algorithms; grad_bias is a reduction of the array module.
+
+WGRAD_THREADS = 64  # conv2d_backward_direct.cu's XDEV_WGRAD_THREADS
+ACC_NAME = {"float16": "float32", "float32": "float32", "float64": "float64"}
+
+
+def col2im_launch(p: Any, acc: str, blk: ColsBlock) -> Launch:
+    """The launch of col2im.cu for one block; gx (the accumulator) is passed at image blk.n0."""
+    g = _geometry(p)
+    _check_int32(HW=p.H * p.W, L=blk.hb * p.Wo, K=p.K)
+    grid = (max(1, min(_cdiv(p.H * p.W, 256), 65535)), max(1, min(p.C, GRID_YZ_MAX)), max(1, min(blk.nb, GRID_YZ_MAX)))
+    args = [("ptr", "dcols"), ("ptr", "gx")] + [
+        ("i32", blk.nb), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", p.H), ("i32", p.W),
+        ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
+        ("i32", g["dw"]), ("i32", g["pt"]), ("i32", g["pl"]), ("i32", p.Wo), ("i32", blk.h0),
+        ("i32", blk.hb),
+    ]
+    return Launch("col2im.cu", f"xdev_col2im_{DTYPE_SUFFIX[acc]}", grid, (256, 1, 1), 0, tuple(args))
+
+
+def _bwd_scalars(p: Any) -> list[tuple[str, int]]:
+    g = _geometry(p)
+    _check_int32(H=p.H, W=p.W, O=p.O, Ho=p.Ho, Wo=p.Wo)
+    return [
+        ("i32", p.N), ("i32", p.H), ("i32", p.W), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", g["Og"]),
+        ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
+        ("i32", g["dw"]), ("i32", g["pt"]), ("i32", g["pl"]), ("i32", p.Ho), ("i32", p.Wo),
+    ]
+
+
+def dgrad_direct_launch(p: Any, dtype: str) -> Launch:
+    total = p.N * p.C * p.H * p.W
+    blocks = max(1, min(_cdiv(total, 256), 1 << 20))
+    args = [("ptr", "gy"), ("ptr", "w"), ("ptr", "gx")] + _bwd_scalars(p)
+    return Launch("conv2d_backward_direct.cu", f"xdev_dgrad_direct_{DTYPE_SUFFIX[dtype]}", (blocks, 1, 1),
+                  (256, 1, 1), 0, tuple(args))
+
+
+def wgrad_direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int]) -> Launch:
+    total = p.O * p.Cg * p.kh * p.kw
+    blocks = max(1, min(total, 1 << 20))
+    args = [("ptr", "gy"), ("ptr", "x"), ("ptr", "gw")] + [("i64", int(s)) for s in xstrides] + _bwd_scalars(p)
+    smem = WGRAD_THREADS * ACC_ITEMSIZE[dtype]
+    return Launch("conv2d_backward_direct.cu", f"xdev_wgrad_direct_{DTYPE_SUFFIX[dtype]}", (blocks, 1, 1),
+                  (WGRAD_THREADS, 1, 1), smem, tuple(args))
+
+
+def grad_bias(xp: Any, gy: Any) -> Any:
+    """grad_bias = grad_y summed over N, Ho, Wo, accumulated in float for float16."""
+    acc = ACC_NAME[gy.dtype.name]
+    return gy.sum(axis=(0, 2, 3), dtype=acc).astype(gy.dtype, copy=False)
+
+
+def trivial_backward(xp: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool) -> tuple[Any, Any] | None:
+    """Zero gradients when no product contributes (no upstream pixel, input or output channel)."""
+    if p.N * p.Ho * p.Wo and p.K and p.O:
+        return None
+    return (xp.zeros(tuple(x.shape), x.dtype) if need_x else None,
+            xp.zeros(tuple(w.shape), w.dtype) if need_w else None)
+
+
+def run_gemm_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool,
+                      budget: int = COLS_BUDGET_BYTES, matmul: Any = None) -> tuple[Any, Any]:
+    """grad_w = sum over images of gy @ cols^T (im2col.cu + batched GEMM); grad_x = col2im.cu of
+    W^T @ gy. float16 computes in float32 and rounds once at the end. ``matmul(a, b, out=...)``
+    is the GEMM: the device's own cuBLAS call (numpy's in the tests)."""
+    mm = xp.matmul if matmul is None else matmul
+    dt = x.dtype
+    acc = ACC_NAME[dt.name]
+    G, Og, K, Wo = p.groups, p.O // p.groups, p.K, p.Wo
+    gy4 = xp.ascontiguousarray(gy).reshape(p.N, G, Og, p.Ho * Wo)
+    wT = xp.ascontiguousarray(w).astype(acc, copy=False).reshape(G, Og, K).transpose(0, 2, 1)
+    gx_acc = xp.zeros((p.N, p.C, p.H, p.W), acc) if need_x else None
+    gw_acc = xp.zeros((G, Og, K), acc) if need_w else None
+    xs = elem_strides(x)
+    for blk in gemm_blocks(p, K, ACC_ITEMSIZE[dt.name], budget):
+        L = blk.hb * Wo
+        g = gy4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * Wo : blk.h0 * Wo + L].astype(acc)  # (nb, G, Og, L)
+        if need_w:
+            cols = xp.empty((blk.nb, G, K, L), dt)
+            launch(im2col_launch(p, dt.name, xs, blk, K), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
+            cols = cols.astype(acc, copy=False)
+            part = xp.empty((blk.nb, G, Og, K), acc)
+            mm(g, cols.transpose(0, 1, 3, 2), out=part)
+            gw_acc += part.sum(axis=0)
+            del cols
+        if need_x:
+            dcols = xp.empty((blk.nb, G, K, L), acc)
+            mm(wT, g, out=dcols)
+            launch(col2im_launch(p, acc, blk), {"dcols": dcols, "gx": gx_acc[blk.n0 : blk.n0 + blk.nb]})
+            del dcols
+    gx = gx_acc.astype(dt, copy=False) if need_x else None
+    gw = gw_acc.reshape(p.O, p.C // G, p.kh, p.kw).astype(dt, copy=False) if need_w else None
+    return gx, gw
+
+
+def run_direct_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, need_x: bool,
+                        need_w: bool) -> tuple[Any, Any]:
+    """The direct kernels: a gather per input element, a block reduction per weight element."""
+    dt = x.dtype
+    gyc = xp.ascontiguousarray(gy)
+    gx = gw = None
+    if need_x:
+        gx = xp.empty((p.N, p.C, p.H, p.W), dt)
+        launch(dgrad_direct_launch(p, dt.name), {"gy": gyc, "w": xp.ascontiguousarray(w), "gx": gx})
+    if need_w:
+        gw = xp.empty(tuple(w.shape), dt)
+        launch(wgrad_direct_launch(p, dt.name, elem_strides(x)), {"gy": gyc, "x": x, "gw": gw})
+    return gx, gw

@@ -17,9 +17,6 @@ from .cudnn_conv import CudnnConv, CudnnUnsupported, frontend, versions
 
 ALGORITHMS = ("cudnn", "gemm", "direct")
 
-_lock = threading.Lock()
-_DEVICES: dict[int, "CudaDevice"] = {}
-
 
 def _cupy_label() -> str:
     return f"CuPy {cupy.__version__}"
@@ -84,11 +81,7 @@ def open_device(selector: str | None) -> "CudaDevice":
         index = int(sel)
     else:
         raise ValueError(f"there is no CUDA device 'cuda:{sel}'; valid devices: {valid}")
-    with _lock:
-        dev = _DEVICES.get(index)
-        if dev is None:
-            dev = _DEVICES[index] = CudaDevice(index)
-    return dev
+    return CudaDevice(index)  # the registry keeps one per key ('cuda' and 'cuda:0' are one)
 
 
 # ---- cuBLAS: xdev's own handle and GEMM calls, the compute type in each call -------------------
@@ -138,11 +131,13 @@ class CudaDevice(Device):
         self._tls = threading.local()  # this thread's cuBLAS handle (cuBLAS handles are per thread)
         self._gemm_plans: dict[tuple, Any] = {}
         self.kernels = kernels.Kernels(f"{self.key} {self.name}")
+        self._cudnn_bwd: Any = None  # CudnnBackward, made on first conv2d_backward
 
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
-        return self.kernels.build_seconds + self._cudnn.build_seconds
+        bwd = self._cudnn_bwd.build_seconds if self._cudnn_bwd is not None else 0.0
+        return self.kernels.build_seconds + self._cudnn.build_seconds + bwd
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -484,11 +479,51 @@ class CudaDevice(Device):
             "candidates": None if c is None else c.candidates,
         }
 
-    peak_method = "estimate: SMs x lanes x 2 x max clock"
+    def conv2d_backward(
+        self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        try:
+            with self._cp:
+                return self._conv2d_backward(grad_y, x, w, p, needs, algorithm)
+        except Exception as e:
+            err = self._translate(e, lambda: f"running conv2d_backward ({algorithm}) on x {tuple(x.shape)} with w "
+                                             f"{tuple(w.shape)} ({x.dtype})")
+            if err is e:
+                raise
+            raise err from e
 
-    def peak_gflops(self, dtype: np.dtype = F32) -> float | None:
-        """Estimated from the SM count and maximum clock (see info()['peak_gflops_est'])."""
-        return self.info().get("peak_gflops_est", {}).get(np.dtype(dtype).name)
+    def _conv2d_backward(self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str],
+                         algorithm: str) -> tuple[Any, Any, Any, str]:
+        algo = algorithm  # xdev._ops has checked it against conv_algorithms
+        if algo == "auto":
+            algo = "cudnn" if "cudnn" in self.conv_algorithms else "gemm"
+        need_x, need_w = "x" in needs, "w" in needs
+        gb = _plan.grad_bias(cupy, grad_y) if "bias" in needs else None
+        trivial = _plan.trivial_backward(cupy, x, w, p, need_x, need_w)
+        if trivial is not None or not (need_x or need_w):
+            return (*(trivial or (None, None)), gb, algo)
+        if algo == "cudnn":
+            from .cudnn_backward import CudnnBackward
+
+            if self._cudnn_bwd is None:
+                self._cudnn_bwd = CudnnBackward(self.index, self.cc)
+            try:
+                return (*self._cudnn_bwd.backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
+            except CudnnUnsupported as e:
+                if algorithm != "auto":
+                    raise ValueError(
+                        f"cuDNN cannot run this convolution's backward pass on {self.key} under xdev's "
+                        f"numeric rules (x {tuple(x.shape)}, w {tuple(w.shape)}, {x.dtype}, stride "
+                        f"{p.stride}, padding {p.pad}, dilation {p.dilation}, groups {p.groups}): {e}; "
+                        f"use algorithm='gemm' or 'direct'"
+                    ) from None
+                algo = "gemm"
+        if algo == "gemm":
+            gx, gw = _plan.run_gemm_backward(cupy, self._launch, grad_y, x, w, p, need_x, need_w,
+                                             matmul=self._gemm_out)
+        else:
+            gx, gw = _plan.run_direct_backward(cupy, self._launch, grad_y, x, w, p, need_x, need_w)
+        return gx, gw, gb, algo
 
     def _launch(self, plan: _plan.Launch, arrays: dict[str, Any]) -> None:
         self.kernels.launch(plan, arrays)

@@ -48,8 +48,7 @@ class Kernels:
                 return mod.get_function(kernel)  # compiles (NVRTC) and loads on first use
             except cupy.cuda.compiler.CompileException as e:
                 log = e.get_message() if hasattr(e, "get_message") else str(e)
-                raise src.build_error(OPTIONS, f"(kernel {kernel})\n{log}", device=self.label,
-                                      compiler="NVRTC") from e
+                raise src.build_error(OPTIONS, log, device=self.label, compiler="NVRTC") from e
 
         return self.functions.get((filename, kernel, OPTIONS), build)
 

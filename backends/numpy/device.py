@@ -98,6 +98,14 @@ class NumpyDevice(Device):
         y = conv2d_im2col(x.astype(cdt, copy=False), w.astype(cdt, copy=False), b, p)
         return (y if cdt == dt else y.astype(dt)), "gemm"
 
+    def conv2d_backward(
+        self, grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
+        needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        from .backward import conv2d_backward
+
+        return (*conv2d_backward(grad_y, x, w, p, needs, conv2d_im2col), "gemm")
+
     def info(self) -> dict[str, Any]:
         out = {**super().info(), "numpy": np.__version__, "blas": blas_name()}
         advice = blas_advice()

@@ -1,6 +1,7 @@
 """Measure kernel parameter sets on one OpenCL device against the built-in default; keep a winner beyond noise."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -12,6 +13,12 @@ from . import params
 
 if TYPE_CHECKING:
     from .device import OpenCLDevice
+
+
+def _time(dev: OpenCLDevice, fn: Callable[[], Any], repeat: int) -> float:
+    fn()
+    dev.synchronize()
+    return float(np.median(dev.elapsed(fn, repeat)))
 
 
 def pick(dev: OpenCLDevice, key: str, run: Callable[[], Any], candidates: list[dict[str, Any]], default: dict[str, Any],
@@ -64,10 +71,6 @@ def pick(dev: OpenCLDevice, key: str, run: Callable[[], Any], candidates: list[d
     return best[3]
 
 
-def _fmt(cand: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in cand.items())
-
-
 def cpu_candidates(vw: int) -> list[tuple[int, int]]:
     """(rows, vectors) micro-tiles that fit the vector registers (32 with AVX-512, else 16)."""
     regs = 32 if vw == 16 else 16
@@ -76,58 +79,242 @@ def cpu_candidates(vw: int) -> list[tuple[int, int]]:
     return out
 
 
-def gpu_candidates(dev: OpenCLDevice) -> list[dict[str, int]]:
+# ---- the GPU (xl) search space -----------------------------------------------------------
+# Stage 1 tries work-group shapes (tile MWG x NWG, MDIMC x NDIMC work-items, hence the
+# per-work-item register tile); stage 2 walks from the best one parameter at a time
+# (K slice, vector widths, local padding, double buffering) while the time budget lasts.
+# Ordered so the likeliest winners come first: CLBlast's tuner found 128x128 tiles of
+# 16x16 work-items with float4 loads best on an H100.
+XL_SHAPES = [  # (MWG, NWG, MDIMC, NDIMC)
+    (128, 128, 16, 16), (128, 128, 16, 8), (128, 128, 8, 16), (64, 64, 8, 8),
+    (128, 64, 16, 8), (64, 128, 8, 16), (64, 64, 16, 16), (128, 128, 32, 8),
+    (128, 128, 8, 32), (64, 128, 16, 16), (128, 64, 16, 16), (32, 64, 8, 8),
+    (64, 32, 8, 8), (32, 32, 8, 8), (256, 128, 32, 16), (128, 256, 16, 32),
+]
+XL_STEPS = [
+    ("KWG", (16, 32, 8)),
+    ("VW", ((4, 4), (2, 2), (1, 1), (4, 2), (2, 4), (8, 8))),
+    ("PAD", (0, 4, 8)),
+    ("DB", (1, 0)),
+]
+
+
+def xl_valid(t: dict[str, int], max_threads: int, local_bytes: int, itemsize: int = 4) -> bool:
+    """The conditions gemm_xl.cl checks with #error, plus the device's limits and a
+    register budget (at most 128 accumulators, 8 x 16, per work-item)."""
+    from .gemm import xl_local_bytes
+
+    nthr = t["MDIMC"] * t["NDIMC"]
+    if t["MWG"] % t["MDIMC"] or t["NWG"] % t["NDIMC"]:
+        return False
+    wptm, wptn = t["MWG"] // t["MDIMC"], t["NWG"] // t["NDIMC"]
+    mv, nv = t["MWG"] // t["VWM"], t["NWG"] // t["VWN"]
+    return (wptm % t["VWM"] == 0 and wptn % t["VWN"] == 0 and nthr % mv == 0 and nthr % nv == 0
+            and t["PAD"] % t["VWM"] == 0 and t["PAD"] % t["VWN"] == 0
+            and t["KWG"] * mv >= nthr and t["KWG"] * nv >= nthr
+            and nthr <= max_threads and wptm * wptn <= 128
+            and xl_local_bytes(t, itemsize) <= local_bytes)
+
+
+def xl_shapes(dev: OpenCLDevice) -> list[dict[str, int]]:
+    """Stage 1: one candidate per valid work-group shape, float4 (or the widest valid) loads."""
     d = dev.cl_device
     out = []
-    for tsm, tsn, wptm, wptn in [(64, 64, 4, 4), (128, 128, 8, 8), (128, 64, 8, 4), (64, 128, 4, 8),
-                                 (32, 32, 2, 2), (64, 64, 8, 8)]:
-        threads = (tsm // wptm) * (tsn // wptn)
-        local = 2 * 16 * (tsm + tsn) // 2 * 4
-        if threads <= d.max_work_group_size and local <= d.local_mem_size:
-            out.append({"TSM": tsm, "TSN": tsn, "TSK": 16, "WPTM": wptm, "WPTN": wptn})
+    for mwg, nwg, mdimc, ndimc in XL_SHAPES:
+        for vw in (4, 2, 1):
+            t = {"MWG": mwg, "NWG": nwg, "KWG": 16, "MDIMC": mdimc, "NDIMC": ndimc,
+                 "VWM": vw, "VWN": vw, "PAD": 0, "DB": 1}
+            if xl_valid(t, int(d.max_work_group_size), int(d.local_mem_size)):
+                out.append(t)
+                break
     return out
 
 
-def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def xl_neighbours(dev: OpenCLDevice, best: dict[str, int], step: tuple[str, tuple]) -> list[dict[str, int]]:
+    """Stage 2: `best` with one parameter (or the vector-width pair) changed."""
+    d = dev.cl_device
+    name, values = step
+    out = []
+    for v in values:
+        t = dict(best)
+        if name == "VW":
+            t["VWM"], t["VWN"] = v
+        else:
+            t[name] = v
+        if t != best and xl_valid(t, int(d.max_work_group_size), int(d.local_mem_size)):
+            out.append(t)
+    return out
+
+
+def _fmt(t: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in t.items())
+
+
+def verify_gemm(dev: OpenCLDevice) -> str | None:
+    """None if the current xl parameters multiply a ragged, batched, transposed problem
+    within the design's worst-case bound; else what went wrong (a miscompiled variant must
+    not win by being fast)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 77, 131), dtype=np.float32)
+    b = rng.standard_normal((131, 203), dtype=np.float32)
+    xa = dev.transpose(dev.upload(np.ascontiguousarray(a.transpose(0, 2, 1))), (0, 2, 1))
+    c = dev.download(dev.matmul(xa, dev.upload(b))).astype(np.float64)
+    ref = a.astype(np.float64) @ b
+    bound = 133 * 2.0**-24 * (np.abs(a).astype(np.float64) @ np.abs(b)) + 2.0**-24 * np.abs(ref)
+    bad = np.abs(c - ref) > bound
+    return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
+
+
+def verify_conv(dev: OpenCLDevice) -> str | None:
+    """Like verify_gemm for the conv kernel: two groups, stride 2, dilation, bias."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 19, 23), dtype=np.float32)
+    w = rng.standard_normal((10, 3, 3, 3), dtype=np.float32)
+    p = conv_params(x.shape, w.shape, None, 2, 2, 2, 2)
+    y = dev.download(dev.conv2d(dev.upload(x), dev.upload(w), None, p, "gemm")[0]).astype(np.float64)
+    # float64 reference by explicit taps
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    ref = np.zeros(y.shape)
+    mag = np.zeros(y.shape)
+    Ho, Wo = y.shape[2:]
+    for g in range(2):
+        for i in range(3):
+            for j in range(3):
+                patch = xp[:, g * 3:(g + 1) * 3, 2 * i: 2 * i + 2 * Ho: 2, 2 * j: 2 * j + 2 * Wo: 2]
+                wt = w[g * 5:(g + 1) * 5, :, i, j].astype(np.float64)
+                ref[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", patch, wt)
+                mag[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", np.abs(patch), np.abs(wt))
+    bad = np.abs(y - ref) > 29 * 2.0**-24 * mag + 2.0**-24 * np.abs(ref)
+    return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
+
+
+def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
+              repeat: int, deadline: float, log: Callable[[str], None],
+              first: list[dict[str, int]] = ()) -> dict[str, int] | None:
+    """Stage 1 (after the candidates in `first`) then stage 2 over dev.params[key];
+    returns the fastest verified candidate."""
+    seen: dict[tuple, float] = {}
+    best: tuple[float, dict[str, int]] | None = None
+
+    def measure(t: dict[str, int]) -> None:
+        nonlocal best
+        k = tuple(sorted(t.items()))
+        if k in seen or time.monotonic() > deadline:
+            return
+        seen[k] = float("inf")
+        dev.params[key] = t
+        try:
+            why = verify(dev)
+            if why:
+                log(f"{key} {_fmt(t)}: wrong results ({why}); skipped")
+                return
+            sec = _time(dev, run, repeat)
+        except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
+            log(f"{key} {_fmt(t)}: failed ({str(e).strip().splitlines()[0][:120]})")
+            return
+        seen[k] = sec
+        log(f"{key} {_fmt(t)}: {sec * 1e3:8.3f} ms")
+        if best is None or sec < best[0]:
+            best = (sec, t)
+
+    for t in [*first, *xl_shapes(dev)]:
+        measure(t)
+    if best is not None:
+        for step in XL_STEPS:
+            for t in xl_neighbours(dev, best[1], step):
+                measure(t)
+    if time.monotonic() > deadline:
+        log(f"{key}: time budget reached after {len(seen)} candidates")
+    return None if best is None else dict(best[1])
+
+
+def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = print,
+         budget_s: float | None = None) -> dict[str, Any]:
     """Measure candidates for GEMM and conv on `dev` against the built-in defaults; returns
-    the parameters to store: only those that beat the default beyond noise."""
+    the parameters to store: only those that beat the default beyond noise.
+    On the GPU family the search stops after `budget_s` seconds (default 180; the best
+    verified candidate so far wins)."""
     saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dev.params.items()}
-    n = 512 if quick else 1024
-    rng = np.random.default_rng(0)
-    # The device's own methods, not the public API: a backend depends on the contract only.
-    a = dev.upload(rng.standard_normal((n, n), dtype=np.float32))
-    b = dev.upload(rng.standard_normal((n, n), dtype=np.float32))
-    convs = [(64, 128, 56), (256, 256, 28)] if quick else [(64, 64, 112), (128, 256, 56), (512, 512, 14)]
-    conv_in = [(dev.upload(rng.standard_normal((1, c, h, h), dtype=np.float32)),
-                dev.upload(rng.standard_normal((o, c, 3, 3), dtype=np.float32)),
-                conv_params((1, c, h, h), (o, c, 3, 3), None, 1, 1, 1, 1))
-               for c, o, h in convs]
-    found: dict[str, Any] = {}
-
-    def gemm() -> Any:
-        return dev.matmul(a, b)
-
-    def convs() -> Any:
-        return [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in]
-
+    repeat = 3 if quick else 5
     builtin = params.defaults(dev)
     rounds = 5 if quick else 7
+    found: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+
+    def rand(*shape: int) -> Any:
+        # The device's own methods, not the public API: a backend depends on the contract only.
+        return dev.upload(rng.standard_normal(shape, dtype=np.float32))
+
     try:
         dev.params["small_work"] = 0
         if dev.family == "cpu":
+            n = 512 if quick else 1024
+            a, b = rand(n, n), rand(n, n)
+            convs = [(64, 128, 56), (256, 256, 28)] if quick else [(64, 64, 112), (128, 256, 56), (512, 512, 14)]
+            conv_in = [(rand(1, c, h, h), rand(o, c, 3, 3), conv_params((1, c, h, h), (o, c, 3, 3), None, 1, 1, 1, 1))
+                       for c, o, h in convs]
+            runs = (("gemm", lambda: dev.matmul(a, b)),
+                    ("conv", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in]))
             vw = dev.params["gemm"]["VW"]
-            for key, run in (("gemm", gemm), ("conv", convs)):
+            for key, run in runs:
                 cands = [{"MR": mr, "NV": nv} for mr, nv in cpu_candidates(vw)]
                 choice = pick(dev, key, run, cands, builtin[key], rounds, log)
                 if choice is not None:
                     found[key] = choice
         else:
-            for key, run in (("gemm_gpu", gemm), ("conv_gpu", convs)):
-                choice = pick(dev, key, run, gpu_candidates(dev), builtin[key], rounds, log)
-                if choice is not None:
-                    found[key] = choice
+            found.update(tune_gpu(dev, quick, repeat, rand, log, 180.0 if budget_s is None else budget_s))
     finally:
         dev.params["small_work"] = saved["small_work"]
+        dev.params["xl_work"] = found.get("xl_work", saved["xl_work"])
+    return found
+
+
+def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., Any],
+             log: Callable[[str], None], budget_s: float) -> dict[str, Any]:
+    """The xl GEMM and conv searches, then the size from which xl beats the tiled GEMM.
+    Problem sizes follow the device: the targets (4096^3, VGG-16 at batch 16) on a GPU,
+    small ones when the GPU family is forced onto a CPU (XDEV_OPENCL_KERNELS=gpu)."""
+    t0 = time.monotonic()
+    gpu = not dev.is_cpu
+    n = (2048 if quick else 4096) if gpu else (128 if quick else 256)
+    a, b = rand(n, n), rand(n, n)
+    batch, scale = (2 if quick else 8, 1) if gpu else (1, 8)
+    conv_in = []
+    for c, o, h in ((64, 128, 112), (256, 256, 56), (512, 512, 14)):
+        xs, ws = (batch, c, h // scale, h // scale), (o, c, 3, 3)
+        conv_in.append((rand(*xs), rand(*ws), conv_params(xs, ws, None, 1, 1, 1, 1)))
+    found: dict[str, Any] = {}
+    dev.params["xl_work"] = 0
+    gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
+                     t0 + 0.55 * budget_s, log)
+    builtin = params.defaults(dev)
+    rounds = 5 if quick else 7
+    gemm_run = lambda: dev.matmul(a, b)  # noqa: E731
+    if gemm:  # the search's winner against the built-in default, interleaved: kept only beyond noise
+        gemm = pick(dev, "gemm_xl", gemm_run, [gemm], builtin["gemm_xl"], rounds, log)
+    if gemm:
+        found["gemm_xl"] = dev.params["gemm_xl"] = gemm
+    conv = search_xl(dev, "conv_xl", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in],
+                     verify_conv, repeat, t0 + 0.9 * budget_s, log, first=[gemm] if gemm else [])
+    if conv:
+        conv = pick(dev, "conv_xl", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in], [conv],
+                    builtin["conv_xl"], rounds, log)
+    if conv:
+        found["conv_xl"] = dev.params["conv_xl"] = conv
+    # Mid-sized products: where does packing start to pay? (cubes, the tiled kernel vs xl)
+    for m in (96, 128, 192, 256, 384, 512, 768, 1024):
+        if time.monotonic() > t0 + budget_s:
+            break
+        x, y = rand(m, m), rand(m, m)
+        ts = {}
+        for fam, work in (("tiled", 1 << 62), ("xl", 0)):
+            dev.params["xl_work"] = work
+            ts[fam] = _time(dev, lambda: dev.matmul(x, y), repeat)
+        log(f"xl_work {m}^3: tiled {ts['tiled'] * 1e3:.3f} ms, xl {ts['xl'] * 1e3:.3f} ms")
+        if ts["xl"] <= ts["tiled"]:
+            found["xl_work"] = m**3
+            break
+    log(f"GPU search took {time.monotonic() - t0:.0f} s (budget {budget_s:.0f} s)")
     return found
 
 

@@ -89,3 +89,92 @@ typedef CAT(REAL_T, VW) realv;
         }                                                                \
     }
 #endif
+
+// ---- GPU throughput family "xl" (gemm_xl.cl, conv_xl.cl) ---------------------------------
+// A work-group of NDIMC x MDIMC work-items computes an MWG x NWG tile of C; each work-item
+// WPTM x WPTN outputs as VWM x VWN vectors spaced MDIMC/NDIMC vectors apart, so a warp's
+// local-memory reads are consecutive vectors (no bank conflicts) and its stores to C are
+// coalesced. Both operands sit in local memory k-major ([k][m] and [k][n], m and n
+// contiguous, rows padded by PAD elements) and are read as whole vectors. The K loop is
+// software-pipelined: the next KWG-deep slice is fetched into registers while the current
+// one is multiplied; DB=1 keeps two local buffers so one barrier per slice suffices.
+// The includer defines XL_FETCH_A(k0) / XL_FETCH_B(k0), which fill pa[LPTA] / pb[LPTB]
+// (vectors number v = tid + r*NTHR of the slice; see XL_AV / XL_BV).
+// Options: MWG NWG KWG MDIMC NDIMC VWM VWN PAD DB.
+#ifdef MWG
+#define WPTM (MWG / MDIMC)
+#define WPTN (NWG / NDIMC)
+#define NTHR (MDIMC * NDIMC)
+#define MV (MWG / VWM)              /* vectors per k-row of the A slice */
+#define NVV (NWG / VWN)             /* vectors per k-row of the B slice */
+#define LDAV ((MWG + PAD) / VWM)    /* padded row length of As, in vectors */
+#define LDBV ((NWG + PAD) / VWN)
+#define LPTA (KWG * MV / NTHR)      /* A vectors each work-item fetches per slice */
+#define LPTB (KWG * NVV / NTHR)
+#if WPTM % VWM || WPTN % VWN || NTHR % MV || NTHR % NVV || PAD % VWM || PAD % VWN || LPTA < 1 || LPTB < 1
+#error "xl tile parameters: need WPTM % VWM == 0, WPTN % VWN == 0, NTHR a multiple of MWG/VWM and NWG/VWN, PAD a multiple of both widths, KWG*MWG/VWM >= NTHR"
+#endif
+#define NBUF (DB ? 2 : 1)
+
+#if VWM == 1
+typedef real realm;
+#define UNPACK_M(v, p) ((p)[0] = (v))
+#else
+typedef CAT(REAL_T, VWM) realm;
+#define UNPACK_M(v, p) CAT(vstore, VWM)((v), 0, (p))
+#endif
+#if VWN == 1
+typedef real realn;
+#define UNPACK_N(v, p) ((p)[0] = (v))
+#else
+typedef CAT(REAL_T, VWN) realn;
+#define UNPACK_N(v, p) CAT(vstore, VWN)((v), 0, (p))
+#endif
+
+// Slice coordinates of fetched vector r: k-row and vector column (constant column per
+// work-item because NTHR is a multiple of the row length).
+#define XL_AK(r) (tid / MV + (r) * (NTHR / MV))
+#define XL_AV (tid % MV)
+#define XL_BK(r) (tid / NVV + (r) * (NTHR / NVV))
+#define XL_BV (tid % NVV)
+// Work-item row i / column j of its outputs -> offset inside the work-group tile.
+#define XL_ROW(i) ((((i) / VWM) * MDIMC + tm) * VWM + (i) % VWM)
+#define XL_COL(j) ((((j) / VWN) * NDIMC + tn) * VWN + (j) % VWN)
+
+// The whole K loop over KT slices; leaves the sums in acc[WPTM][WPTN].
+#define XL_MAIN_LOOP(KT)                                                           \
+    __local realm As[NBUF][KWG * LDAV];                                            \
+    __local realn Bs[NBUF][KWG * LDBV];                                            \
+    real acc[WPTM][WPTN];                                                          \
+    _Pragma("unroll") for (int i_ = 0; i_ < WPTM; ++i_)                            \
+        _Pragma("unroll") for (int j_ = 0; j_ < WPTN; ++j_) acc[i_][j_] = 0;       \
+    realm pa[LPTA];                                                                \
+    realn pb[LPTB];                                                                \
+    XL_FETCH_A(0);                                                                 \
+    XL_FETCH_B(0);                                                                 \
+    for (int t_ = 0; t_ < (KT); ++t_) {                                            \
+        const int s_ = DB ? (t_ & 1) : 0;                                          \
+        _Pragma("unroll") for (int r_ = 0; r_ < LPTA; ++r_)                        \
+            As[s_][XL_AK(r_) * LDAV + XL_AV] = pa[r_];                             \
+        _Pragma("unroll") for (int r_ = 0; r_ < LPTB; ++r_)                        \
+            Bs[s_][XL_BK(r_) * LDBV + XL_BV] = pb[r_];                             \
+        barrier(CLK_LOCAL_MEM_FENCE);                                              \
+        if (t_ + 1 < (KT)) {                                                       \
+            XL_FETCH_A((t_ + 1) * KWG);                                            \
+            XL_FETCH_B((t_ + 1) * KWG);                                            \
+        }                                                                          \
+        __local const realm* as_ = As[s_] + tm;                                    \
+        __local const realn* bs_ = Bs[s_] + tn;                                    \
+        _Pragma("unroll") for (int kk_ = 0; kk_ < KWG; ++kk_) {                    \
+            real ar_[WPTM], br_[WPTN];                                             \
+            _Pragma("unroll") for (int w_ = 0; w_ < WPTM / VWM; ++w_)              \
+                UNPACK_M(as_[kk_ * LDAV + w_ * MDIMC], ar_ + w_ * VWM);            \
+            _Pragma("unroll") for (int w_ = 0; w_ < WPTN / VWN; ++w_)              \
+                UNPACK_N(bs_[kk_ * LDBV + w_ * NDIMC], br_ + w_ * VWN);            \
+            _Pragma("unroll") for (int i_ = 0; i_ < WPTM; ++i_)                    \
+                _Pragma("unroll") for (int j_ = 0; j_ < WPTN; ++j_)                \
+                    acc[i_][j_] = fma(ar_[i_], br_[j_], acc[i_][j_]);              \
+        }                                                                          \
+        if (!DB) barrier(CLK_LOCAL_MEM_FENCE);                                     \
+    }
+#endif

@@ -1,7 +1,7 @@
 """conv2d on OpenCL: pad the input once, then implicit GEMM or a direct kernel.
 
 ``gemm``: implicit GEMM (im2col addressing inside the kernel; register-blocked on CPUs,
-local-memory tiles on GPUs). ``direct``: one kernel looping over the taps, the fast
+on GPUs the "xl" GEMM micro-kernel with the weights packed and the input gathered). ``direct``: one kernel looping over the taps, the fast
 choice for depthwise convolution. ``auto`` picks direct when C/groups == 1 < groups.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from xdev.contract import F32, F64, ConvParams
 
 from . import array as cla
 from .array import CLArray
-from .gemm import cdiv, pack, tile_options
+from .gemm import cdiv, pack, pack_gpu, roundup, xl_options
 from .kernels import type_options
 
 if TYPE_CHECKING:  # (the device module imports this one)
@@ -59,7 +59,7 @@ def conv2d(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: C
     elif dev.family == "cpu":
         _packed(dev, x, w, bias, p, out)
     else:
-        _tiled(dev, x, w, bias, p, out)
+        _xl(dev, x, w, bias, p, out)
     return out, algo
 
 
@@ -87,11 +87,7 @@ def _packed(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: 
     NR = vw * NV
     s1 = p.stride == (1, 1)
     xp, Hp, Wp = pad_input(dev, x, p, slack=2 * NR + p.W + p.pad[2] + p.pad[3] + 64)
-    # Weights as G matrices of Og rows by K = (c, i, j) columns with one column stride.
-    shape, (wst,) = cla.collapse(w.shape[1:], w.strides[1:])
-    if len(shape) > 1:
-        w = dev.astype(w, w.dtype)
-    ks = 1 if len(shape) != 1 else wst[0]
+    w, ks = _weights_matrix(dev, w)
     wk, _ = pack(dev, w, (p.groups,), (p.Og * w.strides[0],), w.strides[0], ks, p.Og, p.K, MR)
     npix = p.Ho * Wp if s1 else p.Ho * p.Wo
     opts = {**type_options(x.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw, "S1": int(s1)}
@@ -102,13 +98,59 @@ def _packed(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: 
                i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
-def _tiled(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
-    t = tile_options(dev.params["conv_gpu"])
+def _weights_matrix(dev, w: CLArray) -> tuple[CLArray, int]:
+    """Weights as G matrices of Og rows by K = (c, i, j) columns with one column stride."""
+    shape, (wst,) = cla.collapse(w.shape[1:], w.strides[1:])
+    if len(shape) > 1:
+        w = dev.astype(w, w.dtype)
+    return w, (1 if len(shape) != 1 else wst[0])
+
+
+_KOFF: dict[tuple, CLArray] = {}
+
+
+def tap_offsets(dev, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
+    """koff[k] = c*Hp*Wp + i*dh*Wp + j*dw for k = (c, i, j) < K, -1 up to Kp (int32),
+    kept per device and geometry (a few KiB each; layers repeat on every call)."""
+    key = (dev.key, p.Cg, p.kh, p.kw, p.dilation, Hp, Wp, Kp)
+    t = _KOFF.get(key)
+    if t is None:
+        c, i, j = np.meshgrid(np.arange(p.Cg), np.arange(p.kh), np.arange(p.kw), indexing="ij")
+        off = (c * Hp * Wp + i * p.dilation[0] * Wp + j * p.dilation[1]).reshape(-1)
+        host = np.full(Kp, -1, np.int32)
+        host[: off.size] = off
+        if len(_KOFF) > 256:
+            _KOFF.clear()
+        t = _KOFF[key] = dev.upload(host)
+    return t
+
+
+def narrow(dev, t: dict, Og: int, itemsize: int) -> dict:
+    """For layers with at most half a tile of output channels (VGG-16's first two have 64
+    against 128-row tiles), the same work-group with half the rows and twice the pixel
+    columns: per-work-item work and thread count unchanged, no half-empty tiles. Kept
+    only if the device can hold it."""
+    from .autotune import xl_valid
+
+    if Og > t["MWG"] // 2 or t["MDIMC"] % 2:
+        return t
+    n = {**t, "MWG": t["MWG"] // 2, "NWG": t["NWG"] * 2, "MDIMC": t["MDIMC"] // 2, "NDIMC": t["NDIMC"] * 2}
+    d = dev.cl_device
+    return n if xl_valid(n, int(d.max_work_group_size), int(d.local_mem_size), itemsize) else t
+
+
+def _xl(dev, x, w, bias, p, out) -> None:
+    t = xl_options(dev, dev.params["conv_xl"], x.dtype)
+    t = narrow(dev, t, p.Og, 8 if x.dtype == F64 else 4)
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)
-    rtsm, rtsn = t["TSM"] // t["WPTM"], t["TSN"] // t["WPTN"]
-    i32, i64 = np.int32, np.int64
-    dev.launch("conv_gpu.cl", "conv_tiled", {**type_options(x.dtype, out.dtype), **t},
-               (cdiv(p.Ho * p.Wo, t["TSN"]) * rtsn, cdiv(p.Og, t["TSM"]) * rtsm, p.N * p.groups),
-               (rtsn, rtsm, 1), out.buf, xp, w.buf, i64(w.offset), *(i64(s) for s in w.strides),
-               *bias_args(bias), i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(p.groups),
-               i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
+    Op, Kp = roundup(p.Og, t["MWG"]), roundup(p.K, t["KWG"])
+    w, ks = _weights_matrix(dev, w)
+    wk, _ = pack_gpu(dev, w, (p.groups,), (p.Og * w.strides[0],), w.strides[0], ks, p.Og, p.K, Op, Kp)
+    koff = tap_offsets(dev, p, Hp, Wp, Kp)
+    NP = p.N * p.Ho * p.Wo
+    i32 = np.int32
+    dev.launch("conv_xl.cl", "conv_xl", {**type_options(x.dtype, out.dtype), **t},
+               (cdiv(NP, t["NWG"]) * t["NDIMC"], Op // t["MWG"] * t["MDIMC"], p.groups),
+               (t["NDIMC"], t["MDIMC"], 1), out.buf, xp, wk, koff.buf, *bias_args(bias),
+               i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(Op), i32(Kp), i32(Hp), i32(Wp),
+               i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo), i32(NP))

@@ -369,6 +369,13 @@ class OpenCLDevice(Device):
     ) -> tuple[CLArray, str]:
         return conv.conv2d(self, x, w, bias, p, algorithm)
 
+    def conv2d_backward(
+        self, grad_y: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        from .backward import conv2d_backward
+
+        return conv2d_backward(self, grad_y, x, w, p, needs, algorithm)
+
     peak_method = "calibrated FMA loop"
 
     def peak_gflops(self, dtype: np.dtype = F32) -> float:

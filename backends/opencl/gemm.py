@@ -2,8 +2,13 @@
 
 * ``packed`` (the CPU kernel family): operands packed into panels, register-blocked
   micro-kernel;
-* ``tiled`` (the GPU kernel family): local-memory tiles read straight from the strided
-  operands;
+* ``xl`` (the GPU kernel family, large products): operands packed k-major into
+  zero-padded panels (``pack_gpu.cl``), then a 2-D register-tiled kernel with vector
+  loads and a software-pipelined K loop (``gemm_xl.cl``; parameters from ``python -m
+  xdev.tune``);
+* ``tiled`` (the GPU kernel family, mid-sized products under ``params["xl_work"]``
+  multiply-adds, where two packing passes would not pay): local-memory tiles read
+  straight from the strided operands;
 * ``small``: one work-item per output, for problems too small to repay either
   (fewer than ``params["small_work"]`` multiply-adds per matrix).
 """
@@ -32,7 +37,9 @@ def cdiv(a: int, b: int) -> int:
 def family(dev: OpenCLDevice, M: int, N: int, K: int) -> str:
     if M * N * K < dev.params["small_work"]:
         return "small"
-    return "packed" if dev.family == "cpu" else "tiled"
+    if dev.family == "cpu":
+        return "packed"
+    return "xl" if M * N * K >= dev.params["xl_work"] else "tiled"
 
 
 def pad3(shape: tuple[int, ...], *strides: Strides) -> tuple[tuple[int, ...], list[Strides]]:
@@ -73,7 +80,7 @@ def matmul(dev: OpenCLDevice, a: CLArray, b: CLArray) -> CLArray:
                 full = batch + (K, N)
                 b = dev.astype(b.with_view(b.offset, full, astr_full(b, nb, batch)), dt)
                 shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
-            run = {"packed": _packed, "tiled": _tiled, "small": _small}[family(dev, M, N, K)]
+            run = {"packed": _packed, "tiled": _tiled, "small": _small, "xl": _xl}[family(dev, M, N, K)]
             run(dev, a, b, out, M, N, K, shape, astr, bstr)
     return out.with_view(0, out_shape, cla.c_strides(out_shape))
 
@@ -114,7 +121,12 @@ def pack(dev: OpenCLDevice, src: CLArray, shape: tuple[int, ...], strides: Strid
                (cdiv(K, KB), T, PB), None, buf, src.buf, i64(src.offset),
                i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
                i64(rs), i64(ks), i32(rows), i32(K), i32(R), i32(KB))
-    # Element stride of each (collapsed) out-batch dim inside the packed buffer.
+    return buf, packed_strides(shape, strides, panel)
+
+
+def packed_strides(shape, strides, panel: int) -> tuple[int, ...]:
+    """Element stride of each (collapsed) out-batch dim inside a packed buffer of panels
+    (0 where the operand is broadcast: one panel serves every index)."""
     pstr, acc = [], panel
     for n, s in reversed(list(zip(shape, strides))):
         if s != 0:
@@ -122,7 +134,7 @@ def pack(dev: OpenCLDevice, src: CLArray, shape: tuple[int, ...], strides: Strid
             acc *= n
         else:
             pstr.append(0)
-    return buf, tuple(reversed(pstr))
+    return tuple(reversed(pstr))
 
 
 def _packed(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
@@ -160,3 +172,63 @@ def _tiled(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: i
                i32(M), i32(N), i32(K), i32(shape3[1]), i32(shape3[2]),
                *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),
                *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
+
+
+XL_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "VWM", "VWN", "PAD", "DB")
+
+
+def roundup(n: int, m: int) -> int:
+    return cdiv(n, m) * m
+
+
+def xl_local_bytes(t: dict, itemsize: int) -> int:
+    """Local memory of one xl work-group: A and B slices, padded, one or two buffers."""
+    return (2 if t["DB"] else 1) * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["PAD"]) * itemsize
+
+
+def xl_options(dev, t: dict, dtype: np.dtype) -> dict[str, int]:
+    """The xl kernel's -D options, shrunk to the device's local memory for wide types
+    (a float32-tuned 128x128 tile with two buffers holds 32 KiB; in double it would not
+    fit NVIDIA's 48 KiB): first one buffer, then a shallower K slice."""
+    t = {k: int(t[k]) for k in XL_KEYS}
+    item = 8 if np.dtype(dtype) == F64 else 4
+    limit = int(dev.cl_device.local_mem_size)
+    while xl_local_bytes(t, item) > limit:
+        if t["DB"]:
+            t["DB"] = 0
+        elif t["KWG"] * t["MWG"] // t["VWM"] > t["MDIMC"] * t["NDIMC"] and t["KWG"] * t["NWG"] // t["VWN"] > t["MDIMC"] * t["NDIMC"]:
+            t["KWG"] //= 2
+        else:
+            break  # the build reports the overflow with the options
+    return t
+
+
+def pack_gpu(dev, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int, Rp: int, Kp: int):
+    """src's R x K matrices (r stride rs, k stride ks) as zero-padded [Kp][Rp] panels in the
+    compute type; returns (buffer, packed strides per batch dim)."""
+    real = F64 if src.dtype == F64 else np.dtype(np.float32)
+    own = [(n, s) for n, s in zip(shape, strides) if s != 0]
+    own_shape, (own_str,) = pad3(tuple(n for n, _ in own), tuple(s for _, s in own))
+    PB = int(np.prod(own_shape))
+    panel = Kp * Rp
+    buf = dev.alloc(PB * panel * real.itemsize)
+    i64, i32 = np.int64, np.int32
+    dev.launch("pack_gpu.cl", "pack_kr", type_options(src.dtype, src.dtype),
+               (cdiv(Rp, 32) * 32, cdiv(Kp, 32) * 8, PB), (32, 8, 1), buf, src.buf, i64(src.offset),
+               i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
+               i64(rs), i64(ks), i32(R), i32(K), i32(Rp), i32(Kp))
+    return buf, packed_strides(shape, strides, panel)
+
+
+def _xl(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+    t = xl_options(dev, dev.params["gemm_xl"], a.dtype)
+    Mp, Np, Kp = roundup(M, t["MWG"]), roundup(N, t["NWG"]), roundup(K, t["KWG"])
+    pa, pa_str = pack_gpu(dev, a, shape, astr, a.strides[-2], a.strides[-1], M, K, Mp, Kp)
+    pb, pb_str = pack_gpu(dev, b, shape, bstr, b.strides[-1], b.strides[-2], N, K, Np, Kp)
+    shape3, (pa3, pb3) = pad3(shape, pa_str, pb_str)
+    B = int(np.prod(shape3))
+    i64, i32 = np.int64, np.int32
+    dev.launch("gemm_xl.cl", "gemm_xl", {**type_options(a.dtype, out.dtype), **t},
+               (Np // t["NWG"] * t["NDIMC"], Mp // t["MWG"] * t["MDIMC"], B), (t["NDIMC"], t["MDIMC"], 1),
+               out.buf, pa, pb, i32(M), i32(N), i32(Mp), i32(Np), i32(Kp),
+               i32(shape3[1]), i32(shape3[2]), *(i64(s) for s in pa3), *(i64(s) for s in pb3))

@@ -25,15 +25,21 @@ def device_id(dev: OpenCLDevice) -> str:
 
 
 GPU_TILE = {"TSM": 64, "TSN": 64, "TSK": 16, "WPTM": 4, "WPTN": 4}
+# The xl GEMM (gemm_xl.cl): 64 x 64 tiles, 8 x 8 per work-item, 64 work-items; on
+# discrete GPUs 128 x 128 tiles of 256 work-items with float4 loads and two local buffers
+# (32 KiB), the shape CLBlast's tuner found best on an H100 (128 x 128, 16 x 16 threads).
+GPU_XL = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
+GPU_XL_BIG = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
 
 
 def defaults(dev: OpenCLDevice) -> dict[str, Any]:
     """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
     d = dev.cl_device
-    tile = dict(GPU_TILE)
+    tile, xl = dict(GPU_TILE), dict(GPU_XL)
     vendor = d.vendor.lower()
     if not dev.is_cpu and ("nvidia" in vendor or "advanced micro" in vendor or "amd" in vendor):
         tile = {"TSM": 128, "TSN": 128, "TSK": 16, "WPTM": 8, "WPTN": 8}
+        xl = dict(GPU_XL_BIG)
     vw = int(d.preferred_vector_width_float)
     vw = vw if vw in (4, 8, 16) else 8
     vwd = max(2, vw // 2)
@@ -45,7 +51,11 @@ def defaults(dev: OpenCLDevice) -> dict[str, Any]:
         # Conv: 8 channels x 48 pixels, measured best of 2..14 rows on PoCL/Zen 5.
         "conv": {"MR": 8, "NV": 3, "VW": vw, "VWD": vwd},
         "gemm_gpu": tile,
-        "conv_gpu": dict(tile),
+        "gemm_xl": xl,
+        "conv_xl": dict(xl),
+        # Multiply-adds from which the GPU family's GEMM packs its operands and runs the xl
+        # kernel rather than the unpacked tiled one (two extra passes stop mattering).
+        "xl_work": 1 << 22,
         # Multiply-adds under which GEMM runs the one-launch simple kernel rather than
         # pack + pack + micro-kernel: on PoCL each launch costs ~0.1 ms, and the simple
         # kernel won up to 64^3 (0.22 vs 0.32 ms) and lost from 96^3 (0.41 vs 0.32 ms).

@@ -163,6 +163,30 @@ def test_cu_file_compiles_with_nvrtc_as_cupy_does(cu):
         assert set(kernel_names(cu)) <= _entries(ptx)
 
 
+def test_build_error_maps_the_compiler_log_to_the_real_file(tmp_path):
+    """CuPy hands NVRTC a temporary kern.cu; xdev.KernelBuildError must point at the real file.
+
+    nvcc's front end writes errors as NVRTC does ("name(line): error: ...")."""
+    from xdev.contract.kernel_cache import KernelSource
+
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA toolkit)")
+    real = tmp_path / "real" / "conv_broken.cu"
+    real.parent.mkdir()
+    real.write_text('// a kernel with an error on line 3\nextern "C" __global__ void k(float* x) {\n'
+                    '  x[0] = undefined_name;\n}\n')
+    tmp = tmp_path / "cupy_tmp" / "kern.cu"
+    tmp.parent.mkdir()
+    tmp.write_text(real.read_text())
+    r = subprocess.run([nvcc, "-std=c++17", "-arch=sm_90", "-ptx", str(tmp), "-o", str(tmp_path / "k.ptx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "kern.cu(3)" in r.stdout + r.stderr
+    e = KernelSource([real]).build_error(["-std=c++17"], r.stdout + r.stderr, device="cuda:0 test", compiler="NVRTC")
+    assert isinstance(e, xdev.KernelBuildError) and e.locations == ((str(real), 3),)
+    assert f"{real}(3): error" in str(e) and "undefined_name" in str(e)
+
+
 # ==== on a GPU ===============================================================================
 
 @pytest.fixture(scope="module")

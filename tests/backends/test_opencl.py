@@ -21,16 +21,19 @@ def cl_dev():
     return require("opencl")
 
 
-@pytest.fixture(params=["small", "cpu", "gpu"])
+@pytest.fixture(params=["small", "cpu", "gpu", "gpu-tiled"])
 def family(request, cl_dev):
-    """Run a test with one kernel family forced on the device (restored afterwards)."""
-    saved = (cl_dev.family, cl_dev.params["small_work"])
+    """Run a test with one kernel family forced on the device (restored afterwards).
+    "gpu" is the xl GEMM (packed panels, register tiles) and its convolution; "gpu-tiled"
+    the unpacked tiled GEMM the GPU family uses for mid-sized products."""
+    saved = (cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"])
     if request.param == "small":
         cl_dev.params["small_work"] = 1 << 62
     else:
-        cl_dev.family, cl_dev.params["small_work"] = request.param, 0
+        cl_dev.family, cl_dev.params["small_work"] = request.param[:3], 0
+        cl_dev.params["xl_work"] = 1 << 62 if request.param == "gpu-tiled" else 0
     yield request.param
-    cl_dev.family, cl_dev.params["small_work"] = saved
+    cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"] = saved
 
 
 def check(dev, a, b, xa, xb, what):
@@ -42,7 +45,9 @@ def check(dev, a, b, xa, xb, what):
 def tile_edges(dev) -> list[int]:
     """Sizes around every tile size of every family: t-1, t, t+1."""
     p = dev.params
-    tiles = {p["gemm"]["MR"], p["gemm"]["VW"] * p["gemm"]["NV"], p["gemm_gpu"]["TSM"], p["gemm_gpu"]["TSN"], p["gemm_gpu"]["TSK"]}
+    x = p["gemm_xl"]
+    tiles = {p["gemm"]["MR"], p["gemm"]["VW"] * p["gemm"]["NV"], p["gemm_gpu"]["TSM"], p["gemm_gpu"]["TSN"], p["gemm_gpu"]["TSK"],
+             x["MWG"], x["NWG"], x["KWG"]}
     return sorted({n + d for n in tiles for d in (-1, 0, 1) if n + d > 0})
 
 
@@ -100,6 +105,8 @@ CONVS = [
 def test_conv_kernels(cl_dev, family, xs, ws, stride, padding, dilation, groups, algorithm):
     if family == "small" and algorithm == "direct":
         pytest.skip("the small family is GEMM-only")
+    if family == "gpu-tiled":
+        pytest.skip("convolution has no tiled variant: the gpu family runs the xl kernel")
     for dt in supported_dtypes(cl_dev):
         x, w, b = values(1, xs, dt), values(2, ws, dt), values(3, (ws[0],), dt)
         kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)

@@ -30,6 +30,15 @@ def _matmul(a: argparse.Namespace) -> list[Workload]:
         sizes = [int(x) for x in a.sizes.split(",")]
     for n in sizes:
         out.append(Workload("matmul", f"matmul {n}", matmul_case(a.settings, n, n, n, "square")))
+    from .clblast_rows import clblast_row, clblast_unavailable
+
+    def clblast(dev) -> list[dict[str, Any]]:
+        # GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3).
+        if (dev.backend == "opencl" and not dev.is_cpu and clblast_unavailable(dev) is None
+                and a.settings.dtype.name in ("float32", "float64")):
+            return [clblast_row(dev, a.settings, n, n, n) for n in sizes]
+        return []
+    out.append(Workload("matmul", "matmul clblast", direct=clblast))
     if not a.sizes:  # --sizes names exactly the sizes to run; the skinny row comes with the default sweep
         M, K, N = wl.SKINNY_QUICK if a.quick else wl.SKINNY
         out.append(Workload("matmul", f"matmul {M}x{K}x{N}", matmul_case(a.settings, M, K, N, "skinny")))
@@ -61,6 +70,17 @@ def _transfer(a: argparse.Namespace) -> list[Workload]:
     return out
 
 
+def _backward(a: argparse.Namespace) -> list[Workload]:
+    from . import backward
+
+    def run(dev) -> list[dict[str, Any]]:
+        layers = wl.vgg16(a.batch or (1 if dev.is_cpu else 16), a.image)
+        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
+        return [row for _, step in backward.steps(dev, a.settings, layers, algos) for row in step()]
+    # Its three passes are interleaved inside each layer (backward.py), per device.
+    return [Workload("backward", "conv2d backward", direct=run)]
+
+
 def _pipeline(a: argparse.Namespace) -> list[Workload]:
     return [Workload("pipeline", "pipeline", direct=lambda dev: pipeline.pipeline_rows(
         dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None))]
@@ -71,8 +91,9 @@ def _pipeline(a: argparse.Namespace) -> list[Workload]:
 # Workload either has `prepare` (its calls are timed on every device, interleaved) or
 # `direct` (it measures one device itself and returns rows; devices run one after another).
 OPS: dict[str, Callable[[argparse.Namespace], list[Workload]]] = {
-    "matmul": _matmul, "conv2d": _conv2d, "transfer": _transfer, "pipeline": _pipeline,
+    "matmul": _matmul, "conv2d": _conv2d, "transfer": _transfer, "pipeline": _pipeline, "backward": _backward,
 }
+DEFAULT_OPS = ("matmul", "conv2d", "transfer", "pipeline")  # backward (training) is opt-in: it triples the conv time
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -81,7 +102,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                        "the rows two or more result files share, side by side")
     p.add_argument("--backends",
                    help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
-    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated: {', '.join(OPS)} (default: all)")
+    p.add_argument("--ops", default=",".join(DEFAULT_OPS),
+                   help="comma-separated: matmul, conv2d, transfer, pipeline, backward (VGG-16 forward + backward "
+                        "passes interleaved; default: matmul,conv2d,transfer,pipeline)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
@@ -201,17 +224,28 @@ def main(argv: list[str] | None = None) -> int:
                       f"{time.perf_counter() - t_section:.0f} s", flush=True)
                 t_section = time.perf_counter()
     results = arrange(results, a.settings, by_key)
+    for r in results:
+        if r["op"] == "conv2d":
+            r.setdefault("pass", "forward")
     add_speedups(results)
     load = summarize_load(load_before, sample_load())
     found = verdicts(results, doc_machine["devices"], skipped)
     report.tables(console, results)
     pipeline.table(console, results)
+    if "backward" in a.ops:
+        from . import backward
+
+        backward.tables(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     report.summary(console, results, load)
     report.verdicts(console, found, load)
     doc = {"schema": SCHEMA, "run": run_block(args, load), "machine": doc_machine,
            "config": {k: v for k, v in vars(a).items() if k not in ("settings", "devices")},
            "skipped": skipped, "published": wl.PUBLISHED, "verdicts": found, "results": results}
+    if "backward" in a.ops:
+        from .backward import PUBLISHED_TRAIN
+
+        doc["published_train"] = PUBLISHED_TRAIN
     if a.json:
         report.write_json(a.json, doc)
         console.print(f"wrote {a.json}")

@@ -1,9 +1,9 @@
 """``python -m xdev.bench --dask N``: xdev.dask on N local workers against one xdev process.
 
-Workloads: a blocked n x n matmul in c x c chunks (default 4096 in 1024: 64 block products
-and a sum of 4 partials per output block) and the VGG-16 convolutions on a batch chunked one
-image per task. Inputs (and weights) are persisted on the workers first, so each timed run is
-what a Dask user pays per call: graph construction, scheduling, moving blocks between
+Workloads: a blocked n x n matmul in c x c chunks (default 4096 in 1024: 16 output blocks,
+each the sum of 4 block products) and the VGG-16 convolutions on a batch chunked evenly
+across the workers (one chunk of images per worker). Inputs and weights are persisted on the
+workers first, so each timed run is what a Dask user pays per call: graph construction, scheduling, moving blocks between
 workers, the block products and the partial sums (``persist`` + ``wait``; the result stays on
 the workers). One process: the same op through xdev with every core (or its one GPU).
 Both sides alternate (ABAB) and each reports its median.
@@ -167,11 +167,12 @@ def run(a: argparse.Namespace) -> int:
             del xa, xb, Ad, Bd
         if "conv2d" in a.ops:
             per: list[dict[str, Any]] = []
+            per_task = -(-batch // n_workers)  # one chunk of images per worker
             for layer in wl.vgg16(batch, image):
                 x = rand((layer.N, layer.C, layer.H, layer.H))
                 w, b = rand((layer.O, layer.C, 3, 3), 0.1), rand((layer.O,))
                 xs = [xdev.asarray(v, backend=dev.key) for v in (x, w, b)]
-                Xd = persisted(x, (1, layer.C, layer.H, layer.H))
+                Xd = persisted(x, (per_task, layer.C, layer.H, layer.H))
                 Wd, Bd = persisted(w, -1), persisted(b, -1)
                 make = lambda: xd.conv2d(Xd, Wd, Bd, padding=1, backend=backend)  # noqa: E731
 
@@ -180,7 +181,8 @@ def run(a: argparse.Namespace) -> int:
                     dev.synchronize()
 
                 t1, tn = _abab(one, run_dask(make), repeats)
-                per.append(_row("conv2d", layer.shape, t1, tn, layer.flops, ideal, layer.N, layer=layer.name))
+                per.append(_row("conv2d", layer.shape, t1, tn, layer.flops, ideal, -(-layer.N // per_task),
+                                layer=layer.name))
                 print(f"  {layer.name:8s} {layer.shape:32s} one {per[-1]['one_process_s'] * 1e3:8.1f} ms   "
                       f"dask {per[-1]['dask_s'] * 1e3:8.1f} ms   speedup {per[-1]['speedup']:.2f}")
             total_one = [sum(r["one_process_runs_s"][i] for r in per) for i in range(repeats)]

@@ -72,11 +72,11 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
 
     mm = [r for r in results if r["op"] == "matmul"]
     if mm:
-        t = table("matmul (C = A @ B; shape MxKxN)", ["device", "shape", "median ms", "spread ms", "GFLOP/s",
+        t = table("matmul (C = A @ B; shape MxKxN)", ["device", "algorithm", "shape", "median ms", "spread ms", "GFLOP/s",
                                                        "% peak", "vs NumPy", "build s"])
         for r in mm:
-            t.add_row(r["device"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]), _f(r["gflops"], ".1f"),
-                      _peak(r), _vs(r), _f(r["build_s"], ".2f"))
+            t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]),
+                      _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"))
         console.print(t)
     conv = [r for r in results if r["op"] == "conv2d"]
     if conv:

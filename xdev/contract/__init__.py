@@ -15,7 +15,7 @@ backend or the benchmark (see docs/architecture.md and tests/tools/test_layers.p
 from .device import BackendStatus, Device
 from .dtypes import F16, F32, F64, FLOAT_DTYPES
 from .errors import BackendUnavailable, KernelBuildError
-from .shapes import ConvParams, IntPair, broadcast_batch, conv_params, matmul_shape
+from .shapes import ConvParams, IntPair, broadcast_batch, conv_params, dgrad_as_forward, matmul_shape
 
 __all__ = [
     "BackendStatus",
@@ -30,5 +30,6 @@ __all__ = [
     "KernelBuildError",
     "broadcast_batch",
     "conv_params",
+    "dgrad_as_forward",
     "matmul_shape",
 ]

@@ -82,6 +82,15 @@ class Device(abc.ABC):
     def conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
         """Cross-correlation with NCHW data; returns (result, algorithm that ran)."""
 
+    def conv2d_backward(
+        self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str], algorithm: str
+    ) -> tuple[Any, Any, Any, str]:
+        """(grad_x, grad_w, grad_bias, algorithm that ran) of conv2d, None for what ``needs`` omits.
+
+        grad_y is (N, O, Ho, Wo), x 4-D, all three of one dtype; results are in that dtype.
+        """
+        raise NotImplementedError(f"conv2d_backward is not implemented on {self.key}")
+
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait until all work queued on this device has finished."""

@@ -13,6 +13,7 @@ CACHE_DIR = "XDEV_CACHE_DIR"
 OPENCL_KERNELS = "XDEV_OPENCL_KERNELS"
 CUDA_TF32 = "XDEV_CUDA_TF32"
 CUDNN_FAST = "XDEV_CUDNN_FAST"
+CLBLAST_LIB = "XDEV_CLBLAST_LIB"
 CUDNN_AUTOTUNE = "XDEV_CUDNN_AUTOTUNE"
 CUDNN_AUTOTUNE_LIMIT = "XDEV_CUDNN_AUTOTUNE_LIMIT"
 CUDNN_AUTOTUNE_BUDGET_S = "XDEV_CUDNN_AUTOTUNE_BUDGET_S"
@@ -53,6 +54,9 @@ def cudnn_fast() -> bool:
     return _get(CUDNN_FAST) == "1"
 
 
+def clblast_lib() -> str:
+    """``XDEV_CLBLAST_LIB``: path of CLBlast's shared library ('' when unset: look it up)."""
+    return _get(CLBLAST_LIB)
 def cudnn_autotune() -> bool:
     """``XDEV_CUDNN_AUTOTUNE``: on unless ``0``/``off``/``false``/``no`` (then the heuristic's first plan runs)."""
     return _get(CUDNN_AUTOTUNE).lower() not in ("0", "off", "false", "no")

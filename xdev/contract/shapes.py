@@ -173,3 +173,20 @@ def broadcast_batch(ab, bb, ashape, bshape) -> tuple[int, ...]:
             )
         out.append(y if x == 1 else x)
     return tuple(out)
+
+
+def dgrad_as_forward(p: ConvParams) -> ConvParams | None:
+    """The forward convolution whose result is conv2d's grad_x, for stride 1 (else None).
+
+    grad_x = conv2d(grad_y, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j],
+    padded by the dilated kernel extent minus 1 minus the forward padding (None when the
+    forward padding exceeds that: some outputs then read no input at all).
+    """
+    if p.stride != (1, 1):
+        return None
+    ekh, ekw = p.dilation[0] * (p.kh - 1) + 1, p.dilation[1] * (p.kw - 1) + 1
+    pt, pb, pl, pr = p.pad
+    pad = (ekh - 1 - pt, ekh - 1 - pb, ekw - 1 - pl, ekw - 1 - pr)
+    if min(pad) < 0:
+        return None
+    return ConvParams(p.N, p.O, p.Ho, p.Wo, p.C, p.kh, p.kw, p.groups, (1, 1), p.dilation, pad, p.H, p.W)

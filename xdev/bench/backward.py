@@ -1,0 +1,158 @@
+"""The training case: VGG-16's convolutions forward and backward (``--ops backward``).
+
+Per layer and conv algorithm, three passes are timed interleaved in one process (forward,
+backward-input, backward-weight, forward, ...), so a slow patch of a shared machine hits
+all three alike and the backward/forward ratio stays honest. backward-input is
+``conv2d_backward(needs=("x",))``; backward-weight is ``needs=("w", "bias")``. Totals per
+algorithm go beside the lecture's published forward + backward table.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import xdev
+
+from .run import Settings, _rand, _row
+from .timing import Timing
+from .workloads import ConvLayer
+
+PASSES = ("forward", "backward-input", "backward-weight")
+OP = "conv2d_backward"
+
+# jcjohnson/cnn-benchmarks as shown in the lecture: VGG-16, batch 16, forward + backward.
+PUBLISHED_TRAIN = {
+    "source": "jcjohnson/cnn-benchmarks (cs231n lecture 8), VGG-16 forward + backward, batch 16",
+    "rows": [
+        {"device": "Pascal Titan X", "what": "cuDNN", "batch": 16, "ms": 128.6},
+        {"device": "Pascal Titan X", "what": "Torch nn (im2col + cuBLAS)", "batch": 16, "ms": 358.5},
+        {"device": "dual Xeon E5-2630 v3", "what": "CPU (Torch, BLAS)", "batch": 16, "ms": 8495.0},
+    ],
+}
+
+
+def _interleaved(dev, fns: list[Callable[[], Any]], s: Settings, max_repeat: int = 50) -> list[Timing]:
+    """Time several calls round-robin: first calls (kernel builds) apart, then ABCABC..."""
+    firsts, builds = [], []
+    for fn in fns:
+        b0 = dev.build_seconds
+        t0 = time.perf_counter()
+        fn()
+        dev.synchronize()
+        firsts.append(time.perf_counter() - t0)
+        builds.append(dev.build_seconds - b0)
+    warm = [min(dev.elapsed(fn, 1)) for fn in fns]  # warm-up, timed to size the repeats
+    if s.repeat:
+        n = s.repeat
+    else:
+        n = int(min(max_repeat, max(3, s.target_s / max(sum(warm), 1e-9))))
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(n):
+        for i, fn in enumerate(fns):
+            times[i].extend(dev.elapsed(fn, 1))
+    out = []
+    for i in range(len(fns)):
+        q1, med, q3 = np.percentile(np.array(times[i]), [25, 50, 75])
+        out.append(Timing(float(med), float(q3 - q1), n, float(builds[i]), float(firsts[i])))
+    return out
+
+
+def layer_rows(dev, s: Settings, layer: ConvLayer, algorithm: str) -> list[dict[str, Any]]:
+    """Forward, backward-input and backward-weight rows of one VGG-16 layer."""
+    x = xdev.asarray(_rand((layer.N, layer.C, layer.H, layer.H), s.dtype, 3), backend=dev.key)
+    w = xdev.asarray(_rand((layer.O, layer.C, 3, 3), s.dtype, 4) * 0.1, backend=dev.key)
+    b = xdev.asarray(_rand((layer.O,), s.dtype, 5), backend=dev.key)
+    gy = xdev.asarray(_rand((layer.N, layer.O, layer.H, layer.H), s.dtype, 6), backend=dev.key)
+
+    def fwd():
+        return xdev.conv2d(x, w, b, padding=1, algorithm=algorithm)
+
+    def bwd_x():
+        return xdev.conv2d_backward(gy, x, w, padding=1, needs=("x",), algorithm=algorithm)
+
+    def bwd_w():
+        return xdev.conv2d_backward(gy, x, w, padding=1, needs=("w", "bias"), algorithm=algorithm)
+
+    ran = [fwd().algorithm, bwd_x().algorithm, bwd_w().algorithm]
+    timings = _interleaved(dev, [fwd, bwd_x, bwd_w], s)
+    # Each pass is one reduction of the same size: 2*N*O*Ho*Wo*C*9 flops (bias gradient aside).
+    return [
+        _row(dev, s, OP, layer.shape, algo, t, layer.flops, layer=layer.name, batch=layer.N,
+             geometry=f"{layer.C}>{layer.O}@{layer.H}", **{"pass": ps})
+        for ps, algo, t in zip(PASSES, ran, timings)
+    ]
+
+
+def totals(rows: list[dict[str, Any]], dev, s: Settings) -> list[dict[str, Any]]:
+    """Per pass and forward+backward totals over the layers of one algorithm."""
+    out = []
+
+    def total(sel: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        t = Timing(sum(r["median_s"] for r in sel), sum(r["spread_s"] for r in sel),
+                   min(r["repeats"] for r in sel), sum(r["build_s"] for r in sel),
+                   sum(r["first_call_s"] for r in sel))
+        return _row(dev, s, OP, "VGG-16 conv layers", sel[0]["algorithm"], t, sum(r["flops"] for r in sel),
+                    layer="total", batch=sel[0]["batch"], **{"pass": name})
+
+    for ps in PASSES:
+        out.append(total([r for r in rows if r["pass"] == ps], ps))
+    fwd, bx, bw = (r["median_s"] for r in out)
+    both = total(rows, "forward+backward")
+    both["backward_over_forward"] = (bx + bw) / fwd if fwd else None
+    out.append(both)
+    return out
+
+
+def steps(dev, s: Settings, layers: list[ConvLayer], algorithms: list[str]) -> list[tuple[str, Any]]:
+    """(label, thunk returning rows) per layer and algorithm; the last layer adds the totals."""
+    out: list[tuple[str, Any]] = []
+    for algo in algorithms:
+        acc: list[dict[str, Any]] = []
+        for i, layer in enumerate(layers):
+            def step(layer=layer, algo=algo, acc=acc, last=i == len(layers) - 1):
+                rows = layer_rows(dev, s, layer, algo)
+                acc.extend(rows)
+                return rows + (totals(acc, dev, s) if last else [])
+            out.append((f"conv2d backward {algo} {layer.name}", step))
+    return out
+
+
+def tables(console, results: list[dict[str, Any]]) -> None:
+    """The per-layer pass table, the totals with backward/forward, and the lecture's table."""
+    from rich.table import Table
+
+    rows = [r for r in results if r["op"] == OP]
+    if not rows:
+        return
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v * 1e3:.1f}"
+
+    t = Table(title="conv2d forward and backward: VGG-16 convolution layers (passes timed interleaved)",
+              title_justify="left", header_style="bold")
+    for c in ("device", "algorithm", "layer", "pass", "ms", "spread", "GFLOP/s", "build s"):
+        t.add_column(c, justify="left" if c in ("device", "algorithm", "layer", "pass") else "right")
+    for r in rows:
+        if r["layer"] == "total" and r["pass"] == "forward+backward":
+            continue
+        t.add_row(r["device"], r["algorithm"], r["layer"], r["pass"], ms(r["median_s"]), ms(r["spread_s"]),
+                  "" if r["gflops"] is None else f"{r['gflops']:.1f}", f"{r['build_s']:.2f}",
+                  style="bold" if r["layer"] == "total" else None)
+    console.print(t)
+    both = [r for r in rows if r["layer"] == "total" and r["pass"] == "forward+backward"]
+    lt = Table(title="The lecture's forward + backward table beside yours (milliseconds per image)",
+               title_justify="left", header_style="bold",
+               caption=PUBLISHED_TRAIN["source"] + "; published times are the whole network's forward and "
+               "backward pass, yours the 13 convolutions only", caption_justify="left")
+    for c in ("machine", "what", "batch", "ms / image", "backward / forward"):
+        lt.add_column(c, justify="left" if c in ("machine", "what") else "right")
+    for p in PUBLISHED_TRAIN["rows"]:
+        lt.add_row(p["device"] + " (published)", p["what"], str(p["batch"]), f"{p['ms'] / p['batch']:.1f}", "")
+    for r in both:
+        ratio = r.get("backward_over_forward")
+        lt.add_row(f"this machine, {r['device']}", f"xdev {r['backend']} {r['algorithm']}", str(r["batch"]),
+                   f"{r['median_s'] * 1e3 / r['batch']:.1f}", "" if ratio is None else f"{ratio:.2f}x",
+                   style="bold")
+    console.print(lt)
