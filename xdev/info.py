@@ -40,9 +40,20 @@ def lines() -> list[str]:
         if details:
             out.append(f"{'':8s}  {details}")
         out.append(f"{'':8s}  conv2d algorithms: {', '.join(dev.conv_algorithms)}")
+        if isinstance(info.get("params"), dict):
+            out.append(f"{'':8s}  kernel parameters: " + tuned_line(info["params"]))
         if info.get("advice"):
             out.append(f"{'':8s}  note: {info['advice']}")
     return out
+
+
+def tuned_line(params: dict) -> str:
+    """Whether `python -m xdev.tune` results are in use for this device."""
+    if params.get("tuned"):
+        from xdev._registry import load
+
+        return f"tuned (python -m xdev.tune), from {load('opencl').params.cache_file()}"
+    return "built-in defaults (python -m xdev.tune measures and stores better ones, if any)"
 
 
 def main() -> int:

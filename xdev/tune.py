@@ -1,6 +1,6 @@
-"""python -m xdev.tune: measure OpenCL kernel parameters on your device and cache the best.
+"""python -m xdev.tune: measure OpenCL kernel parameters on your device against the built-in default; cache a winner beyond noise.
 
-The cache lives in $XDEV_CACHE_DIR/opencl-params.json (default ~/.cache/xdev), keyed by
+The cache lives in $XDEV_CACHE_DIR/opencl-tuning.json (default ~/.cache/xdev), keyed by
 device name, platform version and driver version; the OpenCL backend reads it when it
 opens the device. Delete the file (or pass --reset) to return to the built-in table.
 """
@@ -60,16 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, BackendUnavailable) as e:
         print(f"python -m xdev.tune: {e}", file=sys.stderr)
         return 2
-    print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family)")
+    print(f"tuning {dev.key}: {dev.name} ({dev.family} kernel family); each candidate's median and "
+          "spread, interleaved with the built-in default")
     found = autotune.tune(dev, quick=a.quick, budget_s=a.budget)
-    print("best:", json.dumps(found))
-    if not a.dry_run:
-        try:
+    print("chosen (beat the default beyond noise):", json.dumps(found) if found else "none")
+    if a.dry_run:
+        return 0
+    try:
+        if found:
             print(f"stored in {autotune.save(dev, found)}")
-        except OSError as e:
-            print(f"python -m xdev.tune: could not store the result in {params.cache_file()} "
-                  f"({e}); the measured parameters are printed above", file=sys.stderr)
-            return 1
+        else:
+            # Nothing beat the default: forget older tuned values too, so the default is used.
+            if params.device_id(dev) in params.load_all(warn=False):
+                path = params.forget(dev)
+                print(f"removed earlier tuned parameters of {dev.key} from {path}")
+            print("nothing stored: the built-in defaults stay in use")
+    except OSError as e:
+        print(f"python -m xdev.tune: could not store the result in {params.cache_file()} "
+              f"({e}); the measured parameters are printed above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -159,7 +159,7 @@ def load_all(warn: bool = True) -> dict[str, Any]:
 def params_for(dev: OpenCLDevice) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
-    if tuned is None:
+    if tuned is None or tuned == {}:
         return params
     problem = validate_entry(tuned)
     if problem is not None:

@@ -231,7 +231,11 @@ def test_tune_cli_dry_run(cl_dev, tmp_path):
     r = subprocess.run([sys.executable, "-m", "xdev.tune", "--device", cl_dev.key, "--quick", "--dry-run"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "best:" in r.stdout and not (tmp_path / "opencl-tuning.json").exists()
+    assert "chosen (beat the default beyond noise):" in r.stdout
+    assert "(built-in default, the baseline)" in r.stdout and "median" in r.stdout and "spread" in r.stdout
+    assert not (tmp_path / "opencl-tuning.json").exists()
+    info = subprocess.run([sys.executable, "-m", "xdev.info"], capture_output=True, text=True, timeout=300, env=env)
+    assert "kernel parameters: built-in defaults" in info.stdout, info.stdout
 
 
 def test_threads_sharing_the_device_get_their_own_results(cl_dev):

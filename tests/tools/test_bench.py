@@ -5,11 +5,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from availability import backend_status
+from xdev.bench import compare, noise, verdict
 from xdev.bench import workloads as wl
+from xdev.bench.run import Settings, _row, add_speedups, roundtrip_case
+from xdev.bench.timing import Timing
 
 REQUIRED_KEYS = {
     "backend": str, "device": str, "op": str, "shape": str, "dtype": str, "algorithm": str,
@@ -29,6 +33,11 @@ def test_flop_counts_by_hand():
     assert wl.vgg16(16, image=32)[-1].H == 2 and wl.vgg16(16)[-1].N == 16
 
 
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+FAKE_TORCH = Path(__file__).resolve().parent / "fake_torch"
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
@@ -36,9 +45,12 @@ def quick_run(tmp_path_factory):
     # An explicit --batch: the defaults differ between CPUs and GPUs, the checks below must not.
     backends = [b for b in ("numpy", "opencl", "cuda") if backend_status(b).available]
     cmd = [sys.executable, "-m", "xdev.bench", "--quick", "--sizes", "16,33", "--image", "16",
-           "--repeat", "2", "--batch", "8", "--backends", "numpy,opencl,cuda",
+           "--repeat", "2", "--batch", "8", "--backends", "numpy,opencl,cuda", "--reference", "torch",
            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
     env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
+    # The yardstick path runs against a stand-in torch (tests/fake_torch), found first.
+    env["PYTHONPATH"] = os.pathsep.join([str(FAKE_TORCH)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["XDEV_TEST_MARKER"] = "recorded"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     return r, out, backends
 
@@ -50,19 +62,29 @@ def test_cli_quick_runs_and_prints_tables(quick_run):
         assert title in r.stdout
     assert (out / "r.png").stat().st_size > 10_000
     assert (out / "r-pipeline.png").stat().st_size > 10_000
+    # Piped output: one plain progress line per finished section.
+    for section in ("matmul", "conv2d", "transfer", "pipeline"):
+        assert f"finished {section}:" in r.stdout
+    if "opencl" in backends:  # first use of the OpenCL device is announced
+        assert "building opencl kernels for" in r.stdout
+    # Verdicts come last, after the summary line and its explanation of "vs NumPy".
+    assert "above 1 = faster" in r.stdout
+    tail = r.stdout[r.stdout.index("The lecture's claims, measured here"):]
+    assert all(f"claim {n}" in tail for n in (1, 2, 3, 4)) and "wrote" in tail
 
 
 def test_cli_json_is_complete_and_consistent(quick_run):
     r, out, backends = quick_run
     doc = json.loads((out / "r.json").read_text())
-    assert {"machine", "results", "config", "published", "skipped"} <= set(doc)
+    assert {"machine", "results", "config", "published", "skipped", "schema", "run", "verdicts"} <= set(doc)
     assert doc["machine"]["cpu"]["logical_cores"] >= 1
     assert [d["device"] for d in doc["machine"]["devices"]] == [
         r_ for r_ in dict.fromkeys(x["device"] for x in doc["results"])]
     for name in ("opencl", "cuda"):
         if not backend_status(name).available:  # named but unavailable: reported, skipped
             assert any(s["backend"] == name and s["reason"] for s in doc["skipped"])
-    for row in doc["results"]:
+    rows = [x for x in doc["results"] if not x["reference"]]
+    for row in rows:
         for key, typ in REQUIRED_KEYS.items():
             assert isinstance(row[key], typ), (key, row)
         # Pipeline rows count the steps of whole epochs instead of --repeat.
@@ -80,7 +102,7 @@ def test_cli_json_is_complete_and_consistent(quick_run):
     conv = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "conv1_1"]
     assert conv and all(x["flops"] == 8 * 2 * 64 * 16 * 16 * 3 * 9 and x["batch"] == 8 for x in conv)
     totals = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "total"]
-    assert len(totals) == len(backends)
+    assert len([t for t in totals if not t["reference"]]) == len(backends)
     for t in totals:
         layers = [x for x in doc["results"] if x["op"] == "conv2d" and x["device"] == t["device"]
                   and x["layer"] != "total"]
@@ -89,11 +111,266 @@ def test_cli_json_is_complete_and_consistent(quick_run):
         assert t["median_s"] == pytest.approx(sum(x["median_s"] for x in layers))
     numpy_rows = [x for x in doc["results"] if x["backend"] == "numpy" and x["gflops"]]
     assert all(x["speedup_vs_numpy"] == pytest.approx(1.0) for x in numpy_rows if x["op"] != "roundtrip")
+    # --sizes names exactly the sweep: no skinny row.
+    assert {x["shape"] for x in doc["results"] if x["op"] == "matmul"} == {"16x16x16", "33x33x33"}
+
+
+def test_cli_json_records_run_metadata_and_verdicts(quick_run):
+    r, out, backends = quick_run
+    doc = json.loads((out / "r.json").read_text())
+    assert doc["schema"] == {"name": "xdev.bench", "version": 2}
+    run = doc["run"]
+    assert run["xdev_version"] == __import__("xdev").__version__
+    assert run["timestamp_utc"].endswith("Z") and run["timestamp_utc"][:2] == "20"
+    assert run["environment"]["XDEV_TEST_MARKER"] == "recorded"
+    assert "XDEV_BACKEND" not in run["environment"]
+    if (ROOT / ".git").exists():
+        assert len(run["git"]["commit"]) == 40 and isinstance(run["git"]["dirty"], bool)
+    assert run["threads"]["os_cpu_count"] >= 1
+    load = run["load"]
+    assert load["cpus"] >= 1 and isinstance(load["warnings"], list)
+    if Path("/proc/loadavg").exists():
+        assert len(load["loadavg_before"]) == 3 and len(load["loadavg_after"]) == 3
+        assert 0 <= load["self_share"] and 0 <= load["others_share"] <= 1
+    claims = {v["claim"]: v for v in doc["verdicts"]}
+    assert sorted(claims) == [1, 2, 3, 4]
+    for v in claims.values():
+        assert v["status"] in ("supported", "contradicted", "within noise", "mixed", "untested")
+        assert v["says"] and (v["summary"] or v["reason"])
+    if not backend_status("cuda").available:
+        assert claims[1]["status"] == "untested" and "no GPU here" in claims[1]["reason"]
+        assert claims[2]["status"] == "untested" and "no CUDA GPU here" in claims[2]["reason"]
+    if "opencl" in backends:  # OpenCL vs NumPy on the CPU: measured, with spreads
+        nums = [n for n in claims[3]["numbers"] if "CPU" in n["what"]]
+        assert nums and all(n["spread"] >= 0 and isinstance(n["within_noise"], bool) for n in nums)
+    assert claims[4]["numbers"] and all("share" in n for n in claims[4]["numbers"])
+    for x in doc["results"]:
+        assert {"speedup_spread", "within_noise", "peak_error", "reference"} <= set(x)
+        if x["speedup_vs_numpy"] is not None:
+            assert x["speedup_spread"] >= 0 and isinstance(x["within_noise"], bool)
+        if x["op"] == "roundtrip" and x["algorithm"] != "compute only":
+            assert "transfer_share_spread" in x and isinstance(x["transfer_within_noise"], bool)
+
+
+def test_cli_reference_rows_from_torch(quick_run):
+    r, out, backends = quick_run
+    doc = json.loads((out / "r.json").read_text())
+    ref = [x for x in doc["results"] if x["reference"]]
+    assert {x["op"] for x in ref} == {"matmul", "conv2d"}  # no transfers: torch has no separate device here
+    assert all(x["backend"] == "torch" and x["device"] == "torch:cpu" for x in ref)
+    assert all(x["algorithm"] == "torch (reference)" for x in ref)
+    assert any(d.get("reference") and d["torch"] == "0.0+fake" for d in doc["machine"]["devices"])
+    mm = [x for x in ref if x["shape"] == "33x33x33"]
+    assert mm and mm[0]["speedup_vs_numpy"] is not None
+    assert "torch:cpu" in r.stdout
+
+
+def test_reference_without_torch_is_reported(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
+    blocker = tmp_path / "torch.py"
+    blocker.write_text("raise ImportError('blocked for this test')\n")
+    env["PYTHONPATH"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "--backends", "numpy", "--ops", "matmul",
+                        "--sizes", "8", "--repeat", "1", "--reference", "torch", "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert any("torch" in s["backend"] and "pip install torch" in s["reason"] for s in doc["skipped"])
+    assert not any(x["reference"] for x in doc["results"])
+
+
+def test_compare_two_committed_result_files(capsys, tmp_path):
+    a = RESULTS / "cpu-zen5-2026-11-26.json"
+    b = RESULTS / "cpu-zen5-2026-11-26-openblas-skylakex-quick.json"
+    assert compare.main([str(a), str(b), "--plot", str(tmp_path / "c.png")]) == 0
+    text = capsys.readouterr().out
+    assert "schema 1" in text and "shared rows" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("matmul") and "2048x2048x2048" in ln
+                and " numpy " in ln)
+    docs = [json.loads(p.read_text()) for p in (a, b)]
+    med = [next(x["median_s"] for x in d["results"] if x["device"] == "numpy" and x["shape"] == "2048x2048x2048")
+           for d in docs]
+    assert f"{med[0] / med[1]:.2f}" in line  # B's throughput over A's
+    assert (tmp_path / "c.png").stat().st_size > 5_000
+
+
+def test_compare_cli_with_a_new_file(quick_run):
+    r, out, backends = quick_run
+    cmd = [sys.executable, "-m", "xdev.bench", "compare", str(out / "r.json"), str(out / "r.json")]
+    c = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    assert "schema 2" in c.stdout and "1.00±" in c.stdout and "~" in c.stdout  # itself: within noise
+
+
+def test_compare_rejects_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="no 'results' list"):
+        compare.main([str(bad), str(bad)])
+    with pytest.raises(SystemExit, match="cannot read"):
+        compare.main([str(tmp_path / "missing.json"), str(bad)])
+
+
+# -- the measurement method, without timing anything real ----------------------------------
+
+class FakeDevice:
+    """Records the order of calls; each call 'takes' the next time from a script."""
+    backend = "fake"
+    is_cpu = True
+    build_seconds = 0.0
+
+    def __init__(self, key, log, times=lambda i: 1e-3):
+        self.key, self.name, self.log, self.times, self.n = key, key, log, times, 0
+
+    def synchronize(self):
+        pass
+
+    def elapsed(self, fn, repeat):
+        out = []
+        for _ in range(repeat):
+            fn()
+            out.append(self.times(self.n))
+            self.n += 1
+        return out
+
+
+def test_interleaving_alternates_the_cases():
+    log = []
+    a, b = FakeDevice("A", log), FakeDevice("B", log)
+    cases = [noise.Case(a, lambda: log.append("A")), noise.Case(b, lambda: log.append("B"))]
+    t = noise.measure_interleaved(cases, target_s=1.0, repeat=4)
+    assert [x.repeats for x in t] == [4, 4]
+    timed = "".join(log[4:])  # after each case's first call and warm-up
+    assert timed == "ABBAABBA"
+
+
+def test_adaptive_repeats_stop_on_spread_target_and_on_time():
+    log = []
+    steady = noise.Case(FakeDevice("A", log), lambda: None)
+    t = noise.measure_interleaved([steady], target_s=1.0)
+    assert t[0].spread_s == 0 and t[0].repeats == noise.MIN_ROUNDS * 50  # spread target met at MIN_ROUNDS
+    noisy = noise.Case(FakeDevice("B", log, times=lambda i: 3e-3 if i % 2 else 1e-3), lambda: None)
+    t = noise.measure_interleaved([noisy], target_s=0.05)
+    assert t[0].spread_s > 0 and sum(noisy.samples) >= 0.05  # never met the target: stopped on time
+
+
+def test_ratio_spread_and_within_noise():
+    r, sp, noisy = noise.ratio(2.0, 0.1, 1.0, 0.05)
+    assert r == pytest.approx(2.0) and sp == pytest.approx(2.0 * (0.025**2 + 0.025**2) ** 0.5)
+    assert noisy is False
+    assert noise.ratio(1.0, 0.2, 1.05, 0.2)[2] is True
+    assert noise.fmt_ratio(1.0, 0.1, True).endswith("~")
+
+
+def test_load_summary_warns_when_others_are_busy():
+    before = {"time": 0.0, "cpus": 2, "loadavg": [1.9, 1, 1], "self_cpu_s": 0.0,
+              "stat": {"busy": 0, "idle": 0, "steal": 0}}
+    after = {"time": 10.0, "cpus": 2, "loadavg": [2.0, 1, 1], "self_cpu_s": 10.0,  # we used one CPU
+             "stat": {"busy": 1800, "idle": 100, "steal": 100}}  # jiffies: 90% busy, 5% steal
+    s = noise.summarize_load(before, after)
+    assert s["self_share"] == pytest.approx(0.5) and s["others_share"] == pytest.approx(0.4)
+    assert s["steal_share"] == pytest.approx(0.05)
+    text = " ".join(s["warnings"])
+    assert "busy before the run" in text and "other processes used 40%" in text and "steal" in text
+    quiet = dict(after, loadavg=[0.1, 0.1, 0.1], stat={"busy": 1000, "idle": 1000, "steal": 0})
+    assert noise.summarize_load(dict(before, loadavg=[0.1, 0.1, 0.1]), quiet)["warnings"] == []
+    live = noise.sample_load()
+    assert live["cpus"] >= 1 and live["self_cpu_s"] >= 0
+
+
+def _dev(key="numpy", backend="numpy"):
+    return type("D", (), {"key": key, "backend": backend, "name": key, "is_cpu": True})()
+
+
+def test_peak_above_100_is_flagged():
+    s = Settings(__import__("numpy").dtype("float32"), 0.1, None)
+    s.peak["numpy"] = (1.0, "test")
+    row = _row(_dev(), s, "matmul", "8x8x8", "numpy", Timing(1e-9, 0.0, 3, 0.0, 0.0), 1024)
+    assert row["peak_fraction"] > 1 and "impossible" in row["peak_error"]
+    s.peak["numpy"] = (1e9, "test")
+    assert _row(_dev(), s, "matmul", "8x8x8", "numpy", Timing(1e-3, 0.0, 3, 0.0, 0.0), 1024)["peak_error"] is None
+
+
+def test_transfer_share_is_not_clamped():
+    s = Settings(__import__("numpy").dtype("float32"), 0.1, None)
+    fns, finish = roundtrip_case(s, 4)(_dev())
+    assert len(fns) == 2
+    rows = finish([Timing(2e-3, 1e-4, 3, 0, 0), Timing(1.5e-3, 1e-4, 3, 0, 0)])  # round trip "faster"
+    assert rows[1]["transfer_share"] == pytest.approx(1 - 2 / 1.5) and rows[1]["transfer_share"] < 0
+    assert rows[1]["transfer_within_noise"] is False
+    rows = finish([Timing(1e-3, 5e-4, 3, 0, 0), Timing(1.1e-3, 5e-4, 3, 0, 0)])
+    assert rows[1]["transfer_within_noise"] is True
+
+
+def test_speedups_carry_spread_and_noise_flag():
+    s = Settings(__import__("numpy").dtype("float32"), 0.1, None)
+    base = _row(_dev(), s, "matmul", "8x8x8", "numpy", Timing(2e-3, 1e-4, 3, 0, 0), 1024)
+    fast = _row(_dev("cl", "opencl"), s, "matmul", "8x8x8", "opencl", Timing(1e-3, 1e-4, 3, 0, 0), 1024)
+    same = _row(_dev("cl2", "opencl"), s, "matmul", "8x8x8", "opencl", Timing(2.05e-3, 2e-4, 3, 0, 0), 1024)
+    add_speedups([base, fast, same])
+    assert fast["speedup_vs_numpy"] == pytest.approx(2.0) and fast["within_noise"] is False
+    assert fast["speedup_spread"] > 0
+    assert same["within_noise"] is True
+
+
+def test_verdicts_on_a_gpu_run():
+    def row(dev, op, algo, med, spread=0.0, **kw):
+        return {"device": dev, "op": op, "algorithm": algo, "median_s": med, "spread_s": spread, "shape": "s",
+                "reference": False, **kw}
+    rows = [row("numpy", "matmul", "numpy", 8.0, M=1024, kind="square", gflops=1.0),
+            row("cuda:0", "matmul", "cuBLAS", 0.1, M=1024, kind="square", gflops=80.0),
+            row("numpy", "conv2d", "gemm", 0.2, layer="total", batch=1),
+            row("cuda:0", "conv2d", "cudnn", 0.16, layer="total", batch=16),
+            row("cuda:0", "conv2d", "gemm", 0.48, layer="total", batch=16),
+            row("cuda:0", "conv2d", "direct", 0.17, 0.05, layer="total", batch=16),
+            row("cuda:0", "roundtrip", "upload+compute+download", 1.0, transfer_share=0.89,
+                transfer_share_spread=0.01, transfer_within_noise=False)]
+    devices = [{"device": "numpy", "backend": "numpy"}, {"device": "cuda:0", "backend": "cuda"}]
+    v = {x["claim"]: x for x in verdict.verdicts(rows, devices, [])}
+    assert v[1]["status"] == "supported" and v[1]["numbers"][0]["ratio"] == pytest.approx(80.0)
+    assert v[1]["numbers"][1]["ratio"] == pytest.approx(0.2 / (0.16 / 16))  # per image
+    assert v[2]["status"] == "mixed"  # 3x over im2col, within noise of direct
+    assert v[2]["numbers"][0]["ratio"] == pytest.approx(3.0) and v[2]["numbers"][1]["within_noise"]
+    assert v[3]["status"] == "untested" and "OpenCL" in v[3]["reason"]
+    assert v[4]["status"] == "supported"
 
 
 def test_cli_rejects_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "--ops", "fft"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown op(s) fft" in r.stderr
+
+
+class TuneDevice:
+    """dev.params[key]["MR"] decides how long a call 'takes'; noise is deterministic."""
+    def __init__(self, speed, jitter):
+        self.params = {"gemm": {"MR": 12, "NV": 2}}
+        self.speed, self.jitter, self.n = speed, jitter, 0
+
+    def synchronize(self):
+        pass
+
+    def elapsed(self, fn, repeat):
+        self.n += 1
+        base = self.speed[self.params["gemm"]["MR"]]
+        return [base * (1 + self.jitter * (self.n % 3 - 1))] * repeat
+
+
+def test_tune_stores_only_a_winner_beyond_noise():
+    pytest.importorskip("pyopencl", reason="the tuner lives in the OpenCL backend package")
+    from xdev.backends.opencl.autotune import pick
+
+    default = {"MR": 12, "NV": 2}
+    cands = [{"MR": 8, "NV": 2}, {"MR": 12, "NV": 2}]  # the default among them is measured once
+    lines = []
+    dev = TuneDevice({12: 1.0, 8: 0.5}, jitter=0.01)
+    assert pick(dev, "gemm", lambda: None, cands, default, 5, lines.append) == {"MR": 8, "NV": 2}
+    assert dev.params["gemm"]["MR"] == 8 and "beyond noise" in lines[-1]
+    assert sum("median" in ln and "spread" in ln for ln in lines) == 2
+    assert any("built-in default, the baseline" in ln for ln in lines)
+    lines.clear()
+    dev = TuneDevice({12: 1.0, 8: 0.97}, jitter=0.1)  # 3% faster, 10% jitter: a fluke
+    assert pick(dev, "gemm", lambda: None, cands, default, 5, lines.append) is None
+    assert dev.params["gemm"] == default and "within noise" in lines[-1]
 
 
 def test_cli_pipeline_rows(quick_run):

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,14 +14,92 @@ from xdev._registry import BACKEND_NAMES, get_device
 from . import machine as mach
 from . import pipeline
 from . import workloads as wl
-from .run import Settings, add_speedups, conv_row, conv_total, matmul_row, roundtrip_rows, transfer_rows
+from .meta import SCHEMA, run_block
+from .noise import sample_load, summarize_load
+from .reference import reference_devices
+from .run import (Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case, run_workload,
+                  transfer_case)
+from .verdict import verdicts
 
-OPS = ("matmul", "conv2d", "transfer", "pipeline", "backward")
+
+
+def _matmul(a: argparse.Namespace) -> list[Workload]:
+    sizes = wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES
+    out = []
+    if a.sizes:
+        sizes = [int(x) for x in a.sizes.split(",")]
+    for n in sizes:
+        out.append(Workload("matmul", f"matmul {n}", matmul_case(a.settings, n, n, n, "square")))
+    from .clblast_rows import clblast_row, clblast_unavailable
+
+    def clblast(dev) -> list[dict[str, Any]]:
+        # GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3).
+        if (dev.backend == "opencl" and not dev.is_cpu and clblast_unavailable(dev) is None
+                and a.settings.dtype.name in ("float32", "float64")):
+            return [clblast_row(dev, a.settings, n, n, n) for n in sizes]
+        return []
+    out.append(Workload("matmul", "matmul clblast", direct=clblast))
+    if not a.sizes:  # --sizes names exactly the sizes to run; the skinny row comes with the default sweep
+        M, K, N = wl.SKINNY_QUICK if a.quick else wl.SKINNY
+        out.append(Workload("matmul", f"matmul {M}x{K}x{N}", matmul_case(a.settings, M, K, N, "skinny")))
+    return out
+
+
+def _conv2d(a: argparse.Namespace) -> list[Workload]:
+    def algorithms(dev) -> list[str]:
+        return ["auto"] if a.quick else list(dev.conv_algorithms)
+
+    def layer(i: int):
+        # Batch per device: 1 on CPUs, 16 (the lecture's) on GPUs; the devices' calls of one
+        # layer are still interleaved, and ratios compare throughput.
+        return lambda dev: wl.vgg16(a.batch or (1 if dev.is_cpu else 16), a.image)[i]
+
+    return [Workload("conv2d", f"conv2d {name}", conv_case(a.settings, layer(i), algorithms))
+            for i, (name, *_) in enumerate(wl.VGG16)]
+
+
+def _transfer(a: argparse.Namespace) -> list[Workload]:
+    out = []
+    for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
+        out.append(Workload("transfer", f"transfer {nb} B", transfer_case(a.settings, nb)))
+        # pinned downloads and staged uploads (xdev.prefetch's buffers), measured per device
+        out.append(Workload("transfer", f"transfer {nb} B pinned/staged",
+                            direct=lambda dev, nb=nb: pipeline.transfer_rows(dev, a.settings, nb)))
+    out += [Workload("transfer", f"round trip {n}", roundtrip_case(a.settings, n))
+            for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES)]
+    return out
+
+
+def _backward(a: argparse.Namespace) -> list[Workload]:
+    from . import backward
+
+    def run(dev) -> list[dict[str, Any]]:
+        layers = wl.vgg16(a.batch or (1 if dev.is_cpu else 16), a.image)
+        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
+        return [row for _, step in backward.steps(dev, a.settings, layers, algos) for row in step()]
+    # Its three passes are interleaved inside each layer (backward.py), per device.
+    return [Workload("backward", "conv2d backward", direct=run)]
+
+
+def _pipeline(a: argparse.Namespace) -> list[Workload]:
+    return [Workload("pipeline", "pipeline", direct=lambda dev: pipeline.pipeline_rows(
+        dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None))]
+
+
+# The benchmark's ops: name -> planner returning the workloads for the parsed arguments
+# (a.devices, a.settings, a.quick ... are set). An op plugs in with one entry here. A
+# Workload either has `prepare` (its calls are timed on every device, interleaved) or
+# `direct` (it measures one device itself and returns rows; devices run one after another).
+OPS: dict[str, Callable[[argparse.Namespace], list[Workload]]] = {
+    "matmul": _matmul, "conv2d": _conv2d, "transfer": _transfer, "pipeline": _pipeline, "backward": _backward,
+}
 DEFAULT_OPS = ("matmul", "conv2d", "transfer", "pipeline")  # backward (training) is opt-in: it triples the conv time
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__,
+                                epilog="python -m xdev.bench compare A.json B.json [...] [--plot F.png]: "
+                                       "the rows two or more result files share, side by side")
     p.add_argument("--backends",
                    help=f"comma-separated selectors (default: every available of {', '.join(BACKEND_NAMES)})")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS),
@@ -29,11 +108,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
-    p.add_argument("--sizes", help="comma-separated n for the n x n x n matmul sweep")
+    p.add_argument("--sizes", help="comma-separated n for the n x n x n matmul sweep (only these)")
     p.add_argument("--image", type=int, default=224, help="VGG-16 input size (default 224, the real network)")
-    p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 on CPUs, 16 on GPUs)")
-    p.add_argument("--json", metavar="FILE", help="write {machine, results} as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers (and FILE-pipeline.png: the timeline)")
+    p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
+    p.add_argument("--reference", choices=["torch"], help="add PyTorch's matmul and conv2d as yardstick rows")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers "
+                   "(and FILE-pipeline.png: the pipeline timeline)")
     p.add_argument("--dask", type=int, metavar="N",
                    help="xdev.dask on N local workers vs one process: blocked matmul (--sizes n, --dask-chunk c) "
                         "and VGG-16 conv (--batch, --image); needs xdev[dask]")
@@ -48,56 +129,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def plan(a: argparse.Namespace, dev) -> list[tuple[str, Any]]:
-    """(label, thunk returning result rows) for one device."""
-    steps: list[tuple[str, Any]] = []
-    if "matmul" in a.ops:
-        sizes = wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES
-        if a.sizes:
-            sizes = [int(s) for s in a.sizes.split(",")]
-        for n in sizes:
-            steps.append((f"matmul {n}", lambda n=n: [matmul_row(dev, a.settings, n, n, n, "square")]))
-        from .clblast_rows import clblast_row, clblast_unavailable
-
-        # GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3).
-        if (dev.backend == "opencl" and not dev.is_cpu and clblast_unavailable(dev) is None
-                and a.settings.dtype.name in ("float32", "float64")):
-            for n in sizes:
-                steps.append((f"matmul {n} clblast", lambda n=n: [clblast_row(dev, a.settings, n, n, n)]))
-        M, K, N = wl.SKINNY_QUICK if (a.quick or a.sizes) else wl.SKINNY
-        steps.append((f"matmul {M}x{K}x{N}", lambda: [matmul_row(dev, a.settings, M, K, N, "skinny")]))
-    if "conv2d" in a.ops:
-        batch = a.batch or (1 if dev.is_cpu else 16)
-        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
-        for algo in algos:
-            layers = wl.vgg16(batch, a.image)
-            acc: list[dict[str, Any]] = []
-            for i, layer in enumerate(layers):
-                def step(layer=layer, algo=algo, acc=acc, last=i == len(layers) - 1):
-                    row = conv_row(dev, a.settings, layer, algo)
-                    acc.append(row)
-                    return [row] + ([conv_total(acc, dev, a.settings)] if last else [])
-                steps.append((f"conv2d {algo} {layer.name}", step))
-    if "backward" in a.ops:
-        from . import backward
-
-        batch = a.batch or (1 if dev.is_cpu else 16)
-        algos = ["auto"] if a.quick else list(dev.conv_algorithms)
-        steps += backward.steps(dev, a.settings, wl.vgg16(batch, a.image), algos)
-    if "transfer" in a.ops:
-        for nb in (wl.TRANSFER_BYTES_QUICK if a.quick else wl.TRANSFER_BYTES):
-            steps.append((f"transfer {nb} B", lambda nb=nb: transfer_rows(dev, a.settings, nb)
-                          + pipeline.transfer_rows(dev, a.settings, nb)))
-        for n in (wl.ROUNDTRIP_SIZES_QUICK if a.quick else wl.ROUNDTRIP_SIZES):
-            steps.append((f"round trip {n}", lambda n=n: roundtrip_rows(dev, a.settings, n)))
-    if "pipeline" in a.ops:
-        steps.append(("pipeline", lambda: pipeline.pipeline_rows(
-            dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None)))
-    return steps
-
-
 def main(argv: list[str] | None = None) -> int:
-    a = parse(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["compare"]:
+        from .compare import main as compare_main
+
+        return compare_main(args[1:])
+    a = parse(args)
     if a.dask is not None:
         from .dask_bench import run
 
@@ -107,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     except ImportError:
         raise SystemExit('python -m xdev.bench needs rich and matplotlib: pip install "xdev[bench]"') from None
+    from rich.markup import escape
+
     from . import report
 
-    console = Console() if Console().is_terminal else Console(width=120)
+    load_before = sample_load()
+    tty = Console().is_terminal
+    console = Console() if tty else Console(width=120)
     status = xdev.available_backends()
     # By default every backend: the unavailable ones are listed with their reasons, so a
     # missing backend is never just absent from the report.
@@ -140,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print("nothing to measure: none of the requested backends is available "
                       "(python -m xdev.info says how to install one)", markup=False)
         return 1
+    refs: list = []
+    if a.reference == "torch":
+        refs, ref_skipped = reference_devices(devices)
+        skipped.extend(ref_skipped)
 
     doc_machine = mach.machine(devices, a.dtype)
     cpu = doc_machine["cpu"]
@@ -149,32 +195,48 @@ def main(argv: list[str] | None = None) -> int:
         if calibrated is not None:  # a device that calibrates the CPU (OpenCL on the CPU)
             break
     a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
+    a.settings.announce = lambda msg: console.print(f"[dim]{escape(msg)}[/dim]")
     for dev, info in zip(devices, doc_machine["devices"]):
         peak, how = mach.peak_gflops(dev, a.dtype, cpu, calibrated)
         a.settings.peak[dev.key] = (peak, how)
         info["peak_gflops"], info["peak_method"] = peak, how
-    report.header(console, doc_machine, skipped)
+    by_key = {d.key: d for d in devices}
+    for ref in refs:
+        a.settings.peak[ref.key] = a.settings.peak.get(ref.beside, (None, ""))
+        doc_machine["devices"].append(ref.info())
+        by_key[ref.key] = ref
+    report.header(console, doc_machine, skipped, load_before)
 
-    steps = [(dev, label, fn) for dev in devices for label, fn in plan(a, dev)]
+    a.devices = devices
+    workloads = [w for op in a.ops for w in OPS[op](a)]
+    sections = {}
+    for w in workloads:
+        sections[w.section] = sections.get(w.section, 0) + 1
     results: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    everyone = devices + refs
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=len(steps))
-        previous = None
-        for dev, label, fn in steps:
-            if previous is not None and dev is not previous:
-                # Let the previous backend's worker threads (BLAS, PoCL) go idle first:
-                # spinning threads of one backend slow the next one down.
-                time.sleep(0.5)
-            previous = dev
-            progress.update(task, description=f"{dev.key}: {label}")
-            results.extend(fn())
+                  console=console, transient=True, disable=not tty) as progress:
+        task = progress.add_task("starting", total=len(workloads))
+        done: dict[str, int] = {}
+        t_section = time.perf_counter()
+        for w in workloads:
+            progress.update(task, description=f"{w.label} ({', '.join(d.key for d in everyone)}, interleaved)")
+            results.extend(run_workload(w, everyone, a.settings))
             progress.advance(task)
+            done[w.section] = done.get(w.section, 0) + 1
+            if not tty and done[w.section] == sections[w.section]:
+                # Piped output: one plain line per finished section, so a log shows progress.
+                print(f"finished {w.section}: {sections[w.section]} workloads in "
+                      f"{time.perf_counter() - t_section:.0f} s", flush=True)
+                t_section = time.perf_counter()
+    results = arrange(results, a.settings, by_key)
     for r in results:
         if r["op"] == "conv2d":
             r.setdefault("pass", "forward")
     add_speedups(results)
+    load = summarize_load(load_before, sample_load())
+    found = verdicts(results, doc_machine["devices"], skipped)
     report.tables(console, results)
     pipeline.table(console, results)
     if "backward" in a.ops:
@@ -182,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
 
         backward.tables(console, results)
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
-    doc = {"machine": doc_machine, "config": {k: v for k, v in vars(a).items() if k != "settings"},
-           "skipped": skipped, "published": wl.PUBLISHED, "results": results}
+    report.summary(console, results, load)
+    report.verdicts(console, found, load)
+    doc = {"schema": SCHEMA, "run": run_block(args, load), "machine": doc_machine,
+           "config": {k: v for k, v in vars(a).items() if k not in ("settings", "devices")},
+           "skipped": skipped, "published": wl.PUBLISHED, "verdicts": found, "results": results}
     if "backward" in a.ops:
         from .backward import PUBLISHED_TRAIN
 
@@ -193,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {a.json}")
     if a.plot:
         if any(r["op"] != "pipeline" for r in results):
-            report.plot(a.plot, results)
+            report.plot(a.plot, [r for r in results if r["op"] != "pipeline"], doc)
             console.print(f"wrote {a.plot}")
         timeline = a.plot.rsplit(".", 1)[0] + "-pipeline.png"
         if pipeline.plot_timeline(timeline, results):

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .noise import fmt_ratio
 from .workloads import PUBLISHED
 
 
@@ -20,7 +21,31 @@ def _f(v: float | None, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
 
-def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, str]]) -> None:
+def _peak(r: dict[str, Any]) -> str:
+    """% of peak; above 100 is impossible and shown as a measurement error."""
+    if r.get("peak_fraction") is None:
+        return ""
+    v = f"{100 * r['peak_fraction']:.0f}"
+    return f"[red]{v}![/red]" if r.get("peak_error") else v
+
+
+def _vs(r: dict[str, Any]) -> str:
+    return escape(fmt_ratio(r.get("speedup_vs_numpy"), r.get("speedup_spread"), r.get("within_noise")))
+
+
+RATIO_NOTE = ("vs NumPy: throughput over the NumPy backend's in the same run (above 1 = faster), ± its spread; "
+              "~ = within noise (the two spreads overlap); % peak marked ! is above 100: a measurement error")
+
+
+def load_line(load: dict[str, Any]) -> str:
+    la = load.get("loadavg")
+    st = load.get("stat")
+    return (f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} on {load['cpus']} CPUs" if la else "load: unknown") + (
+        "" if st else " (no /proc/stat: CPU steal not readable)")
+
+
+def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, str]],
+           load: dict[str, Any] | None = None) -> None:
     cpu = machine["cpu"]
     console.print(f"[bold]xdev.bench[/bold]  CPU: {cpu['model']} ({cpu['physical_cores']} cores, "
                   f"{cpu['simd']}), Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']})")
@@ -34,6 +59,8 @@ def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, st
             console.print(f"    [yellow]note:[/yellow] {escape(d['advice'])}")
     for s in skipped:
         console.print(f"  [yellow]{escape(s['backend'])} skipped:[/yellow] {escape(s['reason'])}")
+    if load:
+        console.print(f"  before the run: {load_line(load)}")
 
 
 def tables(console: Console, results: list[dict[str, Any]]) -> None:
@@ -48,9 +75,8 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
         t = table("matmul (C = A @ B; shape MxKxN)", ["device", "algorithm", "shape", "median ms", "spread ms", "GFLOP/s",
                                                        "% peak", "vs NumPy", "build s"])
         for r in mm:
-            t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]), _f(r["gflops"], ".1f"),
-                      _f(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
-                      _f(r["speedup_vs_numpy"], ".2f"), _f(r["build_s"], ".2f"))
+            t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]),
+                      _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"))
         console.print(t)
     conv = [r for r in results if r["op"] == "conv2d"]
     if conv:
@@ -63,8 +89,7 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
             algo = r["algorithm"] + (f" ({r['numerics']})" if r.get("numerics") else "")
             t.add_row(r["device"], escape(algo), r["layer"], r.get("geometry", ""),
                       _ms(r["median_s"]), _ms(r["spread_s"]),
-                      _f(r["gflops"], ".1f"), _f(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
-                      _f(r["speedup_vs_numpy"], ".2f"), _f(r["build_s"], ".2f"), style=style)
+                      _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"), style=style)
         console.print(t)
         lecture(console, [r for r in conv if r["layer"] == "total"])
     tr = [r for r in results if r["op"] == "transfer"]
@@ -76,11 +101,18 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
         console.print(t)
     rt = [r for r in results if r["op"] == "roundtrip"]
     if rt:
-        t = table("matmul with and without the transfers", ["device", "shape", "algorithm", "median ms", "GFLOP/s",
-                                                            "time in transfers"])
+        t = table("matmul with and without the transfers", ["device", "shape", "algorithm", "median ms",
+                                                            "spread ms", "GFLOP/s", "time in transfers"])
         for r in rt:
-            t.add_row(r["device"], r["shape"], r["algorithm"], _ms(r["median_s"]), _f(r["gflops"], ".1f"),
-                      f"{100 * r['transfer_share']:.0f}%" if r["algorithm"] != "compute only" else "")
+            share = ""
+            if r["algorithm"] != "compute only":
+                # Not clamped: negative means the round trip measured faster than compute alone.
+                sp = 100 * (r.get("transfer_share_spread") or 0)
+                share = f"{100 * r['transfer_share']:.0f}%±" + (f"{sp:.0f}" if sp < 100 else ">100")
+                if r.get("transfer_within_noise"):
+                    share += " ~"
+            t.add_row(r["device"], r["shape"], r["algorithm"], _ms(r["median_s"]), _ms(r["spread_s"]),
+                      _f(r["gflops"], ".1f"), share)
         console.print(t)
 
 
@@ -99,52 +131,170 @@ def lecture(console: Console, totals: list[dict[str, Any]]) -> None:
     console.print(t)
 
 
+def summary(console: Console, results: list[dict[str, Any]], load: dict[str, Any]) -> None:
+    """One line per non-NumPy device: the headline ratios, then the load and its warnings."""
+    console.print(escape(RATIO_NOTE), style="dim")
+    for dev in dict.fromkeys(r["device"] for r in results if r["backend"] != "numpy"):
+        parts = []
+        mm = [r for r in results if r["device"] == dev and r["op"] == "matmul" and r.get("kind") == "square"
+              and r.get("speedup_vs_numpy") is not None]
+        if mm:
+            r = max(mm, key=lambda r: r["M"])
+            parts.append(f"matmul {r['shape']} {_vs(r)}")
+        for r in results:
+            if r["device"] == dev and r["op"] == "conv2d" and r.get("layer") == "total" \
+                    and r.get("speedup_vs_numpy") is not None:
+                parts.append(f"VGG-16 conv {r['algorithm']} {_vs(r)}")
+        if parts:
+            console.print(f"[bold]summary[/bold] {dev} vs NumPy: " + ", ".join(parts))
+    flagged = [r for r in results if r.get("peak_error")]
+    if flagged:
+        console.print(f"[red]measurement error:[/red] {len(flagged)} result(s) above 100% of peak "
+                      f"(e.g. {flagged[0]['device']} {flagged[0]['op']} {flagged[0]['shape']}); rerun on a quiet machine")
+    la_b, la_a = load.get("loadavg_before"), load.get("loadavg_after")
+    line = (f"load: average {la_b[0]:.2f} before, {la_a[0]:.2f} after on {load['cpus']} CPUs" if la_b and la_a
+            else "load: load average unreadable")
+    if load.get("others_share") is not None:
+        line += (f"; during the run other processes used {100 * load['others_share']:.0f}%, steal "
+                 f"{100 * (load['steal_share'] or 0):.0f}%")
+    console.print(escape(line), style="dim")
+    for w in load["warnings"]:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(w)}: timings and ratios are less "
+                      "trustworthy; rerun on a quiet machine")
+
+
+def verdicts(console: Console, found: list[dict[str, Any]], load: dict[str, Any] | None = None) -> None:
+    """The lecture's claims, one verdict each: printed last."""
+    busy = " [yellow](on a busy machine: see the warnings above)[/yellow]" if load and load.get("warnings") else ""
+    console.print(f"[bold]The lecture's claims, measured here[/bold] (docs/lecture.md){busy}")
+    colour = {"supported": "green", "contradicted": "red", "within noise": "yellow", "mixed": "yellow",
+              "untested": "dim"}
+    for v in found:
+        c = colour.get(v["status"], "white")
+        console.print(f"  claim {v['claim']} [{c}]{v['status']}[/{c}]: {escape(v['says'])}")
+        if v["summary"]:
+            console.print(f"      {escape(v['summary'])}")
+        if v.get("reason") and v["reason"] != v["summary"]:
+            console.print(f"      [dim]{escape(v['reason'])}[/dim]")
+
+
 def write_json(path: str, doc: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(doc, indent=2, default=str))
 
 
-def plot(path: str, results: list[dict[str, Any]]) -> None:
+def plot_title(doc: dict[str, Any] | None) -> str:
+    if not doc:
+        return "xdev.bench"
+    m = doc.get("machine", {})
+    run = doc.get("run") or {}
+    when = (run.get("timestamp_utc") or "")[:16].replace("T", " ")
+    devs = ", ".join(d.get("name", d.get("device", "")) for d in m.get("devices", []) if not d.get("reference"))
+    cpu = m.get("cpu", {})
+    return (f"xdev.bench {when} UTC" if when else "xdev.bench") + \
+        f" - {cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} CPUs); {devs}; {m.get('dtype', '')}"
+
+
+def plot(path: str, results: list[dict[str, Any]], doc: dict[str, Any] | None = None) -> None:
+    """Every row the run measured, with error bars (spread) and each device's peak line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [op for op in ("matmul", "conv2d", "transfer") if any(r["op"] == op for r in results)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    peaks = {d["device"]: d.get("peak_gflops") for d in (doc or {}).get("machine", {}).get("devices", [])}
+    panels = [op for op in ("matmul", "conv2d", "transfer", "roundtrip") if any(r["op"] == op for r in results)]
+    panels += [op for op in dict.fromkeys(r["op"] for r in results) if op not in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False)
+
+    def rate_err(rs: list[dict[str, Any]], key: str) -> list[list[float]]:
+        """Asymmetric bars for a rate (GFLOP/s, GB/s): the rate at median -+ spread/2."""
+        lo, hi = [], []
+        for r in rs:
+            m, h = r["median_s"], r["spread_s"] / 2
+            v = r[key]
+            lo.append(v - v * m / (m + h))
+            hi.append(v * m / max(m - h, m * 0.02) - v)
+        return [lo, hi]
+
+    def time_err(rs: list[dict[str, Any] | None]) -> list[list[float]]:
+        """Bars for a time in ms: median -+ spread/2, clipped above zero for log axes."""
+        lo = [min(r["spread_s"] / 2, r["median_s"] * 0.98) * 1e3 if r else 0 for r in rs]
+        return [lo, [r["spread_s"] / 2 * 1e3 if r else 0 for r in rs]]
+
     for ax, op in zip(axes[0], panels):
         rows = [r for r in results if r["op"] == op]
         if op == "matmul":
             for dev in dict.fromkeys(r["device"] for r in rows):
                 sq = [r for r in rows if r["device"] == dev and r.get("kind") == "square"]
-                ax.plot([r["M"] for r in sq], [r["gflops"] for r in sq], "o-", label=dev)
+                line = ax.errorbar([r["M"] for r in sq], [r["gflops"] for r in sq],
+                                   yerr=rate_err(sq, "gflops"), fmt="o-", capsize=3, label=dev)
+                colour = line[0].get_color()
+                for r in rows:
+                    if r["device"] == dev and r.get("kind") != "square":
+                        ax.errorbar([r["K"]], [r["gflops"]], yerr=rate_err([r], "gflops"), fmt="s", color=colour,
+                                    mfc="none", capsize=3, label=f"{dev} {r['shape']} (at n=K)")
+                if peaks.get(dev):
+                    ax.axhline(peaks[dev], color=colour, ls="--", lw=1, label=f"{dev} peak")
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_xlabel("n (n x n x n GEMM)")
             ax.set_ylabel("GFLOP/s")
             ax.set_title("matmul throughput")
         elif op == "conv2d":
-            layers = [r for r in rows if r["layer"] != "total"]
+            layers = [r for r in rows if r.get("layer") != "total"]
             series = list(dict.fromkeys((r["device"], r["algorithm"]) for r in layers))
             names = list(dict.fromkeys(r["layer"] for r in layers))
             width = 0.8 / max(1, len(series))
             for i, (dev, algo) in enumerate(series):
-                ms = {r["layer"]: r["median_s"] * 1e3 for r in layers if (r["device"], r["algorithm"]) == (dev, algo)}
-                ax.bar([j + i * width for j in range(len(names))], [ms.get(n, 0) for n in names], width,
-                       label=f"{dev} {algo}")
+                sel = {r["layer"]: r for r in layers if (r["device"], r["algorithm"]) == (dev, algo)}
+                total = next((r for r in rows if r.get("layer") == "total" and (r["device"], r["algorithm"]) ==
+                              (dev, algo)), None)
+                label = f"{dev} {algo}" + (f" (total {total['median_s'] * 1e3:.1f} ms)" if total else "")
+                ax.bar([j + i * width for j in range(len(names))],
+                       [sel[n]["median_s"] * 1e3 if n in sel else 0 for n in names], width,
+                       yerr=time_err([sel.get(n) for n in names]),
+                       capsize=2, label=label)
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
             ax.set_xticklabels(names, rotation=60, fontsize=8)
             ax.set_yscale("log")
             ax.set_ylabel("ms per layer")
             ax.set_title("VGG-16 convolution layers")
-        else:
+        elif op == "transfer":
             for key in dict.fromkeys((r["device"], r["algorithm"]) for r in rows):
                 sel = [r for r in rows if (r["device"], r["algorithm"]) == key]
-                ax.plot([r["bytes"] for r in sel], [r["gbps"] for r in sel], "o-", label=" ".join(key))
+                ax.errorbar([r["bytes"] for r in sel], [r["gbps"] for r in sel],
+                            yerr=rate_err(sel, "gbps"), fmt="o-", capsize=3, label=" ".join(key))
             ax.set_xscale("log", base=2)
             ax.set_xlabel("bytes")
             ax.set_ylabel("GB/s")
             ax.set_title("transfers")
+        elif op == "roundtrip":
+            series = list(dict.fromkeys((r["device"], r["algorithm"]) for r in rows))
+            shapes = list(dict.fromkeys(r["shape"] for r in rows))
+            width = 0.8 / max(1, len(series))
+            for i, key in enumerate(series):
+                sel = {r["shape"]: r for r in rows if (r["device"], r["algorithm"]) == key}
+                ax.bar([j + i * width for j in range(len(shapes))],
+                       [sel[n]["median_s"] * 1e3 if n in sel else 0 for n in shapes], width,
+                       yerr=time_err([sel.get(n) for n in shapes]),
+                       capsize=2, label=" ".join(key))
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+            ax.set_xticklabels(shapes, fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms")
+            ax.set_title("matmul with and without transfers")
+        else:  # an op another module added: median per row with its spread
+            labels = [f"{r['device']} {r['algorithm']} {r['shape']}" for r in rows]
+            ax.barh(range(len(rows)), [r["median_s"] * 1e3 for r in rows],
+                    xerr=[r["spread_s"] * 1e3 / 2 for r in rows], capsize=2)
+            ax.set_yticks(range(len(rows)))
+            ax.set_yticklabels(labels, fontsize=7)
+            ax.set_xlabel("ms")
+            ax.set_title(op)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(plot_title(doc), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

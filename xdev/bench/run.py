@@ -1,6 +1,7 @@
 """Running the workloads on one device and turning timings into result rows."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -8,7 +9,8 @@ import numpy as np
 
 import xdev
 
-from .timing import Timing, measure
+from .noise import Case, measure_interleaved, overlaps, ratio
+from .timing import Timing
 from .workloads import ConvLayer, matmul_flops
 
 
@@ -18,6 +20,9 @@ class Settings:
     target_s: float  # measured time to aim for per workload (more repeats for short calls)
     repeat: int | None  # fixed repeats instead (--repeat)
     peak: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # device key -> peak
+    settle_s: float = 0.05  # pause between blocks of two CPU devices (spinning worker threads)
+    announce: Callable[[str], None] | None = None  # prints "building kernels ..." once per device
+    announced: set[str] = field(default_factory=set)
 
 
 def _rand(shape, dtype, seed) -> np.ndarray:
@@ -25,9 +30,8 @@ def _rand(shape, dtype, seed) -> np.ndarray:
 
 
 def _time(dev, fn: Callable[[], Any], s: Settings) -> Timing:
-    if s.repeat:
-        return measure(dev, fn, 0.0, min_repeat=s.repeat, max_repeat=s.repeat)
-    return measure(dev, fn, s.target_s)
+    """One call timed on one device alone (for ops that measure themselves)."""
+    return measure_interleaved([Case(dev, fn)], s.target_s, s.repeat)[0]
 
 
 def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
@@ -48,32 +52,146 @@ def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops
         "flops": flops,
         "gflops": gflops,
         "peak_fraction": (gflops / peak) if (gflops and peak) else None,
+        # Above 100% of peak is impossible: a timing or peak error, flagged, not hidden.
+        "peak_error": (gflops and peak and gflops > peak and
+                       f"{100 * gflops / peak:.0f}% of peak is impossible: the timing or the peak "
+                       "(calibrated on a busy machine?) is wrong") or None,
         "build_s": t.build_s,
         "first_call_s": t.first_s,
         "speedup_vs_numpy": None,
+        "speedup_spread": None,
+        "within_noise": None,
+        "reference": dev.backend == "torch",
         **extra,
     }
 
 
-def matmul_row(dev, s: Settings, M: int, K: int, N: int, kind: str) -> dict[str, Any]:
-    a = xdev.asarray(_rand((M, K), s.dtype, 1), backend=dev.key)
-    b = xdev.asarray(_rand((K, N), s.dtype, 2), backend=dev.key)
-    t = _time(dev, lambda: xdev.matmul(a, b), s)
-    name = dev.backend if dev.backend != "cuda" else "cuBLAS"
-    return _row(dev, s, "matmul", f"{M}x{K}x{N}", name, t, matmul_flops(M, N, K), M=M, K=K, N=N, kind=kind)
+Finish = Callable[[list[Timing]], list[dict[str, Any]]]
 
 
-def conv_row(dev, s: Settings, layer: ConvLayer, algorithm: str) -> dict[str, Any]:
-    x = xdev.asarray(_rand((layer.N, layer.C, layer.H, layer.H), s.dtype, 3), backend=dev.key)
-    w = xdev.asarray(_rand((layer.O, layer.C, 3, 3), s.dtype, 4) * 0.1, backend=dev.key)
-    b = xdev.asarray(_rand((layer.O,), s.dtype, 5), backend=dev.key)
-    ran = xdev.conv2d(x, w, b, padding=1, algorithm=algorithm).algorithm
-    t = _time(dev, lambda: xdev.conv2d(x, w, b, padding=1, algorithm=algorithm), s)
-    # CUDA rows say what numerics ran: strict float32, TF32 or float16; Winograd/FFT; layout.
-    numerics = getattr(dev, "conv_numerics", None)
-    extra = numerics(ran, s.dtype) if numerics is not None else {}
-    return _row(dev, s, "conv2d", layer.shape, ran, t, layer.flops, layer=layer.name, batch=layer.N,
-                geometry=f"{layer.C}>{layer.O}@{layer.H}", **extra)
+@dataclass
+class Workload:
+    """One thing to measure on every device: the devices' calls are timed interleaved.
+
+    ``prepare(dev)`` uploads the operands and returns (calls to time, finish), where
+    finish turns their Timings into result rows; it returns None when the workload does
+    not apply to that device (e.g. the torch yardstick for transfers).
+    """
+    section: str
+    label: str
+    prepare: Callable[[Any], tuple[list[Callable[[], Any]], Finish] | None] | None = None
+    direct: Callable[[Any], list[dict[str, Any]]] | None = None  # measures one device itself
+
+
+def run_workload(w: Workload, devices: list, s: Settings) -> list[dict[str, Any]]:
+    if s.announce:  # before anything runs: the first call on a device builds its kernels
+        for dev in devices:
+            if dev.key not in s.announced and dev.backend not in ("numpy", "torch"):
+                s.announced.add(dev.key)
+                s.announce(f"first use of {dev.key}: building {dev.backend} kernels for {dev.name}, "
+                           "once (reported in 'build s', never in the timings)")
+    rows: list[dict[str, Any]] = []
+    if w.direct is not None:
+        for i, dev in enumerate(d for d in devices if d.backend != "torch"):
+            if i:
+                time.sleep(s.settle_s)  # the previous device's worker threads go idle first
+            rows.extend(w.direct(dev))
+        return rows
+    assert w.prepare is not None
+    prepared = [(dev, w.prepare(dev)) for dev in devices]
+    prepared = [(dev, p) for dev, p in prepared if p is not None]
+    cases = [Case(dev, fn, w.label) for dev, (fns, _) in prepared for fn in fns]
+    cpu_devices = {id(c.dev) for c in cases if c.dev.is_cpu}
+    timings = measure_interleaved(cases, s.target_s, s.repeat,
+                                  settle_s=s.settle_s if len(cpu_devices) > 1 else 0.0)
+    i = 0
+    for dev, (fns, finish) in prepared:
+        rows.extend(finish(timings[i:i + len(fns)]))
+        i += len(fns)
+    return rows
+
+
+def _matmul_name(dev) -> str:
+    return {"cuda": "cuBLAS", "torch": "torch (reference)"}.get(dev.backend, dev.backend)
+
+
+def matmul_case(s: Settings, M: int, K: int, N: int, kind: str):
+    def prepare(dev):
+        ha, hb = _rand((M, K), s.dtype, 1), _rand((K, N), s.dtype, 2)
+        if dev.backend == "torch":
+            fn = dev.matmul_fn(ha, hb)
+        else:
+            a, b = xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)
+            fn = lambda: xdev.matmul(a, b)  # noqa: E731
+
+        def finish(t: list[Timing]):
+            return [_row(dev, s, "matmul", f"{M}x{K}x{N}", _matmul_name(dev), t[0], matmul_flops(M, N, K),
+                         M=M, K=K, N=N, kind=kind)]
+        return [fn], finish
+    return prepare
+
+
+def conv_case(s: Settings, layer_of: Callable[[Any], ConvLayer], algorithms: Callable[[Any], list[str]]):
+    def prepare(dev):
+        layer = layer_of(dev)
+        first: list[tuple[float, float]] = []  # (build s, seconds) of each algorithm's first call
+        hx = _rand((layer.N, layer.C, layer.H, layer.H), s.dtype, 3)
+        hw = _rand((layer.O, layer.C, 3, 3), s.dtype, 4) * 0.1
+        hb = _rand((layer.O,), s.dtype, 5)
+        if dev.backend == "torch":
+            fns, ran = [dev.conv2d_fn(hx, hw, hb, 1)], ["torch (reference)"]
+        else:
+            x, w, b = (xdev.asarray(h, backend=dev.key) for h in (hx, hw, hb))
+            fns, ran = [], []
+            for algo in algorithms(dev):
+                # This first call (it names the algorithm that ran) builds the kernels: its
+                # cost goes to build_s / first_call_s, as the timed path would report it.
+                b0, t0 = dev.build_seconds, time.perf_counter()
+                ran.append(xdev.conv2d(x, w, b, padding=1, algorithm=algo).algorithm)
+                dev.synchronize()
+                first.append((dev.build_seconds - b0, time.perf_counter() - t0))
+                fns.append(lambda algo=algo: xdev.conv2d(x, w, b, padding=1, algorithm=algo))
+
+        # CUDA rows say what numerics ran: strict float32, TF32 or float16; Winograd/FFT; layout.
+        numerics = getattr(dev, "conv_numerics", None)
+
+        def finish(t: list[Timing]):
+            if first:
+                t = [Timing(ti.median_s, ti.spread_s, ti.repeats, ti.build_s + fb, ft)
+                     for ti, (fb, ft) in zip(t, first)]
+            return [_row(dev, s, "conv2d", layer.shape, r, ti, layer.flops, layer=layer.name, batch=layer.N,
+                         geometry=f"{layer.C}>{layer.O}@{layer.H}",
+                         **(numerics(r, s.dtype) if numerics is not None else {})) for r, ti in zip(ran, t)]
+        return fns, finish
+    return prepare
+
+
+def arrange(results: list[dict[str, Any]], settings: Settings, devices: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows grouped as the tables read them: by op, then device, then algorithm (order of
+    first appearance; workloads keep their order inside), with a VGG-16 'total' row after
+    each (device, algorithm)'s layers."""
+    first: dict[tuple, int] = {}
+    for r in results:
+        first.setdefault(("op", r["op"]), len(first))
+        first.setdefault(("dev", r["op"], r["device"]), len(first))
+        first.setdefault(("algo", r["op"], r["device"], r["algorithm"]), len(first))
+    idx = {id(r): i for i, r in enumerate(results)}
+
+    def key(r: dict[str, Any]) -> tuple:
+        algo = first[("algo", r["op"], r["device"], r["algorithm"])] if r["op"] == "conv2d" else 0
+        return (first[("op", r["op"])], first[("dev", r["op"], r["device"])], algo, idx[id(r)])
+
+    out: list[dict[str, Any]] = []
+    group: list[dict[str, Any]] = []
+    for r in sorted(results, key=key) + [{"op": None}]:
+        if group and (r["op"] != "conv2d" or (r["device"], r["algorithm"]) != (group[0]["device"], group[0]["algorithm"])):
+            out.append(conv_total(group, devices[group[0]["device"]], settings))
+            group = []
+        if r["op"] == "conv2d" and r.get("layer") != "total":
+            group.append(r)
+        if r["op"] is not None:
+            out.append(r)
+    return out
 
 
 def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
@@ -87,47 +205,71 @@ def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
                 layer="total", batch=rows[0]["batch"], **extra)
 
 
-def transfer_rows(dev, s: Settings, nbytes: int) -> list[dict[str, Any]]:
-    n = max(1, nbytes // s.dtype.itemsize)
-    out = []
-    kinds = [("pageable", _rand((n,), s.dtype, 6))]
-    pinned = dev.pinned_empty((n,), s.dtype)
-    if pinned is not None:
-        pinned[...] = kinds[0][1]
-        kinds.append(("pinned", pinned))
-    for kind, host in kinds:
-        t = _time(dev, lambda: xdev.asarray(host, backend=dev.key), s)
-        out.append(_row(dev, s, "transfer", f"{n * s.dtype.itemsize} B", f"host-to-device {kind}", t, None,
-                        bytes=n * s.dtype.itemsize, gbps=n * s.dtype.itemsize / t.median_s / 1e9))
-    x = xdev.asarray(kinds[0][1], backend=dev.key)
-    t = _time(dev, lambda: x.numpy(), s)
-    out.append(_row(dev, s, "transfer", f"{n * s.dtype.itemsize} B", "device-to-host pageable", t, None,
-                    bytes=n * s.dtype.itemsize, gbps=n * s.dtype.itemsize / t.median_s / 1e9))
-    return out
+def transfer_case(s: Settings, nbytes: int):
+    def prepare(dev):
+        if dev.backend == "torch":
+            return None
+        n = max(1, nbytes // s.dtype.itemsize)
+        nb = n * s.dtype.itemsize
+        kinds = [("pageable", _rand((n,), s.dtype, 6))]
+        pinned = dev.pinned_empty((n,), s.dtype)
+        if pinned is not None:
+            pinned[...] = kinds[0][1]
+            kinds.append(("pinned", pinned))
+        fns = [lambda host=host: xdev.asarray(host, backend=dev.key) for _, host in kinds]
+        x = xdev.asarray(kinds[0][1], backend=dev.key)
+        fns.append(lambda: x.numpy())
+        names = [f"host-to-device {k}" for k, _ in kinds] + ["device-to-host pageable"]
+
+        def finish(t: list[Timing]):
+            return [_row(dev, s, "transfer", f"{nb} B", name, ti, None, bytes=nb, gbps=nb / ti.median_s / 1e9)
+                    for name, ti in zip(names, t)]
+        return fns, finish
+    return prepare
 
 
-def roundtrip_rows(dev, s: Settings, n: int) -> list[dict[str, Any]]:
+def roundtrip_case(s: Settings, n: int):
     """matmul alone vs upload + matmul + download: where the transfer dominates."""
-    ha, hb = _rand((n, n), s.dtype, 7), _rand((n, n), s.dtype, 8)
-    a, b = xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)
-    compute = _time(dev, lambda: xdev.matmul(a, b), s)
-    full = _time(dev, lambda: xdev.matmul(xdev.asarray(ha, backend=dev.key),
-                                          xdev.asarray(hb, backend=dev.key)).numpy(), s)
-    flops = matmul_flops(n, n, n)
-    share = max(0.0, 1.0 - compute.median_s / full.median_s)
-    return [
-        _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "compute only", compute, flops, transfer_share=0.0),
-        _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "upload+compute+download", full, flops, transfer_share=share),
-    ]
+    def prepare(dev):
+        if dev.backend == "torch":
+            return None
+        ha, hb = _rand((n, n), s.dtype, 7), _rand((n, n), s.dtype, 8)
+        a, b = xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)
+        fns = [lambda: xdev.matmul(a, b),
+               lambda: xdev.matmul(xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)).numpy()]
+
+        def finish(t: list[Timing]):
+            compute, full = t
+            flops = matmul_flops(n, n, n)
+            # Not clamped: a negative share means the round trip measured faster than the
+            # compute alone, i.e. the difference is noise; the flag says so.
+            share = 1.0 - compute.median_s / full.median_s
+            noise = overlaps(compute.median_s, compute.spread_s, full.median_s, full.spread_s)
+            share_spread = (compute.median_s / full.median_s) * (  # a half-width, as ratio() gives
+                (compute.spread_s / 2 / compute.median_s) ** 2 + (full.spread_s / 2 / full.median_s) ** 2) ** 0.5
+            return [
+                _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "compute only", compute, flops, transfer_share=0.0),
+                _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "upload+compute+download", full, flops,
+                     transfer_share=share, transfer_share_spread=share_spread, transfer_within_noise=noise),
+            ]
+        return fns, finish
+    return prepare
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """Throughput relative to the NumPy backend on the same op, shape and dtype."""
+    """Throughput relative to the NumPy backend on the same op, shape and dtype (>1: faster),
+    with its spread and whether the two intervals overlap ("within noise")."""
     def key(r: dict[str, Any]) -> tuple:
         return (r["op"], r.get("layer") or r["shape"], r["dtype"], r["algorithm"] if r["op"] == "roundtrip" else "")
 
-    base = {key(r): r["gflops"] for r in results if r["backend"] == "numpy" and r["gflops"]}
+    base = {key(r): r for r in results if r["backend"] == "numpy" and r["gflops"]}
     for r in results:
         ref = base.get(key(r))
         if ref and r["gflops"]:
-            r["speedup_vs_numpy"] = r["gflops"] / ref
+            if r is ref:
+                r["speedup_vs_numpy"], r["speedup_spread"], r["within_noise"] = 1.0, 0.0, True
+                continue
+            # Seconds per FLOP on both sides: batches may differ (VGG-16 on CPUs and GPUs).
+            fa, fb = ref["flops"], r["flops"]
+            r["speedup_vs_numpy"], r["speedup_spread"], r["within_noise"] = ratio(
+                ref["median_s"] / fa, ref["spread_s"] / fa, r["median_s"] / fb, r["spread_s"] / fb)

@@ -156,3 +156,9 @@ def prepare_pocl() -> None:
     are first enumerated, so the OpenCL backend calls this just before that, not at import.
     """
     os.environ.setdefault("POCL_AFFINITY", "1")
+
+
+def snapshot(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> dict[str, str]:
+    """The variables whose name starts with one of ``prefixes`` or is in ``names``, sorted:
+    what the benchmark records beside its results (it changes what it measures)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes) or k in names}

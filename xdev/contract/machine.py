@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -159,3 +160,36 @@ def cuda_peak_estimate(cc: tuple[int, int], sms: int, clock_ghz: float) -> dict[
     if hmma:
         peaks["float16"] = sms * hmma * clock_ghz
     return peaks
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def load_sample() -> dict[str, Any]:
+    """Load average, /proc/stat CPU counters (busy, idle, steal jiffies) and this process's
+    CPU time: the benchmark samples it before and after a run (xdev.bench.noise)."""
+    out: dict[str, Any] = {"time": time.monotonic(), "cpus": os.cpu_count() or 1}
+    la = _read("/proc/loadavg")
+    if la:
+        out["loadavg"] = [float(x) for x in la.split()[:3]]
+    else:
+        try:
+            out["loadavg"] = list(os.getloadavg())
+        except OSError:
+            out["loadavg"] = None
+    st = _read("/proc/stat")
+    if st and st.startswith("cpu "):
+        v = [int(x) for x in st.splitlines()[0].split()[1:]]
+        v += [0] * (8 - len(v))
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        out["stat"] = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}
+    else:
+        out["stat"] = None
+    t = os.times()
+    out["self_cpu_s"] = t.user + t.system
+    return out

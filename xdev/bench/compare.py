@@ -1,0 +1,125 @@
+"""python -m xdev.bench compare A.json B.json [...] [--plot F.png]
+
+The rows the result files share (same device key, op, shape, dtype, algorithm), side by
+side: each file's median and spread, and each later file's throughput over the first
+(above 1: faster than in A), with its spread and "~" where the spreads overlap. Reads
+every schema version (docs/bench.md); version 1 files have no run block.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .meta import schema_version
+from .noise import fmt_ratio, ratio
+
+
+def row_key(r: dict[str, Any]) -> tuple:
+    return (r["op"], r.get("layer") or "", r["shape"], r["dtype"], r["device"], r["algorithm"])
+
+
+def load(path: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SystemExit(f"compare: cannot read {path}: {e}") from None
+    except ValueError as e:
+        raise SystemExit(f"compare: {path} is not JSON ({e}); expected a file written by "
+                         "python -m xdev.bench --json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise SystemExit(f"compare: {path} has no 'results' list; expected a file written by "
+                         "python -m xdev.bench --json")
+    return doc
+
+
+def shared_rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per row key present in every file, in the first file's order."""
+    maps = [{row_key(r): r for r in d["results"] if r.get("median_s")} for d in docs]
+    out = []
+    for k, first in maps[0].items():
+        if all(k in m for m in maps[1:]):
+            rows = [m[k] for m in maps]
+            ratios = [ratio(first["median_s"], first["spread_s"], r["median_s"], r["spread_s"]) for r in rows[1:]]
+            out.append({"key": k, "rows": rows, "ratios": ratios})
+    return out
+
+
+def describe(path: str, doc: dict[str, Any]) -> str:
+    run = doc.get("run") or {}
+    m = doc.get("machine", {})
+    git = (run.get("git") or {}).get("commit", "")[:10]
+    bits = [f"schema {schema_version(doc)}", m.get("cpu", {}).get("model", "?"),
+            ", ".join(d.get("name", "") for d in m.get("devices", []) if not d.get("reference"))]
+    if run.get("timestamp_utc"):
+        bits.append(run["timestamp_utc"])
+    if git:
+        bits.append(f"git {git}")
+    env = {k: v for k, v in (run.get("environment") or {}).items()}
+    if env:
+        bits.append(" ".join(f"{k}={v}" for k, v in env.items()))
+    return f"{path}: " + "; ".join(b for b in bits if b)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xdev.bench compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE.json")
+    p.add_argument("--plot", metavar="FILE.png", help="draw each shared row's throughput relative to the first file")
+    a = p.parse_args(argv)
+    if len(a.files) < 2:
+        p.error("give at least two result files")
+    docs = [load(f) for f in a.files]
+    names = [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(docs))]
+    for n, f, d in zip(names, a.files, docs):
+        print(f"{n} = {describe(f, d)}")
+    shared = shared_rows(docs)
+    if not shared:
+        print("no rows in common (rows match on device, op, shape, dtype and algorithm)")
+        return 1
+    head = ["op", "shape / layer", "device", "algorithm"] + [f"{n} ms" for n in names] + \
+        [f"{n}/A" for n in names[1:]]
+    table = []
+    for s in shared:
+        op, layer, shape, dtype, dev, algo = s["key"]
+        cells = [op, layer or shape, dev, algo]
+        cells += [f"{r['median_s'] * 1e3:.3f}±{r['spread_s'] * 1e3:.3f}" for r in s["rows"]]
+        cells += [fmt_ratio(*rt) for rt in s["ratios"]]
+        table.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in table)) for i, h in enumerate(head)]
+    print(f"{len(shared)} shared rows; {'/'.join(names[1:])}/A: throughput over A's (above 1 = faster), "
+          "± spread, ~ = within noise")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for c in table:
+        print("  ".join(x.ljust(w) if i < 4 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))))
+    if a.plot:
+        plot(a.plot, shared, names, a.files)
+        print(f"wrote {a.plot}")
+    return 0
+
+
+def plot(path: str, shared: list[dict[str, Any]], names: list[str], files: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{k[4]} {k[0]} {k[1] or k[2]} {k[5]}" for k in (s["key"] for s in shared)]
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.28 * len(shared) + 1.5)))
+    height = 0.8 / max(1, len(names) - 1)
+    for j, n in enumerate(names[1:]):
+        ys = [i + j * height for i in range(len(shared))]
+        ax.barh(ys, [s["ratios"][j][0] for s in shared], height, xerr=[s["ratios"][j][1] for s in shared],
+                capsize=2, label=f"{n}: {Path(files[j + 1]).name}")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(shared))])
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"throughput relative to A ({Path(files[0]).name}); above 1 = faster")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("xdev.bench compare", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
