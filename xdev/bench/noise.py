@@ -77,14 +77,14 @@ def measure_interleaved(cases: list[Case], target_s: float, repeat: int | None =
 
     The order within a round alternates (A B, then B A) so neither case always follows
     the other. With ``repeat``: exactly that many rounds of one call each. Otherwise each
-    block is sized to about target_s / 6, and rounds stop once every case's spread is
+    block is sized to about target_s / 4, and rounds stop once every case's spread is
     within ``spread_target`` (after MIN_ROUNDS) or ``target_s`` per case is spent.
     ``settle_s`` is slept between blocks of different devices: BLAS and PoCL worker
     threads spin after a call and would slow the next device's block down.
     """
     for c in cases:
         est = first_call(c)
-        c.block = 1 if repeat else int(min(50, max(1, round(target_s / 6 / max(est, 1e-9)))))
+        c.block = 1 if repeat else int(min(50, max(1, round(target_s / 4 / max(est, 1e-9)))))
     rounds = repeat or MAX_ROUNDS
     budget = target_s * len(cases)
     spent = 0.0

@@ -20,7 +20,10 @@ class Settings:
     target_s: float  # measured time to aim for per workload (more repeats for short calls)
     repeat: int | None  # fixed repeats instead (--repeat)
     peak: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # device key -> peak
-    settle_s: float = 0.05  # pause between blocks of two CPU devices (spinning worker threads)
+    # Pause between blocks of two CPU devices: OpenBLAS's idle threads spin for ~2^28 cycles
+    # (~0.1 s) after a call; a PoCL block started inside that window measured 0.61x instead
+    # of 0.95x NumPy (matmul 1024, 50 ms vs 200 ms pause, same machine, back to back).
+    settle_s: float = 0.2
     announce: Callable[[str], None] | None = None  # prints "building kernels ..." once per device
     announced: set[str] = field(default_factory=set)
 
