@@ -83,8 +83,9 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
 
 
 def _real(dev, a: CLArray, real) -> CLArray:
-    """a itself when already contiguous in the compute type, else such a copy."""
-    return a if (a.dtype == real and a.is_c_contiguous()) else dev.astype(a, real)
+    """a itself when already contiguous in the compute type from its buffer's start (the
+    kernels take bare buffers, no offset), else such a copy."""
+    return a if (a.dtype == real and a.is_c_contiguous() and a.offset == 0) else dev.astype(a, real)
 
 
 def _dgrad_forward_pays(p: ConvParams) -> bool:

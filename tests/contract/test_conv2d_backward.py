@@ -164,3 +164,20 @@ def test_grad_x_as_forward_convolution(device, padding, dilation):
         assert bw._dgrad_forward_pays(conv_params(case["x_shape"], case["w_shape"], None, 1, padding, dilation, 2))
     for dt in supported_dtypes(device):
         check_backward(device, {**case, "dtype": dt}, needs=("x",))
+
+
+def test_conv2d_backward_views_with_offsets(device):
+    """grad_y and w as contiguous views that start inside their buffers (b[1:], b[1])."""
+
+    dt = np.dtype(np.float32)
+    x = values(21, (1, 2, 5, 6), dt)
+    wb = values(22, (2, 3, 2, 3, 3), dt)
+    gyb = values(23, (2, 3, 3, 4), dt)
+    ref = conv2d_backward_ref(gyb[1:], x, wb[1])
+    Ks = backward_K(wb.shape[1:], gyb[1:].shape, 1)
+    for algo in device.conv_algorithms:
+        g = xdev.conv2d_backward(xdev.asarray(gyb, backend=device.key)[1:], xdev.asarray(x, backend=device.key),
+                                 xdev.asarray(wb, backend=device.key)[1], algorithm=algo)
+        for name, got in zip(ALL, g):
+            r, r_abs = ref[name]
+            assert_agrees(got.numpy(), r, r_abs, Ks[name], device.acc_dtype(dt), dt, f"grad_{name} {algo} on {device.key}")
