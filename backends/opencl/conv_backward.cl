@@ -217,3 +217,119 @@ __kernel void flip_weights(__global out_t* restrict dst, __global const in_t* re
     const size_t d = ((size_t)cc * Og + o) * khw;
     for (int t = 0; t < khw; ++t) STORE_OUT(LOAD_IN(W, src - t), dst, d + t);
 }
+
+// ---- grad_w along output rows, for CPUs (-DVW vector width, -DMR x -DKR micro-tile) ----
+// grad_w[g*Og + o][k] for k = (c, i, j) is the sum over n, ho, wo of
+// gy[n][g*Og + o][ho][wo] * Xp[n][g*Cg + c][ho*sh + i*dh][wo + j*dw] (width stride 1): along a
+// row, both factors are unit-stride runs, so VW pixels of one row are one vector load of each
+// and no im2col panel is ever written. A work-item keeps MR x KR vector accumulators
+// (MR output channels by KR taps) over its reduction and adds their lanes at the end. With
+// S > 1 the reduction's N*Ho rows are cut into S blocks of rpb rows (GW then holds the G x S
+// partials for sum_chunks): a work-item's rows of GY and Xp stay cache-sized.
+// GY rows are Wv = Wo rounded up to VW long, zero past Wo (pad_rows); the last vector of a row
+// also zeroes the input lanes past Wo, so a non-finite input there cannot leak in as 0*inf.
+// Xp needs VW elements of slack after its last row (the last vector reads past Wo).
+#ifdef KR
+#if REAL_BITS == 64
+#define MASKT CAT(long, VW)
+#else
+#define MASKT CAT(int, VW)
+#endif
+typedef MASKT maskv;
+
+inline real hsum(const realv v)
+{
+#if VW == 16
+    const CAT(REAL_T, 8) v8 = v.lo + v.hi;
+#elif VW == 8
+    const CAT(REAL_T, 8) v8 = v;
+#endif
+#if VW >= 8
+    const CAT(REAL_T, 4) v4 = v8.lo + v8.hi;
+#elif VW == 4
+    const CAT(REAL_T, 4) v4 = v;
+#endif
+#if VW >= 4
+    const CAT(REAL_T, 2) v2 = v4.lo + v4.hi;
+#else
+    const CAT(REAL_T, 2) v2 = v;
+#endif
+    return v2.lo + v2.hi;
+}
+
+#define ROWS_STEP(w0, MASKED)                                                    \
+    {                                                                            \
+        realv gv_[MR];                                                           \
+        _Pragma("unroll") for (int m_ = 0; m_ < MR; ++m_)                        \
+            gv_[m_] = VLOAD(0, gyr + goff[m_] + (w0));                           \
+        _Pragma("unroll") for (int r_ = 0; r_ < KR; ++r_) {                      \
+            realv xv_ = VLOAD(0, xr + xoff[r_] + (w0));                          \
+            if (MASKED) xv_ = select((realv)(0), xv_, tail);                     \
+            _Pragma("unroll") for (int m_ = 0; m_ < MR; ++m_)                    \
+                acc[m_][r_] = fma(gv_[m_], xv_, acc[m_][r_]);                    \
+        }                                                                        \
+    }
+
+__kernel void grad_w_rows(__global out_t* restrict GW, __global const real* restrict GY,
+                          __global const real* restrict Xp,
+                          const int N, const int C, const int Cg, const int O, const int Og, const int K,
+                          const int Hp, const int Wp, const int kh, const int kw,
+                          const int dh, const int dw, const int sh,
+                          const int Ho, const int Wo, const int Wv, const int S, const int rpb)
+{
+    const int kt = get_global_id(0);  // tiles of taps vary fastest: they share GY's rows
+    const int ot = get_global_id(1);
+    const int g = get_global_id(2) / S, s = get_global_id(2) - (get_global_id(2) / S) * S;
+    const int khw = kh * kw;
+    // Edge tiles repeat the last valid row or tap (computed, never stored): no branches inside.
+    long xoff[KR];
+    for (int r = 0; r < KR; ++r) {
+        const int k = min(kt * KR + r, K - 1);
+        const int c = k / khw, tap = k - c * khw;
+        const int i = tap / kw, j = tap - i * kw;
+        xoff[r] = ((long)(g * Cg + c) * Hp + (long)i * dh) * Wp + (long)j * dw;
+    }
+    long goff[MR];
+    for (int m = 0; m < MR; ++m) goff[m] = (long)(g * Og + min(ot * MR + m, Og - 1)) * Ho * Wv;
+    const int nfull = Wo / VW;
+    maskv tail;
+    {
+        int lane[VW];
+        for (int l = 0; l < VW; ++l) lane[l] = nfull * VW + l < Wo ? -1 : 0;
+        tail = CAT(convert_, MASKT)(CAT(vload, VW)(0, lane));
+    }
+    const bool has_tail = nfull * VW < Wo;
+
+    realv acc[MR][KR];
+    _Pragma("unroll") for (int m = 0; m < MR; ++m)
+        _Pragma("unroll") for (int r = 0; r < KR; ++r) acc[m][r] = (realv)(0);
+    // Block s of the reduction: output rows (n, ho) s*rpb .. s*rpb + rpb - 1 of the N*Ho.
+    const int r1 = min(N * Ho, (s + 1) * rpb);
+    for (int row = s * rpb; row < r1; ++row) {
+        const int n = row / Ho, ho = row - (row / Ho) * Ho;
+        __global const real* gyr = GY + ((size_t)n * O * Ho + ho) * Wv;
+        __global const real* xr = Xp + (size_t)n * C * Hp * Wp + (size_t)ho * sh * Wp;
+        for (int v = 0; v < nfull; ++v) ROWS_STEP(v * VW, 0)
+        if (has_tail) ROWS_STEP(nfull * VW, 1)
+    }
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        const int o = ot * MR + m;
+        #pragma unroll
+        for (int r = 0; r < KR; ++r) {
+            const int k = kt * KR + r;
+            if (o < Og && k < K) STORE_OUT(hsum(acc[m][r]), GW, ((size_t)(g * S + s) * Og + o) * K + k);
+        }
+    }
+}
+#endif
+
+// Rows of Wo values copied into rows of Wv >= Wo, zero past Wo (grad_w_rows' GY layout).
+__kernel void pad_rows(__global real* restrict dst, __global const real* restrict src,
+                       const int Wo, const int Wv, const long rows)
+{
+    const int w = get_global_id(0);
+    const long r = get_global_id(1);
+    if (w >= Wv || r >= rows) return;
+    dst[r * Wv + w] = w < Wo ? src[r * Wo + w] : (real)0;
+}

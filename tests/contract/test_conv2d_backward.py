@@ -145,6 +145,7 @@ def test_opencl_backward_blocks_and_chunks(monkeypatch):
 
     monkeypatch.setattr(bw, "COLS_BUDGET_BYTES", 2000)  # one image per block
     monkeypatch.setattr(bw, "CHUNK_PIXELS", 20)  # several reduction chunks per block
+    monkeypatch.setattr(bw, "ROWS_MIN_PIXELS", 1 << 40)  # grad_w on the packed GEMM
     for stride, padding in ((1, 1), (2, 1), (1, "same")):
         check_backward(dev, dict(
             x_shape=(3, 4, 9, 10), w_shape=(6, 2, 3, 2), stride=stride, padding=padding, dilation=1,
@@ -181,3 +182,40 @@ def test_conv2d_backward_views_with_offsets(device):
         for name, got in zip(ALL, g):
             r, r_abs = ref[name]
             assert_agrees(got.numpy(), r, r_abs, Ks[name], device.acc_dtype(dt), dt, f"grad_{name} {algo} on {device.key}")
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", AWKWARD)
+def test_opencl_grad_w_rows(monkeypatch, xs, ws, stride, padding, dilation, groups):
+    """OpenCL gemm's grad_w along output rows (CPU devices, width stride 1), on every shape:
+    row tails (Wo not a multiple of the vector width), edge tiles, groups, dilation, dtypes,
+    reduction blocks."""
+    dev = require("opencl")
+    import xdev.backends.opencl.backward as bw
+
+    monkeypatch.setattr(bw, "ROWS_MIN_PIXELS", 0)
+    for block in (0, 7):  # the whole reduction in one block; blocks of a row or two, partials added
+        monkeypatch.setattr(bw, "ROWS_BLOCK_PIXELS", block)
+        for dt in supported_dtypes(dev):
+            check_backward(dev, dict(
+                x_shape=xs, w_shape=ws, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                algorithm="gemm", dtype=dt, layout="strided", seed=sum(xs) + 7,
+            ), needs=("w",))
+
+
+@pytest.mark.parametrize("rows_min", [0, 1 << 40])
+def test_opencl_grad_w_non_finite_input_stays_out_of_unread_taps(monkeypatch, rows_min):
+    """An inf in the input's last column is read by taps j >= 1 only: the j = 0 taps of
+    grad_w stay finite (grad_w_rows masks the lanes past a row instead of multiplying by 0)."""
+    dev = require("opencl")
+    import xdev.backends.opencl.backward as bw
+
+    monkeypatch.setattr(bw, "ROWS_MIN_PIXELS", rows_min)
+    x = values(31, (1, 2, 6, 20), np.dtype(np.float32))
+    x[0, 0, 2, 19] = np.inf
+    w = values(32, (3, 2, 3, 3), np.dtype(np.float32))
+    gy = values(33, (1, 3, 4, 18), np.dtype(np.float32))
+    got = xdev.conv2d_backward(xdev.asarray(gy, backend=dev.key), xdev.asarray(x, backend=dev.key),
+                               xdev.asarray(w, backend=dev.key), needs=("w",)).grad_w.numpy()
+    assert np.isfinite(got[:, :, :, 0]).all()
+    assert np.isfinite(got[:, 1]).all()
+    assert not np.isfinite(got[:, 0, :, 1:]).all()
