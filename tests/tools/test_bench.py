@@ -395,3 +395,23 @@ def test_cli_pipeline_rows(quick_run):
     staged = [x for x in doc["results"] if x["algorithm"] == "host-to-device pageable, staged"]
     if "opencl" in backends:
         assert pinned and staged
+
+
+class _CpuDev:
+    is_cpu = True
+
+
+def test_cpu_peak_ignores_a_calibration_that_did_not_vectorize():
+    # pip's PoCL 3.0 on an AVX-512 AMD CPU calibrates ~24 GFLOP/s where the formula gives
+    # ~330: the formula must win, or every "% peak" reads several hundred.
+    from xdev.bench import machine as mach
+
+    cpu = {"simd": "avx512", "max_mhz": 2600, "fma": True, "physical_cores": 2}
+    formula, _ = mach.cpu_peak_formula(cpu, "float32")
+    assert formula == pytest.approx(2 * 16 * 2 * 2 * 2.6)
+    peak, how = mach.peak_gflops(_CpuDev(), "float32", cpu, 24.0)
+    assert peak == formula and "24 GFLOP/s" in how and "vectorize" in how
+    # A calibration near (or above: turbo clocks) the formula is the better figure.
+    peak, how = mach.peak_gflops(_CpuDev(), "float32", cpu, 501.0)
+    assert peak == 501.0 and how.startswith("calibrated")
+    assert mach.peak_gflops(_CpuDev(), "float32", {}, None) == (None, "unknown")
