@@ -14,13 +14,8 @@
 # timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 420: 7 min).
 # Order = priority: versions, the test suite, the targets (bench/cuda_targets.py), then the
 # TFLOP/s check and the quick benchmarks while budget is left.
-set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
-REPO=$PWD
-
-DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
-PY=${PYTHON:-python3}
+# Sets -uo pipefail, REPO (cwd: the repository root), DRY and PY; defines the helpers below.
+. "$(dirname "$0")/gpu_common.sh"
 RES=${OUT:-$REPO/bench/results}
 WORK=${GPU_CHECK_WORK:-/tmp/xdev_gpu_check}
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
@@ -28,30 +23,6 @@ START=$(date +%s)
 mkdir -p "$RES" "$WORK"
 LOG=$RES/gpu_check.log
 SUMMARY=$WORK/steps.tsv
-
-elapsed() { echo $(( $(date +%s) - START )); }
-
-# step NAME CAP_SECONDS COMMAND...: run under a timeout that also respects the total budget.
-step() {
-  local name=$1 cap=$2; shift 2
-  local left=$(( BUDGET - $(elapsed) - 10 ))
-  local t=$(( cap < left ? cap : left ))
-  if [ "$t" -lt 5 ]; then
-    echo "=== SKIP $name: the ${BUDGET}s budget is spent"
-    printf '%s\tskipped\t0\n' "$name" >>"$SUMMARY"
-    return 0
-  fi
-  echo
-  echo "=== $name (timeout ${t}s, at $(elapsed)s) ==="
-  echo "+ $*"
-  local t0; t0=$(date +%s)
-  timeout -k 10 "$t" "$@"
-  local rc=$?
-  [ "$rc" = 124 ] && echo "!!! $name timed out after ${t}s"
-  echo "=== $name: exit $rc after $(( $(date +%s) - t0 ))s"
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >>"$SUMMARY"
-  return 0
-}
 
 main() {
   : >"$SUMMARY"
@@ -69,31 +40,14 @@ main() {
 
   # -- Python packages: carried wheels, and xdev from the checkout ------------------------------
   local site=$WORK/site
-  if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-    if [ $DRY = 1 ]; then
-      echo "dry run: would install into $site:"; ls -1 "$REPO"/.whl/*.whl | sed 's/^/  /'
-    else
-      rm -rf "$site"
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$site" "$REPO"/.whl/*.whl || echo "!!! installing the carried wheels failed"
-    fi
-  else
-    echo "no .whl/ here: run bench/gpu_prepare.sh where pip works and carry .whl (OpenCL and cuDNN may be missing)"
-  fi
+  install_wheels "$site" "OpenCL and cuDNN may be missing"
   # xdev runs from the checkout: xdev/__init__.py finds backends/ beside it.
   export PYTHONPATH="$REPO:$site${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
   # cuDNN: the frontend looks on LD_LIBRARY_PATH first; point it at the pip-installed library.
   local cudnn_dir
-  cudnn_dir=$("$PY" - <<'EOF'
-import glob, os, site, sys
-dirs = list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()] + sys.path
-for d in dirs:
-    for hit in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcudnn.so.9*"))):
-        print(os.path.dirname(hit)); raise SystemExit
-EOF
-)
+  cudnn_dir=$(pip_cudnn_dir)
   if [ -n "$cudnn_dir" ]; then
     export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "cuDNN library: $cudnn_dir"
@@ -103,11 +57,7 @@ EOF
 
   # -- NVIDIA's OpenCL driver: register it with the ICD loader if nobody did -------------------
   local ocl_lib="" icd=/etc/OpenCL/vendors/nvidia.icd
-  ocl_lib=$(ldconfig -p 2>/dev/null | awk '/libnvidia-opencl\.so\.1/ {print $NF; exit}')
-  if [ -z "$ocl_lib" ]; then
-    ocl_lib=$(ls /usr/local/nvidia/lib64/libnvidia-opencl.so.1 /usr/local/nvidia/lib/libnvidia-opencl.so.1 \
-      /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 /usr/lib64/libnvidia-opencl.so.1 2>/dev/null | head -n 1)
-  fi
+  ocl_lib=$(nvidia_opencl_lib)
   local have_ocl=0
   if [ -n "$ocl_lib" ]; then
     have_ocl=1

@@ -16,13 +16,8 @@
 # To reuse the tuned parameters elsewhere: XDEV_CACHE_DIR=<that folder>.
 # Budget: GPU_OPENCL_BUDGET_S (default 420 s) for the whole script, GPU_OPENCL_TUNE_S (default
 # 170 s) for the search.
-set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
-REPO=$PWD
-
-DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
-PY=${PYTHON:-python3}
+# Sets -uo pipefail, REPO (cwd: the repository root), DRY and PY; defines the helpers below.
+. "$(dirname "$0")/gpu_common.sh"
 WORK=${GPU_OPENCL_WORK:-/tmp/xdev_gpu_opencl}
 if [ $DRY = 1 ]; then RES=${OUT:-$WORK/results-dry}; else RES=${OUT:-$REPO/bench/results/gpu-opencl-$(date -u +%Y-%m-%d)}; fi
 BUDGET=${GPU_OPENCL_BUDGET_S:-420}
@@ -31,23 +26,6 @@ START=$(date +%s)
 mkdir -p "$RES" "$WORK"
 LOG=$RES/gpu_opencl.log
 
-elapsed() { echo $(( $(date +%s) - START )); }
-
-# step NAME CAP_SECONDS COMMAND...: run under a timeout that also respects the total budget.
-step() {
-  local name=$1 cap=$2; shift 2
-  local left=$(( BUDGET - $(elapsed) - 10 ))
-  local t=$(( cap < left ? cap : left ))
-  if [ "$t" -lt 5 ]; then echo "=== SKIP $name: the ${BUDGET}s budget is spent"; return 0; fi
-  echo; echo "=== $name (timeout ${t}s, at $(elapsed)s) ==="; echo "+ $*"
-  local t0; t0=$(date +%s)
-  timeout -k 10 "$t" "$@"
-  local rc=$?
-  [ "$rc" = 124 ] && echo "!!! $name timed out after ${t}s"
-  echo "=== $name: exit $rc after $(( $(date +%s) - t0 ))s"
-  return 0
-}
-
 main() {
   echo "xdev GPU OpenCL vs CUDA $( [ $DRY = 1 ] && echo '(dry run)' ) — $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
   echo "repo $REPO ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no git')), results in $RES"
@@ -55,17 +33,7 @@ main() {
 
   # -- Python packages: carried wheels, and xdev from the checkout --------------------------
   local site=$WORK/site
-  if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-    if [ $DRY = 1 ]; then
-      echo "dry run: would install into $site:"; ls -1 "$REPO"/.whl/*.whl | sed 's/^/  /'
-    else
-      rm -rf "$site"
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$site" "$REPO"/.whl/*.whl || echo "!!! installing the carried wheels failed"
-    fi
-  else
-    echo "no .whl/ here: run bench/gpu_prepare.sh where pip works and carry .whl (pyopencl may be missing)"
-  fi
+  install_wheels "$site" "pyopencl may be missing"
   export PYTHONPATH="$REPO:$site${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
   # Strict float32 on the CUDA side: the comparison is FMA units against FMA units.
@@ -73,14 +41,7 @@ main() {
 
   # cuDNN: the frontend looks on LD_LIBRARY_PATH first; point it at the pip-installed library.
   local cudnn_dir
-  cudnn_dir=$("$PY" - <<'PYEOF'
-import glob, os, site, sys
-dirs = list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()] + sys.path
-for d in dirs:
-    for hit in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcudnn.so.9*"))):
-        print(os.path.dirname(hit)); raise SystemExit
-PYEOF
-)
+  cudnn_dir=$(pip_cudnn_dir)
   [ -n "$cudnn_dir" ] && export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "cuDNN library: ${cudnn_dir:-not found}"
 
@@ -105,9 +66,7 @@ PYEOF
 
   # -- NVIDIA's OpenCL driver: register it with the ICD loader if nobody did ------------------
   local ocl_lib="" icd=/etc/OpenCL/vendors/nvidia.icd
-  ocl_lib=$(ldconfig -p 2>/dev/null | awk '/libnvidia-opencl\.so\.1/ {print $NF; exit}')
-  [ -z "$ocl_lib" ] && ocl_lib=$(ls /usr/local/nvidia/lib64/libnvidia-opencl.so.1 /usr/local/nvidia/lib/libnvidia-opencl.so.1 \
-      /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 /usr/lib64/libnvidia-opencl.so.1 2>/dev/null | head -n 1)
+  ocl_lib=$(nvidia_opencl_lib)
   local ocl_sel=opencl
   if [ -n "$ocl_lib" ]; then
     ocl_sel=opencl:nvidia

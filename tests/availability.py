@@ -33,3 +33,11 @@ def require(name: str):
             pytest.fail(msg + " (required by XDEV_TEST_REQUIRE)")
         pytest.skip(msg)
     return get_device(name)
+
+
+def usable_backend(name: str) -> str:
+    """`name`, after skipping (or failing, if required) when that backend is unavailable here;
+    numpy is always there."""
+    if name != "numpy":
+        require(name)
+    return name

@@ -34,19 +34,28 @@ def conv_padding(padding, kh, kw, dh, dw):
     return ph, ph, pw, pw
 
 
-def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """(y, |x| * |w| + |bias|) in float64 with explicit loops over groups and kernel taps."""
+def _padded(x, w, stride, padding, dilation):
+    """x and w in float64, x zero-padded as conv2d pads it, (sh, sw), (dh, dw) and the
+    (top, left) offset of x inside the padded array."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
     N, C, H, W = x.shape
-    O, Cg, kh, kw = w.shape
+    _, _, kh, kw = w.shape
     pt, pb, pl, pr = conv_padding(padding, kh, kw, dh, dw)
     xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
     xp[:, :, pt : pt + H, pl : pl + W] = x
-    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return x, w, xp, (sh, sw), (dh, dw), (pt, pl)
+
+
+def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """(y, |x| * |w| + |bias|) in float64 with explicit loops over groups and kernel taps."""
+    x, w, xp, (sh, sw), (dh, dw), _ = _padded(x, w, stride, padding, dilation)
+    N, C, _, _ = x.shape
+    O, Cg, kh, kw = w.shape
+    Ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    Wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     Og = O // groups
     y = np.zeros((N, O, Ho, Wo))
     y_abs = np.zeros((N, O, Ho, Wo))
@@ -76,16 +85,10 @@ def conv2d_backward_ref(gy, x, w, stride=1, padding=0, dilation=1, groups=1):
     correlates the upstream gradient with those pixels (grad_w).
     """
     gy = np.asarray(gy, np.float64)
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    x, w, xp, (sh, sw), (dh, dw), (pt, pl) = _padded(x, w, stride, padding, dilation)
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
     _, _, Ho, Wo = gy.shape
-    pt, pb, pl, pr = conv_padding(padding, kh, kw, dh, dw)
-    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
-    xp[:, :, pt : pt + H, pl : pl + W] = x
     gxp = np.zeros_like(xp)
     gxp_abs = np.zeros_like(xp)
     gw = np.zeros(w.shape)

@@ -52,6 +52,27 @@ def place(host: np.ndarray, layout: str, backend: str, seed: int) -> xdev.Array:
     return xdev.asarray(host, backend=backend)
 
 
+def transposed_at_strided(dtype, backend: str):
+    """(a, b, xa, xb): a (3, 37, 29) on the device as a transposed view, b (29, 41) as a view
+    every other row and column of a larger array; both non-contiguous paths of a GEMM."""
+    a, b = values(1, (3, 37, 29), dtype), values(2, (29, 41), dtype)
+    xa = xdev.asarray(np.ascontiguousarray(np.swapaxes(a, 1, 2)), backend=backend).mT
+    big = values(3, (60, 90), dtype)
+    big[1::2, ::2][:29, :41] = b
+    xb = xdev.asarray(big, backend=backend)[1::2, ::2][:29, :41]
+    return a, b, xa, xb
+
+
+def fixed_conv_cases(dev, xs, ws, stride, padding, dilation, groups, **extra):
+    """One fixed layer's case dicts (as conv_cases draws them), one per dtype and conv
+    algorithm of `dev`; contiguous, seeded by the shapes; `extra` adds keys (bias=True)."""
+    for dt in supported_dtypes(dev):
+        for algo in dev.conv_algorithms:
+            yield dict(x_shape=xs, w_shape=ws, stride=stride, padding=padding, dilation=dilation,
+                       groups=groups, algorithm=algo, dtype=dt, layout="contiguous",
+                       seed=sum(xs) + sum(ws), **extra)
+
+
 @st.composite
 def matmul_cases(draw, dtypes):
     """(a_shape, b_shape, dtype, layout_a, layout_b, seed)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable, NamedTuple
 
 from ._array import Array
-from ._ops import _device_for, _operands
+from ._ops import _batched_x, _device_for, _operands, _unavailable_algorithm
 from .contract import IntPair, conv_params
 
 NEEDS = ("x", "w", "bias")
@@ -65,13 +65,7 @@ def conv2d_backward(
     dev, why = _device_for(backend, (grad_y, x, w))
     gyd, xd, wd = _operands("conv2d_backward", dev, why, (grad_y, x, w), ("grad_y", "x", "w"))
     xshape = tuple(xd.shape)
-    if len(xshape) not in (3, 4):
-        raise ValueError(
-            f"conv2d_backward expects x of shape (N, C, H, W) or (C, H, W); received shape {xshape}"
-        )
-    unbatched = len(xshape) == 3
-    if unbatched:
-        xd = dev.reshape(xd, (1,) + xshape)
+    xd, unbatched = _batched_x("conv2d_backward", dev, xd)
     p = conv_params(tuple(xd.shape), tuple(wd.shape), None, stride, padding, dilation, groups)
     want = p.out_shape[1:] if unbatched else p.out_shape
     if tuple(gyd.shape) != want:
@@ -85,12 +79,7 @@ def conv2d_backward(
     if unbatched:
         gyd = dev.reshape(gyd, p.out_shape)
     if algorithm != "auto" and algorithm not in dev.conv_algorithms:
-        hint = dev.unavailable_reason(algorithm)
-        raise ValueError(
-            f"conv2d_backward algorithm {algorithm!r} is not available on {dev.key}"
-            + (f" ({hint})" if hint else "")
-            + f"; choose one of {', '.join(('auto',) + tuple(dev.conv_algorithms))}"
-        )
+        _unavailable_algorithm("conv2d_backward", dev, algorithm)
     gx, gw, gb, ran = dev.conv2d_backward(gyd, xd, wd, p, wanted, algorithm)
     if gx is not None and unbatched:
         gx = dev.reshape(gx, xshape)

@@ -166,29 +166,39 @@ def conv2d(
     else:
         dev, why = _device_for(backend, (x, w, bias))
         xd, wd, bd = _operands("conv2d", dev, why, (x, w, bias), ("x", "w", "bias"))
-    xshape = tuple(xd.shape)
-    if len(xshape) not in (3, 4):
-        raise ValueError(
-            f"conv2d expects x of shape (N, C, H, W) or (C, H, W); received shape {xshape}"
-        )
-    unbatched = len(xshape) == 3
-    if unbatched:
-        xd = dev.reshape(xd, (1,) + xshape)
+    xd, unbatched = _batched_x("conv2d", dev, xd)
     p = _conv_params(
         tuple(xd.shape), tuple(wd.shape), None if bd is None else tuple(bd.shape),
         stride, padding, dilation, groups,
     )
     if algorithm != "auto" and algorithm not in dev.conv_algorithms:
-        hint = dev.unavailable_reason(algorithm)
-        raise ValueError(
-            f"conv2d algorithm {algorithm!r} is not available on {dev.key}"
-            + (f" ({hint})" if hint else "")
-            + f"; choose one of {', '.join(('auto',) + tuple(dev.conv_algorithms))}"
-        )
+        _unavailable_algorithm("conv2d", dev, algorithm)
     out, ran = dev.conv2d(xd, wd, bd, p, algorithm)
     if unbatched:
         out = dev.reshape(out, p.out_shape[1:])
     return Array._wrap(out, dev, ran)
+
+
+def _batched_x(op: str, dev: Device, xd: Any) -> tuple[Any, bool]:
+    """x as (N, C, H, W), and whether it came unbatched as (C, H, W) (conv2d and its backward)."""
+    xshape = tuple(xd.shape)
+    if len(xshape) not in (3, 4):
+        raise ValueError(
+            f"{op} expects x of shape (N, C, H, W) or (C, H, W); received shape {xshape}"
+        )
+    if len(xshape) == 3:
+        return dev.reshape(xd, (1,) + xshape), True
+    return xd, False
+
+
+def _unavailable_algorithm(op: str, dev: Device, algorithm: str) -> None:
+    """Raise the error for an ``algorithm`` that is not in ``dev.conv_algorithms``."""
+    hint = dev.unavailable_reason(algorithm)
+    raise ValueError(
+        f"{op} algorithm {algorithm!r} is not available on {dev.key}"
+        + (f" ({hint})" if hint else "")
+        + f"; choose one of {', '.join(('auto',) + tuple(dev.conv_algorithms))}"
+    )
 
 
 _conv_params_cached = functools.lru_cache(maxsize=512)(conv_params)

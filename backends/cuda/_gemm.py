@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xdev.contract.shapes import merge_dims
+
 INT32_MAX = 2**31 - 1
 OP_N, OP_T = 0, 1
 
@@ -37,22 +39,8 @@ def operand(rows: int, cols: int, srow: int, scol: int) -> tuple[int, int] | Non
     return None
 
 
-def collapse(sizes: tuple[int, ...], *stride_sets: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
-    """Batch dims as few as possible: [(size, (stride per operand))], outermost first.
-
-    Adjacent dims merge when every operand's outer stride equals its inner stride times the
-    inner size (broadcast dims, stride 0, merge with each other). Size-1 dims drop out.
-    """
-    dims = [(n, tuple(s[i] for s in stride_sets)) for i, n in enumerate(sizes) if n != 1]
-    out: list[tuple[int, tuple[int, ...]]] = []
-    for n, st in dims:
-        if out:
-            pn, pst = out[-1]
-            if all(ps == s * n for ps, s in zip(pst, st)):
-                out[-1] = (pn * n, st)
-                continue
-        out.append((n, st))
-    return out
+# Batch dims as few as possible: [(size, (stride per operand))] (shared with OpenCL).
+collapse = merge_dims
 
 
 @dataclass(frozen=True)

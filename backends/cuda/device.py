@@ -405,11 +405,15 @@ class CudaDevice(Device):
         return None
 
     def conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
+        return self._conv_call("conv2d", algorithm, x, w, self._conv2d, x, w, bias, p, algorithm)
+
+    def _conv_call(self, op: str, algorithm: str, x: Any, w: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this device, CuPy's errors translated to xdev's (naming op and operands)."""
         try:
             with self._cp:
-                return self._conv2d(x, w, bias, p, algorithm)
+                return fn(*args)
         except Exception as e:
-            err = self._translate(e, lambda: f"running conv2d ({algorithm}) on x {tuple(x.shape)} with w "
+            err = self._translate(e, lambda: f"running {op} ({algorithm}) on x {tuple(x.shape)} with w "
                                              f"{tuple(w.shape)} ({x.dtype})")
             if err is e:
                 raise
@@ -482,15 +486,8 @@ class CudaDevice(Device):
     def conv2d_backward(
         self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str], algorithm: str
     ) -> tuple[Any, Any, Any, str]:
-        try:
-            with self._cp:
-                return self._conv2d_backward(grad_y, x, w, p, needs, algorithm)
-        except Exception as e:
-            err = self._translate(e, lambda: f"running conv2d_backward ({algorithm}) on x {tuple(x.shape)} with w "
-                                             f"{tuple(w.shape)} ({x.dtype})")
-            if err is e:
-                raise
-            raise err from e
+        return self._conv_call("conv2d_backward", algorithm, x, w, self._conv2d_backward,
+                               grad_y, x, w, p, needs, algorithm)
 
     def _conv2d_backward(self, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str],
                          algorithm: str) -> tuple[Any, Any, Any, str]:

@@ -6,6 +6,8 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
+from xdev.contract.shapes import merge_dims
+
 
 class CLArray:
     """A view into a cl.Buffer. Strides and offset count elements and may be negative or 0."""
@@ -99,15 +101,7 @@ def getitem(a: CLArray, key: tuple[Any, ...]) -> CLArray:
 
 def collapse(shape: tuple[int, ...], *stride_sets: tuple[int, ...]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
     """Merge adjacent dims that are contiguous in every stride set; drop size-1 dims."""
-    dims = [(n, [st[i] for st in stride_sets]) for i, n in enumerate(shape) if n != 1]
-    merged: list[tuple[int, list[int]]] = []
-    for n, ss in dims:
-        if merged:
-            pn, pss = merged[-1]
-            if all(ps == s * n for ps, s in zip(pss, ss)):
-                merged[-1] = (pn * n, ss)
-                continue
-        merged.append((n, ss))
+    merged = merge_dims(shape, *stride_sets)
     out_shape = tuple(n for n, _ in merged)
     out_strides = [tuple(ss[k] for _, ss in merged) for k in range(len(stride_sets))]
     return out_shape, out_strides

@@ -12,7 +12,7 @@ import pytest
 import xdev
 from availability import require
 from reference import conv2d_ref, matmul_ref
-from strategies import supported_dtypes, values
+from strategies import supported_dtypes, transposed_at_strided, values
 from tolerance import assert_agrees
 
 
@@ -63,11 +63,7 @@ def test_gemm_tile_edges(cl_dev, family):
 def test_gemm_dtypes_and_views(cl_dev, family, dt):
     if np.dtype(dt) not in supported_dtypes(cl_dev):
         pytest.skip(f"{cl_dev.key} lacks {np.dtype(dt)}")
-    a, b = values(1, (3, 37, 29), dt), values(2, (29, 41), dt)
-    xa = xdev.asarray(np.ascontiguousarray(np.swapaxes(a, 1, 2)), backend=cl_dev.key).mT
-    big = values(3, (60, 90), dt)
-    big[1::2, ::2][:29, :41] = b
-    xb = xdev.asarray(big, backend=cl_dev.key)[1::2, ::2][:29, :41]
+    a, b, xa, xb = transposed_at_strided(dt, cl_dev.key)
     check(cl_dev, a, b, xa, xb, f"{family} {np.dtype(dt)} transposed @ strided")
 
 

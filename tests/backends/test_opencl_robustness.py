@@ -3,7 +3,6 @@ limits, the tuning cache; never an abort, an unbounded pool or a crash on a bad 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -13,26 +12,10 @@ import numpy as np
 import pytest
 
 import xdev
-from availability import backend_status, require
+from availability import backend_status, require, usable_backend
+from child import child_env, run_child
 
 BACKENDS = ("numpy", "opencl")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
-    env.update(extra)
-    return env
-
-
-def _run(code: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env=_env(**env))
-
-
-def _backend(name: str) -> str:
-    if name != "numpy":
-        require(name)
-    return name
 
 
 # -- OpenCL device errors, pool, synchronize --------------------------------------------------
@@ -52,7 +35,7 @@ def test_fp16_peak_calibration_does_not_overrun_its_buffer():
     # too, so a heap overrun that only corrupts memory still fails this test at exit.
     gf = dev.peak_gflops(np.float16, iters=8, repeat=1)
     assert gf > 0
-    r = _run(f"import numpy as np, xdev\nfrom xdev._registry import get_device\n"
+    r = run_child(f"import numpy as np, xdev\nfrom xdev._registry import get_device\n"
              f"d = get_device({dev.key!r})\nprint(d.peak_gflops(np.float16, iters=8, repeat=1))\n"
              f"import gc; gc.collect()", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -155,14 +138,14 @@ def test_proof_survives_a_child_that_aborts(tmp_path):
     """A real child process with an injected abort (what an LLVM 'Cannot select' does):
     the device is reported unusable with the reason and the fix; the caller lives on."""
     require("opencl")
-    r = _run(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path), XDEV_OPENCL_PROOF_FAULT="abort")
+    r = run_child(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path), XDEV_OPENCL_PROOF_FAULT="abort")
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
     assert "REASON opencl:0:0" in out and "check process died (exit -6)" in out, out
     assert "apt-get install pocl-opencl-icd" in out
     # The verdict is cached: a second process does not prove again (no fault hook now,
     # yet the cached failure is what it reports).
-    r2 = _run(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path))
+    r2 = run_child(_first_candidate_code(), XDEV_CACHE_DIR=str(tmp_path))
     assert "check process died" in r2.stdout, r2.stdout + r2.stderr[-2000:]
 
 
@@ -279,7 +262,7 @@ def test_tune_reset_always_works_and_writes_atomically(tuning_env):
     for content in ("[1]", "null", "{", json.dumps({tuning.device_id(dev): {"gemm": {"MR": 0}}, "other": {}})):
         path.write_text(content)
         r = subprocess.run([sys.executable, "-m", "xdev.tune", "--reset", "--device", dev.key],
-                           capture_output=True, text=True, timeout=300, env=_env())
+                           capture_output=True, text=True, timeout=300, env=child_env())
         assert r.returncode == 0, r.stderr[-2000:]
         data = json.loads(path.read_text())
         assert isinstance(data, dict) and tuning.device_id(dev) not in data
@@ -292,7 +275,7 @@ def test_tune_with_an_unusable_cache_dir_fails_before_measuring(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     r = subprocess.run([sys.executable, "-m", "xdev.tune", "--quick"], capture_output=True, text=True,
-                       timeout=300, env=_env(XDEV_CACHE_DIR=str(blocker / "sub")))
+                       timeout=300, env=child_env(XDEV_CACHE_DIR=str(blocker / "sub")))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "cannot be written" in r.stderr and "XDEV_CACHE_DIR" in r.stderr
     assert "tuning opencl" not in r.stdout  # nothing was measured

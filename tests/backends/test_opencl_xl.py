@@ -10,7 +10,7 @@ import pytest
 import xdev
 from availability import require
 from reference import conv2d_ref, matmul_ref
-from strategies import supported_dtypes, values
+from strategies import supported_dtypes, transposed_at_strided, values
 from tolerance import assert_agrees
 
 # Unlike the defaults (float4 loads, square tiles, two buffers): odd widths 1 and 2 and 8,
@@ -51,11 +51,7 @@ def test_xl_gemm_other_parameters(cl_dev, xl_params):
         a, b = values(M, (M, K), np.float32), values(N, (K, N), np.float32)
         check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key), f"{t} {M}x{K}x{N}")
     for dt in supported_dtypes(cl_dev):  # transposed, strided and broadcast batch views; fp16/fp64
-        a, b = values(1, (3, 37, 29), dt), values(2, (29, 41), dt)
-        xa = xdev.asarray(np.ascontiguousarray(np.swapaxes(a, 1, 2)), backend=cl_dev.key).mT
-        big = values(3, (60, 90), dt)
-        big[1::2, ::2][:29, :41] = b
-        xb = xdev.asarray(big, backend=cl_dev.key)[1::2, ::2][:29, :41]
+        a, b, xa, xb = transposed_at_strided(dt, cl_dev.key)
         check(cl_dev, a, b, xa, xb, f"{t} {np.dtype(dt)} transposed @ strided")
     a, b = values(4, (2, 1, 5, 7), np.float32), values(5, (1, 3, 7, 4), np.float32)
     check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key), f"{t} broadcast")

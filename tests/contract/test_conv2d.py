@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 import xdev
 from reference import conv2d_ref
-from strategies import conv_cases, supported_dtypes, values
+from strategies import conv_cases, fixed_conv_cases, supported_dtypes, values
 from tolerance import assert_agrees
 
 
@@ -71,13 +71,8 @@ VGG_LIKE = [
 
 @pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", VGG_LIKE)
 def test_conv2d_fixed(device, xs, ws, stride, padding, dilation, groups):
-    for dt in supported_dtypes(device):
-        for algo in device.conv_algorithms:
-            check_conv(device, dict(
-                x_shape=xs, w_shape=ws, bias=True, stride=stride, padding=padding,
-                dilation=dilation, groups=groups, algorithm=algo, dtype=dt,
-                layout="contiguous", seed=sum(xs) + sum(ws),
-            ))
+    for case in fixed_conv_cases(device, xs, ws, stride, padding, dilation, groups, bias=True):
+        check_conv(device, case)
 
 
 def test_conv2d_unbatched_input(device):

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import xdev
 from reference import conv2d_backward_ref, conv2d_ref
-from strategies import conv_cases, supported_dtypes, values
+from strategies import conv_cases, fixed_conv_cases, supported_dtypes, values
 from test_conv2d import put_x
 from availability import require
 from tolerance import assert_agrees, backward_K
@@ -73,12 +73,8 @@ AWKWARD = [
 
 @pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", AWKWARD)
 def test_conv2d_backward_awkward(device, xs, ws, stride, padding, dilation, groups):
-    for dt in supported_dtypes(device):
-        for algo in device.conv_algorithms:
-            check_backward(device, dict(
-                x_shape=xs, w_shape=ws, stride=stride, padding=padding, dilation=dilation,
-                groups=groups, algorithm=algo, dtype=dt, layout="contiguous", seed=sum(xs) + sum(ws),
-            ))
+    for case in fixed_conv_cases(device, xs, ws, stride, padding, dilation, groups):
+        check_backward(device, case)
 
 
 def test_conv2d_backward_unbatched_and_needs(device):

@@ -18,6 +18,7 @@ from xdev._registry import get_device  # noqa: E402
 
 from availability import backend_status, require  # noqa: E402
 from reference import conv2d_ref, matmul_ref  # noqa: E402
+from strategies import supported_dtypes  # noqa: E402
 from tolerance import assert_agrees  # noqa: E402
 
 
@@ -38,15 +39,7 @@ def _worker_device():
 
 
 def _dtypes():
-    dev = _worker_device()
-    out = []
-    for dt in (np.float16, np.float32, np.float64):
-        try:
-            dev.check_dtype(np.dtype(dt))
-            out.append(np.dtype(dt))
-        except TypeError:
-            pass
-    return out
+    return supported_dtypes(_worker_device())
 
 
 def _check_matmul(client, a, b, chunks_a, chunks_b, what, **kw):

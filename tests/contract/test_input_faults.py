@@ -3,7 +3,6 @@ works as in NumPy/torch), never a crash, a traceback from a diagnostic tool, or 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -13,32 +12,16 @@ import numpy as np
 import pytest
 
 import xdev
-from availability import backend_status, require
+from availability import backend_status, require, usable_backend
+from child import child_env, run_child
 
 BACKENDS = ("numpy", "opencl")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XDEV_BACKEND"}
-    env.update(extra)
-    return env
-
-
-def _run(code: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env=_env(**env))
-
-
-def _backend(name: str) -> str:
-    if name != "numpy":
-        require(name)
-    return name
 
 
 # -- inputs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BACKENDS)
 def test_zero_d_inputs_keep_their_shape_and_matmul_refuses_them(name):
-    b = _backend(name)
+    b = usable_backend(name)
     s = xdev.asarray(np.float32(3), backend=b)
     assert s.shape == () and s.numpy() == np.float32(3)
     with pytest.raises(ValueError, match="at least 1 dimension"):
@@ -54,7 +37,7 @@ def test_unknown_dtype_string_is_a_type_error():
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_none_operand_is_a_type_error(name):
-    b = _backend(name)
+    b = usable_backend(name)
     with pytest.raises(TypeError, match="operand a is None"):
         xdev.matmul(None, np.ones((2, 2)), backend=b)
     with pytest.raises(TypeError, match="operand b is None"):
@@ -63,7 +46,7 @@ def test_none_operand_is_a_type_error(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_numpy_integers_and_one_element_tuples_are_accepted_like_torch(name):
-    b = _backend(name)
+    b = usable_backend(name)
     x = np.arange(2 * 4 * 7 * 7, dtype=np.float32).reshape(2, 4, 7, 7)
     w = np.linspace(-1, 1, 4 * 2 * 3 * 3, dtype=np.float32).reshape(4, 2, 3, 3)
     ref = xdev.conv2d(x, w, stride=2, padding=1, groups=2, backend="numpy").numpy()
@@ -80,7 +63,7 @@ def test_numpy_integers_and_one_element_tuples_are_accepted_like_torch(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_np_matmul_on_xdev_arrays(name):
-    b = _backend(name)
+    b = usable_backend(name)
     a = xdev.asarray(np.eye(3, dtype=np.float32) * 2, backend=b)
     h = np.arange(9, dtype=np.float32).reshape(3, 3)
     for r in (np.matmul(a, a), h @ a, np.matmul(h, a)):
@@ -115,13 +98,13 @@ def test_sizes_past_the_kernels_int32_are_a_value_error_naming_the_limit():
     x = np.ones((1, 1, 3, 3), "f4")
     with pytest.raises(ValueError, match=r"padded H\*W = 12884901897 exceeds the kernels' 32-bit index limit"):
         # Padding is applied: it cannot be normalized away.
-        xdev.conv2d(x, np.ones((1, 1, 1, 1), "f4"), padding=(0, 2**31), stride=(1, 2**31), backend=_backend("opencl"))
+        xdev.conv2d(x, np.ones((1, 1, 1, 1), "f4"), padding=(0, 2**31), stride=(1, 2**31), backend=usable_backend("opencl"))
 
 
 # -- diagnostic tools -------------------------------------------------------------------------
 def test_info_reports_a_bad_xdev_backend():
     r = subprocess.run([sys.executable, "-m", "xdev.info"], capture_output=True, text=True,
-                       timeout=600, env={**_env(), "XDEV_BACKEND": "garbage"})
+                       timeout=600, env={**child_env(), "XDEV_BACKEND": "garbage"})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "XDEV_BACKEND='garbage' -> INVALID" in r.stdout and "valid names are numpy" in r.stdout
 
@@ -131,7 +114,7 @@ def test_bench_with_no_usable_backend_fails_with_the_reason():
     if backend_status("cuda").available:
         pytest.skip("a CUDA device is available here")
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "--quick", "--backends", "cuda"],
-                       capture_output=True, text=True, timeout=600, env=_env())
+                       capture_output=True, text=True, timeout=600, env=child_env())
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]
     assert "nothing to measure" in r.stdout and "cuda: unavailable" in r.stdout
     assert "0 results" not in r.stdout

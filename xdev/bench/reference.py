@@ -8,12 +8,12 @@ users run it). torch is imported only here, only when asked; it is not a depende
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import numpy as np
 
 from xdev.contract import env
+from xdev.contract.device import host_timed
 
 
 def torch_or_reason() -> tuple[Any, str | None]:
@@ -50,14 +50,7 @@ class TorchDevice:
             self.torch.cuda.synchronize(self.device)
 
     def elapsed(self, fn: Callable[[], Any], repeat: int) -> list[float]:
-        out = []
-        self.synchronize()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            self.synchronize()
-            out.append(time.perf_counter() - t0)
-        return out
+        return host_timed(fn, repeat, self.synchronize)  # as xdev's Device.elapsed
 
     def _t(self, host: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(host)).to(self.device)

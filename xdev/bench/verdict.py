@@ -70,6 +70,18 @@ def _best_total(rows, devs, algorithms=None):
     return min(t, key=lambda r: r["median_s"] / r["batch"]) if t else None
 
 
+def _head_to_head(rows, base_devs, other_devs, where: str, mm_who: str, conv_who: str) -> list[dict[str, Any]]:
+    """`other_devs` over `base_devs` on the largest matmul both ran and on the VGG-16 totals."""
+    nums = []
+    mm = _largest_common_matmul(rows, base_devs, other_devs)
+    if mm:
+        nums.append(_num(f"{where} matmul {mm[0]['shape']}, {mm_who}", *mm))
+    a, b = _best_total(rows, base_devs), _best_total(rows, other_devs)
+    if a and b:
+        nums.append(_num(f"{where} VGG-16 conv layers, {conv_who}", a, b))
+    return nums
+
+
 def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped: list[dict[str, str]]
              ) -> list[dict[str, Any]]:
     """`devices`: the JSON machine block's device list (with "type"/"backend")."""
@@ -123,23 +135,14 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
     # 3: CUDA vs OpenCL on one GPU; OpenCL vs NumPy on the CPU
     nums, notes = [], []
     if cuda and cl_gpu:
-        mm = _largest_common_matmul(rows, cl_gpu, cuda)
-        if mm:
-            nums.append(_num(f"GPU matmul {mm[0]['shape']}, CUDA over OpenCL", *mm))
-        a, b = _best_total(rows, cl_gpu), _best_total(rows, cuda)
-        if a and b:
-            nums.append(_num("GPU VGG-16 conv layers, CUDA over OpenCL", a, b))
+        nums += _head_to_head(rows, cl_gpu, cuda, "GPU", "CUDA over OpenCL", "CUDA over OpenCL")
     else:
         notes.append("CUDA vs OpenCL on one GPU: untested, " + ("no GPU here" if not gpus else
                                                                   "the run lacks CUDA or OpenCL on the GPU"))
     cpu_nums = []
     if numpy and cl_cpu:
-        mm = _largest_common_matmul(rows, cl_cpu, numpy)
-        if mm:
-            cpu_nums.append(_num(f"CPU matmul {mm[0]['shape']}, NumPy (OpenBLAS) over OpenCL", *mm))
-        a, b = _best_total(rows, cl_cpu), _best_total(rows, numpy)
-        if a and b:
-            cpu_nums.append(_num("CPU VGG-16 conv layers, NumPy over OpenCL", a, b))
+        cpu_nums += _head_to_head(rows, cl_cpu, numpy, "CPU", "NumPy (OpenBLAS) over OpenCL",
+                                  "NumPy over OpenCL")
     else:
         notes.append("OpenCL vs NumPy on the CPU: untested, the run lacks one of them")
     nums += cpu_nums

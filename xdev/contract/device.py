@@ -23,6 +23,19 @@ class BackendStatus:
     devices: tuple[str, ...] = field(default_factory=tuple)
 
 
+def host_timed(fn: Callable[[], Any], repeat: int, synchronize: Callable[[], None]) -> list[float]:
+    """Host-clock seconds of each of ``repeat`` calls of ``fn``, ``synchronize()`` before the
+    first and after each, so queued device work is inside the interval it belongs to."""
+    out = []
+    synchronize()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 class Device(abc.ABC):
     """One device of one backend. Arrays it returns are the backend's native arrays.
 
@@ -101,14 +114,7 @@ class Device(abc.ABC):
         The default synchronizes around each call and reads the host clock; backends
         with device events (CUDA) override it.
         """
-        out = []
-        self.synchronize()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            self.synchronize()
-            out.append(time.perf_counter() - t0)
-        return out
+        return host_timed(fn, repeat, self.synchronize)
 
     peak_method: str = ""  # how peak_gflops() gets its figure, for reports
 

@@ -150,6 +150,25 @@ def conv_params(
     return ConvParams(N, C, H, W, O, kh, kw, groups, (sh, sw), (dh, dw), pad, Ho, Wo)
 
 
+def merge_dims(sizes: tuple[int, ...], *stride_sets: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """Dims as few as possible: [(size, (stride per operand))], outermost first.
+
+    Adjacent dims merge when every operand's outer stride equals its inner stride times the
+    inner size (broadcast dims, stride 0, merge with each other). Size-1 dims drop out.
+    Backends use it to walk batches and strided copies in as few loops as possible.
+    """
+    dims = [(n, tuple(s[i] for s in stride_sets)) for i, n in enumerate(sizes) if n != 1]
+    out: list[tuple[int, tuple[int, ...]]] = []
+    for n, st in dims:
+        if out:
+            pn, pst = out[-1]
+            if all(ps == s * n for ps, s in zip(pst, st)):
+                out[-1] = (pn * n, st)
+                continue
+        out.append((n, st))
+    return out
+
+
 def matmul_shape(ashape: tuple[int, ...], bshape: tuple[int, ...]) -> tuple[int, ...]:
     """The result shape of numpy.matmul, or a ValueError naming both shapes."""
     if len(ashape) == 0 or len(bshape) == 0:
