@@ -21,6 +21,10 @@ from xdev.contract import F16, F32, ConvParams, dgrad_as_forward
 COLS_BUDGET_BYTES = 64 << 20
 
 
+# From this many grad_w elements (K*Og) on, grad_w is accumulated untransposed (see below).
+DIRECT_W_ELEMS = 1 << 20
+
+
 def blocks(p: ConvParams, itemsize: int, budget: int = COLS_BUDGET_BYTES):
     """(n0, nb, h0, hb) blocks whose im2col matrix stays within ``budget`` bytes."""
     per_row = max(p.groups * p.K * p.Wo * itemsize, 1)
@@ -56,9 +60,14 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
         wf = w.astype(cdt, copy=False).reshape(G, Og, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
         gx_fwd = forward(gy, np.ascontiguousarray(wf).reshape(p.C, Og, kh, kw), None, fwd)
         need_x = False
-    # grad_w accumulates transposed, (G, K, Og) = cols @ gy^T: OpenBLAS runs that product with
-    # its long N*Ho*Wo reduction several times faster than gy @ cols^T (measured ~7x).
-    gwT = np.zeros((G, K, Og), cdt) if need_w else None
+    # grad_w accumulates transposed, (G, K, Og) = cols @ gy^T, for small K*Og: OpenBLAS ran that
+    # product with a long N*Ho*Wo reduction faster than gy @ cols^T. For large K*Og (VGG's 512-
+    # channel layers) the two products cost the same, but transposing the (K, Og) result back
+    # cost more than the GEMM itself (10.6 ms against 5.6 ms at K=4608, Og=512: power-of-two
+    # strides thrash the cache), so those accumulate in grad_w's own (G, Og, K) layout.
+    direct_w = K * Og >= DIRECT_W_ELEMS
+    gwT = np.empty((G, Og, K) if direct_w else (G, K, Og), cdt) if need_w else None
+    first = True  # the first block's product goes straight into gwT: no zero fill, no temporary
     gxp = np.zeros((N, p.C, Hp, Wp), cdt) if need_x else None
     if N * Ho * Wo and K and Og and (need_x or need_w):
         gy4 = gy.reshape(N, G, Og, Ho * Wo)
@@ -80,7 +89,12 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
                     writeable=False,
                 )
                 cols = view.reshape(G, K, L)  # the im2col copy
-                gwT += np.matmul(cols, g.transpose(0, 2, 1))
+                a, b = (g, cols.transpose(0, 2, 1)) if direct_w else (cols, g.transpose(0, 2, 1))
+                if first:
+                    np.matmul(a, b, out=gwT)
+                    first = False
+                else:
+                    gwT += np.matmul(a, b)
                 del cols
             if need_x:
                 dcols = np.matmul(wT, g).reshape(G, Cg, kh, kw, nb, hb, Wo)
@@ -93,6 +107,8 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
                         t = tgt[:, :, :, r0 : r0 + sh * (hb - 1) + 1 : sh, c0 : c0 + sw * (Wo - 1) + 1 : sw]
                         t += dcols[:, :, i, j].transpose(2, 0, 1, 3, 4)
                 del dcols
+    if gwT is not None and first:  # nothing to reduce (an empty axis): the gradient is zero
+        gwT.fill(0)
     gx = None
     if gx_fwd is not None:
         gx = gx_fwd.astype(dt, copy=False)
@@ -101,7 +117,8 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
         gx = np.ascontiguousarray(gx, dtype=dt)
     gw = None
     if gwT is not None:
-        gw = np.ascontiguousarray(gwT.transpose(0, 2, 1)).reshape(p.O, Cg, kh, kw).astype(dt, copy=False)
+        gw = gwT if direct_w else np.ascontiguousarray(gwT.transpose(0, 2, 1))
+        gw = gw.reshape(p.O, Cg, kh, kw).astype(dt, copy=False)
     if gb is not None:
         gb = gb.astype(dt, copy=False)
     return gx, gw, gb

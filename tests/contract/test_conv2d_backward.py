@@ -215,3 +215,32 @@ def test_opencl_grad_w_non_finite_input_stays_out_of_unread_taps(monkeypatch, ro
     assert np.isfinite(got[:, :, :, 0]).all()
     assert np.isfinite(got[:, 1]).all()
     assert not np.isfinite(got[:, 0, :, 1:]).all()
+
+
+# The NumPy backend accumulates grad_w in two layouts (by size): both agree with the reference.
+# (x, w, stride, padding, dilation, groups): several image/row blocks, groups, strides
+NUMPY_GRAD_W_LAYERS = [
+    ((3, 6, 9, 7), (8, 3, 3, 2), (2, 1), 1, 1, 2),
+    ((2, 4, 6, 6), (5, 4, 3, 3), 1, "same", (1, 2), 1),
+]
+
+
+@pytest.mark.parametrize("threshold", [1, 1 << 40], ids=["untransposed", "transposed"])
+@pytest.mark.parametrize("layer", NUMPY_GRAD_W_LAYERS)
+def test_numpy_grad_w_layouts(monkeypatch, threshold, layer):
+    import xdev.backends.numpy.backward as nb
+
+    monkeypatch.setattr(nb, "DIRECT_W_ELEMS", threshold)
+    # a small im2col budget so the reduction runs over several blocks (the += path too)
+    blocks, counts = nb.blocks, []
+
+    def small_blocks(p, itemsize, budget):
+        out = list(blocks(p, itemsize, 512))
+        counts.append(len(out))
+        return out
+
+    monkeypatch.setattr(nb, "blocks", small_blocks)
+    dev = require("numpy")
+    for case in fixed_conv_cases(dev, *layer):
+        check_backward(dev, case, needs=("w", "bias"))
+    assert counts and min(counts) > 1
