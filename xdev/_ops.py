@@ -201,15 +201,28 @@ def _unavailable_algorithm(op: str, dev: Device, algorithm: str) -> None:
     )
 
 
-_conv_params_cached = functools.lru_cache(maxsize=512)(conv_params)
+def _typed(v: Any) -> Any:
+    """A cache key that tells 1, 1.0 and True apart (their hashes and == agree), or None when
+    a value is not a plain int, str, None or tuple of those (validate it uncached)."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return (t, v)
+    if t is tuple:
+        parts = tuple(_typed(e) for e in v)
+        return None if None in parts else parts
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _conv_params_cached(key: Any, args: tuple[Any, ...]) -> Any:
+    return conv_params(*args)
 
 
 def _conv_params(*args: Any) -> Any:
-    """conv_params, memoized for hashable arguments (the validation costs ~10 us per call)."""
-    try:
-        return _conv_params_cached(*args)
-    except TypeError:  # an unhashable argument (a list for stride, ...): validate uncached
-        return conv_params(*args)
+    """conv_params, memoized on the arguments' values and exact types (the validation costs
+    ~10 us per call; a bool or float must still be refused after an equal int was accepted)."""
+    key = _typed(args)
+    return conv_params(*args) if key is None else _conv_params_cached(key, args)
 
 
 # Array's @ operator (declared in _array.py) is matmul.

@@ -118,3 +118,16 @@ def test_bench_with_no_usable_backend_fails_with_the_reason():
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]
     assert "nothing to measure" in r.stdout and "cuda: unavailable" in r.stdout
     assert "0 results" not in r.stdout
+
+
+def test_conv_argument_checks_do_not_depend_on_call_order():
+    # The geometry check is memoized; 1, 1.0 and True are equal keys to a plain cache, so a
+    # bool or float stride must still be refused after stride=1 was accepted.
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    xdev.conv2d(x, w, stride=1, backend="numpy")
+    xdev.conv2d(x, w, stride=(1, 1), backend="numpy")
+    for bad in (True, 1.0, (1, True), (1.0, 1)):
+        with pytest.raises((TypeError, ValueError)):
+            xdev.conv2d(x, w, stride=bad, backend="numpy")
+    with pytest.raises((TypeError, ValueError)):
+        xdev.conv2d(x, w, stride=[1, True], backend="numpy")
