@@ -123,8 +123,10 @@ def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | 
         return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
     first_error = None
     verdict: dict[str, Any] | None = None
+    transient = False  # a hang or a kill without a compiler error: not worth remembering
     for i, vw in enumerate(widths(vw0)):
         err = run_child(cand, vw, first=(i == 0))
+        transient = transient or (err is not None and _transient(err))
         if err is None:
             verdict = {"ok": True, "vw": vw, "reason": "" if vw == vw0 else
                        f"vector width {vw0} failed ({first_error}); using {vw}"}
@@ -133,7 +135,10 @@ def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | 
     if verdict is None:
         verdict = {"ok": False, "vw": None, "reason": (
             f"{cand.key} {cand.label} failed xdev's kernel check: {first_error} -- {FIX}")}
-    _write_verdict(ident, verdict)
+    # A failure caused by a busy machine or a killed child is retried by the next process,
+    # not cached until the driver changes; a passing width (or a compiler error) is kept.
+    if verdict["ok"] or not transient:
+        _write_verdict(ident, verdict)
     return (verdict["vw"], None) if verdict["ok"] else (None, verdict["reason"])
 
 
@@ -162,9 +167,25 @@ def run_child(cand, vw: int, first: bool) -> str | None:
                 f"{ENV_TIMEOUT} to wait longer)")
     for line in reversed(out.splitlines()):
         if line.startswith("XDEV-PROOF "):
-            res = json.loads(line[len("XDEV-PROOF "):])
-            return None if res["ok"] and code == 0 else f"vector width {vw}: {res['error']}"
-    return f"vector width {vw}: the check process died (exit {code}): {_crash_line(err)}"
+            try:
+                res = json.loads(line[len("XDEV-PROOF "):])
+            except ValueError:  # cut short by the kill after "LLVM ERROR"
+                break
+            if res.get("ok") and code == 0:
+                return None
+            return f"vector width {vw}: " + (res.get("error") or
+                                             f"{DIED} (exit {code}) after passing: {_crash_line(err)}")
+    return f"vector width {vw}: {DIED} (exit {code}): {_crash_line(err)}"
+
+
+DIED = "the check process died"
+
+
+def _transient(err: str) -> bool:
+    """A failure that says nothing about the driver: a hang, or a child killed from outside
+    (SIGKILL, e.g. the OOM killer; SIGTERM). An abort or a compiler error is the driver's."""
+    killed = any(f"{DIED} (exit {c})" in err for c in (-9, -15))
+    return ("hung (no progress" in err or killed) and "LLVM ERROR" not in err
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str, bool]:

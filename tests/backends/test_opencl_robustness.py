@@ -192,6 +192,18 @@ def test_proof_falls_back_to_a_narrower_vector_width(tmp_path, monkeypatch):
     monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: f"vector width {vw}: LLVM ERROR")
     vw, why = proof.prove(_fake_cand(), "gpu", params)
     assert vw is None and "vector width 16: LLVM ERROR" in why and "pocl-opencl-icd" in why
+    # ... and that deterministic verdict is cached; a hang on a busy machine is not.
+    calls = []
+    monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: calls.append(vw) or "x: LLVM ERROR")
+    assert proof.prove(_fake_cand(), "gpu", params)[0] is None and calls == []
+    hung = lambda cand, vw, first: calls.append(vw) or (f"vector width {vw}: hung (no progress for 60 s)" if vw > 4
+                                                        else "vector width 4: the check process died (exit -9): no output")
+    monkeypatch.setattr(proof, "run_child", hung)
+    for f in (tmp_path / "opencl-proof").glob("*.json"):
+        f.unlink()
+    for _ in range(2):  # proven again each time
+        assert proof.prove(_fake_cand(), "cpu", params)[0] is None
+    assert calls == [16, 8, 4, 16, 8, 4]
 
 
 def test_proof_with_an_unwritable_cache_still_answers(tmp_path, monkeypatch):
