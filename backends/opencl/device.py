@@ -286,10 +286,20 @@ class OpenCLDevice(Device):
                 if "INVALID_KERNEL_NAME" not in str(e):
                     raise
                 # A half-written entry in PoCL's kernel cache (a process killed mid-build)
-                # yields a program without kernels: build it again with an option no
-                # earlier build used (PoCL keys its cache by the options).
-                fresh = {**options, "XDEV_FRESH_BUILD": time.time_ns()}
-                return cl.Kernel(self.build(file, fresh), name)
+                # yields a program without kernels: build it under other options (PoCL keys
+                # its cache by them). Fixed values, memoized like any program, so the cache
+                # gains at most two entries however many processes meet the broken one.
+                for attempt in (1, 2):
+                    try:
+                        return cl.Kernel(self.program(file, {**options, "XDEV_FRESH_BUILD": attempt}), name)
+                    except cl.LogicError as again:
+                        if "INVALID_KERNEL_NAME" not in str(again):
+                            raise
+                raise RuntimeError(
+                    f"{self.key} {self.name}: {file} builds without kernel {name!r} even when "
+                    f"rebuilt; PoCL's kernel cache is damaged: delete its folder (POCL_CACHE_DIR, "
+                    f"by default ~/.cache/pocl) and run again"
+                ) from e
 
         return self.kernels.get((file, name, tuple(sorted(options.items()))), make)
 
