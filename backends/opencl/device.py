@@ -303,10 +303,6 @@ class OpenCLDevice(Device):
 
         return self.kernels.get((file, name, tuple(sorted(options.items()))), make)
 
-    def build(self, file: str, options: dict[str, int]) -> cl.Program:
-        """Compile (not memoized): KernelBuildError with the mapped log if it fails."""
-        return build_program(self.ctx, f"{self.key} {self.name}", file, options)
-
     def launch(self, file: str, name: str, options: dict[str, int], global_size: tuple[int, ...],
                local_size: tuple[int, ...] | None, *args: Any) -> cl.Event:
         """Enqueue kernel `name` of `file` (built with `options`) on this device's queue."""

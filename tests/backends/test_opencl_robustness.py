@@ -108,7 +108,11 @@ def test_stale_pocl_cache_entry_is_rebuilt(monkeypatch):
     dev = require("opencl")
     from xdev.backends.opencl.device import PROBE_SOURCE
 
-    real_build = dev.build
+    from xdev.backends.opencl.kernels import build_program
+
+    def real_build(name, options):
+        return build_program(dev.ctx, dev.key, name, options)
+
     calls = []
 
     def program(name, options):
