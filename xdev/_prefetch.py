@@ -158,6 +158,9 @@ class Prefetch(Iterator[Any]):
     def __init__(self, state: _State) -> None:
         self._state = state
         self._finalizer = weakref.finalize(self, _State.shutdown, state)
+        # Not at interpreter exit: the producer is a daemon thread, and joining it there
+        # would hang the exit on a source that blocks (a queue, a socket, a stalled disk).
+        self._finalizer.atexit = False
 
     @property
     def device(self) -> str:

@@ -272,3 +272,18 @@ def test_numpy_out(device):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         a.numpy(out=ro)
+
+
+def test_interpreter_exit_does_not_wait_for_a_blocked_source():
+    # A source blocked forever (a queue, a socket) must not hang the process at exit: the
+    # producer is a daemon thread and the finalizer does not join it then.
+    from child import run_child
+
+    code = ("import threading, numpy as np, xdev\n"
+            "def src():\n"
+            "    yield np.ones((2, 2), np.float32)\n"
+            "    threading.Event().wait()\n"
+            "it = xdev.prefetch(src(), backend='numpy')\n"
+            "print(next(it).shape)\n")
+    r = run_child(code, timeout=60)
+    assert r.returncode == 0 and "(2, 2)" in r.stdout, r.stderr[-2000:]
