@@ -103,7 +103,7 @@ print("CLBlast:", clblast.library_path() or clblast.unavailable_reason())
 PYEOF
 
   # 1. the search, bounded: GEMM at 4096^3, three VGG-16 layers at batch 8, xl/tiled crossover
-  step "tune (budget ${tune_s}s)" $(( tune_s + 60 )) bash -c \
+  step "tune (budget ${tune_s}s)" $(( tune_s + 60 )) bash -o pipefail -c \
     "'$PY' -m xdev.tune --device '$ocl_sel' $( [ $DRY = 1 ] && echo --quick ) --budget $tune_s 2>&1 | tee '$RES/tune.log'"
   [ -f "$RES/opencl-tuning.json" ] && { echo "tuned parameters:"; cat "$RES/opencl-tuning.json"; }
 
@@ -113,7 +113,7 @@ PYEOF
     --repeat "$repeat" --json "$RES/compare.json"
 
   # 3. the OpenCL kernel tests on this driver, with the tuned parameters as defaults
-  step "pytest OpenCL kernels" 120 bash -c "XDEV_BACKEND=$ocl_sel XDEV_HYPOTHESIS_PROFILE=ci \
+  step "pytest OpenCL kernels" 120 bash -o pipefail -c "XDEV_BACKEND=$ocl_sel XDEV_HYPOTHESIS_PROFILE=ci \
     '$PY' -m pytest -q -x -p no:cacheprovider ${tests[*]} 2>&1 | tail -n 25 | tee '$RES/pytest.log'"
 
   # 4. the same GEMMs through the standard benchmark (its "clblast" rows), if time is left

@@ -213,6 +213,7 @@ WGRAD_THREADS = 64  # conv2d_backward_direct.cu's XDEV_WGRAD_THREADS
 ACC_NAME = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 
+@functools.lru_cache(maxsize=1024)
 def col2im_launch(p: Any, acc: str, blk: ColsBlock) -> Launch:
     """The launch of col2im.cu for one block; gx (the accumulator) is passed at image blk.n0."""
     g = _geometry(p)
@@ -237,6 +238,7 @@ def _bwd_scalars(p: Any) -> list[tuple[str, int]]:
     ]
 
 
+@functools.lru_cache(maxsize=1024)
 def dgrad_direct_launch(p: Any, dtype: str) -> Launch:
     total = p.N * p.C * p.H * p.W
     blocks = max(1, min(_cdiv(total, 256), 1 << 20))
@@ -245,6 +247,7 @@ def dgrad_direct_launch(p: Any, dtype: str) -> Launch:
                   (256, 1, 1), 0, tuple(args))
 
 
+@functools.lru_cache(maxsize=1024)
 def wgrad_direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int]) -> Launch:
     total = p.O * p.Cg * p.kh * p.kw
     blocks = max(1, min(total, 1 << 20))

@@ -266,6 +266,8 @@ class CudnnConv:
         ex = self._cache.get(key)
         if ex is None:
             ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)
+        else:
+            self._cache.move_to_end(key)  # least recently used goes first, not first built
         if type(ex) is _Failure:
             raise CudnnUnsupported(ex.message)
         handle = self._handle

@@ -350,8 +350,6 @@ class DiskCache:
 
     def put(self, key: str, choice: Choice) -> None:
         """Record a choice and rewrite the file; an unwritable cache only warns."""
-        entries = self._load()
-        entries[key] = choice
         self._entries = None
         merged = self._load()  # what another process may have written meanwhile
         merged[key] = choice
