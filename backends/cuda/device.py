@@ -378,6 +378,12 @@ class CudaDevice(Device):
             compute, (one, zero) = (_COMPUTE_32F_FAST_TF32 if tf32 else _COMPUTE_32F), _SCALARS[F32]
         h = self._cublas_handle()
         cublas = _cublas()
+        # cuBLAS runs on its handle's stream, the legacy default until told: bind CuPy's
+        # current stream (where xdev queues everything else), again only when it changes.
+        stream = cupy.cuda.get_current_stream().ptr
+        if getattr(self._tls, "stream", None) != stream:
+            cublas.setStream(h, stream)
+            self._tls.stream = stream
         code = _CUDA_R[dt]
         isz = dt.itemsize
         pa, pb, pc = a.data.ptr, b.data.ptr, out.data.ptr

@@ -747,13 +747,17 @@ class FakeCublas(types.ModuleType):
 
     def __init__(self):
         super().__init__("cupy_backends.cuda.libs.cublas")
-        self.calls, self.modes = [], {}
+        self.calls, self.modes, self.streams = [], {}, []
+        self.current_stream = 0  # CuPy's current stream, as the fake cupy reports it
 
     def create(self):
         return 77
 
     def setMathMode(self, h, mode):
         self.modes[h] = mode
+
+    def setStream(self, h, stream):
+        self.streams.append((h, stream))
 
     def gemmEx(self, h, ta, tb, m, n, k, alpha, A, At, lda, B, Bt, ldb, beta, C, Ct, ldc, compute, algo):
         self.gemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, At, lda, 0, B, Bt, ldb, 0, beta, C, Ct, ldc, 0, 1,
@@ -786,7 +790,8 @@ def fake_device(monkeypatch):
     class Err(Exception):
         pass
 
-    cp.cuda = SimpleNamespace(memory=SimpleNamespace(OutOfMemoryError=Err), runtime=SimpleNamespace(CUDARuntimeError=Err))
+    cp.cuda = SimpleNamespace(memory=SimpleNamespace(OutOfMemoryError=Err), runtime=SimpleNamespace(CUDARuntimeError=Err),
+                              get_current_stream=lambda: SimpleNamespace(ptr=cublas.current_stream))
     cublas = FakeCublas()
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
@@ -957,3 +962,14 @@ def test_gpu_matmul_leaves_cupys_global_state_alone(cuda, monkeypatch):
                     backend="cuda")
         after = (rl.get_compute_type(np.dtype(np.float32)), cublas.getMathMode(cupy.cuda.device.get_cublas_handle()))
         assert after == before
+
+
+def test_cublas_runs_on_cupys_current_stream(fake_device):
+    # The handle is bound to CuPy's current stream before a GEMM, and again only on a change.
+    dev, cublas = fake_device
+    a, b = _fa(values(1, (4, 3), np.float32)), _fa(values(2, (3, 5), np.float32))
+    dev.matmul(a, b)
+    dev.matmul(a, b)
+    cublas.current_stream = 1234
+    dev.matmul(a, b)
+    assert cublas.streams == [(77, 0), (77, 1234)]
