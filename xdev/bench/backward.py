@@ -8,13 +8,11 @@ algorithm go beside the lecture's published forward + backward table.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
-
-import numpy as np
 
 import xdev
 
+from .noise import Case, measure_interleaved
 from .run import Settings, _rand, _row
 from .timing import Timing
 from .workloads import ConvLayer
@@ -33,30 +31,9 @@ PUBLISHED_TRAIN = {
 }
 
 
-def _interleaved(dev, fns: list[Callable[[], Any]], s: Settings, max_repeat: int = 50) -> list[Timing]:
-    """Time several calls round-robin: first calls (kernel builds) apart, then ABCABC..."""
-    firsts, builds = [], []
-    for fn in fns:
-        b0 = dev.build_seconds
-        t0 = time.perf_counter()
-        fn()
-        dev.synchronize()
-        firsts.append(time.perf_counter() - t0)
-        builds.append(dev.build_seconds - b0)
-    warm = [min(dev.elapsed(fn, 1)) for fn in fns]  # warm-up, timed to size the repeats
-    if s.repeat:
-        n = s.repeat
-    else:
-        n = int(min(max_repeat, max(3, s.target_s / max(sum(warm), 1e-9))))
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(n):
-        for i, fn in enumerate(fns):
-            times[i].extend(dev.elapsed(fn, 1))
-    out = []
-    for i in range(len(fns)):
-        q1, med, q3 = np.percentile(np.array(times[i]), [25, 50, 75])
-        out.append(Timing(float(med), float(q3 - q1), n, float(builds[i]), float(firsts[i])))
-    return out
+def _interleaved(dev, fns: list[Callable[[], Any]], s: Settings) -> list[Timing]:
+    """The passes timed in alternating rounds, first calls (kernel builds) apart."""
+    return measure_interleaved([Case(dev, fn) for fn in fns], s.target_s, s.repeat)
 
 
 def layer_rows(dev, s: Settings, layer: ConvLayer, algorithm: str) -> list[dict[str, Any]]:
