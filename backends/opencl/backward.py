@@ -75,7 +75,9 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
                        i32(Hp), i32(Wp), *geo, i32(p.Ho), i32(p.Wo))
         return gx, gw, gb, algo
     if gx is not None and _dgrad_forward_pays(p):
-        # Stride 1: the forward kernels compute grad_x; col2im is not needed.
+        # Stride 1: the forward kernels compute grad_x; col2im is not needed. The buffer
+        # allocated above goes back to the pool first, so peak memory holds one grad_x.
+        gx = None
         gx = _grad_x_forward(dev, gy, w, p)
         gx_left = None
     else:
