@@ -12,6 +12,7 @@ chunks. Needs ``pip install "xdev[dask]"``; see docs/dask.md for clusters of GPU
 from __future__ import annotations
 
 import contextlib
+import threading
 from functools import reduce
 from typing import Any
 
@@ -52,17 +53,72 @@ def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype:
     return c[..., np.newaxis, :]
 
 
+# The K blocks of one output block are copied side by side into two panels that each worker
+# thread keeps, so the block is one xdev.matmul with its full K: one upload, one product and
+# one download on a GPU, and on the CPU no fresh memory per partial product. Dask's workers
+# trim malloc's heap (MALLOC_TRIM_THRESHOLD_), so every 4 MiB partial product was a fresh
+# mmap, page-faulted in while the worker's other thread received blocks: on 2 CPU workers,
+# 4096^2 in 1024^2 chunks, that cost 5-10% of the run (docs/dask.md). The panels of one
+# thread are capped at PANEL_BYTES; K blocks beyond that go in further groups.
+PANEL_BYTES = 64 << 20
+_panels = threading.local()
+
+
+def _panel(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """This thread's reusable buffer ``name`` viewed as an array of ``shape`` (grown on demand)."""
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = getattr(_panels, name, None)
+    if buf is None or buf.nbytes < n:
+        del buf
+        setattr(_panels, name, None)  # the old buffer goes before the larger one is allocated
+        buf = np.empty(n, np.uint8)
+        setattr(_panels, name, buf)
+    return buf[:n].view(dtype).reshape(shape)
+
+
+def _k_groups(a_blocks: list[np.ndarray], b_blocks: list[np.ndarray], itemsize: int) -> list[range]:
+    """Consecutive K blocks whose two panels fit PANEL_BYTES together (at least one block each)."""
+    groups: list[range] = []
+    start, used = 0, 0
+    for i, (a, b) in enumerate(zip(a_blocks, b_blocks)):
+        nbytes = (a.size + b.size) * itemsize
+        if i > start and used + nbytes > PANEL_BYTES:
+            groups.append(range(start, i))
+            start, used = i, 0
+        used += nbytes
+    groups.append(range(start, len(a_blocks)))
+    return groups
+
+
 def _block_matmul_sum(a_blocks: Any, b_blocks: Any, backend: str | None, part_dtype: np.dtype) -> np.ndarray:
     """Sum over k of a_k @ b_k on this worker's device (the K blocks of one output block)."""
     if isinstance(a_blocks, np.ndarray):  # a single K block arrives unwrapped
         a_blocks, b_blocks = [a_blocks], [b_blocks]
+    out_dt = np.result_type(a_blocks[0].dtype, b_blocks[0].dtype)
+    groups = _k_groups(a_blocks, b_blocks, part_dtype.itemsize)
+    if len(groups) == 1:  # no partial sums: float16 runs as float16 (xdev accumulates in float32)
+        part_dtype = out_dt
+    acc: np.ndarray | None = None
     with _on(backend):
-        prods = (_host(xdev.matmul(a.astype(part_dtype, copy=False), b.astype(part_dtype, copy=False)))
-                 for a, b in zip(a_blocks, b_blocks))
-        acc = next(prods)
-        for c in prods:  # one K block at a time: at most two products in memory
-            np.add(acc, c, out=acc)
-    return acc.astype(np.result_type(a_blocks[0].dtype, b_blocks[0].dtype), copy=False)
+        for g in groups:
+            if len(g) == 1:  # a lone block is used where it is, converted only if it must be
+                a = a_blocks[g[0]].astype(part_dtype, copy=False)
+                b = b_blocks[g[0]].astype(part_dtype, copy=False)
+            else:
+                a0, b0 = a_blocks[g[0]], b_blocks[g[0]]
+                k = sum(a_blocks[i].shape[-1] for i in g)
+                a = _panel("a", a0.shape[:-1] + (k,), part_dtype)
+                b = _panel("b", b0.shape[:-2] + (k, b0.shape[-1]), part_dtype)
+                np.concatenate([a_blocks[i] for i in g], axis=-1, out=a)
+                np.concatenate([b_blocks[i] for i in g], axis=-2, out=b)
+            # The product is downloaded (or, on numpy, fresh) before the panels are refilled.
+            c = _host(xdev.matmul(a, b))
+            if acc is None:
+                acc = c
+            else:  # float16 groups are float32 products here: one rounding, at the end
+                np.add(acc, c, out=acc)
+    assert acc is not None
+    return acc.astype(out_dt, copy=False)
 
 
 def _sum_parts(parts: Any, axis: tuple[int, ...], keepdims: bool, dtype: Any = None) -> np.ndarray:
@@ -101,8 +157,10 @@ def matmul(a: Any, b: Any, *, backend: str | None = None, reduce_k: str = "auto"
     Block (i, k) of ``a`` meets block (k, j) of ``b`` on a worker, and the partial products
     along K are summed; ``reduce_k`` says where:
 
-    - ``"task"``: one task per output block multiplies its K block pairs one after another
-      and sums them in place (Dask's blockwise contraction: no partials move between workers);
+    - ``"task"``: one task per output block copies its K blocks side by side into panels the
+      worker thread reuses and runs one xdev.matmul with the full K (Dask's blockwise
+      contraction: no partials move between workers; K beyond ``PANEL_BYTES`` of panels
+      runs in groups whose products are summed in place);
     - ``"tree"``: every block pair is its own task and a Dask tree reduction sums the partials
       (``split_every`` per step): more parallelism when the output has few blocks;
     - ``"auto"`` (default): ``"tree"`` when the output has fewer blocks than K has, else ``"task"``.

@@ -66,6 +66,37 @@ def test_matmul_blocked_along_m_n_and_k(client):
         assert C.chunks == ((20, 30, 20), (16, 29))
 
 
+def test_matmul_k_beyond_the_panel_cap_runs_in_groups(client, monkeypatch):
+    """K blocks that do not fit PANEL_BYTES together run in several products, summed in place;
+    float16 partials are float32 until the end (bound with K the full length)."""
+    a_shape, b_shape = (24, 150), (150, 10)
+    # 6 K blocks of 25: (24*25 + 25*10) * 4 bytes = 3400 per float32 block pair; a cap of
+    # 7000 bytes groups them 2 + 2 + 2, and float16 partials are float32 (4 bytes) as well.
+    monkeypatch.setattr(xd, "PANEL_BYTES", 7000)  # the workers are threads of this process
+    groups = xd._k_groups([np.empty((24, 25))] * 6, [np.empty((25, 10))] * 6, 4)
+    assert [list(g) for g in groups] == [[0, 1], [2, 3], [4, 5]]
+    for dt in _dtypes():
+        a, b = _rand(a_shape, dt, 30), _rand(b_shape, dt, 31)
+        _check_matmul(client, a, b, (12, 25), (25, 5), f"K in 3 groups of panels, {np.dtype(dt)}", reduce_k="task")
+    # A block pair larger than the cap is its own group, used in place.
+    assert [list(g) for g in xd._k_groups([np.empty((100, 100))] * 2, [np.empty((100, 100))] * 2, 4)] == [[0], [1]]
+
+
+def test_block_products_reuse_the_panels_and_never_alias_them():
+    rng = np.random.default_rng(32)
+    a = [rng.standard_normal((16, 8)).astype(np.float32) for _ in range(3)]
+    b = [rng.standard_normal((8, 12)).astype(np.float32) for _ in range(3)]
+    f32 = np.dtype(np.float32)
+    c1 = xd._block_matmul_sum(a, b, "numpy", f32)
+    kept = c1.copy()
+    panel = xd._panels.a
+    c2 = xd._block_matmul_sum([x + 1 for x in a], b, "numpy", f32)  # refills the same panels
+    assert xd._panels.a is panel  # reused, not reallocated
+    np.testing.assert_array_equal(c1, kept)  # the first result is not a view of a panel
+    assert not np.shares_memory(c2, panel)
+    np.testing.assert_allclose(c1, sum(x @ y for x, y in zip(a, b)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::dask.array.core.PerformanceWarning")  # dask's note on rechunking
 def test_matmul_k_chunks_that_differ_are_aligned(client):
     a, b = _rand((33, 64), np.float32, 3), _rand((64, 17), np.float32, 4)

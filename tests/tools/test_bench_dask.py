@@ -22,9 +22,42 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     doc = json.loads(out.read_text())
     rows = {(row["op"], row.get("layer")): row for row in doc["results"]}
     assert doc["config"]["workers"] == 1 and doc["config"]["chunk"] == 32
+    assert doc["schema"]["name"] == "xdev.bench" and doc["run"]["argv"][:2] == ["--dask", "1"]
+    assert doc["run"]["load"]["wall_s"] > 0
+    cluster = doc["config"]["cluster"]
+    assert cluster["workers"] == 1 and cluster["threads_per_worker"] == [1] and cluster["dask"]
     mm = rows[("matmul", None)]
     assert mm["shape"] == "96^2 in 32^2 chunks" and mm["tasks"] > 0
     assert 0 < mm["worker_busy"] <= 1.5 and mm["worker_compute_s"] > 0
     assert mm["dask_s"] > 0 and mm["efficiency"] == pytest.approx(mm["speedup"] / mm["ideal_speedup"])
     assert len([k for k in rows if k[0] == "conv2d"]) == 14  # 13 layers and the total
-    assert "efficiency" in r.stdout
+    assert mm["target"] in ("met", "not met", "within noise") and mm["efficiency_spread"] >= 0
+    assert len(mm["pair_ratios"]) == len(mm["dask_runs_s"]) == 1
+    assert "efficiency" in r.stdout and "target >= 0.80" in r.stdout
+
+
+def test_target_verdict_counts_the_spread():
+    from xdev.bench.dask_bench import _verdict
+
+    assert _verdict(0.90, 0.05) == "met"
+    assert _verdict(0.83, 0.05) == "within noise"
+    assert _verdict(0.70, 0.05) == "not met"
+
+
+def test_a_dask_run_is_settled_before_the_next():
+    """The graph of every run is the same, so are its keys: a rerun while the scheduler still
+    held the last result would find it instead of computing it."""
+    import dask.array as da
+    import distributed
+
+    from xdev.bench.dask_bench import _DaskRun, _held
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        x = client.persist(da.ones((64, 64), chunks=32))
+        run = _DaskRun(client, distributed, lambda: (x @ x.T) + 1)
+        run()
+        keys = list(run.keys)
+        assert len(keys) == 4
+        run.settle()
+        assert client.run_on_scheduler(_held, keys) == 0 and run.keys == []

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.dask is not None:
         from .dask_bench import run
 
-        return run(a)
+        return run(a, args)
     try:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -6,11 +6,15 @@ across the workers (one chunk of images per worker). Inputs and weights are pers
 workers first, so each timed run is what a Dask user pays per call: graph construction, scheduling, moving blocks between
 workers, the block products and the partial sums (``persist`` + ``wait``; the result stays on
 the workers). One process: the same op through xdev with every core (or its one GPU).
-Both sides alternate (ABAB) and each reports its median.
+Both sides alternate (ABAB) and each reports its median; before each Dask run the scheduler
+has forgotten the previous result (the graph is the same, so would its keys be, and a result
+still held would be found, not computed).
 
 Scaling efficiency = speedup / ideal speedup, with speedup = t(one process) / t(Dask). The
 ideal speedup is N for N GPU workers (one GPU each, dask-cuda) and 1 for CPU workers: they
 share the cores that the one process already uses in full. Dask's overhead = 1/efficiency - 1.
+The efficiency carries its spread (from the two sides' interquartile ranges); the target is
+TARGET_EFFICIENCY, met only when the efficiency is above it by more than its spread.
 """
 from __future__ import annotations
 
@@ -31,8 +35,13 @@ from xdev._registry import get_device
 from xdev.contract import env
 
 from . import workloads as wl
+from .meta import SCHEMA, run_block
+from .noise import ratio, sample_load, summarize_load
 
 PAUSE_S = 0.3  # let one side's BLAS / PoCL threads go idle before the other side starts
+# Dask's overhead stays small: at least 0.8 of the ideal speedup (CPU workers: of one process).
+TARGET_EFFICIENCY = 0.8
+FORGET_TIMEOUT_S = 60.0
 
 
 def _needs() -> tuple[Any, Any, Any]:
@@ -46,10 +55,12 @@ def _needs() -> tuple[Any, Any, Any]:
     return da, distributed, xd
 
 
-def _abab(one: Callable[[], Any], dask: Callable[[], Any], repeats: int) -> tuple[list[float], list[float]]:
-    """Warm both sides up, then alternate them; seconds per call of each."""
+def _abab(one: Callable[[], Any], dask: "_DaskRun", repeats: int) -> tuple[list[float], list[float]]:
+    """Warm both sides up, then alternate them; seconds per call of each (untimed: the wait
+    until the scheduler has forgotten a Dask result)."""
     one()
     dask()
+    dask.settle()
     t_one, t_dask = [], []
     for _ in range(repeats):
         for fn, out in ((one, t_one), (dask, t_dask)):
@@ -57,28 +68,77 @@ def _abab(one: Callable[[], Any], dask: Callable[[], Any], repeats: int) -> tupl
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
+        dask.settle()
     return t_one, t_dask
+
+
+def _held(keys: list[Any], dask_scheduler: Any = None) -> int:
+    """Runs on the scheduler: how many of ``keys`` it still knows."""
+    return sum(k in dask_scheduler.tasks for k in keys)
+
+
+class _DaskRun:
+    """One call as a Dask user pays it: build the graph, persist, wait (the result stays on the
+    workers); ``settle`` then waits, untimed, until the scheduler has forgotten that result."""
+
+    def __init__(self, client: Any, distributed: Any, make: Callable[[], Any]) -> None:
+        self.client, self.distributed, self.make = client, distributed, make
+        self.keys: list[Any] = []
+
+    def __call__(self) -> None:
+        from dask.core import flatten
+
+        out = self.make().persist()
+        self.distributed.wait(out)
+        self.keys = list(flatten(out.__dask_keys__()))
+        del out  # the client releases the keys; the scheduler forgets them a moment later
+
+    def settle(self) -> None:
+        deadline = time.monotonic() + FORGET_TIMEOUT_S
+        while self.keys and self.client.run_on_scheduler(_held, self.keys):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Dask scheduler still holds a result {FORGET_TIMEOUT_S:.0f} s after its "
+                                   "release; a rerun would find it instead of computing it, so the timing stops here")
+            time.sleep(0.01)
+        self.keys = []
+
+
+def _iqr(t: list[float]) -> float:
+    if len(t) < 2:
+        return 0.0
+    q = statistics.quantiles(t, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def _verdict(eff: float, spread: float) -> str:
+    if abs(eff - TARGET_EFFICIENCY) <= spread:
+        return "within noise"
+    return "met" if eff > TARGET_EFFICIENCY else "not met"
 
 
 def _row(op: str, shape: str, t_one: list[float], t_dask: list[float], flops: int, ideal: float,
          tasks: int, **extra: Any) -> dict[str, Any]:
     one, dsk = statistics.median(t_one), statistics.median(t_dask)
-    speedup = one / dsk
-    eff = speedup / ideal
+    speedup, spread, _ = ratio(one, _iqr(t_one), dsk, _iqr(t_dask))
+    eff, eff_spread = speedup / ideal, spread / ideal
     return {"op": op, "shape": shape, "one_process_s": one, "dask_s": dsk,
+            "one_process_iqr_s": _iqr(t_one), "dask_iqr_s": _iqr(t_dask),
             "one_process_runs_s": t_one, "dask_runs_s": t_dask,
+            "pair_ratios": [a / b for a, b in zip(t_one, t_dask)],
             "one_process_gflops": flops / one / 1e9, "dask_gflops": flops / dsk / 1e9,
-            "speedup": speedup, "ideal_speedup": ideal, "efficiency": eff,
-            "dask_overhead": 1 / eff - 1, "tasks": tasks, **extra}
+            "speedup": speedup, "speedup_spread": spread, "ideal_speedup": ideal, "efficiency": eff,
+            "efficiency_spread": eff_spread, "target_efficiency": TARGET_EFFICIENCY,
+            "target": _verdict(eff, eff_spread), "dask_overhead": 1 / eff - 1, "tasks": tasks, **extra}
 
 
-def _profile(distributed: Any, client: Any, fn: Callable[[], Any], workers: int) -> dict[str, Any]:
+def _profile(distributed: Any, client: Any, fn: _DaskRun, workers: int) -> dict[str, Any]:
     """One more (untimed for the medians) Dask run under Dask's task stream: how much of the
     wall time the workers spent computing, and in transfers between them."""
     with distributed.get_task_stream(client) as ts:
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
+    fn.settle()
     spent = {"compute": 0.0, "transfer": 0.0}
     for task in ts.data:
         for s in task.get("startstops", ()):
@@ -109,7 +169,33 @@ def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any,
     return stack.enter_context(distributed.Client(cluster)), dev.key, 1.0
 
 
-def run(a: argparse.Namespace) -> int:
+def _load_sample() -> dict[str, Any]:
+    """sample_load, with the CPU time of the worker processes counted as ours (the load
+    summary would otherwise report them as other processes)."""
+    s = sample_load()
+    try:
+        import psutil  # a dependency of distributed
+
+        s["self_cpu_s"] += sum(sum(c.cpu_times()[:2]) for c in psutil.Process().children(recursive=True))
+    except Exception:  # noqa: BLE001 - a child that exited between listing and reading
+        pass
+    return s
+
+
+def _cluster_config(client: Any) -> dict[str, Any]:
+    """What the timings depend on: versions, workers, their threads and environment."""
+    import dask
+    import distributed
+
+    workers = client.scheduler_info()["workers"].values()
+    return {"dask": dask.__version__, "distributed": distributed.__version__,
+            "workers": len(workers), "threads_per_worker": sorted({w["nthreads"] for w in workers}),
+            "pre_spawn_environ": dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})),
+            "worker_env": client.run(lambda: {k: v for k, v in os.environ.items()
+                                              if k.endswith("_NUM_THREADS") or k.startswith(("MALLOC_", "XDEV_"))})}
+
+
+def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Entry point for ``python -m xdev.bench --dask N`` (options parsed by xdev.bench.cli)."""
     da, distributed, xd = _needs()
     n_workers = int(a.dask)
@@ -119,7 +205,7 @@ def run(a: argparse.Namespace) -> int:
     dev = get_device(spec)
     dtype = np.dtype(a.dtype)
     dev.check_dtype(dtype)
-    repeats = a.repeat or 3
+    repeats = a.repeat or 5
     size = int(a.sizes.split(",")[0]) if a.sizes else (1024 if a.quick else 4096)
     chunk = a.dask_chunk or max(1, size // 4)
     image = a.image if not a.quick else min(a.image, 56)
@@ -132,9 +218,11 @@ def run(a: argparse.Namespace) -> int:
 
     print(f"xdev.dask on {n_workers} local worker(s) vs one xdev process; backend {dev.key} ({dev.name}), "
           f"{dtype}, {repeats} alternating runs each, medians")
+    load_before = _load_sample()
     with ExitStack() as stack:
         client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
-        print(f"cluster: {len(client.scheduler_info()['workers'])} workers, dashboard off")
+        cluster_config = _cluster_config(client)
+        print(f"cluster: {cluster_config['workers']} workers, dashboard off")
 
         def persisted(x: np.ndarray, chunks: Any) -> Any:
             with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
@@ -143,12 +231,8 @@ def run(a: argparse.Namespace) -> int:
             distributed.wait(d)
             return d
 
-        def run_dask(make: Callable[[], Any]) -> Callable[[], None]:
-            def go() -> None:
-                out = make().persist()
-                distributed.wait(out)
-                del out
-            return go
+        def run_dask(make: Callable[[], Any]) -> _DaskRun:
+            return _DaskRun(client, distributed, make)
 
         if "matmul" in a.ops:
             A, B = rand((size, size)), rand((size, size))
@@ -191,15 +275,16 @@ def run(a: argparse.Namespace) -> int:
             rows.append(_row("conv2d", f"VGG-16 conv layers, batch {batch} at {image}", total_one, total_dask,
                              sum(layer.flops for layer in wl.vgg16(batch, image)), ideal,
                              sum(r["tasks"] for r in per), layer="total"))
+        load = summarize_load(load_before, _load_sample())  # while the workers are alive
 
     print(f"\n{'op':8s} {'shape':36s} {'one process':>12s} {'dask':>10s} {'speedup':>8s} {'ideal':>6s} "
-          f"{'efficiency':>10s} {'overhead':>9s} {'tasks':>6s}")
+          f"{'efficiency':>12s} {'overhead':>9s} {'tasks':>6s}  target >= {TARGET_EFFICIENCY:.2f}")
     for r in rows:
         if r["op"] == "conv2d" and r.get("layer") != "total":
             continue
         print(f"{r['op']:8s} {r['shape']:36s} {r['one_process_s']:10.3f} s {r['dask_s']:8.3f} s "
-              f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:10.0%} {r['dask_overhead']:9.1%} "
-              f"{r['tasks']:6d}")
+              f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:7.2f}±{r['efficiency_spread']:.2f} "
+              f"{r['dask_overhead']:9.1%} {r['tasks']:6d}  {r['target']}")
     for r in rows:
         if r.get("worker_busy") is not None:
             print(f"{r['op']} {r['shape']}: in a profiled Dask run of {r['profiled_wall_s']:.3f} s the workers computed "
@@ -207,11 +292,15 @@ def run(a: argparse.Namespace) -> int:
                   f"spent {r['worker_transfer_s']:.3f} s receiving blocks; the rest is Dask's scheduling and idle time")
     print("efficiency = (t one process / t dask) / ideal speedup; ideal = N for GPU workers, 1 for CPU "
           "workers sharing the cores one process already uses. Timings on a shared machine vary: compare "
-          "the two sides of one run (they alternate).")
+          "the two sides of one run (they alternate); ± is the efficiency's spread, from both sides' "
+          "interquartile ranges.")
+    for w in load["warnings"]:
+        print(f"warning: {w}; the ratios may be off")
     if a.json:
-        doc = {"config": {"workers": n_workers, "backend": dev.key, "device": dev.info(), "dtype": str(dtype),
+        doc = {"schema": SCHEMA, "run": run_block(argv, load),
+               "config": {"workers": n_workers, "backend": dev.key, "device": dev.info(), "dtype": str(dtype),
                           "size": size, "chunk": chunk, "batch": batch, "image": image, "repeats": repeats,
-                          "cpu_count": os.cpu_count()},
+                          "cpu_count": os.cpu_count(), "cluster": cluster_config},
                "results": rows}
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
