@@ -34,6 +34,10 @@ class NpyBatches:
                 m = np.load(p, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise ValueError(f"npy_batches: cannot memory-map {p!r} as a .npy array ({e})") from e
+            if not isinstance(m, np.ndarray):  # np.load opens a .npz archive as an NpzFile
+                m.close()
+                raise ValueError(f"npy_batches: {p!r} is a .npz archive, not a .npy array; save each "
+                                 f"array with numpy.save, or pass numpy.load(...)[name] batches yourself")
             n = int(m.shape[0]) if m.ndim else 1
             if batch_size is None or m.ndim == 0:
                 self._parts.append((p, 0, n))

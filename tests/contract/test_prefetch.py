@@ -233,6 +233,10 @@ def test_npy_batches_bad_input(tmp_path):
     bad.write_bytes(b"not an npy file")
     with pytest.raises(ValueError, match="cannot memory-map"):
         xdev.npy_batches([bad])
+    npz = tmp_path / "x.npz"
+    np.savez(npz, a=np.ones(3))
+    with pytest.raises(ValueError, match=r"\.npz archive, not a \.npy array"):
+        xdev.npy_batches([npz])
     with pytest.raises(ValueError, match="workers"):
         xdev.npy_batches([], workers=0)
     with pytest.raises(ValueError, match="batch_size"):
