@@ -340,6 +340,28 @@ def test_cli_rejects_bad_arguments():
     assert r.returncode == 2 and "unknown op(s) fft" in r.stderr
 
 
+def test_an_explicit_image_size_reaches_the_pipeline_op(monkeypatch):
+    """--image 224 given is honoured by the pipeline op (its CPU batch is 112 only by default)."""
+    from xdev.bench import cli
+
+    seen = {}
+
+    def fake_rows(dev, settings, quick, batch=None, image=None):
+        seen["image"] = image
+        return []
+
+    monkeypatch.setattr(cli.pipeline, "pipeline_rows", fake_rows)
+    for argv, want in ((["--ops", "pipeline", "--image", "224"], 224), (["--ops", "pipeline"], None),
+                       (["--ops", "pipeline", "--image", "64"], 64)):
+        a = cli.parse(argv)
+        a.settings = None
+        cli._pipeline(a)[0].direct(None)
+        assert seen["image"] == want, argv
+    assert cli.parse([]).image == 224
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "--image", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--image must be at least 1" in r.stderr
+
+
 class TuneDevice:
     """dev.params[key]["MR"] decides how long a call 'takes'; noise is deterministic."""
     def __init__(self, speed, jitter):

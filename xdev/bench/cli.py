@@ -83,7 +83,7 @@ def _backward(a: argparse.Namespace) -> list[Workload]:
 
 def _pipeline(a: argparse.Namespace) -> list[Workload]:
     return [Workload("pipeline", "pipeline", direct=lambda dev: pipeline.pipeline_rows(
-        dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image != 224 else None))]
+        dev, a.settings, a.quick, batch=a.batch, image=a.image if a.image_given else None))]
 
 
 # The benchmark's ops: name -> planner returning the workloads for the parsed arguments
@@ -109,7 +109,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
     p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
     p.add_argument("--sizes", help="comma-separated n for the n x n x n matmul sweep (only these)")
-    p.add_argument("--image", type=int, default=224, help="VGG-16 input size (default 224, the real network)")
+    p.add_argument("--image", type=int, help="VGG-16 input size (default 224, the real network; the pipeline op's "
+                   "CPU batch is 112 unless --image is given)")
     p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
     p.add_argument("--reference", choices=["torch"], help="add PyTorch's matmul and conv2d as yardstick rows")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
@@ -120,6 +121,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "and VGG-16 conv (--batch, --image); needs xdev[dask]")
     p.add_argument("--dask-chunk", type=int, metavar="C", help="--dask matmul chunk edge (default n/4)")
     a = p.parse_args(argv)
+    # Whether --image was given: the pipeline op sizes its CPU batch smaller unless told.
+    a.image_given = a.image is not None
+    if a.image is None:
+        a.image = 224
+    elif a.image < 1:
+        p.error(f"--image must be at least 1; received {a.image}")
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
     if bad:
