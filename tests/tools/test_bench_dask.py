@@ -32,7 +32,9 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     assert mm["dask_s"] > 0 and mm["efficiency"] == pytest.approx(mm["speedup"] / mm["ideal_speedup"])
     assert len([k for k in rows if k[0] == "conv2d"]) == 14  # 13 layers and the total
     assert mm["target"] in ("met", "not met", "within noise") and mm["efficiency_spread"] >= 0
-    assert len(mm["pair_ratios"]) == len(mm["dask_runs_s"]) == 1
+    assert len(mm["pair_ratios"]) == len(mm["dask_runs_s"]) == len(mm["dask_in_place_runs_s"]) == 1
+    assert mm["dask_in_place_s"] > 0 and mm["moving_blocks_share"] < 1
+    assert mm["efficiency_in_place"] == pytest.approx(mm["one_process_s"] / mm["dask_in_place_s"] / mm["ideal_speedup"])
     assert "efficiency" in r.stdout and "target >= 0.80" in r.stdout
 
 
@@ -55,9 +57,37 @@ def test_a_dask_run_is_settled_before_the_next():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         x = client.persist(da.ones((64, 64), chunks=32))
-        run = _DaskRun(client, distributed, lambda: (x @ x.T) + 1)
+        run = _DaskRun(client, distributed, lambda: (x @ x.T) + 1, [x])
         run()
         keys = list(run.keys)
         assert len(keys) == 4
         run.settle()
         assert client.run_on_scheduler(_held, keys) == 0 and run.keys == []
+
+
+def test_every_dask_run_starts_with_one_copy_of_each_input():
+    """Workers keep the blocks they fetched; settle drops those copies, so every timed run
+    moves the blocks it needs (not some runs, by chance of Dask's memory manager)."""
+    import dask.array as da
+    import distributed
+
+    from xdev.bench.dask_bench import _DaskRun, _replicas
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        client.amm.stop()  # as the benchmark does: copies are dropped by settle, not on a timer
+        w0, w1 = sorted(client.scheduler_info()["workers"])
+        x = client.persist(da.ones((64, 64), chunks=16), workers=[w0])
+        y = client.persist(da.zeros((64, 64), chunks=16), workers=[w1])  # other keys than x
+        distributed.wait([x, y])
+        keep = _DaskRun(client, distributed, lambda: x + y, [x, y], drop_copies=False)
+        run = _DaskRun(client, distributed, lambda: x + y, [x, y])
+        assert client.run_on_scheduler(_replicas, run.inputs) == 0
+        keep()
+        keep.settle()
+        copied = client.run_on_scheduler(_replicas, run.inputs)
+        assert copied > 0  # each sum of two blocks fetched one of them from the other worker
+        run()  # finds the copies in place
+        run.settle()
+        assert client.run_on_scheduler(_replicas, run.inputs) == 0
+        assert all(len(w) == 1 for w in client.who_has([x, y]).values())

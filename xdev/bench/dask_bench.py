@@ -1,14 +1,16 @@
 """``python -m xdev.bench --dask N``: xdev.dask on N local workers against one xdev process.
 
 Workloads: a blocked n x n matmul in c x c chunks (default 4096 in 1024: 16 output blocks,
-each the sum of 4 block products) and the VGG-16 convolutions on a batch chunked evenly
-across the workers (one chunk of images per worker). Inputs and weights are persisted on the
-workers first, so each timed run is what a Dask user pays per call: graph construction, scheduling, moving blocks between
-workers, the block products and the partial sums (``persist`` + ``wait``; the result stays on
-the workers). One process: the same op through xdev with every core (or its one GPU).
-Both sides alternate (ABAB) and each reports its median; before each Dask run the scheduler
-has forgotten the previous result (the graph is the same, so would its keys be, and a result
-still held would be found, not computed).
+each over 4 K blocks) and the VGG-16 convolutions on a batch chunked evenly across the
+workers (one chunk of images per worker). Inputs and weights are persisted on the workers
+first, so each timed run is what a Dask user pays per call: graph construction, scheduling,
+moving blocks between workers, the block products (``persist`` + ``wait``; the result stays
+on the workers). One process: the same op through xdev with every core (or its one GPU).
+The sides alternate and each reports its median. Before each Dask run the scheduler has
+forgotten the previous result (the graph is the same, so would its keys be, and a result
+still held would be found, not computed) and each input block is back to one copy, so every
+run moves the blocks it needs. The matmul adds a third side: Dask finding the copies the run
+before it fetched, which separates the cost of moving blocks from the rest.
 
 Scaling efficiency = speedup / ideal speedup, with speedup = t(one process) / t(Dask). The
 ideal speedup is N for N GPU workers (one GPU each, dask-cuda) and 1 for CPU workers: they
@@ -55,21 +57,24 @@ def _needs() -> tuple[Any, Any, Any]:
     return da, distributed, xd
 
 
-def _abab(one: Callable[[], Any], dask: "_DaskRun", repeats: int) -> tuple[list[float], list[float]]:
-    """Warm both sides up, then alternate them; seconds per call of each (untimed: the wait
-    until the scheduler has forgotten a Dask result)."""
-    one()
-    dask()
-    dask.settle()
-    t_one, t_dask = [], []
+def _alternate(sides: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
+    """Warm every side up, then run them in turn, ``repeats`` rounds; seconds per call of each.
+    A side with a ``settle`` method has it called after each call, untimed."""
+    def settle(fn: Callable[[], Any]) -> None:
+        getattr(fn, "settle", lambda: None)()
+
+    for fn in sides:
+        fn()
+        settle(fn)
+    times: list[list[float]] = [[] for _ in sides]
     for _ in range(repeats):
-        for fn, out in ((one, t_one), (dask, t_dask)):
+        for fn, out in zip(sides, times):
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
-        dask.settle()
-    return t_one, t_dask
+            settle(fn)
+    return times
 
 
 def _held(keys: list[Any], dask_scheduler: Any = None) -> int:
@@ -77,12 +82,28 @@ def _held(keys: list[Any], dask_scheduler: Any = None) -> int:
     return sum(k in dask_scheduler.tasks for k in keys)
 
 
+def _replicas(keys: list[Any], dask_scheduler: Any = None) -> int:
+    """Runs on the scheduler: copies of ``keys`` beyond one each."""
+    return sum(max(0, len(dask_scheduler.tasks[k].who_has) - 1) for k in keys if k in dask_scheduler.tasks)
+
+
 class _DaskRun:
     """One call as a Dask user pays it: build the graph, persist, wait (the result stays on the
-    workers); ``settle`` then waits, untimed, until the scheduler has forgotten that result."""
+    workers). ``settle`` then, untimed, waits until the scheduler has forgotten that result
+    and, with ``drop_copies``, until the workers hold one copy of each input block again.
 
-    def __init__(self, client: Any, distributed: Any, make: Callable[[], Any]) -> None:
+    Workers keep the copies of the blocks they fetched (the benchmark stops Dask's active
+    memory manager, which would drop them every few seconds, at random points of the series),
+    so a run settled with ``drop_copies`` leaves the next one to move every block it needs,
+    and one settled without leaves the next one to find them in place."""
+
+    def __init__(self, client: Any, distributed: Any, make: Callable[[], Any], inputs: list[Any],
+                 drop_copies: bool = True) -> None:
+        from dask.core import flatten
+
         self.client, self.distributed, self.make = client, distributed, make
+        self.inputs = [k for x in inputs for k in flatten(x.__dask_keys__())]
+        self.drop_copies = drop_copies
         self.keys: list[Any] = []
 
     def __call__(self) -> None:
@@ -101,6 +122,12 @@ class _DaskRun:
                                    "release; a rerun would find it instead of computing it, so the timing stops here")
             time.sleep(0.01)
         self.keys = []
+        while self.drop_copies and self.client.run_on_scheduler(_replicas, self.inputs):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Dask workers still hold extra copies of the inputs {FORGET_TIMEOUT_S:.0f} s "
+                                   "after asking to drop them; runs would not start alike, so the timing stops here")
+            self.client.amm.run_once()  # ReduceReplicas: drop copies no task waits for
+            time.sleep(0.02)
 
 
 def _iqr(t: list[float]) -> float:
@@ -221,6 +248,8 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     load_before = _load_sample()
     with ExitStack() as stack:
         client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
+        # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
+        client.amm.stop()
         cluster_config = _cluster_config(client)
         print(f"cluster: {cluster_config['workers']} workers, dashboard off")
 
@@ -231,8 +260,8 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
             distributed.wait(d)
             return d
 
-        def run_dask(make: Callable[[], Any]) -> _DaskRun:
-            return _DaskRun(client, distributed, make)
+        def run_dask(make: Callable[[], Any], *inputs: Any, drop_copies: bool = True) -> _DaskRun:
+            return _DaskRun(client, distributed, make, list(inputs), drop_copies)
 
         if "matmul" in a.ops:
             A, B = rand((size, size)), rand((size, size))
@@ -244,10 +273,19 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
                 xdev.matmul(xa, xb)
                 dev.synchronize()
 
-            t1, tn = _abab(one, run_dask(make), repeats)
+            # Each round: one process; Dask with every input block where it was persisted (the
+            # moves are paid); Dask again, finding the copies that run fetched (no moves).
+            t1, tn, tw = _alternate([one, run_dask(make, Ad, Bd, drop_copies=False), run_dask(make, Ad, Bd)],
+                                    repeats)
             tasks = len(make().__dask_graph__()) - len(Ad.__dask_graph__()) - len(Bd.__dask_graph__())
-            rows.append(_row("matmul", f"{size}^2 in {chunk}^2 chunks", t1, tn, wl.matmul_flops(size, size, size),
-                             ideal, tasks, **_profile(distributed, client, run_dask(make), n_workers)))
+            row = _row("matmul", f"{size}^2 in {chunk}^2 chunks", t1, tn, wl.matmul_flops(size, size, size),
+                       ideal, tasks, **_profile(distributed, client, run_dask(make, Ad, Bd), n_workers))
+            in_place = _row("matmul", "", t1, tw, 1, ideal, tasks)
+            row.update({"dask_in_place_s": in_place["dask_s"], "dask_in_place_runs_s": tw,
+                        "efficiency_in_place": in_place["efficiency"],
+                        "efficiency_in_place_spread": in_place["efficiency_spread"],
+                        "moving_blocks_share": 1 - in_place["dask_s"] / row["dask_s"]})
+            rows.append(row)
             del xa, xb, Ad, Bd
         if "conv2d" in a.ops:
             per: list[dict[str, Any]] = []
@@ -264,7 +302,7 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
                     xdev.conv2d(*xs, padding=1)
                     dev.synchronize()
 
-                t1, tn = _abab(one, run_dask(make), repeats)
+                t1, tn = _alternate([one, run_dask(make, Xd, Wd, Bd)], repeats)
                 per.append(_row("conv2d", layer.shape, t1, tn, layer.flops, ideal, -(-layer.N // per_task),
                                 layer=layer.name))
                 print(f"  {layer.name:8s} {layer.shape:32s} one {per[-1]['one_process_s'] * 1e3:8.1f} ms   "
@@ -286,6 +324,12 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
               f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:7.2f}±{r['efficiency_spread']:.2f} "
               f"{r['dask_overhead']:9.1%} {r['tasks']:6d}  {r['target']}")
     for r in rows:
+        if r.get("dask_in_place_s") is not None:
+            print(f"{r['op']} {r['shape']}: Dask's overhead {r['dask_overhead']:.1%}. With every block already where "
+                  f"its task runs (copies kept from the run before) Dask takes {r['dask_in_place_s']:.3f} s, efficiency "
+                  f"{r['efficiency_in_place']:.2f}±{r['efficiency_in_place_spread']:.2f}: moving blocks between "
+                  f"workers is {r['moving_blocks_share']:.0%} of a run; the rest of the overhead is Dask's "
+                  f"scheduling and its processes' own work (event loops, heartbeats, monitors) on the shared cores")
         if r.get("worker_busy") is not None:
             print(f"{r['op']} {r['shape']}: in a profiled Dask run of {r['profiled_wall_s']:.3f} s the workers computed "
                   f"{r['worker_busy']:.0%} of the time ({r['worker_compute_s']:.3f} s over {n_workers} worker(s)) and "
