@@ -37,7 +37,7 @@ from xdev._registry import get_device
 from xdev.contract import env
 
 from . import workloads as wl
-from .meta import SCHEMA, run_block
+from .meta import SCHEMA, environment, run_block
 from .noise import ratio, sample_load, summarize_load
 
 PAUSE_S = 0.3  # let one side's BLAS / PoCL threads go idle before the other side starts
@@ -218,8 +218,7 @@ def _cluster_config(client: Any) -> dict[str, Any]:
     return {"dask": dask.__version__, "distributed": distributed.__version__,
             "workers": len(workers), "threads_per_worker": sorted({w["nthreads"] for w in workers}),
             "pre_spawn_environ": dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})),
-            "worker_env": client.run(lambda: {k: v for k, v in os.environ.items()
-                                              if k.endswith("_NUM_THREADS") or k.startswith(("MALLOC_", "XDEV_"))})}
+            "worker_env": client.run(environment)}
 
 
 def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ from xdev.contract import env
 SCHEMA = {"name": "xdev.bench", "version": 2}
 
 # Environment that changes what a benchmark measures: xdev's own switches, PoCL's and
-# OpenBLAS's, and the usual thread-count variables.
-ENV_PREFIXES = ("XDEV_", "POCL_", "OPENBLAS_", "OMP_", "MKL_", "CUDA_", "CUDNN_", "CUPY_", "PYOPENCL_")
+# OpenBLAS's, the usual thread-count variables, and glibc malloc's tunables (Dask's workers
+# start with MALLOC_TRIM_THRESHOLD_ set, which makes every large allocation fresh memory).
+ENV_PREFIXES = ("XDEV_", "POCL_", "OPENBLAS_", "OMP_", "MKL_", "CUDA_", "CUDNN_", "CUPY_", "PYOPENCL_", "MALLOC_")
 ENV_NAMES = ("GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "OCL_ICD_VENDORS")
 
 
