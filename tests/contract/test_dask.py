@@ -25,7 +25,7 @@ from tolerance import assert_agrees  # noqa: E402
 @pytest.fixture(scope="session")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
         yield c
 
 

@@ -55,7 +55,7 @@ def test_a_dask_run_is_settled_before_the_next():
     from xdev.bench.dask_bench import _DaskRun, _held
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         x = client.persist(da.ones((64, 64), chunks=32))
         run = _DaskRun(client, distributed, lambda: (x @ x.T) + 1, [x])
         run()
@@ -74,7 +74,7 @@ def test_every_dask_run_starts_with_one_copy_of_each_input():
     from xdev.bench.dask_bench import _DaskRun, _replicas
 
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         client.amm.stop()  # as the benchmark does: copies are dropped by settle, not on a timer
         w0, w1 = sorted(client.scheduler_info()["workers"])
         x = client.persist(da.ones((64, 64), chunks=16), workers=[w0])

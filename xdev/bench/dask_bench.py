@@ -177,7 +177,8 @@ def _profile(distributed: Any, client: Any, fn: _DaskRun, workers: int) -> dict[
 
 def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any, str | None, float]:
     """(client, backend= for the workers, ideal speedup)."""
-    quiet = dict(dashboard_address=None, silence_logs=logging.ERROR)
+    # ":0": the scheduler's HTTP server (dashboard, health) on a free port; None still means 8787.
+    quiet = dict(dashboard_address=":0", silence_logs=logging.ERROR)
     if dev.backend == "cuda":
         try:
             from dask_cuda import LocalCUDACluster
@@ -250,7 +251,7 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
         client.amm.stop()
         cluster_config = _cluster_config(client)
-        print(f"cluster: {cluster_config['workers']} workers, dashboard off")
+        print(f"cluster: {cluster_config['workers']} workers")
 
         def persisted(x: np.ndarray, chunks: Any) -> Any:
             with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
