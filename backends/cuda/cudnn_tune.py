@@ -33,6 +33,10 @@ from typing import Any, Callable, Iterable
 from xdev.contract import env
 
 CACHE_FORMAT = 1
+# Choices kept per file: a program sweeping shapes (a tuner, a shape-polymorphic model) would
+# otherwise grow the file, and the rewrite on every new choice, without bound. Beyond this the
+# least recently written choices go (they are tuned again if met again). ~200 bytes each.
+CACHE_MAX_ENTRIES = 4096
 CACHE_NAME = "cudnn-plans"
 
 LAYOUTS = ("nchw", "nhwc")
@@ -297,7 +301,8 @@ class DiskCache:
     with every field checked. A file that does not parse or does not belong to this GPU and
     cuDNN is ignored with a warning (and replaced at the next write); a malformed entry is
     dropped with a warning. Concurrent processes may each write: the last one wins, losing at
-    worst the other's new entries, which are then tuned again.
+    worst the other's new entries, which are then tuned again. Entries are kept in the order
+    they were written, at most CACHE_MAX_ENTRIES: the oldest go first.
     """
 
     def __init__(self, gpu: str, cudnn_version: str, folder: Path | None = None) -> None:
@@ -352,9 +357,12 @@ class DiskCache:
         """Record a choice and rewrite the file; an unwritable cache only warns."""
         self._entries = None
         merged = self._load()  # what another process may have written meanwhile
+        merged.pop(key, None)  # re-written: now the newest
         merged[key] = choice
+        while len(merged) > CACHE_MAX_ENTRIES:
+            del merged[next(iter(merged))]
         doc = {"format": CACHE_FORMAT, "gpu": self.gpu, "cudnn": self.cudnn, "written": time.time(),
-               "entries": {k: c.to_json() for k, c in sorted(merged.items())}}
+               "entries": {k: c.to_json() for k, c in merged.items()}}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.folder)

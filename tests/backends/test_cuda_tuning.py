@@ -384,6 +384,20 @@ def test_malformed_entries_are_dropped_with_a_warning(tmp_path):
     assert disk.get("bad0") is None
 
 
+def test_the_cache_file_keeps_the_newest_choices_only(tmp_path, monkeypatch):
+    """A sweep over many shapes cannot grow the file without bound: the oldest written go."""
+    monkeypatch.setattr(tune, "CACHE_MAX_ENTRIES", 3)
+    disk = tune.DiskCache("gpu", "9", tmp_path)
+    c = [tune.Choice("nchw", "conv", i, f"eng{i}", 0.001, 1) for i in range(5)]
+    for i in range(4):
+        disk.put(f"k{i}", c[i])
+    disk.put("k1", c[4])  # re-written: the newest now
+    fresh = tune.DiskCache("gpu", "9", tmp_path)
+    assert [k for k in ("k0", "k1", "k2", "k3") if fresh.get(k) is not None] == ["k1", "k2", "k3"]
+    assert fresh.get("k1") == c[4]
+    assert list(json.loads(disk.path.read_text())["entries"]) == ["k2", "k3", "k1"]
+
+
 def test_an_unwritable_cache_only_warns(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
