@@ -118,22 +118,20 @@ def _weights_matrix(dev, w: CLArray) -> tuple[CLArray, int]:
     return w, (1 if len(shape) != 1 else wst[0])
 
 
-_KOFF: dict[tuple, CLArray] = {}
-
-
 def tap_offsets(dev, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
     """koff[k] = c*Hp*Wp + i*dh*Wp + j*dw for k = (c, i, j) < K, -1 up to Kp (int32),
-    kept per device and geometry (a few KiB each; layers repeat on every call)."""
-    key = (dev.key, p.Cg, p.kh, p.kw, p.dilation, Hp, Wp, Kp)
-    t = _KOFF.get(key)
+    kept on the device per geometry (a few KiB each; layers repeat on every call)."""
+    cache = dev.conv_offsets
+    key = (p.Cg, p.kh, p.kw, p.dilation, Hp, Wp, Kp)
+    t = cache.get(key)
     if t is None:
         c, i, j = np.meshgrid(np.arange(p.Cg), np.arange(p.kh), np.arange(p.kw), indexing="ij")
         off = (c * Hp * Wp + i * p.dilation[0] * Wp + j * p.dilation[1]).reshape(-1)
         host = np.full(Kp, -1, np.int32)
         host[: off.size] = off
-        if len(_KOFF) > 256:
-            _KOFF.clear()
-        t = _KOFF[key] = dev.upload(host)
+        if len(cache) > 256:
+            cache.clear()
+        t = cache[key] = dev.upload(host)
     return t
 
 

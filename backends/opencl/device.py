@@ -209,6 +209,8 @@ class OpenCLDevice(Device):
         self.global_mem = int(cand.device.global_mem_size)
         self.pool_cap = env.opencl_pool_cap(self.global_mem)
         self._peak: dict[np.dtype, float] = {}
+        # Conv tap-offset tables per geometry (conv.tap_offsets): they live and go with the device.
+        self.conv_offsets: dict[tuple, CLArray] = {}
         self._lock = threading.Lock()
         self._vector_width = vector_width if vector_width is not None else _widths.get(cand.key)
         self.reload_params()
