@@ -33,6 +33,14 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     assert len([k for k in rows if k[0] == "conv2d"]) == 14  # 13 layers and the total
     assert mm["target"] in ("met", "not met", "within noise") and mm["efficiency_spread"] >= 0
     assert len(mm["pair_ratios"]) == len(mm["dask_runs_s"]) == len(mm["dask_in_place_runs_s"]) == 1
+    # One process timed alone, once before the cluster started and once after it closed, and
+    # beside the idle cluster (alternating with Dask); the headline is against it alone.
+    assert len(mm["one_process_runs_s"]) == 2 and len(mm["one_process_beside_runs_s"]) == 1
+    assert mm["one_process_s"] == pytest.approx(sum(mm["one_process_runs_s"]) / 2)
+    assert {mm["one_process_before_s"], mm["one_process_after_s"]} == set(mm["one_process_runs_s"])
+    assert mm["efficiency_beside"] == pytest.approx(mm["one_process_beside_s"] / mm["dask_s"] / mm["ideal_speedup"])
+    total = rows[("conv2d", "total")]
+    assert len(total["one_process_runs_s"]) == 2 and total["one_process_s"] > 0
     assert mm["dask_in_place_s"] > 0 and mm["moving_blocks_share"] < 1
     assert mm["efficiency_in_place"] == pytest.approx(mm["one_process_s"] / mm["dask_in_place_s"] / mm["ideal_speedup"])
     assert "efficiency" in r.stdout and "target >= 0.80" in r.stdout

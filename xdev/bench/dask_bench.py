@@ -5,14 +5,16 @@ each over 4 K blocks) and the VGG-16 convolutions on a batch chunked evenly acro
 workers (one chunk of images per worker). Inputs and weights are persisted on the workers
 first, so each timed run is what a Dask user pays per call: graph construction, scheduling,
 moving blocks between workers, the block products (``persist`` + ``wait``; the result stays
-on the workers). One process: the same op through xdev with every core (or its one GPU).
-The sides alternate and each reports its median. Before each Dask run the scheduler has
+on the workers). One process: the same op through xdev with every core (or its one GPU),
+timed alone (before the cluster starts and after it closes: the headline, since an idle
+cluster takes CPU from it) and beside the idle cluster, alternating with Dask round by
+round (the comparison least moved by drift). Each side reports its median. Before each Dask run the scheduler has
 forgotten the previous result (the graph is the same, so would its keys be, and a result
 still held would be found, not computed) and each input block is back to one copy, so every
 run moves the blocks it needs. The matmul adds a third side: Dask finding the copies the run
 before it fetched, which separates the cost of moving blocks from the rest.
 
-Scaling efficiency = speedup / ideal speedup, with speedup = t(one process) / t(Dask). The
+Scaling efficiency = speedup / ideal speedup, with speedup = t(one process alone) / t(Dask). The
 ideal speedup is N for N GPU workers (one GPU each, dask-cuda) and 1 for CPU workers: they
 share the cores that the one process already uses in full. Dask's overhead = 1/efficiency - 1.
 The efficiency carries its spread (from the two sides' interquartile ranges); the target is
@@ -143,18 +145,24 @@ def _verdict(eff: float, spread: float) -> str:
     return "met" if eff > TARGET_EFFICIENCY else "not met"
 
 
-def _row(op: str, shape: str, t_one: list[float], t_dask: list[float], flops: int, ideal: float,
-         tasks: int, **extra: Any) -> dict[str, Any]:
-    one, dsk = statistics.median(t_one), statistics.median(t_dask)
-    speedup, spread, _ = ratio(one, _iqr(t_one), dsk, _iqr(t_dask))
+def _row(op: str, shape: str, t_alone: list[float], t_beside: list[float], t_dask: list[float], flops: int,
+         ideal: float, tasks: int, **extra: Any) -> dict[str, Any]:
+    """Headline: Dask against one process timed alone (no cluster on the machine); also against
+    the same process timed beside the idle cluster, alternating with Dask round by round."""
+    one, dsk = statistics.median(t_alone), statistics.median(t_dask)
+    speedup, spread, _ = ratio(one, _iqr(t_alone), dsk, _iqr(t_dask))
     eff, eff_spread = speedup / ideal, spread / ideal
+    beside = statistics.median(t_beside)
+    b_speedup, b_spread, _ = ratio(beside, _iqr(t_beside), dsk, _iqr(t_dask))
     return {"op": op, "shape": shape, "one_process_s": one, "dask_s": dsk,
-            "one_process_iqr_s": _iqr(t_one), "dask_iqr_s": _iqr(t_dask),
-            "one_process_runs_s": t_one, "dask_runs_s": t_dask,
-            "pair_ratios": [a / b for a, b in zip(t_one, t_dask)],
+            "one_process_iqr_s": _iqr(t_alone), "dask_iqr_s": _iqr(t_dask),
+            "one_process_runs_s": t_alone, "dask_runs_s": t_dask,
+            "one_process_beside_s": beside, "one_process_beside_runs_s": t_beside,
+            "pair_ratios": [x / y for x, y in zip(t_beside, t_dask)],
             "one_process_gflops": flops / one / 1e9, "dask_gflops": flops / dsk / 1e9,
             "speedup": speedup, "speedup_spread": spread, "ideal_speedup": ideal, "efficiency": eff,
-            "efficiency_spread": eff_spread, "target_efficiency": TARGET_EFFICIENCY,
+            "efficiency_spread": eff_spread, "efficiency_beside": b_speedup / ideal,
+            "efficiency_beside_spread": b_spread / ideal, "target_efficiency": TARGET_EFFICIENCY,
             "target": _verdict(eff, eff_spread), "dask_overhead": 1 / eff - 1, "tasks": tasks, **extra}
 
 
@@ -244,8 +252,39 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         return (rng.uniform(-1, 1, shape) * scale).astype(dtype)
 
     print(f"xdev.dask on {n_workers} local worker(s) vs one xdev process; backend {dev.key} ({dev.name}), "
-          f"{dtype}, {repeats} alternating runs each, medians")
+          f"{dtype}, {repeats} rounds each, medians")
+    # The one-process side of every workload, prepared first: it is timed alone (no cluster on
+    # the machine; an idle 2-worker cluster took 0.14 CPU-s/s of 2 cores here), before the
+    # cluster starts and after it closes, and beside the idle cluster, alternating with Dask.
+    ones: list[Callable[[], None]] = []
+    if "matmul" in a.ops:
+        A, B = rand((size, size)), rand((size, size))
+        xa, xb = xdev.asarray(A, backend=dev.key), xdev.asarray(B, backend=dev.key)
+
+        def one_matmul() -> None:
+            xdev.matmul(xa, xb)
+            dev.synchronize()
+
+        ones.append(one_matmul)
+    layers = wl.vgg16(batch, image) if "conv2d" in a.ops else []
+    per_task = -(-batch // n_workers)  # one chunk of images per worker
+    conv_host: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for layer in layers:
+        x = rand((layer.N, layer.C, layer.H, layer.H))
+        w, b = rand((layer.O, layer.C, 3, 3), 0.1), rand((layer.O,))
+        conv_host.append((x, w, b))
+        xs = [xdev.asarray(v, backend=dev.key) for v in (x, w, b)]
+
+        def one_conv(xs: list[Any] = xs) -> None:
+            xdev.conv2d(*xs, padding=1)
+            dev.synchronize()
+
+        ones.append(one_conv)
     load_before = _load_sample()
+    alone = _alternate(ones, repeats)
+    beside: list[list[float]] = []
+    dask_runs: list[list[float]] = []
+    extra: list[dict[str, Any]] = []
     with ExitStack() as stack:
         client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
         # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
@@ -264,56 +303,54 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
             return _DaskRun(client, distributed, make, list(inputs), drop_copies)
 
         if "matmul" in a.ops:
-            A, B = rand((size, size)), rand((size, size))
-            xa, xb = xdev.asarray(A, backend=dev.key), xdev.asarray(B, backend=dev.key)
             Ad, Bd = persisted(A, chunk), persisted(B, chunk)
             make = lambda: xd.matmul(Ad, Bd, backend=backend)  # noqa: E731
-
-            def one() -> None:
-                xdev.matmul(xa, xb)
-                dev.synchronize()
-
             # Each round: one process; Dask with every input block where it was persisted (the
             # moves are paid); Dask again, finding the copies that run fetched (no moves).
-            t1, tn, tw = _alternate([one, run_dask(make, Ad, Bd, drop_copies=False), run_dask(make, Ad, Bd)],
+            t1, tn, tw = _alternate([ones[0], run_dask(make, Ad, Bd, drop_copies=False), run_dask(make, Ad, Bd)],
                                     repeats)
+            beside.append(t1)
+            dask_runs.append(tn)
             tasks = len(make().__dask_graph__()) - len(Ad.__dask_graph__()) - len(Bd.__dask_graph__())
-            row = _row("matmul", f"{size}^2 in {chunk}^2 chunks", t1, tn, wl.matmul_flops(size, size, size),
-                       ideal, tasks, **_profile(distributed, client, run_dask(make, Ad, Bd), n_workers))
-            in_place = _row("matmul", "", t1, tw, 1, ideal, tasks)
-            row.update({"dask_in_place_s": in_place["dask_s"], "dask_in_place_runs_s": tw,
-                        "efficiency_in_place": in_place["efficiency"],
-                        "efficiency_in_place_spread": in_place["efficiency_spread"],
-                        "moving_blocks_share": 1 - in_place["dask_s"] / row["dask_s"]})
-            rows.append(row)
-            del xa, xb, Ad, Bd
-        if "conv2d" in a.ops:
-            per: list[dict[str, Any]] = []
-            per_task = -(-batch // n_workers)  # one chunk of images per worker
-            for layer in wl.vgg16(batch, image):
-                x = rand((layer.N, layer.C, layer.H, layer.H))
-                w, b = rand((layer.O, layer.C, 3, 3), 0.1), rand((layer.O,))
-                xs = [xdev.asarray(v, backend=dev.key) for v in (x, w, b)]
-                Xd = persisted(x, (per_task, layer.C, layer.H, layer.H))
-                Wd, Bd = persisted(w, -1), persisted(b, -1)
-                make = lambda: xd.conv2d(Xd, Wd, Bd, padding=1, backend=backend)  # noqa: E731
-
-                def one() -> None:
-                    xdev.conv2d(*xs, padding=1)
-                    dev.synchronize()
-
-                t1, tn = _alternate([one, run_dask(make, Xd, Wd, Bd)], repeats)
-                per.append(_row("conv2d", layer.shape, t1, tn, layer.flops, ideal, -(-layer.N // per_task),
-                                layer=layer.name))
-                print(f"  {layer.name:8s} {layer.shape:32s} one {per[-1]['one_process_s'] * 1e3:8.1f} ms   "
-                      f"dask {per[-1]['dask_s'] * 1e3:8.1f} ms   speedup {per[-1]['speedup']:.2f}")
-            total_one = [sum(r["one_process_runs_s"][i] for r in per) for i in range(repeats)]
-            total_dask = [sum(r["dask_runs_s"][i] for r in per) for i in range(repeats)]
-            rows += per
-            rows.append(_row("conv2d", f"VGG-16 conv layers, batch {batch} at {image}", total_one, total_dask,
-                             sum(layer.flops for layer in wl.vgg16(batch, image)), ideal,
-                             sum(r["tasks"] for r in per), layer="total"))
+            extra.append({"tasks": tasks, "in_place": tw,
+                          **_profile(distributed, client, run_dask(make, Ad, Bd), n_workers)})
+            del Ad, Bd
+        for i, (layer, (x, w, b)) in enumerate(zip(layers, conv_host)):
+            Xd = persisted(x, (per_task, layer.C, layer.H, layer.H))
+            Wd, Bd = persisted(w, -1), persisted(b, -1)
+            make = lambda: xd.conv2d(Xd, Wd, Bd, padding=1, backend=backend)  # noqa: E731
+            t1, tn = _alternate([ones[len(ones) - len(layers) + i], run_dask(make, Xd, Wd, Bd)], repeats)
+            beside.append(t1)
+            dask_runs.append(tn)
+            extra.append({"tasks": -(-layer.N // per_task)})
+            print(f"  {layer.name:8s} {layer.shape:32s} one {statistics.median(t1) * 1e3:8.1f} ms   "
+                  f"dask {statistics.median(tn) * 1e3:8.1f} ms")
         load = summarize_load(load_before, _load_sample())  # while the workers are alive
+    after = _alternate(ones, repeats)
+    alone = [x + y for x, y in zip(alone, after)]  # before the cluster and after it
+
+    if "matmul" in a.ops:
+        e = extra[0]
+        tw = e.pop("in_place")
+        row = _row("matmul", f"{size}^2 in {chunk}^2 chunks", alone[0], beside[0], dask_runs[0],
+                   wl.matmul_flops(size, size, size), ideal, **e)
+        in_place = _row("matmul", "", alone[0], beside[0], tw, 1, ideal, e["tasks"])
+        row.update({"one_process_before_s": statistics.median(alone[0][:repeats]),
+                    "one_process_after_s": statistics.median(alone[0][repeats:]),
+                    "dask_in_place_s": in_place["dask_s"], "dask_in_place_runs_s": tw,
+                    "efficiency_in_place": in_place["efficiency"],
+                    "efficiency_in_place_spread": in_place["efficiency_spread"],
+                    "moving_blocks_share": 1 - in_place["dask_s"] / row["dask_s"]})
+        rows.append(row)
+    if layers:
+        k = len(ones) - len(layers)
+        per = [_row("conv2d", layer.shape, alone[k + i], beside[k + i], dask_runs[k + i], layer.flops, ideal,
+                    layer=layer.name, **extra[k + i]) for i, layer in enumerate(layers)]
+        rows += per
+        total = [[sum(r[key][j] for r in per) for j in range(len(per[0][key]))]
+                 for key in ("one_process_runs_s", "one_process_beside_runs_s", "dask_runs_s")]
+        rows.append(_row("conv2d", f"VGG-16 conv layers, batch {batch} at {image}", *total,
+                         sum(layer.flops for layer in layers), ideal, sum(r["tasks"] for r in per), layer="total"))
 
     print(f"\n{'op':8s} {'shape':36s} {'one process':>12s} {'dask':>10s} {'speedup':>8s} {'ideal':>6s} "
           f"{'efficiency':>12s} {'overhead':>9s} {'tasks':>6s}  target >= {TARGET_EFFICIENCY:.2f}")
@@ -324,20 +361,26 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
               f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:7.2f}±{r['efficiency_spread']:.2f} "
               f"{r['dask_overhead']:9.1%} {r['tasks']:6d}  {r['target']}")
     for r in rows:
+        if r["op"] == "conv2d" and r.get("layer") != "total":
+            continue
+        print(f"{r['op']} {r['shape']}: one process alone (before the cluster started and after it closed) "
+              f"{r['one_process_s']:.3f} s; beside the idle cluster, alternating with Dask, "
+              f"{r['one_process_beside_s']:.3f} s, against which Dask's efficiency is "
+              f"{r['efficiency_beside']:.2f}±{r['efficiency_beside_spread']:.2f}")
         if r.get("dask_in_place_s") is not None:
-            print(f"{r['op']} {r['shape']}: Dask's overhead {r['dask_overhead']:.1%}. With every block already where "
-                  f"its task runs (copies kept from the run before) Dask takes {r['dask_in_place_s']:.3f} s, efficiency "
-                  f"{r['efficiency_in_place']:.2f}±{r['efficiency_in_place_spread']:.2f}: moving blocks between "
-                  f"workers is {r['moving_blocks_share']:.0%} of a run; the rest of the overhead is Dask's "
-                  f"scheduling and its processes' own work (event loops, heartbeats, monitors) on the shared cores")
+            print(f"{r['op']} {r['shape']}: with every block already where its task runs (copies kept from the run "
+                  f"before) Dask takes {r['dask_in_place_s']:.3f} s, efficiency {r['efficiency_in_place']:.2f}±"
+                  f"{r['efficiency_in_place_spread']:.2f}: moving blocks between workers is "
+                  f"{r['moving_blocks_share']:.0%} of a run; the rest of the overhead is Dask's scheduling and its "
+                  f"processes' own work (event loops, heartbeats, monitors) on the shared cores")
         if r.get("worker_busy") is not None:
             print(f"{r['op']} {r['shape']}: in a profiled Dask run of {r['profiled_wall_s']:.3f} s the workers computed "
                   f"{r['worker_busy']:.0%} of the time ({r['worker_compute_s']:.3f} s over {n_workers} worker(s)) and "
                   f"spent {r['worker_transfer_s']:.3f} s receiving blocks; the rest is Dask's scheduling and idle time")
-    print("efficiency = (t one process / t dask) / ideal speedup; ideal = N for GPU workers, 1 for CPU "
-          "workers sharing the cores one process already uses. Timings on a shared machine vary: compare "
-          "the two sides of one run (they alternate); ± is the efficiency's spread, from both sides' "
-          "interquartile ranges.")
+    print("efficiency = (t one process alone / t dask) / ideal speedup; ideal = N for GPU workers, 1 for CPU "
+          "workers sharing the cores one process already uses; ± is the efficiency's spread, from both sides' "
+          "interquartile ranges. Timings on a shared machine vary: the alternating comparison beside the idle "
+          "cluster is the one least moved by drift.")
     for w in load["warnings"]:
         print(f"warning: {w}; the ratios may be off")
     if a.json:
