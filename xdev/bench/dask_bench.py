@@ -43,6 +43,9 @@ from .meta import SCHEMA, environment, run_block
 from .noise import ratio, sample_load, summarize_load
 
 PAUSE_S = 0.3  # let one side's BLAS / PoCL threads go idle before the other side starts
+# ... scaled down after short calls (at most this many times the last call): OpenBLAS's threads
+# spin about 0.1 s after a call that woke them, and a call of a few ms barely wakes them.
+PAUSE_PER_CALL = 10.0
 # Dask's overhead stays small: at least 0.8 of the ideal speedup (CPU workers: of one process).
 TARGET_EFFICIENCY = 0.8
 FORGET_TIMEOUT_S = 60.0
@@ -69,12 +72,14 @@ def _alternate(sides: list[Callable[[], Any]], repeats: int) -> list[list[float]
         fn()
         settle(fn)
     times: list[list[float]] = [[] for _ in sides]
+    last = PAUSE_S
     for _ in range(repeats):
         for fn, out in zip(sides, times):
-            time.sleep(PAUSE_S)
+            time.sleep(min(PAUSE_S, PAUSE_PER_CALL * last))
             t0 = time.perf_counter()
             fn()
-            out.append(time.perf_counter() - t0)
+            last = time.perf_counter() - t0
+            out.append(last)
             settle(fn)
     return times
 
