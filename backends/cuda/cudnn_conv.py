@@ -109,11 +109,14 @@ class _Exec:
     # {uid: pointer}; 1.3x is a Python class whose execute_plan_at_index has an ordered form
     # (a tuple of buffers + tensor_uids) that stays in C++. Which ones exist, and which is
     # cheapest, is found out once per key (pick_form), never per call.
-    def _classic(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+    def _pointers(self, xin: Any, win: Any, b: Any, y: Any) -> dict[int, int]:
         pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
         if self.fused:
             pack[self.ub] = b.data.ptr
-        self.graph._execute_plan_at_index(pack, self.ws_ptr, self.index, h)
+        return pack
+
+    def _classic(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+        self.graph._execute_plan_at_index(self._pointers(xin, win, b, y), self.ws_ptr, self.index, h)
 
     def _ordered(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
         bufs = (xin.data.ptr, win.data.ptr, b.data.ptr, y.data.ptr) if self.fused else (
@@ -121,10 +124,7 @@ class _Exec:
         self.graph.execute_plan_at_index(bufs, self.ws_ptr, self.index, h, tensor_uids=self.uids)
 
     def _ptr_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
-        pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
-        if self.fused:
-            pack[self.ub] = b.data.ptr
-        self.graph.execute_plan_at_index(pack, self.ws_ptr, self.index, h)
+        self.graph.execute_plan_at_index(self._pointers(xin, win, b, y), self.ws_ptr, self.index, h)
 
     def _array_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
         # Arrays are described to the frontend through DLPack: give each exactly the dims and

@@ -272,6 +272,7 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
 
         ones.append(one_matmul)
     layers = wl.vgg16(batch, image) if "conv2d" in a.ops else []
+    first_conv = len(ones)  # ones[first_conv + i] is layer i's
     per_task = -(-batch // n_workers)  # one chunk of images per worker
     conv_host: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for layer in layers:
@@ -287,9 +288,9 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         ones.append(one_conv)
     load_before = _load_sample()
     alone = _alternate(ones, repeats)
-    beside: list[list[float]] = []
+    beside: list[list[float]] = []  # per workload, in the order of ones
     dask_runs: list[list[float]] = []
-    extra: list[dict[str, Any]] = []
+    mm: dict[str, Any] = {}  # the matmul's task count, in-place runs and profile
     with ExitStack() as stack:
         client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
         # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
@@ -317,17 +318,15 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
             beside.append(t1)
             dask_runs.append(tn)
             tasks = len(make().__dask_graph__()) - len(Ad.__dask_graph__()) - len(Bd.__dask_graph__())
-            extra.append({"tasks": tasks, "in_place": tw,
-                          **_profile(distributed, client, run_dask(make, Ad, Bd), n_workers)})
+            mm = {"tasks": tasks, "in_place": tw, **_profile(distributed, client, run_dask(make, Ad, Bd), n_workers)}
             del Ad, Bd
         for i, (layer, (x, w, b)) in enumerate(zip(layers, conv_host)):
             Xd = persisted(x, (per_task, layer.C, layer.H, layer.H))
             Wd, Bd = persisted(w, -1), persisted(b, -1)
             make = lambda: xd.conv2d(Xd, Wd, Bd, padding=1, backend=backend)  # noqa: E731
-            t1, tn = _alternate([ones[len(ones) - len(layers) + i], run_dask(make, Xd, Wd, Bd)], repeats)
+            t1, tn = _alternate([ones[first_conv + i], run_dask(make, Xd, Wd, Bd)], repeats)
             beside.append(t1)
             dask_runs.append(tn)
-            extra.append({"tasks": -(-layer.N // per_task)})
             print(f"  {layer.name:8s} {layer.shape:32s} one {statistics.median(t1) * 1e3:8.1f} ms   "
                   f"dask {statistics.median(tn) * 1e3:8.1f} ms")
         load = summarize_load(load_before, _load_sample())  # while the workers are alive
@@ -335,11 +334,10 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     alone = [x + y for x, y in zip(alone, after)]  # before the cluster and after it
 
     if "matmul" in a.ops:
-        e = extra[0]
-        tw = e.pop("in_place")
+        tw = mm.pop("in_place")
         row = _row("matmul", f"{size}^2 in {chunk}^2 chunks", alone[0], beside[0], dask_runs[0],
-                   wl.matmul_flops(size, size, size), ideal, **e)
-        in_place = _row("matmul", "", alone[0], beside[0], tw, 1, ideal, e["tasks"])
+                   wl.matmul_flops(size, size, size), ideal, **mm)
+        in_place = _row("matmul", "", alone[0], beside[0], tw, 1, ideal, mm["tasks"])
         row.update({"one_process_before_s": statistics.median(alone[0][:repeats]),
                     "one_process_after_s": statistics.median(alone[0][repeats:]),
                     "dask_in_place_s": in_place["dask_s"], "dask_in_place_runs_s": tw,
@@ -348,9 +346,9 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
                     "moving_blocks_share": 1 - in_place["dask_s"] / row["dask_s"]})
         rows.append(row)
     if layers:
-        k = len(ones) - len(layers)
+        k = first_conv
         per = [_row("conv2d", layer.shape, alone[k + i], beside[k + i], dask_runs[k + i], layer.flops, ideal,
-                    layer=layer.name, **extra[k + i]) for i, layer in enumerate(layers)]
+                    -(-layer.N // per_task), layer=layer.name) for i, layer in enumerate(layers)]
         rows += per
         total = [[sum(r[key][j] for r in per) for j in range(len(per[0][key]))]
                  for key in ("one_process_runs_s", "one_process_beside_runs_s", "dask_runs_s")]
@@ -359,15 +357,12 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     print(f"\n{'op':8s} {'shape':36s} {'one process':>12s} {'dask':>10s} {'speedup':>8s} {'ideal':>6s} "
           f"{'efficiency':>12s} {'overhead':>9s} {'tasks':>6s}  target >= {TARGET_EFFICIENCY:.2f}")
-    for r in rows:
-        if r["op"] == "conv2d" and r.get("layer") != "total":
-            continue
+    shown = [r for r in rows if r["op"] != "conv2d" or r.get("layer") == "total"]  # not each conv layer
+    for r in shown:
         print(f"{r['op']:8s} {r['shape']:36s} {r['one_process_s']:10.3f} s {r['dask_s']:8.3f} s "
               f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:7.2f}±{r['efficiency_spread']:.2f} "
               f"{r['dask_overhead']:9.1%} {r['tasks']:6d}  {r['target']}")
-    for r in rows:
-        if r["op"] == "conv2d" and r.get("layer") != "total":
-            continue
+    for r in shown:
         print(f"{r['op']} {r['shape']}: one process alone (before the cluster started and after it closed) "
               f"{r['one_process_s']:.3f} s; beside the idle cluster, alternating with Dask, "
               f"{r['one_process_beside_s']:.3f} s, against which Dask's efficiency is "
