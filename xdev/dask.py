@@ -12,7 +12,9 @@ chunks. Needs ``pip install "xdev[dask]"``; see docs/dask.md for clusters of GPU
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from collections.abc import Mapping
 from functools import reduce
 from typing import Any
 
@@ -29,7 +31,83 @@ import xdev
 from xdev._registry import split_selector
 from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params
 
-__all__ = ["matmul", "conv2d"]
+__all__ = ["matmul", "conv2d", "local_cluster", "QUIET_CONFIG"]
+
+
+# ---- clusters ---------------------------------------------------------------------------------
+# Dask's housekeeping, slowed down for clusters whose tasks are compute-bound blocks on cores
+# the workers share: at Dask's defaults an idle 2-worker LocalCluster took 0.13 CPU-s/s of
+# 2 cores, and with these 0.016 (bench/dask_probes/idle_cluster_cpu.py). The workers' BLAS
+# threads and the one-process GEMM beside them lose that much and more: a 2-thread GEMM ran
+# 11% slower beside the idle cluster at the defaults, and as fast as alone with these
+# (docs/dask.md). What each one gives up is diagnostics, not scheduling:
+QUIET_CONFIG: dict[str, Any] = {
+    # the statistical profiler's stack sample of every worker thread, every 10 ms (the
+    # dashboard's profile page stays empty)
+    "distributed.worker.profile.enabled": False,
+    # the event-loop responsiveness probe, every 20 ms ("event loop was unresponsive" still
+    # logs blocks longer than distributed.admin.tick.limit)
+    "distributed.admin.tick.interval": "1s",
+    # each nanny's poll of its worker's memory, every 100 ms: spill, pause and restart at the
+    # memory limits react within 1 s instead
+    "distributed.worker.memory.monitor-interval": "1s",
+    # psutil's CPU, memory and network sample of every server, every 500 ms (the dashboard's
+    # system plots get coarser)
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = QUIET_CONFIG,
+                  **kwargs: Any) -> Any:
+    """A ``distributed.LocalCluster`` for xdev's block products on this machine's CPU.
+
+    ``n_workers`` worker processes of one thread each, the cores' BLAS threads split among
+    them (``OPENBLAS_NUM_THREADS`` etc. = cores // n_workers: more would make OpenBLAS spin
+    against itself), with ``dask_config`` in effect for the scheduler, the nannies and the
+    workers (for workers that ``cluster.scale`` adds later too). The default,
+    ``QUIET_CONFIG``, slows Dask's housekeeping down; ``None`` leaves Dask's configuration
+    as it is. Other keyword arguments go to ``LocalCluster`` and win; ``env=`` is merged
+    over the BLAS settings. Use it as ``with local_cluster(2) as cluster, Client(cluster) as client:``.
+    """
+    import dask.config
+    import distributed
+
+    if not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"xdev.dask.local_cluster: n_workers must be an int of at least 1; received {n_workers!r}")
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env = {v: threads for v in _BLAS_THREADS}
+    env.update({k: str(v) for k, v in (kwargs.pop("env", None) or {}).items()})
+    opts: dict[str, Any] = dict(n_workers=n_workers, threads_per_worker=1, processes=True, env=env)
+    opts.update(kwargs)
+    cfg = dict(dask_config or {})
+    if cfg and opts["processes"]:
+        # A nanny reads the global config when it is created; this reaches the worker processes
+        # of later scale-ups, which start after the `with` below has ended. Dotted keys: the
+        # nanny adds them to a shallow copy of the global config, and the worker process sets
+        # them after it (a nested {"distributed": ...} would replace Dask's whole section).
+        opts.setdefault("config", dict(cfg))
+    # A worker's BLAS reads its thread count when the worker process imports NumPy, before its
+    # nanny applies env=, so the counts must be in the environment the process is spawned
+    # with: Dask's pre-spawn environment, which the nanny takes from os.environ first (where
+    # an earlier nanny of this process left Dask's default of 1). Both are set for the start
+    # and os.environ restored after it; workers of later scale-ups get Dask's 1 thread each.
+    blas = {v: env[v] for v in _BLAS_THREADS}
+    cfg["distributed.nanny.pre-spawn-environ"] = {
+        **(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}), **blas}
+    saved = {v: os.environ.get(v) for v in _BLAS_THREADS}
+    try:
+        os.environ.update(blas)
+        with dask.config.set(cfg):
+            return distributed.LocalCluster(**opts)
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
 
 
 # ---- what runs on the workers (module-level functions: picklable by reference) ------------------

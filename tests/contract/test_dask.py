@@ -201,3 +201,73 @@ def test_works_without_a_cluster():
     dev = _worker_device()
     assert_agrees(y, ref, ref_abs, 12, dev.acc_dtype(np.float64), np.float64, "synchronous scheduler")
 
+
+
+
+def _dask_settings(keys):
+    import os
+
+    import dask
+
+    try:  # the BLAS threads the worker really runs: its env var alone may have come too late
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+    except ImportError:
+        blas = None
+    return {"config": {k: dask.config.get(k) for k in keys}, "blas_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "blas": blas}
+
+
+def _check_blas(seen, threads):
+    assert seen["blas_env"] == str(threads)
+    if seen["blas"] is not None:
+        assert seen["blas"] == [threads]
+
+
+def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads():
+    """Worker processes, those of a later scale-up included, run with QUIET_CONFIG and
+    cores // n BLAS threads; the caller's own config and environment are left as they were."""
+    import os
+
+    import dask
+
+    keys = sorted(xd.QUIET_CONFIG)
+    before = {k: dask.config.get(k) for k in keys}
+    assert before != {k: xd.QUIET_CONFIG[k] for k in keys}  # else this test proves nothing
+    env_before = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    with xd.local_cluster(2, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        assert {k: dask.config.get(k) for k in keys} == before
+        assert {v: os.environ.get(v) for v in env_before} == env_before
+        tick = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval)
+        assert tick == pytest.approx(1.0)  # the scheduler, created in this process, too
+        first = client.run(_dask_settings, keys)
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=60)
+        seen = client.run(_dask_settings, keys)
+    assert len(first) == 2 and len(seen) == 3
+    for s in seen.values():
+        assert s["config"] == {k: xd.QUIET_CONFIG[k] for k in keys}
+    for s in first.values():
+        _check_blas(s, max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_local_cluster_blas_threads_reach_the_library_and_the_callers_env_wins():
+    """The BLAS reads its thread count when the worker imports NumPy, before the nanny applies
+    env=: one worker gets every core's thread (Dask's own pre-spawn default is 1)."""
+    import os
+
+    import dask
+
+    keys = sorted(xd.QUIET_CONFIG)
+    with xd.local_cluster(1, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        (seen,) = client.run(_dask_settings, keys).values()
+    _check_blas(seen, os.cpu_count() or 1)
+    with xd.local_cluster(1, dask_config=None, env={"OPENBLAS_NUM_THREADS": "1"},
+                          dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        (seen,) = client.run(_dask_settings, keys).values()
+    assert seen["config"] == {k: dask.config.get(k) for k in keys}  # Dask's own
+    _check_blas(seen, 1)  # (OpenBLAS caps its threads at the cores: a larger number would read as fewer)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=f"n_workers must be an int of at least 1; received {bad}"):
+            xd.local_cluster(bad)

@@ -44,6 +44,31 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     assert mm["dask_in_place_s"] > 0 and mm["moving_blocks_share"] < 1
     assert mm["efficiency_in_place"] == pytest.approx(mm["one_process_s"] / mm["dask_in_place_s"] / mm["ideal_speedup"])
     assert "efficiency" in r.stdout and "target >= 0.80" in r.stdout
+    # xdev.dask.local_cluster: Dask's housekeeping quieted on the worker, every core's BLAS threads
+    import xdev.dask as xd
+
+    assert cluster["dask_config_set"] == xd.QUIET_CONFIG
+    (seen,) = cluster["worker_dask_config"].values()
+    assert seen == xd.QUIET_CONFIG and "QUIET_CONFIG" in r.stdout
+    (threads,) = cluster["worker_threads"].values()
+    if "blas" in threads:  # threadpoolctl, in the bench and test extras
+        assert {b["threads"] for b in threads["blas"]} == {threads["os_cpu_count"]}
+
+
+def test_bench_dask_defaults_keeps_dasks_own_configuration(tmp_path):
+    import dask
+
+    out = tmp_path / "dask.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "xdev.bench", "--dask", "1", "--dask-defaults", "--ops", "matmul", "--sizes", "64",
+         "--dask-chunk", "32", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    cluster = json.loads(out.read_text())["config"]["cluster"]
+    assert cluster["dask_config_set"] == {} and "Dask's own configuration" in r.stdout
+    (seen,) = cluster["worker_dask_config"].values()
+    assert seen == {k: dask.config.get(k) for k in seen} and seen["distributed.worker.profile.enabled"] is True
 
 
 def test_target_verdict_counts_the_spread():

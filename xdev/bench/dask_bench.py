@@ -14,6 +14,10 @@ still held would be found, not computed) and each input block is back to one cop
 run moves the blocks it needs. The matmul adds a third side: Dask finding the copies the run
 before it fetched, which separates the cost of moving blocks from the rest.
 
+The CPU cluster is ``xdev.dask.local_cluster``: one worker process of one thread per share of
+the cores, Dask's housekeeping quieted (``xdev.dask.QUIET_CONFIG``, also set for dask-cuda's
+cluster); ``--dask-defaults`` keeps Dask's own configuration, to measure what that costs.
+
 Scaling efficiency = speedup / ideal speedup, with speedup = t(one process alone) / t(Dask). The
 ideal speedup is N for N GPU workers (one GPU each, dask-cuda) and 1 for CPU workers: they
 share the cores that the one process already uses in full. Dask's overhead = 1/efficiency - 1.
@@ -39,7 +43,7 @@ from xdev._registry import get_device
 from xdev.contract import env
 
 from . import workloads as wl
-from .meta import SCHEMA, environment, run_block
+from .meta import SCHEMA, environment, run_block, threads
 from .noise import ratio, sample_load, summarize_load
 
 PAUSE_S = 0.3  # let one side's BLAS / PoCL threads go idle before the other side starts
@@ -188,8 +192,11 @@ def _profile(distributed: Any, client: Any, fn: _DaskRun, workers: int) -> dict[
             "worker_busy": spent["compute"] / (wall * workers) if wall > 0 else None}
 
 
-def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any, str | None, float]:
+def _cluster(stack: ExitStack, distributed: Any, xd: Any, n: int, dev: Any,
+             dask_config: dict[str, Any]) -> tuple[Any, str | None, float]:
     """(client, backend= for the workers, ideal speedup)."""
+    import dask
+
     # ":0": the scheduler's HTTP server (dashboard, health) on a free port; None still means 8787.
     quiet = dict(dashboard_address=":0", silence_logs=logging.ERROR)
     if dev.backend == "cuda":
@@ -200,14 +207,19 @@ def _cluster(stack: ExitStack, distributed: Any, n: int, dev: Any) -> tuple[Any,
                              "pip install dask-cuda (see docs/dask.md)") from None
         # Each worker sees its own GPU as device 0 (CUDA_VISIBLE_DEVICES); XDEV_BACKEND=cuda in
         # the workers' environment is resolved there (backend=None below).
-        cluster = stack.enter_context(LocalCUDACluster(n_workers=n, env={env.BACKEND: "cuda"}, **quiet))
+        with dask.config.set(dask_config):
+            cluster = stack.enter_context(LocalCUDACluster(n_workers=n, env={env.BACKEND: "cuda"}, **quiet))
         return stack.enter_context(distributed.Client(cluster)), None, float(n)
     # CPU workers: one process each, their BLAS threads splitting the cores among them.
-    threads = str(max(1, (os.cpu_count() or 1) // n))
-    blas = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    cluster = stack.enter_context(distributed.LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, env=blas, **quiet))
+    cluster = stack.enter_context(xd.local_cluster(n, dask_config=dask_config, **quiet))
     return stack.enter_context(distributed.Client(cluster)), dev.key, 1.0
+
+
+def _dask_settings(keys: Any) -> dict[str, Any]:
+    """Runs on each worker: the values of the dask config ``keys`` in effect there."""
+    import dask
+
+    return {k: dask.config.get(k, None) for k in keys}
 
 
 def _load_sample() -> dict[str, Any]:
@@ -223,8 +235,9 @@ def _load_sample() -> dict[str, Any]:
     return s
 
 
-def _cluster_config(client: Any) -> dict[str, Any]:
-    """What the timings depend on: versions, workers, their threads and environment."""
+def _cluster_config(client: Any, keys: Any) -> dict[str, Any]:
+    """What the timings depend on: versions, workers, their threads, environment and the dask
+    config ``keys`` as each worker sees them."""
     import dask
     import distributed
 
@@ -232,7 +245,9 @@ def _cluster_config(client: Any) -> dict[str, Any]:
     return {"dask": dask.__version__, "distributed": distributed.__version__,
             "workers": len(workers), "threads_per_worker": sorted({w["nthreads"] for w in workers}),
             "pre_spawn_environ": dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})),
-            "worker_env": client.run(environment)}
+            "worker_env": client.run(environment),
+            "worker_threads": client.run(threads),  # the BLAS threads each worker really runs
+            "worker_dask_config": client.run(_dask_settings, sorted(keys))}
 
 
 def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -246,6 +261,7 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     dtype = np.dtype(a.dtype)
     dev.check_dtype(dtype)
     repeats = a.repeat or 5
+    dask_config: dict[str, Any] = {} if a.dask_defaults else dict(xd.QUIET_CONFIG)
     size = int(a.sizes.split(",")[0]) if a.sizes else (1024 if a.quick else 4096)
     chunk = a.dask_chunk or max(1, size // 4)
     image = a.image if not a.quick else min(a.image, 56)
@@ -292,11 +308,14 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     dask_runs: list[list[float]] = []
     mm: dict[str, Any] = {}  # the matmul's task count, in-place runs and profile
     with ExitStack() as stack:
-        client, backend, ideal = _cluster(stack, distributed, n_workers, dev)
+        client, backend, ideal = _cluster(stack, distributed, xd, n_workers, dev, dask_config)
         # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
         client.amm.stop()
-        cluster_config = _cluster_config(client)
-        print(f"cluster: {cluster_config['workers']} workers")
+        cluster_config = _cluster_config(client, xd.QUIET_CONFIG)
+        cluster_config["dask_config_set"] = dask_config
+        print(f"cluster: {cluster_config['workers']} workers, "
+              + ("Dask's own configuration (--dask-defaults)" if a.dask_defaults else
+                 "Dask's housekeeping quieted (xdev.dask.QUIET_CONFIG; --dask-defaults to keep Dask's own)"))
 
         def persisted(x: np.ndarray, chunks: Any) -> Any:
             with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
