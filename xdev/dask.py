@@ -31,17 +31,19 @@ import xdev
 from xdev._registry import split_selector
 from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params
 
-__all__ = ["matmul", "conv2d", "local_cluster", "QUIET_CONFIG"]
+__all__ = ["matmul", "conv2d", "local_cluster", "COMPUTE_CONFIG"]
 
 
 # ---- clusters ---------------------------------------------------------------------------------
-# Dask's housekeeping, slowed down for clusters whose tasks are compute-bound blocks on cores
-# the workers share: at Dask's defaults an idle 2-worker LocalCluster took 0.13 CPU-s/s of
-# 2 cores, and with these 0.016 (bench/dask_probes/idle_cluster_cpu.py). The workers' BLAS
-# threads and the one-process GEMM beside them lose that much and more: a 2-thread GEMM ran
-# 11% slower beside the idle cluster at the defaults, and as fast as alone with these
-# (docs/dask.md). What each one gives up is diagnostics, not scheduling:
-QUIET_CONFIG: dict[str, Any] = {
+# Dask settings for clusters whose tasks are compute-bound blocks on cores the workers share.
+# Dask's housekeeping at its defaults took 0.13 CPU-s/s of 2 cores on an idle 2-worker
+# LocalCluster, 0.016 with the first four below (bench/dask_probes/idle_cluster_cpu.py); a
+# 2-thread GEMM beside the idle cluster ran 11% slower at the defaults and as fast as alone
+# with them. Those four give up diagnostics, not scheduling. The fifth gives the workers
+# glibc's own malloc, as every other Python process has: Dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_=65536, which also fixes glibc's mmap threshold at 128 KiB, so every
+# received block, panel and product was a fresh mmap, page-faulted and zeroed (docs/dask.md).
+COMPUTE_CONFIG: dict[str, Any] = {
     # the statistical profiler's stack sample of every worker thread, every 10 ms (the
     # dashboard's profile page stays empty)
     "distributed.worker.profile.enabled": False,
@@ -54,13 +56,16 @@ QUIET_CONFIG: dict[str, Any] = {
     # psutil's CPU, memory and network sample of every server, every 500 ms (the dashboard's
     # system plots get coarser)
     "distributed.admin.system-monitor.interval": "5s",
+    # None: not set in the worker processes. Freed memory goes back to the OS less eagerly;
+    # Dask counts what a worker keeps as unmanaged memory.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
 }
 
 
 _BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = QUIET_CONFIG,
+def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = COMPUTE_CONFIG,
                   **kwargs: Any) -> Any:
     """A ``distributed.LocalCluster`` for xdev's block products on this machine's CPU.
 
@@ -68,9 +73,10 @@ def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None =
     them (``OPENBLAS_NUM_THREADS`` etc. = cores // n_workers: more would make OpenBLAS spin
     against itself), with ``dask_config`` in effect for the scheduler, the nannies and the
     workers (for workers that ``cluster.scale`` adds later too). The default,
-    ``QUIET_CONFIG``, slows Dask's housekeeping down; ``None`` leaves Dask's configuration
-    as it is. Other keyword arguments go to ``LocalCluster`` and win; ``env=`` is merged
-    over the BLAS settings. Use it as ``with local_cluster(2) as cluster, Client(cluster) as client:``.
+    ``COMPUTE_CONFIG``, quiets Dask's housekeeping and leaves malloc at glibc's defaults;
+    ``None`` leaves Dask's configuration as it is. Other keyword arguments go to
+    ``LocalCluster`` and win; ``env=`` is merged over the BLAS settings. Use it as
+    ``with local_cluster(2) as cluster, Client(cluster) as client:``.
     """
     import dask.config
     import distributed
@@ -90,24 +96,32 @@ def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None =
         # them after it (a nested {"distributed": ...} would replace Dask's whole section).
         opts.setdefault("config", dict(cfg))
     # A worker's BLAS reads its thread count when the worker process imports NumPy, before its
-    # nanny applies env=, so the counts must be in the environment the process is spawned
-    # with: Dask's pre-spawn environment, which the nanny takes from os.environ first (where
-    # an earlier nanny of this process left Dask's default of 1). Both are set for the start
-    # and os.environ restored after it; workers of later scale-ups get Dask's 1 thread each.
-    blas = {v: env[v] for v in _BLAS_THREADS}
-    cfg["distributed.nanny.pre-spawn-environ"] = {
-        **(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}), **blas}
-    saved = {v: os.environ.get(v) for v in _BLAS_THREADS}
-    try:
-        os.environ.update(blas)
-        with dask.config.set(cfg):
-            return distributed.LocalCluster(**opts)
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
+    # nanny applies env=, and malloc reads MALLOC_* when the process starts: both belong in
+    # the environment the process is spawned with, Dask's pre-spawn environment. The nanny
+    # takes those values from os.environ first (where an earlier nanny of this process left
+    # Dask's) and the process inherits os.environ, so os.environ holds them, or lacks those
+    # set to None, for the start, and is restored after it. Workers of later scale-ups get
+    # Dask's pre-spawn environment (1 BLAS thread each).
+    with dask.config.set(cfg):  # dask_config's own pre-spawn settings are kept
+        spawn = {**(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}),
+                 **{v: env[v] for v in _BLAS_THREADS}}
+        start_env = {k: (None if v is None else str(v)) for k, v in spawn.items()
+                     if v is None or k in _BLAS_THREADS}
+        saved = {k: os.environ.get(k) for k in start_env}
+        try:
+            _set_environ(start_env)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+                return distributed.LocalCluster(**opts)
+        finally:
+            _set_environ(saved)
+
+
+def _set_environ(values: Mapping[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 # ---- what runs on the workers (module-level functions: picklable by reference) ------------------

@@ -216,7 +216,7 @@ def _dask_settings(keys):
     except ImportError:
         blas = None
     return {"config": {k: dask.config.get(k) for k in keys}, "blas_env": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "blas": blas}
+            "blas": blas, "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
 def _check_blas(seen, threads):
@@ -225,17 +225,23 @@ def _check_blas(seen, threads):
         assert seen["blas"] == [threads]
 
 
-def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads():
-    """Worker processes, those of a later scale-up included, run with QUIET_CONFIG and
-    cores // n BLAS threads; the caller's own config and environment are left as they were."""
+def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads(monkeypatch):
+    """Worker processes, those of a later scale-up included, run with COMPUTE_CONFIG; those it
+    starts have cores // n BLAS threads and glibc's malloc (no MALLOC_TRIM_THRESHOLD_, which
+    Dask's nanny sets, also in this process's environment); the caller's own config and
+    environment are left as they were."""
     import os
 
     import dask
 
-    keys = sorted(xd.QUIET_CONFIG)
+    keys = sorted(xd.COMPUTE_CONFIG)
     before = {k: dask.config.get(k) for k in keys}
-    assert before != {k: xd.QUIET_CONFIG[k] for k in keys}  # else this test proves nothing
-    env_before = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    assert before != {k: xd.COMPUTE_CONFIG[k] for k in keys}  # else this test proves nothing
+    # What any earlier nanny of this process leaves in os.environ, which worker processes inherit.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    env_before = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                 "MALLOC_TRIM_THRESHOLD_")}
     with xd.local_cluster(2, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         assert {k: dask.config.get(k) for k in keys} == before
         assert {v: os.environ.get(v) for v in env_before} == env_before
@@ -247,19 +253,22 @@ def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads()
         seen = client.run(_dask_settings, keys)
     assert len(first) == 2 and len(seen) == 3
     for s in seen.values():
-        assert s["config"] == {k: xd.QUIET_CONFIG[k] for k in keys}
+        assert s["config"] == {k: xd.COMPUTE_CONFIG[k] for k in keys}
     for s in first.values():
         _check_blas(s, max(1, (os.cpu_count() or 1) // 2))
+        assert s["malloc_trim"] is None
 
 
-def test_local_cluster_blas_threads_reach_the_library_and_the_callers_env_wins():
+def test_local_cluster_blas_threads_reach_the_library_and_the_callers_env_wins(monkeypatch):
     """The BLAS reads its thread count when the worker imports NumPy, before the nanny applies
-    env=: one worker gets every core's thread (Dask's own pre-spawn default is 1)."""
+    env=: one worker gets every core's thread (Dask's own pre-spawn default is 1, and an
+    earlier nanny leaves that in os.environ, where the nanny looks first)."""
     import os
 
     import dask
 
-    keys = sorted(xd.QUIET_CONFIG)
+    keys = sorted(xd.COMPUTE_CONFIG)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     with xd.local_cluster(1, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         (seen,) = client.run(_dask_settings, keys).values()
     _check_blas(seen, os.cpu_count() or 1)
@@ -267,6 +276,7 @@ def test_local_cluster_blas_threads_reach_the_library_and_the_callers_env_wins()
                           dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         (seen,) = client.run(_dask_settings, keys).values()
     assert seen["config"] == {k: dask.config.get(k) for k in keys}  # Dask's own
+    assert seen["malloc_trim"] == str(dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"))
     _check_blas(seen, 1)  # (OpenBLAS caps its threads at the cores: a larger number would read as fewer)
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match=f"n_workers must be an int of at least 1; received {bad}"):

@@ -47,9 +47,9 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     # xdev.dask.local_cluster: Dask's housekeeping quieted on the worker, every core's BLAS threads
     import xdev.dask as xd
 
-    assert cluster["dask_config_set"] == xd.QUIET_CONFIG
+    assert cluster["dask_config_set"] == xd.COMPUTE_CONFIG
     (seen,) = cluster["worker_dask_config"].values()
-    assert seen == xd.QUIET_CONFIG and "QUIET_CONFIG" in r.stdout
+    assert seen == xd.COMPUTE_CONFIG and "COMPUTE_CONFIG" in r.stdout
     (threads,) = cluster["worker_threads"].values()
     if "blas" in threads:  # threadpoolctl, in the bench and test extras
         assert {b["threads"] for b in threads["blas"]} == {threads["os_cpu_count"]}

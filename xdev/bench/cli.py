@@ -121,7 +121,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "and VGG-16 conv (--batch, --image); needs xdev[dask]")
     p.add_argument("--dask-chunk", type=int, metavar="C", help="--dask matmul chunk edge (default n/4)")
     p.add_argument("--dask-defaults", action="store_true",
-                   help="--dask with Dask's own configuration, not xdev.dask.QUIET_CONFIG (docs/dask.md)")
+                   help="--dask with Dask's own configuration, not xdev.dask.COMPUTE_CONFIG (docs/dask.md)")
     a = p.parse_args(argv)
     # Whether --image was given: the pipeline op sizes its CPU batch smaller unless told.
     a.image_given = a.image is not None

@@ -15,7 +15,7 @@ run moves the blocks it needs. The matmul adds a third side: Dask finding the co
 before it fetched, which separates the cost of moving blocks from the rest.
 
 The CPU cluster is ``xdev.dask.local_cluster``: one worker process of one thread per share of
-the cores, Dask's housekeeping quieted (``xdev.dask.QUIET_CONFIG``, also set for dask-cuda's
+the cores, Dask's housekeeping quieted (``xdev.dask.COMPUTE_CONFIG``, also set for dask-cuda's
 cluster); ``--dask-defaults`` keeps Dask's own configuration, to measure what that costs.
 
 Scaling efficiency = speedup / ideal speedup, with speedup = t(one process alone) / t(Dask). The
@@ -261,7 +261,7 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     dtype = np.dtype(a.dtype)
     dev.check_dtype(dtype)
     repeats = a.repeat or 5
-    dask_config: dict[str, Any] = {} if a.dask_defaults else dict(xd.QUIET_CONFIG)
+    dask_config: dict[str, Any] = {} if a.dask_defaults else dict(xd.COMPUTE_CONFIG)
     size = int(a.sizes.split(",")[0]) if a.sizes else (1024 if a.quick else 4096)
     chunk = a.dask_chunk or max(1, size // 4)
     image = a.image if not a.quick else min(a.image, 56)
@@ -311,11 +311,11 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         client, backend, ideal = _cluster(stack, distributed, xd, n_workers, dev, dask_config)
         # Copies of fetched blocks are dropped by the benchmark itself, between runs (_DaskRun).
         client.amm.stop()
-        cluster_config = _cluster_config(client, xd.QUIET_CONFIG)
+        cluster_config = _cluster_config(client, xd.COMPUTE_CONFIG)
         cluster_config["dask_config_set"] = dask_config
         print(f"cluster: {cluster_config['workers']} workers, "
               + ("Dask's own configuration (--dask-defaults)" if a.dask_defaults else
-                 "Dask's housekeeping quieted (xdev.dask.QUIET_CONFIG; --dask-defaults to keep Dask's own)"))
+                 "Dask's housekeeping quieted (xdev.dask.COMPUTE_CONFIG; --dask-defaults to keep Dask's own)"))
 
         def persisted(x: np.ndarray, chunks: Any) -> Any:
             with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
