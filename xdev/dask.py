@@ -2,6 +2,8 @@
 block product runs through xdev on the device of the worker that runs it.
 
     import dask.array as da, xdev.dask
+    from dask.distributed import Client
+    client = Client(xdev.dask.local_cluster(2))   # or any cluster: dask-cuda, a remote scheduler
     C = xdev.dask.matmul(A, B)            # A, B: dask arrays of host (NumPy) chunks
     Y = xdev.dask.conv2d(X, w, bias, padding=1)
 
