@@ -14,11 +14,13 @@ chunks. Needs ``pip install "xdev[dask]"``; see docs/dask.md for clusters of GPU
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import threading
 from collections.abc import Mapping
 from functools import reduce
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +33,10 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 import xdev
 from xdev._registry import split_selector
-from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params, env
 
 __all__ = ["matmul", "conv2d", "local_cluster", "COMPUTE_CONFIG"]
 
@@ -39,13 +44,13 @@ __all__ = ["matmul", "conv2d", "local_cluster", "COMPUTE_CONFIG"]
 # ---- clusters ---------------------------------------------------------------------------------
 # Dask settings for clusters whose tasks are compute-bound blocks on cores the workers share.
 # Dask's housekeeping at its defaults took 0.13 CPU-s/s of 2 cores on an idle 2-worker
-# LocalCluster, 0.016 with the first four below (bench/dask_probes/idle_cluster_cpu.py); a
-# 2-thread GEMM beside the idle cluster ran 11% slower at the defaults and as fast as alone
-# with them. Those four give up diagnostics, not scheduling. The fifth gives the workers
-# glibc's own malloc, as every other Python process has: Dask's nanny sets
-# MALLOC_TRIM_THRESHOLD_=65536, which also fixes glibc's mmap threshold at 128 KiB, so every
-# received block, panel and product was a fresh mmap, page-faulted and zeroed (docs/dask.md).
-COMPUTE_CONFIG: dict[str, Any] = {
+# LocalCluster, 0.016 with the first four below (bench/dask_probes/idle_cluster_cpu.py), and
+# a 2-thread GEMM in the client's process ran 5-10% slower beside it. Those four give up
+# diagnostics, not scheduling. The fifth gives the workers glibc's own malloc, as every other
+# Python process has: Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also fixes
+# glibc's mmap threshold at 128 KiB, so every received block, panel and product was a fresh
+# mmap, page-faulted and zeroed (docs/dask.md). Read-only: it is local_cluster's default.
+COMPUTE_CONFIG: Mapping[str, Any] = MappingProxyType({
     # the statistical profiler's stack sample of every worker thread, every 10 ms (the
     # dashboard's profile page stays empty)
     "distributed.worker.profile.enabled": False,
@@ -61,69 +66,85 @@ COMPUTE_CONFIG: dict[str, Any] = {
     # None: not set in the worker processes. Freed memory goes back to the OS less eagerly;
     # Dask counts what a worker keeps as unmanaged memory.
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-}
-
+})
 
 _BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+# local_cluster changes the process-wide Dask config and os.environ while its cluster starts.
+_starting = threading.Lock()
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = COMPUTE_CONFIG,
-                  **kwargs: Any) -> Any:
+                  **kwargs: Any) -> LocalCluster:
     """A ``distributed.LocalCluster`` for xdev's block products on this machine's CPU.
 
     ``n_workers`` worker processes of one thread each, the cores' BLAS threads split among
     them (``OPENBLAS_NUM_THREADS`` etc. = cores // n_workers: more would make OpenBLAS spin
     against itself), with ``dask_config`` in effect for the scheduler, the nannies and the
-    workers (for workers that ``cluster.scale`` adds later too). The default,
-    ``COMPUTE_CONFIG``, quiets Dask's housekeeping and leaves malloc at glibc's defaults;
-    ``None`` leaves Dask's configuration as it is. Other keyword arguments go to
-    ``LocalCluster`` and win; ``env=`` is merged over the BLAS settings. Use it as
+    worker processes it starts (for worker processes that ``cluster.scale`` adds later too;
+    their nannies and pre-spawn environment are Dask's). The default, ``COMPUTE_CONFIG``,
+    quiets Dask's housekeeping and leaves malloc at glibc's defaults; ``None`` leaves Dask's
+    configuration as it is. Other keyword arguments go to ``LocalCluster`` and win; ``env=``
+    is merged over the BLAS settings and ``config=`` over ``dask_config``. Use it as
     ``with local_cluster(2) as cluster, Client(cluster) as client:``.
     """
     import dask.config
     import distributed
 
-    if not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"xdev.dask.local_cluster: n_workers must be an int of at least 1; received {n_workers!r}")
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    env = {v: threads for v in _BLAS_THREADS}
-    env.update({k: str(v) for k, v in (kwargs.pop("env", None) or {}).items()})
-    opts: dict[str, Any] = dict(n_workers=n_workers, threads_per_worker=1, processes=True, env=env)
-    opts.update(kwargs)
+    try:
+        if isinstance(n_workers, bool):
+            raise TypeError
+        n = operator.index(n_workers)
+    except TypeError:
+        raise TypeError(f"xdev.dask.local_cluster: n_workers is a number of worker processes, an int; received "
+                        f"{n_workers!r} ({type(n_workers).__name__}); pass e.g. local_cluster(2)") from None
+    if n < 1:
+        raise ValueError(f"xdev.dask.local_cluster: n_workers must be at least 1; received {n_workers!r}; "
+                         f"pass e.g. local_cluster(2)")
+    for key, why in (("processes", "BLAS threads and malloc are set per worker process"),
+                     ("asynchronous", "the settings are in effect only while the constructor starts the cluster")):
+        if kwargs.get(key) is not None and bool(kwargs[key]) != (key == "processes"):
+            raise ValueError(
+                f"xdev.dask.local_cluster starts worker processes synchronously ({why}); received "
+                f"{key}={kwargs[key]!r}; use distributed.LocalCluster directly for that, with "
+                f"dask.config.set(xdev.dask.COMPUTE_CONFIG) around it if you want those settings")
+    threads = str(max(1, _cores() // n))
+    worker_env = {v: threads for v in _BLAS_THREADS}
+    worker_env.update({k: str(v) for k, v in (kwargs.pop("env", None) or {}).items()})
     cfg = dict(dask_config or {})
-    if cfg and opts["processes"]:
+    opts: dict[str, Any] = dict(n_workers=n, threads_per_worker=1, env=worker_env)
+    opts.update({k: v for k, v in kwargs.items() if v is not None or k not in ("processes", "asynchronous")})
+    opts["processes"] = True
+    if cfg or "config" in kwargs:
         # A nanny reads the global config when it is created; this reaches the worker processes
         # of later scale-ups, which start after the `with` below has ended. Dotted keys: the
         # nanny adds them to a shallow copy of the global config, and the worker process sets
         # them after it (a nested {"distributed": ...} would replace Dask's whole section).
-        opts.setdefault("config", dict(cfg))
+        opts["config"] = {**cfg, **(kwargs.get("config") or {})}
     # A worker's BLAS reads its thread count when the worker process imports NumPy, before its
     # nanny applies env=, and malloc reads MALLOC_* when the process starts: both belong in
     # the environment the process is spawned with, Dask's pre-spawn environment. The nanny
     # takes those values from os.environ first (where an earlier nanny of this process left
-    # Dask's) and the process inherits os.environ, so os.environ holds them, or lacks those
-    # set to None, for the start, and is restored after it. Workers of later scale-ups get
-    # Dask's pre-spawn environment (1 BLAS thread each).
-    with dask.config.set(cfg):  # dask_config's own pre-spawn settings are kept
-        spawn = {**(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}),
-                 **{v: env[v] for v in _BLAS_THREADS}}
-        start_env = {k: (None if v is None else str(v)) for k, v in spawn.items()
-                     if v is None or k in _BLAS_THREADS}
-        saved = {k: os.environ.get(k) for k in start_env}
-        try:
-            _set_environ(start_env)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+    # Dask's) and the process inherits os.environ, so for the start os.environ holds the
+    # values that differ from Dask's (and lacks those set to None). The nanny also copies its
+    # pre-spawn environment into os.environ; all of it is restored once the cluster runs.
+    with _starting:
+        base = dict(dask.config.get(_PRE_SPAWN, None) or {})
+        with dask.config.set(cfg):
+            spawn = {**(dask.config.get(_PRE_SPAWN, None) or {}), **{v: worker_env[v] for v in _BLAS_THREADS}}
+            start_env = {k: (None if v is None else str(v)) for k, v in spawn.items()
+                         if v is None or k in _BLAS_THREADS or base.get(k) != v}
+            with env.for_children(start_env, restore={*spawn, "PYTHONHASHSEED"}), \
+                    dask.config.set({_PRE_SPAWN: spawn}):
                 return distributed.LocalCluster(**opts)
-        finally:
-            _set_environ(saved)
-
-
-def _set_environ(values: Mapping[str, str | None]) -> None:
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 # ---- what runs on the workers (module-level functions: picklable by reference) ------------------

@@ -204,6 +204,29 @@ def test_works_without_a_cluster():
 
 
 
+
+# Everything a nanny copies into this process's os.environ when it starts a worker: restored
+# after each test by monkeypatch, so no later test (nor the benchmark subprocesses) inherits it.
+_SPAWN_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
+              "PYTHONHASHSEED")
+# Dask's own values of COMPUTE_CONFIG's keys: the tests run with them whatever a Dask YAML
+# file on this machine says (docs/dask.md suggests one with COMPUTE_CONFIG's values).
+_DASK_DEFAULTS = {"distributed.worker.profile.enabled": True, "distributed.admin.tick.interval": "20ms",
+                  "distributed.worker.memory.monitor-interval": "100ms",
+                  "distributed.admin.system-monitor.interval": "500ms",
+                  "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}
+
+
+@pytest.fixture
+def spawn_env(monkeypatch):
+    import dask
+
+    for k in _SPAWN_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with dask.config.set(_DASK_DEFAULTS):
+        yield monkeypatch
+
+
 def _dask_settings(keys):
     import os
 
@@ -220,64 +243,79 @@ def _dask_settings(keys):
 
 
 def _check_blas(seen, threads):
+    """The worker's BLAS thread count: the variable as set, and the library running 1 thread
+    when 1 was asked, more than 1 (at most as many: OpenBLAS caps it at the cores it may use
+    and its build's maximum) when more was."""
     assert seen["blas_env"] == str(threads)
     if seen["blas"] is not None:
-        assert seen["blas"] == [threads]
+        (got,) = seen["blas"]
+        assert got == 1 if threads == 1 else 1 < got <= threads
 
 
-def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads(monkeypatch):
-    """Worker processes, those of a later scale-up included, run with COMPUTE_CONFIG; those it
-    starts have cores // n BLAS threads and glibc's malloc (no MALLOC_TRIM_THRESHOLD_, which
-    Dask's nanny sets, also in this process's environment); the caller's own config and
-    environment are left as they were."""
+def test_local_cluster_quiets_dask_on_every_worker_and_splits_the_blas_threads(spawn_env):
+    """Worker processes, those of a later scale-up included, run with COMPUTE_CONFIG (and the
+    caller's config= over it); those it starts have cores // n BLAS threads and glibc's malloc
+    (no MALLOC_TRIM_THRESHOLD_, even where an earlier nanny left it in os.environ); the
+    caller's own config and environment are left as they were."""
     import os
 
     import dask
 
     keys = sorted(xd.COMPUTE_CONFIG)
     before = {k: dask.config.get(k) for k in keys}
-    assert before != {k: xd.COMPUTE_CONFIG[k] for k in keys}  # else this test proves nothing
-    # What any earlier nanny of this process leaves in os.environ, which worker processes inherit.
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    env_before = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                                 "MALLOC_TRIM_THRESHOLD_")}
-    with xd.local_cluster(2, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+    spawn_env.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what an earlier nanny leaves
+    spawn_env.setenv("OPENBLAS_NUM_THREADS", "1")
+    env_before = {v: os.environ.get(v) for v in _SPAWN_ENV}
+    with xd.local_cluster(2, dashboard_address=":0", config={"distributed.admin.tick.interval": "2s"}) as cluster, \
+            distributed.Client(cluster) as client:
         assert {k: dask.config.get(k) for k in keys} == before
-        assert {v: os.environ.get(v) for v in env_before} == env_before
+        assert {v: os.environ.get(v) for v in _SPAWN_ENV} == env_before
         tick = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval)
-        assert tick == pytest.approx(1.0)  # the scheduler, created in this process, too
+        assert tick == pytest.approx(1.0)  # the scheduler, created in this process, has COMPUTE_CONFIG
         first = client.run(_dask_settings, keys)
         cluster.scale(3)
         client.wait_for_workers(3, timeout=60)
         seen = client.run(_dask_settings, keys)
     assert len(first) == 2 and len(seen) == 3
     for s in seen.values():
-        assert s["config"] == {k: xd.COMPUTE_CONFIG[k] for k in keys}
+        assert s["config"] == {**xd.COMPUTE_CONFIG, "distributed.admin.tick.interval": "2s"}
     for s in first.values():
-        _check_blas(s, max(1, (os.cpu_count() or 1) // 2))
+        _check_blas(s, max(1, xd._cores() // 2))
         assert s["malloc_trim"] is None
 
 
-def test_local_cluster_blas_threads_reach_the_library_and_the_callers_env_wins(monkeypatch):
+def test_local_cluster_blas_threads_reach_the_library_and_its_settings_win(spawn_env):
     """The BLAS reads its thread count when the worker imports NumPy, before the nanny applies
     env=: one worker gets every core's thread (Dask's own pre-spawn default is 1, and an
-    earlier nanny leaves that in os.environ, where the nanny looks first)."""
-    import os
-
+    earlier nanny leaves that in os.environ, where the nanny looks first). dask_config's
+    pre-spawn values and the caller's env= win over such leftovers."""
     import dask
 
     keys = sorted(xd.COMPUTE_CONFIG)
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    spawn_env.setenv("OPENBLAS_NUM_THREADS", "1")
+    spawn_env.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with xd.local_cluster(1, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         (seen,) = client.run(_dask_settings, keys).values()
-    _check_blas(seen, os.cpu_count() or 1)
-    with xd.local_cluster(1, dask_config=None, env={"OPENBLAS_NUM_THREADS": "1"},
+    _check_blas(seen, xd._cores())
+    trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    with xd.local_cluster(1, dask_config={trim: 131072}, env={"OPENBLAS_NUM_THREADS": "1"},
                           dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         (seen,) = client.run(_dask_settings, keys).values()
-    assert seen["config"] == {k: dask.config.get(k) for k in keys}  # Dask's own
-    assert seen["malloc_trim"] == str(dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"))
-    _check_blas(seen, 1)  # (OpenBLAS caps its threads at the cores: a larger number would read as fewer)
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError, match=f"n_workers must be an int of at least 1; received {bad}"):
+    assert seen["config"] == {**{k: dask.config.get(k) for k in keys}, trim: 131072}  # Dask's, but for trim
+    assert seen["malloc_trim"] == "131072"
+    _check_blas(seen, 1)
+
+
+def test_local_cluster_refuses_what_it_cannot_honour():
+    for bad in (1.5, "2", True, None):
+        with pytest.raises(TypeError, match=f"n_workers is a number of worker processes, an int; received {bad!r}"):
             xd.local_cluster(bad)
+    with pytest.raises(ValueError, match="n_workers must be at least 1; received 0"):
+        xd.local_cluster(0)
+    with pytest.raises(ValueError, match="received processes=False; use distributed.LocalCluster directly"):
+        xd.local_cluster(2, processes=False)
+    with pytest.raises(ValueError, match="received asynchronous=True"):
+        xd.local_cluster(2, asynchronous=True)
+    with pytest.raises(TypeError):
+        xd.COMPUTE_CONFIG["distributed.worker.profile.enabled"] = True  # the shared default stays as it is
+

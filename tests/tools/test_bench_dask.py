@@ -51,8 +51,10 @@ def test_bench_dask_runs_on_worker_processes(tmp_path):
     (seen,) = cluster["worker_dask_config"].values()
     assert seen == xd.COMPUTE_CONFIG and "COMPUTE_CONFIG" in r.stdout
     (threads,) = cluster["worker_threads"].values()
-    if "blas" in threads:  # threadpoolctl, in the bench and test extras
-        assert {b["threads"] for b in threads["blas"]} == {threads["os_cpu_count"]}
+    if "blas" in threads and xd._cores() > 1:  # threadpoolctl, in the bench and test extras
+        assert all(b["threads"] > 1 for b in threads["blas"])  # one worker: every core's threads
+    (worker_env,) = cluster["worker_env"].values()
+    assert "MALLOC_TRIM_THRESHOLD_" not in worker_env
 
 
 def test_bench_dask_defaults_keeps_dasks_own_configuration(tmp_path):
@@ -68,7 +70,7 @@ def test_bench_dask_defaults_keeps_dasks_own_configuration(tmp_path):
     cluster = json.loads(out.read_text())["config"]["cluster"]
     assert cluster["dask_config_set"] == {} and "Dask's own configuration" in r.stdout
     (seen,) = cluster["worker_dask_config"].values()
-    assert seen == {k: dask.config.get(k) for k in seen} and seen["distributed.worker.profile.enabled"] is True
+    assert seen == {k: dask.config.get(k) for k in seen}  # as in this process: Dask's, or a YAML file's
 
 
 def test_target_verdict_counts_the_spread():

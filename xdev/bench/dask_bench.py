@@ -236,15 +236,15 @@ def _load_sample() -> dict[str, Any]:
 
 
 def _cluster_config(client: Any, keys: Any) -> dict[str, Any]:
-    """What the timings depend on: versions, workers, their threads, environment and the dask
-    config ``keys`` as each worker sees them."""
+    """What the timings depend on: versions, workers, their threads, environment (as each worker
+    process has it: what its nanny spawned it with) and the dask config ``keys`` as each
+    worker sees them."""
     import dask
     import distributed
 
     workers = client.scheduler_info()["workers"].values()
     return {"dask": dask.__version__, "distributed": distributed.__version__,
             "workers": len(workers), "threads_per_worker": sorted({w["nthreads"] for w in workers}),
-            "pre_spawn_environ": dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})),
             "worker_env": client.run(environment),
             "worker_threads": client.run(threads),  # the BLAS threads each worker really runs
             "worker_dask_config": client.run(_dask_settings, sorted(keys))}

@@ -4,9 +4,11 @@ Each is read when asked for, never at import: a program may set them after ``imp
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 BACKEND = "XDEV_BACKEND"
@@ -162,3 +164,25 @@ def snapshot(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> dict[str
     """The variables whose name starts with one of ``prefixes`` or is in ``names``, sorted:
     what the benchmark records beside its results (it changes what it measures)."""
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes) or k in names}
+
+
+@contextlib.contextmanager
+def for_children(values: Mapping[str, str | None], restore: Iterable[str] = ()) -> Iterator[None]:
+    """Set ``values`` in os.environ (None: remove the variable) for child processes started
+    inside the block; afterwards these and ``restore`` (what the block's own code may copy
+    into os.environ) are as they were before. os.environ is process-wide: the caller
+    serializes such blocks."""
+    saved = {k: os.environ.get(k) for k in {*values, *restore}}
+
+    def put(vs: Mapping[str, str | None]) -> None:
+        for k, v in vs.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    put(values)
+    try:
+        yield
+    finally:
+        put(saved)
