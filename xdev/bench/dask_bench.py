@@ -315,7 +315,8 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         cluster_config["dask_config_set"] = dask_config
         print(f"cluster: {cluster_config['workers']} workers, "
               + ("Dask's own configuration (--dask-defaults)" if a.dask_defaults else
-                 "Dask's housekeeping quieted (xdev.dask.COMPUTE_CONFIG; --dask-defaults to keep Dask's own)"))
+                 "xdev.dask.COMPUTE_CONFIG: Dask's housekeeping quieted, glibc's malloc in the workers "
+                 "(--dask-defaults keeps Dask's own)"))
 
         def persisted(x: np.ndarray, chunks: Any) -> Any:
             with warnings.catch_warnings():  # the inputs travel once, untimed: no advice about it
