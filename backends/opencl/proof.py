@@ -42,6 +42,22 @@ FIX = (
 
 enabled = env.opencl_proof
 timeout_s = env.opencl_proof_timeout
+# Unless XDEV_OPENCL_PROOF_TIMEOUT fixes it, a step is hung after STEP_FACTOR times the
+# slowest step the child has finished (its first includes starting Python and OpenCL), at
+# least STEP_FLOOR_S and at most env.DEFAULT_OPENCL_PROOF_TIMEOUT (before any step
+# finished). Steps take 0.3-1.4 s on a 2-core EPYC; pip's PoCL hangs at width 16 on it,
+# and every fresh machine (CI's included) waited the whole 60 s for that.
+STEP_FLOOR_S = 15.0
+STEP_FACTOR = 10.0
+
+
+def step_limit(slowest: float | None, fixed: float | None) -> float:
+    """Seconds without a finished step after which the proof child is taken as hung."""
+    if fixed is not None:
+        return fixed
+    if slowest is None:
+        return env.DEFAULT_OPENCL_PROOF_TIMEOUT
+    return min(env.DEFAULT_OPENCL_PROOF_TIMEOUT, max(STEP_FLOOR_S, STEP_FACTOR * slowest))
 
 
 def sources_hash() -> str:
@@ -159,11 +175,11 @@ def run_child(cand, vw: int, first: bool) -> str | None:
     # entry there, not in the cache the user's processes read.
     with tempfile.TemporaryDirectory(prefix="xdev-proof-pocl-") as pocl_cache:
         child_env["POCL_CACHE_DIR"] = pocl_cache
-        code, out, err, timed_out = _run(args, child_env, timeout_s())
-    if timed_out:
+        code, out, err, limit = _run(args, child_env, timeout_s())
+    if limit is not None:
         step = [ln for ln in out.splitlines() if ln.startswith("XDEV-PROOF-STEP ")]
         after = f" after {step[-1][len('XDEV-PROOF-STEP '):]}" if step else ""
-        return (f"vector width {vw}: hung (no progress for {timeout_s():.0f} s{after}; set "
+        return (f"vector width {vw}: hung (no progress for {limit:.0f} s{after}; set "
                 f"{ENV_TIMEOUT} to wait longer)")
     for line in reversed(out.splitlines()):
         if line.startswith("XDEV-PROOF "):
@@ -188,12 +204,13 @@ def _transient(err: str) -> bool:
     return ("hung (no progress" in err or killed) and "LLVM ERROR" not in err
 
 
-def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str, bool]:
-    """Run a child; returns (exit code, stdout, stderr, timed out).
+def _run(args: list[str], env: dict[str, str], fixed: float | None) -> tuple[int, str, str, float | None]:
+    """Run a child; returns (exit code, stdout, stderr, the step limit it was killed at as
+    hung, else None).
 
     After "LLVM ERROR" the process is doomed, but on pip's PoCL it was seen to spin for
     minutes instead of exiting: the child is killed a moment after that line appears. A
-    child that prints no step for `timeout` seconds is hung (pip's PoCL at vector width
+    child that finishes no step within ``step_limit`` is hung (pip's PoCL at vector width
     16 also hangs in some kernels) and is killed.
     """
     import threading
@@ -205,6 +222,7 @@ def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str
     fatal = threading.Event()
 
     progress = [time.monotonic()]
+    slowest: list[float | None] = [None]  # the longest a finished step took
 
     def pump(stream, sink, watch):
         for line in stream:
@@ -212,27 +230,31 @@ def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str
             if watch and "LLVM ERROR" in line:
                 fatal.set()
             if not watch:
-                progress[0] = time.monotonic()
+                now = time.monotonic()
+                if line.startswith("XDEV-PROOF-STEP "):
+                    slowest[0] = max(slowest[0] or 0.0, now - progress[0])
+                progress[0] = now
 
     threads = [threading.Thread(target=pump, args=(proc.stdout, out, False), daemon=True),
                threading.Thread(target=pump, args=(proc.stderr, err, True), daemon=True)]
     for t in threads:
         t.start()
-    timed_out = False
+    hung: float | None = None
     while proc.poll() is None:
         if fatal.wait(0.2):
             time.sleep(1.0)  # let the lines that name the function arrive
             if proc.poll() is None:
                 proc.kill()
             break
-        if time.monotonic() > progress[0] + timeout:  # a step made no progress: hung
-            timed_out = True
+        limit = step_limit(slowest[0], fixed)
+        if time.monotonic() > progress[0] + limit:  # a step made no progress: hung
+            hung = limit
             proc.kill()
             break
     code = proc.wait()
     for t in threads:
         t.join(timeout=5)
-    return code, "".join(out), "".join(err), timed_out and not fatal.is_set()
+    return code, "".join(out), "".join(err), None if fatal.is_set() else hung
 
 
 def _crash_line(stderr: str) -> str:

@@ -217,6 +217,41 @@ def test_proof_with_an_unwritable_cache_still_answers(tmp_path, monkeypatch):
     assert proof.prove(_fake_cand(), "cpu", {"gemm": {"VW": 8, "VWD": 4}, "conv": {"VW": 8, "VWD": 4}}) == (8, None)
 
 
+def test_proof_step_limit_adapts_to_the_steps_seen(monkeypatch):
+    """Unless XDEV_OPENCL_PROOF_TIMEOUT fixes it, a hang is declared after 10x the slowest
+    finished step (15 s at least, 60 s at most, 60 s before any step): a fresh machine no
+    longer waits 60 s for each hanging width of a driver whose steps take a second."""
+    from xdev.backends.opencl import proof
+    from xdev.contract import env
+
+    assert proof.step_limit(None, None) == env.DEFAULT_OPENCL_PROOF_TIMEOUT == 60.0
+    assert [proof.step_limit(s, None) for s in (0.2, 3.0, 30.0)] == [15.0, 30.0, 60.0]
+    assert proof.step_limit(0.2, 120.0) == proof.step_limit(None, 120.0) == 120.0
+    monkeypatch.delenv(env.OPENCL_PROOF_TIMEOUT, raising=False)
+    assert env.opencl_proof_timeout() is None
+    monkeypatch.setenv(env.OPENCL_PROOF_TIMEOUT, "90")
+    assert env.opencl_proof_timeout() == 90.0
+    monkeypatch.setenv(env.OPENCL_PROOF_TIMEOUT, "soon")
+    with pytest.raises(ValueError, match="XDEV_OPENCL_PROOF_TIMEOUT='soon' is not a number of seconds"):
+        env.opencl_proof_timeout()
+
+
+def test_proof_child_that_stops_making_progress_is_killed_at_the_adapted_limit(monkeypatch):
+    import time
+
+    from xdev.backends.opencl import proof
+
+    monkeypatch.setattr(proof, "STEP_FLOOR_S", 0.5)
+    child = [sys.executable, "-c", "import time\nfor s in 'ab':\n    print('XDEV-PROOF-STEP', s, flush=True)\n"
+                                   "    time.sleep(0.01)\ntime.sleep(60)"]
+    t0 = time.monotonic()
+    code, out, err, hung = proof._run(child, {}, None)
+    assert hung is not None and 0.5 <= hung < 5 and time.monotonic() - t0 < 20
+    assert code != 0 and out.count("XDEV-PROOF-STEP") == 2
+    code, out, err, hung = proof._run(child[:2] + ["print('XDEV-PROOF-STEP a', flush=True)"], {}, None)
+    assert (code, hung) == (0, None)  # a child that finishes is not hung
+
+
 def test_proof_child_checks_a_real_device(tmp_path):
     """The child itself (no fault): builds and runs every family and dtype, then says ok."""
     dev = require("opencl")

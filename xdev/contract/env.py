@@ -130,14 +130,21 @@ def opencl_proof() -> bool:
     raise ValueError(f"{OPENCL_PROOF}={v!r} is not valid; expected on or off")
 
 
-def opencl_proof_timeout() -> float:
-    """``XDEV_OPENCL_PROOF_TIMEOUT``: seconds a proof step may take (default 60)."""
+DEFAULT_OPENCL_PROOF_TIMEOUT = 60.0
+
+
+def opencl_proof_timeout() -> float | None:
+    """``XDEV_OPENCL_PROOF_TIMEOUT``: seconds a proof step may take, or None when unset (the
+    proof then adapts its limit to the steps it has seen, up to DEFAULT_OPENCL_PROOF_TIMEOUT)."""
     v = _get(OPENCL_PROOF_TIMEOUT)
+    if not v:
+        return None
     try:
-        t = float(v) if v else 60.0
+        t = float(v)
     except ValueError:
-        raise ValueError(f"{OPENCL_PROOF_TIMEOUT}={v!r} is not a number of seconds") from None
-    return t if t > 0 else 60.0
+        raise ValueError(f"{OPENCL_PROOF_TIMEOUT}={v!r} is not a number of seconds; set it to e.g. 120, "
+                         f"or unset it for the adaptive default") from None
+    return t if t > 0 else None
 
 
 def opencl_proof_fault() -> str:
