@@ -33,10 +33,10 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 import xdev
 from xdev._registry import split_selector
+from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params, env
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
-from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params, env
 
 __all__ = ["matmul", "conv2d", "local_cluster", "COMPUTE_CONFIG"]
 
@@ -120,9 +120,9 @@ def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None =
     worker_env = {v: threads for v in _BLAS_THREADS}
     worker_env.update({k: str(v) for k, v in (kwargs.pop("env", None) or {}).items()})
     cfg = dict(dask_config or {})
-    opts: dict[str, Any] = dict(n_workers=n, threads_per_worker=1, env=worker_env)
-    opts.update({k: v for k, v in kwargs.items() if v is not None or k not in ("processes", "asynchronous")})
-    opts["processes"] = True
+    kwargs.pop("processes", None)  # checked above: True or None
+    kwargs.pop("asynchronous", None)  # ... False or None
+    opts: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, **kwargs, "processes": True, "env": worker_env}
     if cfg or "config" in kwargs:
         # A nanny reads the global config when it is created; this reaches the worker processes
         # of later scale-ups, which start after the `with` below has ended. Dotted keys: the
