@@ -2,7 +2,8 @@
 
 The cache lives in $XDEV_CACHE_DIR/opencl-tuning.json (default ~/.cache/xdev), keyed by
 device name, platform version and driver version; the OpenCL backend reads it when it
-opens the device. Delete the file (or pass --reset) to return to the built-in table.
+opens the device. --reset returns a device to the built-in table (the default device, or
+the one --device selects; --all: every device); deleting the file resets every device.
 """
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xdev.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="opencl", help="OpenCL selector (default: the default OpenCL device)")
+    p.add_argument("--device", default=None,
+                   help="OpenCL selector, e.g. opencl:1:0 (default: the default OpenCL device, as 'opencl' opens)")
     p.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
-    p.add_argument("--reset", action="store_true", help="forget this device's tuned parameters")
+    p.add_argument("--reset", action="store_true",
+                   help="forget the tuned parameters of the device --device selects (default: the default device)")
+    p.add_argument("--all", action="store_true",
+                   help="with --reset: of every device --device matches (without --device: every OpenCL device)")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not store")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="time limit of the GPU kernel family's search (default 180)")
     a = p.parse_args(argv)
-    if not a.device.startswith("opencl"):
+    if a.all and not a.reset:
+        p.error("--all goes with --reset (tuning measures one device at a time)")
+    device = a.device or "opencl"
+    if not device.startswith("opencl"):
         p.error("only the OpenCL backend has tunable kernels (cuBLAS and cuDNN tune themselves)")
     from xdev._registry import get_device, load, split_selector
     from xdev.contract import BackendUnavailable
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         # Works whatever the cache file holds, without opening the device (opening proves
         # its kernels, and reads the very file being reset).
         try:
-            done = backend.device.reset_tuning(split_selector(a.device)[1])
+            done = backend.device.reset_tuning(split_selector(device)[1], every=a.all)
         except (ValueError, BackendUnavailable) as e:
             print(f"python -m xdev.tune --reset: {e}", file=sys.stderr)
             return 2
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"measure", file=sys.stderr)
             return 1
     try:
-        dev = get_device(a.device)
+        dev = get_device(device)
     except (ValueError, BackendUnavailable) as e:
         print(f"python -m xdev.tune: {e}", file=sys.stderr)
         return 2

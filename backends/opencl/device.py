@@ -512,7 +512,23 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-def reset_tuning(selector: str | None) -> list[tuple[str, str, Any]]:
-    """Forget the tuned parameters of the devices `selector` matches (a bare "opencl":
-    every device it could mean), without opening them; works on a corrupt cache file."""
-    return [(c.key, c.label, params.forget(_Shim(c))) for c in _select(selector)]  # type: ignore[arg-type]
+def reset_tuning(selector: str | None, every: bool = False) -> list[tuple[str, str, Any]]:
+    """Forget tuned parameters without opening a device; works on a corrupt cache file.
+
+    The device `selector` selects (None: PYOPENCL_CTX's, else the default device), i.e. the
+    one ``python -m xdev.tune`` with that selector tunes; with `every`, every device the
+    selector matches (None: every OpenCL device).
+    """
+    if selector is None and not every and env.pyopencl_ctx():
+        selector = env.pyopencl_ctx()
+    matches = _select(selector)
+    if not every and len(matches) > 1:
+        # As open_device: the first that runs xdev's kernels (its proof verdict is cached).
+        usable = [c for c in matches if unusable_reason(c) is None]
+        if not usable:
+            listing = "; ".join(f"{c.key} = {c.label}" for c in matches)
+            raise BackendUnavailable(
+                f"no usable OpenCL device matches {selector or 'opencl'!r}, so there is no default "
+                f"device to reset; name one with --device opencl:P:D, or pass --all. Devices: {listing}")
+        matches = usable[:1]
+    return [(c.key, c.label, params.forget(_Shim(c))) for c in matches]  # type: ignore[arg-type]

@@ -318,6 +318,46 @@ def test_tune_reset_always_works_and_writes_atomically(tuning_env):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_tune_reset_without_device_forgets_the_default_device_only(tuning_env):
+    """--reset is the default device's (the one `python -m xdev.tune` tunes), --reset --all every
+    device's; with two OpenCL devices (two PoCLs) the other device's entry must survive the first."""
+    dev, tuning, path = tuning_env
+    from xdev.backends.opencl import device as cl_device
+
+    ids = {c.key: tuning.device_id(cl_device._Shim(c)) for c in cl_device.candidates()}
+    # Empty entries: the devices' parameters stay the built-in ones, whose proof verdicts the
+    # fixture copied (a tuned value would cost a fresh proof per device in the child).
+    path.write_text(json.dumps({**{i: {} for i in ids.values()}, "other": {}}))
+    env = child_env()
+    env.pop("PYOPENCL_CTX", None)
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--reset"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # The default device is the one a bare "opencl" opens in a fresh process like the reset's.
+    default = subprocess.run([sys.executable, "-c", "import xdev; print(xdev.asarray([1.0], backend='opencl').device)"],
+                             capture_output=True, text=True, timeout=300, env=env).stdout.strip()
+    left = json.loads(path.read_text())
+    assert ids[default] not in left and f"forgot tuned parameters of {default} " in r.stdout
+    assert set(left) == {i for k, i in ids.items() if k != default} | {"other"}
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--reset", "--all"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(path.read_text()) == {"other": {}}
+    assert all(f"forgot tuned parameters of {k} " in r.stdout for k in ids)
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--all"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 2 and "--all goes with --reset" in r.stderr
+
+
+def test_tune_help_says_what_reset_forgets():
+    r = subprocess.run([sys.executable, "-m", "xdev.tune", "--help"], capture_output=True, text=True,
+                       timeout=120, env=child_env())
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    assert "--reset forget the tuned parameters of the device --device selects (default: the default device)" in text
+    assert "--all with --reset: of every device --device matches (without --device: every OpenCL device)" in text
+
+
 def test_tune_with_an_unusable_cache_dir_fails_before_measuring(tmp_path):
     require("opencl")
     blocker = tmp_path / "file"
