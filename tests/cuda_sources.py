@@ -1,7 +1,7 @@
 """The CUDA backend's source files, for tests that must not import CuPy (compile checks, emulator)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -11,15 +11,17 @@ import xdev.backends
 
 CUDA_DIR = Path(xdev.backends.__file__).resolve().parent / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
+_STANDIN = "xdev_cuda_under_test"
 
 
-def load_plan() -> ModuleType:
-    """backends/cuda/_plan.py without importing the package (whose __init__ imports CuPy)."""
-    spec = importlib.util.spec_from_file_location("xdev_cuda_plan_under_test", CUDA_DIR / "_plan.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+def load(name: str) -> ModuleType:
+    """backends/cuda/<name>.py, for the modules that need no CuPy (launch, conv, backward, gemm_plan,
+    cudnn_tune), imported as a module of a stand-in package: the real package's __init__ imports CuPy."""
+    if _STANDIN not in sys.modules:
+        pkg = ModuleType(_STANDIN)
+        pkg.__path__ = [str(CUDA_DIR)]
+        sys.modules[_STANDIN] = pkg
+    return importlib.import_module(f"{_STANDIN}.{name}")
 
 
 def kernel_names(path: Path) -> list[str]:

@@ -22,7 +22,9 @@ from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
 from xdev.contract import env
 
 from . import cudnn_tune
-from .cudnn_conv import CudnnUnsupported, frontend
+from .cudnn_conv import frontend
+from .cudnn_tune import CudnnUnsupported
+
 _CACHE_SIZE = 128
 
 

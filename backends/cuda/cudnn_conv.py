@@ -27,6 +27,7 @@ from xdev.contract import F16 as _F16, F32 as _F32
 from xdev.contract import env
 
 from . import cudnn_tune as tune
+from .cudnn_tune import CudnnUnsupported
 
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
 _CACHE_SIZE = 256
@@ -66,10 +67,6 @@ def versions() -> dict[str, Any]:
     except Exception:
         out["cudnn"] = None
     return out
-
-
-class CudnnUnsupported(Exception):
-    """cuDNN has no engine for this convolution under xdev's numeric rules."""
 
 
 @dataclass

@@ -43,6 +43,10 @@ LAYOUTS = ("nchw", "nhwc")
 KINDS = ("fused", "conv")
 
 
+class CudnnUnsupported(Exception):
+    """cuDNN has no engine for this convolution under xdev's numeric rules."""
+
+
 def cache_dir() -> Path:
     """``$XDEV_CACHE_DIR/cudnn-plans`` (xdev.contract.env reads the variable)."""
     return env.cache_dir() / CACHE_NAME

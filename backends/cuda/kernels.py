@@ -10,7 +10,7 @@ import numpy as np
 
 from xdev.contract.kernel_cache import KernelCache, KernelSource
 
-from ._plan import Launch
+from .launch import Launch
 
 SOURCE_DIR = Path(__file__).resolve().parent
 # Shapes are run-time arguments, so these options are the whole compilation key.
@@ -56,7 +56,7 @@ class Kernels:
         """Run a planned launch on the current stream; ``arrays`` maps the plan's pointer roles.
 
         Per plan, the kernel and the typed scalar arguments are prepared once; a call only
-        fills in the arrays (the plans themselves are memoized by _plan).
+        fills in the arrays (the plans themselves are memoized by launch.py).
         """
         prep = self._prepared.get(plan)
         if prep is None:

@@ -26,13 +26,11 @@ import numpy as np
 import pytest
 
 import xdev
-from cuda_sources import CU_FILES, kernel_names, load_plan
+from cuda_sources import CU_FILES, kernel_names
 from reference import conv2d_ref, matmul_ref
 from strategies import values
 from tolerance import assert_agrees, assert_conv_agrees
 from xdev.contract import FLOAT_DTYPES as DTYPES
-
-plan = load_plan()
 
 
 def run_py(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -50,6 +48,31 @@ def test_cu_files_exist_and_define_the_planned_kernels():
         assert f"xdev_im2col_{sfx}" in defined
         for variant in ("o16", "o4", "naive"):
             assert f"xdev_conv_direct_{sfx}_{variant}" in defined
+
+
+# The modules the suite runs without CuPy (emulator, fake cuDNN, cuBLAS emulation), and what they import.
+CUPY_FREE = ("launch", "conv", "backward", "gemm_plan", "cudnn_tune")
+
+
+def test_the_planners_and_algorithms_import_no_cupy():
+    import ast
+
+    from cuda_sources import CUDA_DIR
+
+    for name in CUPY_FREE:
+        tree = ast.parse((CUDA_DIR / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module] if node.module else [a.name for a in node.names]
+                if node.level:  # a sibling module must be CuPy-free too
+                    assert all(m in CUPY_FREE for m in mods), f"backends/cuda/{name}.py imports .{mods}"
+                    continue
+            else:
+                continue
+            assert not any(m.split(".")[0] in ("cupy", "cupyx", "cupy_backends", "cudnn") for m in mods), (
+                f"backends/cuda/{name}.py imports {mods}: it must run without CuPy")
 
 
 def test_probe_is_unavailable_with_a_reason_or_lists_devices():

@@ -12,7 +12,7 @@ import pytest
 from reference import conv2d_backward_ref
 from strategies import values
 from cuda_sources import CU_FILES, kernel_names
-from test_cuda_emulator import DTYPES, Emulator, P, _place_x, emulator, plan  # noqa: F401 (emulator: a fixture)
+from test_cuda_emulator import DTYPES, Emulator, P, _place_x, backward, emulator, launch  # noqa: F401 (emulator: a fixture)
 from tolerance import assert_agrees, backward_K
 
 # (x shape, w shape, stride, padding, dilation, groups): small, so the emulation stays cheap.
@@ -49,10 +49,10 @@ def test_emulated_direct_backward(emulator, tmp_path, case):
         p, x, w, gy, seed = _inputs(case, i, dt)
         layout = ["contiguous", "strided", "nhwc", "flipped"][(i + len(IDS[0])) % 4]
         emu = Emulator(emulator, tmp_path, grid_cap=2)
-        gx, gw = plan.run_direct_backward(np, emu, gy, _place_x(x, layout, seed), w, p, True, True)
-        assert [lp.kernel for lp in emu.launches] == [f"xdev_dgrad_direct_{plan.DTYPE_SUFFIX[dt.name]}",
-                                                      f"xdev_wgrad_direct_{plan.DTYPE_SUFFIX[dt.name]}"]
-        _check(gx, gw, plan.grad_bias(np, gy), gy, x, w, case, dt, f"direct {case} {dt} {layout}")
+        gx, gw = backward.run_direct_backward(np, emu, gy, _place_x(x, layout, seed), w, p, True, True)
+        assert [lp.kernel for lp in emu.launches] == [f"xdev_dgrad_direct_{launch.DTYPE_SUFFIX[dt.name]}",
+                                                      f"xdev_wgrad_direct_{launch.DTYPE_SUFFIX[dt.name]}"]
+        _check(gx, gw, backward.grad_bias(np, gy), gy, x, w, case, dt, f"direct {case} {dt} {layout}")
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 1500, 300], ids=["one-block", "image-blocks", "row-blocks"])
@@ -64,11 +64,11 @@ def test_emulated_gemm_backward(emulator, tmp_path, case, budget):
         layout = ["strided", "nhwc", "contiguous", "flipped"][(i + budget) % 4]
         emu = Emulator(emulator, tmp_path, grid_cap=2)
         needs = [(True, True), (True, False), (False, True)][i]
-        gx, gw = plan.run_gemm_backward(np, emu, gy, _place_x(x, layout, seed), w, p, *needs, budget=budget)
+        gx, gw = backward.run_gemm_backward(np, emu, gy, _place_x(x, layout, seed), w, p, *needs, budget=budget)
         assert (gx is not None, gw is not None) == needs
         assert gx is None or gx.dtype == dt and gx.shape == x.shape
         assert gw is None or gw.dtype == dt and gw.shape == w.shape
-        blocks = plan.gemm_blocks(p, p.K, plan.ACC_ITEMSIZE[dt.name], budget)
+        blocks = launch.gemm_blocks(p, p.K, launch.ACC_ITEMSIZE[dt.name], budget)
         if budget == 300 and case is BWD_CASES[0]:
             assert any(b.hb < p.Ho for b in blocks), "the row-block path must be exercised"
         assert sum(lp.kernel.startswith("xdev_col2im") for lp in emu.launches) == (len(blocks) if needs[0] else 0)
@@ -82,17 +82,17 @@ def test_backward_kernels_are_defined_and_planned():
     assert {"xdev_col2im_f32", "xdev_col2im_f64"} <= defined
     p = P((64, 512, 14, 14), (512, 512, 3, 3), 1, 1, 1, 1)
     for dt in ("float16", "float32", "float64"):
-        lw = plan.wgrad_direct_launch(p, dt, (1, 1, 1, 1))
-        assert lw.block == (plan.WGRAD_THREADS, 1, 1) and lw.shared_mem <= plan.SMEM_BUDGET
-        assert lw.grid[0] <= plan.GRID_X_MAX
-    for blk in plan.gemm_blocks(p, p.K, 4):
-        lc = plan.col2im_launch(p, "float32", blk)
-        assert lc.grid[1] <= plan.GRID_YZ_MAX and lc.grid[2] <= plan.GRID_YZ_MAX
+        lw = launch.wgrad_direct_launch(p, dt, (1, 1, 1, 1))
+        assert lw.block == (launch.WGRAD_THREADS, 1, 1) and lw.shared_mem <= launch.SMEM_BUDGET
+        assert lw.grid[0] <= launch.GRID_X_MAX
+    for blk in launch.gemm_blocks(p, p.K, 4):
+        lc = launch.col2im_launch(p, "float32", blk)
+        assert lc.grid[1] <= launch.GRID_YZ_MAX and lc.grid[2] <= launch.GRID_YZ_MAX
 
 
 def test_trivial_backward_is_zero():
     p = P((0, 3, 5, 5), (4, 3, 3, 3))
-    gx, gw = plan.trivial_backward(np, np.zeros((0, 3, 5, 5)), np.ones((4, 3, 3, 3)), p, True, True)
+    gx, gw = backward.trivial_backward(np, np.zeros((0, 3, 5, 5)), np.ones((4, 3, 3, 3)), p, True, True)
     assert gx.shape == (0, 3, 5, 5) and (gw == 0).all()
-    assert plan.trivial_backward(np, np.zeros((1, 3, 5, 5)), np.ones((4, 3, 3, 3)), P((1, 3, 5, 5), (4, 3, 3, 3)),
+    assert backward.trivial_backward(np, np.zeros((1, 3, 5, 5)), np.ones((4, 3, 3, 3)), P((1, 3, 5, 5), (4, 3, 3, 3)),
                                  True, True) is None

@@ -2,8 +2,9 @@
 
 CUDA's execution model emulated in C++20 (one std::thread per CUDA thread, std::barrier for
 __syncthreads): every .cu file is compiled against the harness below, and the plans of
-backends/cuda/_plan.py drive it exactly as the backend drives the GPU, checked against the
-float64 reference of the shared suite. Needs a C++20 compiler, no GPU and no CuPy.
+backends/cuda/launch.py drive it exactly as the backend drives the GPU (through conv.py and
+backward.py, which need no CuPy), checked against the float64 reference of the shared suite.
+Needs a C++20 compiler, no GPU and no CuPy.
 """
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import shutil
 import subprocess
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from cuda_sources import CU_FILES, kernel_names, load_plan
+from cuda_sources import CU_FILES, kernel_names, load
 from strategies import values
 from tolerance import assert_conv_agrees
 from xdev.contract import FLOAT_DTYPES as DTYPES
 
-plan = load_plan()
+launch, conv, backward = load("launch"), load("conv"), load("backward")
 
 
 HARNESS = textwrap.dedent(r'''
@@ -170,7 +172,7 @@ def _owner(a: np.ndarray) -> np.ndarray:
 
 
 class Emulator:
-    """launch(plan, arrays) for backends/cuda/_plan.py, running the kernel on the CPU."""
+    """launch(plan, arrays) for backends/cuda/launch.py's plans, running the kernel on the CPU."""
 
     def __init__(self, exes: dict[str, Path], workdir: Path, grid_cap: int | None = None):
         self.exes, self.dir, self.grid_cap, self.launches = exes, workdir, grid_cap, []
@@ -264,7 +266,7 @@ def test_emulated_direct_kernel(emulator, tmp_path, case):
         b = values(seed + 2, (ws[0],), dt) if i != 1 else None
         y = np.full(p.out_shape, np.nan, dt)
         emu = Emulator(emulator, tmp_path, grid_cap=1)
-        plan.run_direct(np, emu, _place_x(x, layout, seed), w, b, p, y)
+        conv.run_direct(np, emu, _place_x(x, layout, seed), w, b, p, y)
         assert emu.launches[0].kernel.endswith("naive") == (case is EMU_CASES[-1])
         assert_conv_agrees(y, x, w, b, case, dt, f"direct {case} {dt} {layout}")
 
@@ -284,14 +286,14 @@ def test_emulated_gemm_algorithm(emulator, tmp_path, case, budget):
         b = values(seed + 2, (ws[0],), dt) if i != 2 else None
         y = np.full(p.out_shape, np.nan, dt)
         emu = Emulator(emulator, tmp_path, grid_cap=2)
-        plan.run_gemm(np, emu, _place_x(x, layout, seed), w, b, p, y, budget=budget)
+        conv.run_gemm(np, emu, _place_x(x, layout, seed), w, b, p, y, budget=budget)
         assert_conv_agrees(y, x, w, b, case, dt, f"gemm {case} {dt} {layout} budget {budget}")
 
 
 def test_gemm_blocks_cover_the_output_once():
     p = P((5, 3, 20, 7), (4, 3, 3, 3), 1, 1, 1, 1)
     for budget in (1 << 30, 20000, 3000, 1):
-        blocks = plan.gemm_blocks(p, 28, 4, budget)
+        blocks = launch.gemm_blocks(p, 28, 4, budget)
         seen = np.zeros((p.N, p.Ho), int)
         for b in blocks:
             seen[b.n0 : b.n0 + b.nb, b.h0 : b.h0 + b.hb] += 1
@@ -304,6 +306,53 @@ def test_direct_plan_fits_shared_memory():
     for ws, dil in [((64, 64, 3, 3), 1), ((8, 3, 11, 11), 1), ((8, 3, 7, 7), 4), ((4, 2, 13, 13), 10)]:
         p = P((1, ws[1], 200, 200), ws, 1, 0, dil, 1)
         for dt in ("float16", "float32", "float64"):
-            launch = plan.direct_launch(p, dt, (1, 1, 1, 1), False)
-            assert launch.shared_mem <= plan.SMEM_BUDGET
-            assert launch.grid[1] <= plan.GRID_YZ_MAX and launch.grid[2] <= plan.GRID_YZ_MAX
+            lp = launch.direct_launch(p, dt, (1, 1, 1, 1), False)
+            assert lp.shared_mem <= launch.SMEM_BUDGET
+            assert lp.grid[1] <= launch.GRID_YZ_MAX and lp.grid[2] <= launch.GRID_YZ_MAX
+
+
+class _NoCudnn:
+    """cuDNN that has no engine for anything (conv.py must fall back or refuse)."""
+
+    last = None
+
+    def __init__(self, unsupported):
+        self.unsupported = unsupported
+
+    def conv2d(self, *a):
+        raise self.unsupported("no engine for this test")
+
+    def backward(self, *a):
+        raise self.unsupported("no engine for this test")
+
+
+def _fake_device(emu):
+    unsupported = load("cudnn_tune").CudnnUnsupported
+    cudnn = _NoCudnn(unsupported)
+    return SimpleNamespace(xp=np, key="cuda:0", conv_algorithms=("cudnn", "gemm", "direct"), cudnn=cudnn,
+                           cudnn_backward=lambda: cudnn, launch=emu,
+                           gemm_into=lambda a, b, out: np.matmul(a, b, out=out))
+
+
+def test_dispatch_falls_back_from_cudnn_under_auto_and_refuses_it_when_asked(emulator, tmp_path):
+    case = ((1, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, 1)
+    p = P(*case)
+    x, w, b = values(1, case[0], np.float32), values(2, case[1], np.float32), values(3, (4,), np.float32)
+    dev = _fake_device(Emulator(emulator, tmp_path))
+    y, algo = conv.conv2d(dev, x, w, b, p, "auto")
+    assert algo == "gemm"
+    assert_conv_agrees(y, x, w, b, case, np.dtype(np.float32), "auto -> gemm")
+    y, algo = conv.conv2d(dev, x, w, b, p, "direct")
+    assert algo == "direct"
+    assert_conv_agrees(y, x, w, b, case, np.dtype(np.float32), "direct")
+    with pytest.raises(ValueError, match=r"cuDNN cannot run this convolution on cuda:0 .*no engine.*'gemm' or 'direct'"):
+        conv.conv2d(dev, x, w, b, p, "cudnn")
+    gy = values(4, p.out_shape, np.float32)
+    gx, gw, gb, algo = backward.conv2d_backward(dev, gy, x, w, p, frozenset({"x", "w", "bias"}), "auto")
+    assert algo == "gemm" and gx.shape == x.shape and gw.shape == w.shape and gb.shape == (4,)
+    with pytest.raises(ValueError, match=r"cuDNN cannot run this convolution's backward pass on cuda:0"):
+        backward.conv2d_backward(dev, gy, x, w, p, frozenset({"x"}), "cudnn")
+    # Nothing to compute: no launch, the chosen algorithm reported.
+    empty = P((0, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, 1)
+    y, algo = conv.conv2d(dev, x[:0], w, b, empty, "auto")
+    assert y.shape == (0, 4, 6, 5) and algo == "cudnn"

@@ -16,20 +16,11 @@ import numpy as np
 import pytest
 
 import xdev
-from cuda_sources import CUDA_DIR
+from cuda_sources import CUDA_DIR, load
 
 
-def _load(name: str):
-    """A CuPy-free module of backends/cuda without importing the package (whose __init__ needs CuPy)."""
-    spec = importlib.util.spec_from_file_location(f"xdev_cuda_{name}_under_test", CUDA_DIR / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tune = _load("cudnn_tune")
-gemm = _load("_gemm")
+tune = load("cudnn_tune")
+gemm = load("gemm_plan")
 
 NOTES = ["TENSOR_CORE", "DOWN_CONVERT_INPUTS", "REDUCED_PRECISION_REDUCTION", "FFT", "NONDETERMINISTIC",
          "WINOGRAD", "WINOGRAD_TILE_4x4", "WINOGRAD_TILE_6x6", "WINOGRAD_TILE_13x13"]
@@ -884,7 +875,7 @@ def test_device_conv_gemm_blocks_go_through_the_same_cublas_path(fake_device):
     w = values(1, (G, Og, K), np.float32)
     cols = values(2, (nb, G, K, L), np.float32)
     y = _fa(np.full((nb, G, Og, HW), np.nan, np.float32))
-    dev._gemm_out(_fa(w), _fa(cols), out=y[:, :, :, 1 : 1 + L])
+    dev.gemm_into(_fa(w), _fa(cols), out=y[:, :, :, 1 : 1 + L])
     np.testing.assert_allclose(y[:, :, :, 1 : 1 + L], np.matmul(w, cols), rtol=1e-5)
     assert np.isnan(y[:, :, :, 0]).all() and np.isnan(y[:, :, :, 1 + L :]).all()
     assert [c["batch"] for c in cublas.calls] == [G] * nb

@@ -1,8 +1,8 @@
-"""Launch planning for the CUDA kernels: pure Python, no CuPy.
+"""Launch plans for xdev's CUDA kernels (the .cu files beside this module): pure Python, no CuPy.
 
-The CUDA device (device.py) turns these plans into ``cupy.RawModule`` launches; the test
-suite runs the same plans through a host emulation of the ``.cu`` files, so the kernel
-arguments below are checked against the kernels' real signatures without a GPU.
+kernels.py turns a plan into a ``cupy.RawModule`` launch; the test suite runs the same plans
+through a host emulation of the ``.cu`` files, so the kernel arguments below are checked
+against the kernels' real signatures without a GPU.
 
 A plan's ``args`` is a list of ``(kind, value)``: ``("ptr", role)`` for an array (role names
 which one), ``("i64", v)`` and ``("i32", v)`` for scalars, in the kernel's parameter order.
@@ -149,65 +149,12 @@ def im2col_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], blk: 
     return Launch("im2col.cu", f"xdev_im2col_{DTYPE_SUFFIX[dtype]}", grid, (256, 1, 1), 0, tuple(args))
 
 
-# ---- the two algorithms, written against an array module ------------------------------------
-# ``xp`` is cupy on a GPU (numpy in the tests' host emulation) and ``launch(plan, arrays)``
-# runs one planned kernel; ``y`` is the preallocated C-contiguous (N, O, Ho, Wo) output and
-# the caller has handled empty outputs and K == 0.
-
-
 def elem_strides(a: Any) -> tuple[int, ...]:
+    """An array's strides in elements (kernels index in elements)."""
     return tuple(int(s) // a.itemsize for s in a.strides)
 
 
-def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
-             budget: int = COLS_BUDGET_BYTES, matmul: Any = None) -> None:
-    """im2col (own kernel) + one batched GEMM over the groups per block of images.
-
-    ``matmul(a, b, out=...)`` is the GEMM: the device's own cuBLAS call (numpy's in the tests).
-    """
-    mm = xp.matmul if matmul is None else matmul
-    dt = x.dtype
-    G, Og, K = p.groups, p.O // p.groups, p.K
-    y4 = y.reshape(p.N, G, Og, p.Ho * p.Wo)
-    wm = xp.ascontiguousarray(w).reshape(G, Og, K)
-    pointwise = p.kh == p.kw == 1 and tuple(p.stride) == (1, 1) and not any(p.pad)
-    if pointwise and (bias is None or dt.itemsize > 2):
-        # A 1x1 convolution: x already is the column matrix (Ho = H, Wo = W).
-        mm(wm, x.reshape(p.N, G, p.C // G, p.H * p.W), out=y4)
-        if bias is not None:
-            y += bias.reshape(1, p.O, 1, 1)
-        return
-    Kp = K
-    if bias is not None:
-        # The bias rides in the GEMM as one more weight column against a row of ones, so the
-        # result is rounded once (float16 included).
-        wm = xp.concatenate([wm, bias.reshape(G, Og, 1)], axis=2)
-        Kp = K + 1
-    xs = elem_strides(x)
-    for blk in gemm_blocks(p, Kp, dt.itemsize, budget):
-        L = blk.hb * p.Wo
-        cols = xp.empty((blk.nb, G, Kp, L), dt)
-        launch(im2col_launch(p, dt.name, xs, blk, Kp), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
-        out = y4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * p.Wo : blk.h0 * p.Wo + L]
-        mm(wm, cols, out=out)
-        del cols
-
-
-def run_direct(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any) -> None:
-    """The tiled direct kernel (or its one-thread-per-output fallback)."""
-    plan = direct_launch(p, x.dtype.name, elem_strides(x), bias is not None)
-    arrays = {
-        "x": x,
-        "w": xp.ascontiguousarray(w),
-        "bias": None if bias is None else xp.ascontiguousarray(bias),
-        "y": y,
-    }
-    launch(plan, arrays)
-
-
-# ---- conv2d backward ---------------------------------------------------------------------------
-# grad_x and grad_w for the "gemm" (im2col.cu / col2im.cu around cuBLAS) and "direct"
-# (conv2d_backward_direct.cu) algorithms; grad_bias is a reduction of the array module.
+# ---- conv2d backward: col2im.cu and conv2d_backward_direct.cu ----------------------------------
 
 WGRAD_THREADS = 64  # conv2d_backward_direct.cu's XDEV_WGRAD_THREADS
 ACC_NAME = {"float16": "float32", "float32": "float32", "float64": "float64"}
@@ -255,67 +202,3 @@ def wgrad_direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int])
     smem = WGRAD_THREADS * ACC_ITEMSIZE[dtype]
     return Launch("conv2d_backward_direct.cu", f"xdev_wgrad_direct_{DTYPE_SUFFIX[dtype]}", (blocks, 1, 1),
                   (WGRAD_THREADS, 1, 1), smem, tuple(args))
-
-
-def grad_bias(xp: Any, gy: Any) -> Any:
-    """grad_bias = grad_y summed over N, Ho, Wo, accumulated in float for float16."""
-    acc = ACC_NAME[gy.dtype.name]
-    return gy.sum(axis=(0, 2, 3), dtype=acc).astype(gy.dtype, copy=False)
-
-
-def trivial_backward(xp: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool) -> tuple[Any, Any] | None:
-    """Zero gradients when no product contributes (no upstream pixel, input or output channel)."""
-    if p.N * p.Ho * p.Wo and p.K and p.O:
-        return None
-    return (xp.zeros(tuple(x.shape), x.dtype) if need_x else None,
-            xp.zeros(tuple(w.shape), w.dtype) if need_w else None)
-
-
-def run_gemm_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool,
-                      budget: int = COLS_BUDGET_BYTES, matmul: Any = None) -> tuple[Any, Any]:
-    """grad_w = sum over images of gy @ cols^T (im2col.cu + batched GEMM); grad_x = col2im.cu of
-    W^T @ gy. float16 computes in float32 and rounds once at the end. ``matmul(a, b, out=...)``
-    is the GEMM: the device's own cuBLAS call (numpy's in the tests)."""
-    mm = xp.matmul if matmul is None else matmul
-    dt = x.dtype
-    acc = ACC_NAME[dt.name]
-    G, Og, K, Wo = p.groups, p.O // p.groups, p.K, p.Wo
-    gy4 = xp.ascontiguousarray(gy).reshape(p.N, G, Og, p.Ho * Wo)
-    wT = xp.ascontiguousarray(w).astype(acc, copy=False).reshape(G, Og, K).transpose(0, 2, 1)
-    gx_acc = xp.zeros((p.N, p.C, p.H, p.W), acc) if need_x else None
-    gw_acc = xp.zeros((G, Og, K), acc) if need_w else None
-    xs = elem_strides(x)
-    for blk in gemm_blocks(p, K, ACC_ITEMSIZE[dt.name], budget):
-        L = blk.hb * Wo
-        g = gy4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * Wo : blk.h0 * Wo + L].astype(acc)  # (nb, G, Og, L)
-        if need_w:
-            cols = xp.empty((blk.nb, G, K, L), dt)
-            launch(im2col_launch(p, dt.name, xs, blk, K), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
-            cols = cols.astype(acc, copy=False)
-            part = xp.empty((blk.nb, G, Og, K), acc)
-            mm(g, cols.transpose(0, 1, 3, 2), out=part)
-            gw_acc += part.sum(axis=0)
-            del cols
-        if need_x:
-            dcols = xp.empty((blk.nb, G, K, L), acc)
-            mm(wT, g, out=dcols)
-            launch(col2im_launch(p, acc, blk), {"dcols": dcols, "gx": gx_acc[blk.n0 : blk.n0 + blk.nb]})
-            del dcols
-    gx = gx_acc.astype(dt, copy=False) if need_x else None
-    gw = gw_acc.reshape(p.O, p.C // G, p.kh, p.kw).astype(dt, copy=False) if need_w else None
-    return gx, gw
-
-
-def run_direct_backward(xp: Any, launch: Any, gy: Any, x: Any, w: Any, p: Any, need_x: bool,
-                        need_w: bool) -> tuple[Any, Any]:
-    """The direct kernels: a gather per input element, a block reduction per weight element."""
-    dt = x.dtype
-    gyc = xp.ascontiguousarray(gy)
-    gx = gw = None
-    if need_x:
-        gx = xp.empty((p.N, p.C, p.H, p.W), dt)
-        launch(dgrad_direct_launch(p, dt.name), {"gy": gyc, "w": xp.ascontiguousarray(w), "gx": gx})
-    if need_w:
-        gw = xp.empty(tuple(w.shape), dt)
-        launch(wgrad_direct_launch(p, dt.name, elem_strides(x)), {"gy": gyc, "x": x, "gw": gw})
-    return gx, gw
