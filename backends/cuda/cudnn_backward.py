@@ -1,8 +1,9 @@
 """conv2d backward through cuDNN's frontend: one dgrad graph (grad_x) and one wgrad graph (grad_w).
 
 The numeric rules are the forward pass's (cudnn_tune.deselected_notes): engines that round
-inputs down (TF32, float16 down-conversion), reduce in lower precision, or use Winograd/FFT
-are deselected unless ``XDEV_CUDA_TF32=1`` / ``XDEV_CUDNN_FAST=1`` opt in. The plan is the
+inputs down (TF32, float16 down-conversion) or reduce in lower precision are deselected unless
+``XDEV_CUDA_TF32=1`` opts in; Winograd/FFT follow the numeric mode and ``XDEV_CUDNN_FAST``
+(cudnn_tune.winograd_fft_allowed). The plan is the
 heuristics' first (modes A then FALLBACK) that builds, as the forward pass chooses without
 autotuning; the forward's timed autotuning and disk cache are not applied to dgrad/wgrad yet. Tensors are packed NCHW; asymmetric
 padding is pre/post padding; groups come from the weight's C/groups dimension. float16 that
@@ -48,7 +49,7 @@ def deselected_notes(mod: Any, dt: np.dtype, p: Any, tf32: bool) -> list[Any]:
     spec = cudnn_tune.ConvSpec(
         dtype=dt.name, xshape=(p.N, p.C, p.H, p.W), x_layout="nchw", wshape=(p.O, p.Cg, p.kh, p.kw),
         stride=tuple(p.stride), dilation=tuple(p.dilation), pad=tuple(p.pad), out_hw=(p.Ho, p.Wo),
-        has_bias=False, tf32=tf32, fast=env.cudnn_fast())
+        has_bias=False, tf32=tf32, fast=cudnn_tune.winograd_fft_allowed(dt.name, tf32, env.cudnn_fast()))
     return [getattr(mod.numerical_note, n) for n in cudnn_tune.deselected_notes(spec) if hasattr(mod.numerical_note, n)]
 
 

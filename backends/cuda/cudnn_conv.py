@@ -9,8 +9,10 @@ frontend's execute-by-index: no graph validation, no DLPack export, no stream re
 unless the stream changed.
 
 Numerics: engines whose notes say they round inputs down (TF32 tensor cores for float32,
-DOWN_CONVERT_INPUTS), reduce in lower precision, or use Winograd/FFT transforms are
-deselected, unless ``XDEV_CUDA_TF32=1`` (TF32) or ``XDEV_CUDNN_FAST=1`` (Winograd, FFT) opt in.
+DOWN_CONVERT_INPUTS) or reduce in lower precision are deselected unless ``XDEV_CUDA_TF32=1``
+(TF32) opts in; Winograd/FFT engines are allowed in the reduced-precision modes (TF32,
+float16) and deselected in strict float32 and float64, unless ``XDEV_CUDNN_FAST`` says
+``1`` (always) or ``0`` (never) (``cudnn_tune.winograd_fft_allowed``).
 """
 from __future__ import annotations
 
@@ -258,8 +260,9 @@ class CudnnConv:
         w, w_nhwc = _cudnn_ready(w)  # a channels-last (KRSC) weight is taken as it is too
         if bias is not None and not (bias.flags.c_contiguous and bias.data.ptr % 16 == 0):
             bias = bias.copy()
-        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, self._tf32(), env.cudnn_fast(),
-               env.cudnn_autotune())
+        tf32 = self._tf32()
+        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, tf32,
+               tune.winograd_fft_allowed(x.dtype.name, tf32, env.cudnn_fast()), env.cudnn_autotune())
         ex = self._cache.get(key)
         if ex is None:
             ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)

@@ -52,6 +52,29 @@ def cache_dir() -> Path:
     return env.cache_dir() / CACHE_NAME
 
 
+# ---- numeric modes ------------------------------------------------------------------------------
+# Modes in which the user has already chosen reduced precision: cuDNN's Winograd and FFT
+# engines are allowed there by default (XDEV_CUDNN_FAST unset), because their error stays
+# inside the mode's own bound (docs/cuda.md has the measured worst error/bound). Strict
+# float32 and float64 stay strict unless XDEV_CUDNN_FAST=1.
+REDUCED_PRECISION_MODES = ("tf32", "fp16")
+
+
+def numeric_mode(dtype: str, tf32: bool) -> str:
+    """"strict-fp32", "tf32", "fp16" or "fp64" for a dtype name and the TF32 switch (as applied)."""
+    if dtype == "float32":
+        return "tf32" if tf32 else "strict-fp32"
+    return {"float16": "fp16", "float64": "fp64"}[dtype]
+
+
+def winograd_fft_allowed(dtype: str, tf32: bool, setting: bool | None) -> bool:
+    """Whether Winograd/FFT engines may run: ``setting`` (XDEV_CUDNN_FAST: True always, False
+    never) or, when it is None, whether the numeric mode is a reduced-precision one."""
+    if setting is not None:
+        return setting
+    return numeric_mode(dtype, tf32) in REDUCED_PRECISION_MODES
+
+
 # ---- what one key computes ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConvSpec:
@@ -73,9 +96,7 @@ class ConvSpec:
     @property
     def mode(self) -> str:
         """The numeric mode, as the benchmark reports it."""
-        if self.dtype == "float32":
-            return "tf32" if self.tf32 else "strict-fp32"
-        return {"float16": "fp16", "float64": "fp64"}[self.dtype]
+        return numeric_mode(self.dtype, self.tf32)
 
     @property
     def tensor_cores(self) -> bool:

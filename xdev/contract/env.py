@@ -52,14 +52,32 @@ def cuda_tf32() -> bool:
     return _get(CUDA_TF32) == "1"
 
 
-def cudnn_fast() -> bool:
-    """``XDEV_CUDNN_FAST=1`` lets cuDNN use Winograd and FFT engines (off by default)."""
-    return _get(CUDNN_FAST) == "1"
+_ON = ("1", "on", "true", "yes")
+_OFF = ("0", "off", "false", "no")
+
+
+def cudnn_fast() -> bool | None:
+    """``XDEV_CUDNN_FAST``: cuDNN's Winograd and FFT engines always (``1``), never (``0``), or,
+    unset, as the numeric mode decides (None: allowed in TF32 and float16, not in strict float32).
+
+    ``on``/``off``, ``true``/``false`` and ``yes``/``no`` work too; anything else is a ValueError.
+    """
+    v = _get(CUDNN_FAST).lower()
+    if not v:
+        return None
+    if v in _ON:
+        return True
+    if v in _OFF:
+        return False
+    raise ValueError(f"{CUDNN_FAST}={v!r} is not valid; expected 1 (always allow cuDNN's Winograd/FFT engines), "
+                     f"0 (never), or leave it unset (allowed in TF32 and float16, not in strict float32)")
 
 
 def clblast_lib() -> str:
     """``XDEV_CLBLAST_LIB``: path of CLBlast's shared library ('' when unset: look it up)."""
     return _get(CLBLAST_LIB)
+
+
 def cudnn_autotune() -> bool:
     """``XDEV_CUDNN_AUTOTUNE``: on unless ``0``/``off``/``false``/``no`` (then the heuristic's first plan runs)."""
     return _get(CUDNN_AUTOTUNE).lower() not in ("0", "off", "false", "no")
