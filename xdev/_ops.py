@@ -1,7 +1,6 @@
 """The public operations and the one dispatch path every backend goes through."""
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -105,12 +104,6 @@ def asarray(obj: Any, dtype: Any = None, backend: str | None = None) -> Array:
 
 def matmul(a: Any, b: Any, *, backend: str | None = None) -> Array:
     """Matrix product with ``numpy.matmul`` semantics (1-D promotion, broadcast batches)."""
-    for role, x in (("a", a), ("b", b)):
-        if x is None:
-            raise TypeError(
-                f"matmul operand {role} is None; pass an xdev.Array or anything NumPy accepts "
-                f"(a nested list, a numpy.ndarray)"
-            )
     # Fast path: two arrays of one device, same dtype, no context or explicit backend.
     if (
         backend is None
@@ -123,6 +116,12 @@ def matmul(a: Any, b: Any, *, backend: str | None = None) -> Array:
         dev = a._dev
         ad, bd = a._data, b._data
     else:
+        for role, x in (("a", a), ("b", b)):
+            if x is None:
+                raise TypeError(
+                    f"matmul operand {role} is None; pass an xdev.Array or anything NumPy accepts "
+                    f"(a nested list, a numpy.ndarray)"
+                )
         dev, why = _device_for(backend, (a, b))
         ad, bd = _operands("matmul", dev, why, (a, b), ("a", "b"))
     try:
@@ -166,11 +165,19 @@ def conv2d(
     else:
         dev, why = _device_for(backend, (x, w, bias))
         xd, wd, bd = _operands("conv2d", dev, why, (x, w, bias), ("x", "w", "bias"))
-    xd, unbatched = _batched_x("conv2d", dev, xd)
-    p = _conv_params(
-        tuple(xd.shape), tuple(wd.shape), None if bd is None else tuple(bd.shape),
-        stride, padding, dilation, groups,
-    )
+    if len(xd.shape) == 4:
+        unbatched = False
+    else:
+        xd, unbatched = _batched_x("conv2d", dev, xd)
+    xshape, wshape = tuple(xd.shape), tuple(wd.shape)
+    bshape = None if bd is None else tuple(bd.shape)
+    if type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int:
+        # The common call: every parameter a plain int, so the values are the cache key.
+        p = _PARAMS.get((xshape, wshape, bshape, stride, padding, dilation, groups))
+        if p is None:
+            p = _conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
+    else:
+        p = _conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
     if algorithm != "auto" and algorithm not in dev.conv_algorithms:
         _unavailable_algorithm("conv2d", dev, algorithm)
     out, ran = dev.conv2d(xd, wd, bd, p, algorithm)
@@ -201,28 +208,41 @@ def _unavailable_algorithm(op: str, dev: Device, algorithm: str) -> None:
     )
 
 
-def _typed(v: Any) -> Any:
-    """A cache key that tells 1, 1.0 and True apart (their hashes and == agree), or None when
-    a value is not a plain int, str, None or tuple of those (validate it uncached)."""
+def _param_key(v: Any) -> Any:
+    """A cache key for one conv parameter that tells 1, 1.0 and True apart (their hashes and ==
+    agree), or None for anything but an int, a str or a tuple of ints (validate it uncached)."""
     t = type(v)
-    if t is int or t is str or v is None:
-        return (t, v)
-    if t is tuple:
-        parts = tuple(_typed(e) for e in v)
-        return None if None in parts else parts
+    if t is int:
+        return v
+    if t is str:
+        return ("str", v)
+    if t is tuple and all(type(e) is int for e in v):
+        return ("tuple", *v)
     return None
 
 
-@functools.lru_cache(maxsize=512)
-def _conv_params_cached(key: Any, args: tuple[Any, ...]) -> Any:
-    return conv_params(*args)
+# Validated conv parameters by (x shape, w shape, bias shape, and the parameters' _param_key).
+_PARAMS: dict[tuple[Any, ...], Any] = {}
+_PARAMS_MAX = 512
 
 
-def _conv_params(*args: Any) -> Any:
+def _conv_params(xshape: tuple[int, ...], wshape: tuple[int, ...], bshape: tuple[int, ...] | None, stride: Any,
+                 padding: Any, dilation: Any, groups: Any) -> Any:
     """conv_params, memoized on the arguments' values and exact types (the validation costs
-    ~10 us per call; a bool or float must still be refused after an equal int was accepted)."""
-    key = _typed(args)
-    return conv_params(*args) if key is None else _conv_params_cached(key, args)
+    ~10 us per call; a bool or float must still be refused after an equal int was accepted).
+    Shapes come from device arrays (ints); only the four parameters need their types checked.
+    Errors are never cached: a refused call is validated (and refused) again."""
+    ks, kp, kd, kg = _param_key(stride), _param_key(padding), _param_key(dilation), _param_key(groups)
+    if ks is None or kp is None or kd is None or type(groups) is not int:
+        return conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
+    key = (xshape, wshape, bshape, ks, kp, kd, kg)
+    p = _PARAMS.get(key)
+    if p is None:
+        p = conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
+        if len(_PARAMS) >= _PARAMS_MAX:
+            _PARAMS.clear()  # a shape sweep: start over rather than grow without bound
+        _PARAMS[key] = p
+    return p
 
 
 # Array's @ operator (declared in _array.py) is matmul.
