@@ -71,8 +71,8 @@ def conv2d_backward(
     if tuple(gyd.shape) != want:
         raise ValueError(
             f"conv2d_backward: grad_y must have the forward output's shape {want} (x {xshape}, "
-            f"w {tuple(wd.shape)}, stride {p.stride}, padding {p.pad[0]},{p.pad[1]},{p.pad[2]},"
-            f"{p.pad[3]} top,bottom,left,right, dilation {p.dilation}, groups {p.groups}); "
+            f"w {tuple(wd.shape)}, stride {stride!r}, padding {p.pad[0]},{p.pad[1]},{p.pad[2]},"
+            f"{p.pad[3]} top,bottom,left,right, dilation {dilation!r}, groups {p.groups}); "
             f"received shape {tuple(gyd.shape)}: pass the gradient of conv2d's result with the "
             f"same parameters"
         )

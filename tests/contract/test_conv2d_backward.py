@@ -134,6 +134,37 @@ def test_conv2d_backward_errors(device):
         xdev.conv2d_backward(gy.astype(np.int32), x, w)
 
 
+@pytest.mark.parametrize("big", [2**31, 2**59, 2**63])
+def test_huge_stride_and_dilation_compute_like_the_smallest_equivalent(device, big):
+    """A stride past the last window, or a dilation of a 1-tap axis, changes nothing: both
+    passes compute what the smallest equivalent values give (they overflowed the kernels'
+    int32 arguments, and NumPy's strides from 2**59 on)."""
+    x = values(1, (2, 3, 5, 7), np.float32)
+    w = values(2, (4, 3, 1, 3), np.float32)
+    big_kw = dict(stride=(big, 2), padding=(1, 0), dilation=(big, 2))
+    small_kw = dict(stride=(7, 2), padding=(1, 0), dilation=(1, 2))  # Ho = 1 from stride 7 on
+    y, y_abs = conv2d_ref(x, w, **small_kw)
+    got = xdev.conv2d(xdev.asarray(x, backend=device.key), w, **big_kw)
+    acc = device.acc_dtype(np.float32)
+    assert_agrees(got.numpy(), y, y_abs, 9, acc, np.float32, f"conv2d stride {big} on {device.key}")
+    gy = values(3, y.shape, np.float32)
+    g = xdev.conv2d_backward(gy, xdev.asarray(x, backend=device.key), w, **big_kw)
+    ref = conv2d_backward_ref(gy, x, w, **small_kw)
+    Ks = backward_K(w.shape, y.shape, 1)
+    for name, grad in zip(ALL, g):
+        assert_agrees(grad.numpy(), *ref[name], Ks[name], acc, np.float32, f"grad_{name} stride {big}")
+
+
+def test_padding_past_the_32_bit_range_is_the_same_value_error_everywhere(device):
+    x = xdev.asarray(np.ones((1, 1, 3, 3), np.float32), backend=device.key)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for pad in (2**31, 2**63):
+        with pytest.raises(ValueError, match=rf"padding {pad},{pad},{pad},{pad} .* at most 2147483647 "):
+            xdev.conv2d(x, w, padding=pad, stride=2**40)
+        with pytest.raises(ValueError, match=r"at most 2147483647 \(2\*\*31-1\) pixels per side"):
+            xdev.conv2d_backward(np.ones((1, 1, 1, 1), np.float32), x, w, padding=(0, pad), stride=2**40)
+
+
 def test_opencl_backward_blocks_and_chunks(monkeypatch):
     """OpenCL gemm: image blocks (partial grad_w added up), reduction chunks, strided grad_x."""
     dev = require("opencl")

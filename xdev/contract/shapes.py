@@ -8,6 +8,10 @@ import numpy as np
 
 IntPair = Union[int, tuple[int, int]]
 
+# The largest side of a padded conv2d input: after conv_params every stride, dilation and
+# padding is at most this, so kernels can take them as 32-bit ints.
+MAX_EXTENT = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class ConvParams:
@@ -139,6 +143,12 @@ def conv_params(
         ph, pw = _pair("padding", padding, 0)
         pad = (ph, ph, pw, pw)
     Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
+    if max(Hp, Wp) > MAX_EXTENT:
+        raise ValueError(
+            f"conv2d padding {pad[0]},{pad[1]},{pad[2]},{pad[3]} (top,bottom,left,right) makes the "
+            f"padded input {Hp}x{Wp} (x {tuple(xshape)}); xdev allows at most {MAX_EXTENT} (2**31-1) "
+            f"pixels per side of the padded input: use less padding"
+        )
     if ekh > Hp or ekw > Wp:
         raise ValueError(
             f"conv2d kernel {kh}x{kw} with dilation {(dh, dw)} spans {ekh}x{ekw} pixels, larger "
@@ -147,6 +157,11 @@ def conv_params(
         )
     Ho = (Hp - ekh) // sh + 1
     Wo = (Wp - ekw) // sw + 1
+    # Larger values than these change nothing (a stride past the last window, a dilation of a
+    # 1-tap axis); torch and NumPy accept them up to 2**63. Clamped, every parameter is at most
+    # the padded extent, so it fits the 32-bit integers kernels index with, on every backend.
+    sh, sw = min(sh, Hp - ekh + 1), min(sw, Wp - ekw + 1)
+    dh, dw = (1 if kh == 1 else dh), (1 if kw == 1 else dw)
     return ConvParams(N, C, H, W, O, kh, kw, groups, (sh, sw), (dh, dw), pad, Ho, Wo)
 
 
