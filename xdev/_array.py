@@ -200,6 +200,19 @@ class Array:
                 )
         return Array._wrap(self._dev.getitem(self._data, key), self._dev)
 
+    # -- copies and pickling ----------------------------------------------------------
+    def __copy__(self) -> Array:
+        """A new array on the same device with a copy of the data (as copy.copy of an ndarray)."""
+        return Array._wrap(self._dev.astype(self._data, self.dtype), self._dev, self.algorithm)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Array:
+        return self.__copy__()
+
+    def __reduce__(self) -> tuple[Callable[..., Array], tuple[str, np.ndarray, str | None]]:
+        """Pickled by value: the data (downloaded) and the device's name; unpickling uploads to
+        the receiving process's own device of that name."""
+        return (_unpickle, (self.device, self.numpy(), self.algorithm))
+
     def __repr__(self) -> str:
         head = f"xdev.Array(shape={self.shape}, dtype={self.dtype}, device='{self.device}'"
         if self.algorithm:
@@ -208,6 +221,11 @@ class Array:
             body = np.array2string(self.numpy(), separator=", ", prefix="  ")
             return f"{head},\n  {body})"
         return head + ")"
+
+
+def _unpickle(device: str, host: np.ndarray, algorithm: str | None) -> Array:
+    dev = get_device(device)
+    return Array._wrap(dev.upload(host), dev, algorithm)
 
 
 def _dlpack_device_or_none(dev: Device) -> tuple[int, int] | None:

@@ -6,6 +6,7 @@ import threading
 from types import ModuleType
 
 from .contract import BackendStatus, BackendUnavailable, Device
+from .contract.device import set_device_lookup
 
 # name -> (module, pip extra that installs its third-party packages, those packages)
 _BACKENDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -76,6 +77,9 @@ def get_device(spec: str) -> Device:
             dev = _devices.setdefault(dev.key, dev)
             _devices[spec] = dev
     return dev
+
+
+set_device_lookup(get_device)  # unpickled devices resolve through the registry's cache
 
 
 def opened_devices() -> list[Device]:

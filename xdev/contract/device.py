@@ -36,6 +36,24 @@ def host_timed(fn: Callable[[], Any], repeat: int, synchronize: Callable[[], Non
     return out
 
 
+# How an unpickled Device becomes this process's own device of that name: the registry
+# (xdev._registry, the core) installs its lookup here, since the contract imports no core.
+_device_by_key: Callable[[str], Device] | None = None
+
+
+def set_device_lookup(lookup: Callable[[str], Device]) -> None:
+    """Called once by the registry: ``lookup(key)`` returns the cached device for a selector."""
+    global _device_by_key
+    _device_by_key = lookup
+
+
+def device_by_key(key: str) -> Device:
+    """This process's device for ``key`` (what a pickled Device becomes when unpickled)."""
+    if _device_by_key is None:  # cannot happen: importing xdev.contract imports xdev first
+        raise RuntimeError("xdev's registry is not loaded; import xdev first")
+    return _device_by_key(key)
+
+
 class Device(abc.ABC):
     """One device of one backend. Arrays it returns are the backend's native arrays.
 
@@ -172,3 +190,15 @@ class Device(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<xdev device {self.key}: {self.name}>"
+
+    # A device is a process's handle on hardware: a copy is the same device, and an unpickled
+    # one is the receiving process's own device of that name (the registry's, so identity
+    # still means "same device" and arrays combine).
+    def __reduce__(self) -> tuple[Callable[[str], Device], tuple[str]]:
+        return (device_by_key, (self.key,))
+
+    def __copy__(self) -> Device:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Device:
+        return self
