@@ -10,6 +10,7 @@ import numpy as np
 from xdev.contract import conv_params
 
 from . import params
+from .gemm import xl_valid
 
 if TYPE_CHECKING:
     from .device import OpenCLDevice
@@ -97,23 +98,6 @@ XL_STEPS = [
     ("PAD", (0, 4, 8)),
     ("DB", (1, 0)),
 ]
-
-
-def xl_valid(t: dict[str, int], max_threads: int, local_bytes: int, itemsize: int = 4) -> bool:
-    """The conditions gemm_xl.cl checks with #error, plus the device's limits and a
-    register budget (at most 128 accumulators, 8 x 16, per work-item)."""
-    from .gemm import xl_local_bytes
-
-    nthr = t["MDIMC"] * t["NDIMC"]
-    if t["MWG"] % t["MDIMC"] or t["NWG"] % t["NDIMC"]:
-        return False
-    wptm, wptn = t["MWG"] // t["MDIMC"], t["NWG"] // t["NDIMC"]
-    mv, nv = t["MWG"] // t["VWM"], t["NWG"] // t["VWN"]
-    return (wptm % t["VWM"] == 0 and wptn % t["VWN"] == 0 and nthr % mv == 0 and nthr % nv == 0
-            and t["PAD"] % t["VWM"] == 0 and t["PAD"] % t["VWN"] == 0
-            and t["KWG"] * mv >= nthr and t["KWG"] * nv >= nthr
-            and nthr <= max_threads and wptm * wptn <= 128
-            and xl_local_bytes(t, itemsize) <= local_bytes)
 
 
 def xl_shapes(dev: OpenCLDevice) -> list[dict[str, int]]:

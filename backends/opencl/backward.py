@@ -24,13 +24,14 @@ from .conv import choose, pad_input
 from .conv import conv2d as conv_forward
 from .gemm import cdiv, pack, pad3
 from .kernels import type_options
+from .protocol import KernelDevice
 
 F64 = np.dtype(np.float64)
 SRC = "conv_backward.cl"
 COLS_BUDGET_BYTES = 128 << 20
 
 
-def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str],
+def conv2d_backward(dev: KernelDevice, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str],
                     algorithm: str, budget: int | None = None):
     algo = choose(p, algorithm)
     budget = COLS_BUDGET_BYTES if budget is None else budget
@@ -89,7 +90,7 @@ def conv2d_backward(dev, gy: CLArray, x: CLArray, w: CLArray, p: ConvParams, nee
     return gx, (gw if rows else gw_gemm), gb, algo
 
 
-def _real(dev, a: CLArray, real) -> CLArray:
+def _real(dev: KernelDevice, a: CLArray, real) -> CLArray:
     """a itself when already contiguous in the compute type from its buffer's start (the
     kernels take bare buffers, no offset), else such a copy."""
     return a if (a.dtype == real and a.is_c_contiguous() and a.offset == 0) else dev.astype(a, real)
@@ -102,7 +103,7 @@ def _dgrad_forward_pays(p: ConvParams) -> bool:
     return dgrad_as_forward(p) is not None and p.C >= 16 and p.H * p.W >= 400
 
 
-def _grad_x_forward(dev, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
+def _grad_x_forward(dev: KernelDevice, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
     """grad_x = conv2d(gy, w') with w'[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j]."""
     Og, khw = p.Og, p.kh * p.kw
     if not w.is_c_contiguous():
@@ -114,7 +115,7 @@ def _grad_x_forward(dev, gy: CLArray, w: CLArray, p: ConvParams) -> CLArray:
     return gx
 
 
-def _gemm(dev, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLArray | None:
+def _gemm(dev: KernelDevice, gyc, wc, xp, p, gx, want_w, real, out_dtype, opts, budget) -> CLArray | None:
     """Writes grad_x into gx (if given); returns grad_w (if wanted) in x's dtype."""
     if gx is None and not want_w:
         return None
@@ -178,7 +179,7 @@ def _chunk_rows(rows: int, Wo: int) -> int:
     return 1
 
 
-def _grad_w_packed(dev, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -> CLArray:
+def _grad_w_packed(dev: KernelDevice, g: CLArray, xp, p: ConvParams, n0: int, nb: int, real) -> CLArray:
     """gy @ cols^T on the CPU GEMM kernel, its B panels packed straight from the padded input.
 
     The reduction over nb*Ho*Wo pixels is cut into S chunks (GEMM batches) whose partial
@@ -231,12 +232,12 @@ ROWS_BLOCK_PIXELS = 8192
 ROWS_SLACK = 64  # elements after the padded input: grad_w_rows' last vector reads past a row
 
 
-def _rows_pays(dev, p: ConvParams) -> bool:
+def _rows_pays(dev: KernelDevice, p: ConvParams) -> bool:
     """grad_w along output rows (CPU devices, width stride 1) rather than the packed GEMM?"""
     return dev.family == "cpu" and (p.stride[1] == 1 or p.Wo == 1) and p.Ho * p.Wo >= ROWS_MIN_PIXELS
 
 
-def _rows_vw(dev, Wo: int, real) -> int:
+def _rows_vw(dev: KernelDevice, Wo: int, real) -> int:
     """Vector width along a row: the device's, or half of it where that pads rows less."""
     c = dev.params["gemm"]
     vw = c["VWD"] if real == F64 else c["VW"]
@@ -244,7 +245,7 @@ def _rows_vw(dev, Wo: int, real) -> int:
     return half if cdiv(Wo, half) * half < cdiv(Wo, vw) * vw else vw
 
 
-def _grad_w_rows(dev, gyc: CLArray, xp, Hp: int, Wp: int, p: ConvParams, gw: CLArray, real) -> CLArray:
+def _grad_w_rows(dev: KernelDevice, gyc: CLArray, xp, Hp: int, Wp: int, p: ConvParams, gw: CLArray, real) -> CLArray:
     """grad_w with grad_w_rows (conv_backward.cl), no column panels: written straight into gw
     (in its dtype) when one block covers the reduction, else blocks' partials added up."""
     i32, i64 = np.int32, np.int64

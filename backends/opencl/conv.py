@@ -7,7 +7,7 @@ choice for depthwise convolution. ``auto`` picks direct when C/groups == 1 < gro
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -15,11 +15,9 @@ from xdev.contract import F32, F64, ConvParams
 
 from . import array as cla
 from .array import CLArray
-from .gemm import cdiv, check_index_range, pack, pack_gpu, roundup, xl_options
+from .gemm import cdiv, check_index_range, pack, pack_gpu, roundup, xl_options, xl_valid
 from .kernels import type_options
-
-if TYPE_CHECKING:  # (the device module imports this one)
-    from .device import OpenCLDevice
+from .protocol import KernelDevice
 
 
 def choose(p: ConvParams, algorithm: str) -> str:
@@ -28,7 +26,7 @@ def choose(p: ConvParams, algorithm: str) -> str:
     return "direct" if p.Cg == 1 and p.groups > 1 else "gemm"
 
 
-def pad_input(dev: OpenCLDevice, x: CLArray, p: ConvParams, slack: int) -> tuple[Any, int, int]:
+def pad_input(dev: KernelDevice, x: CLArray, p: ConvParams, slack: int) -> tuple[Any, int, int]:
     """Zero-padded copy in the compute type, with `slack` spare elements at the end."""
     real = F64 if x.dtype == F64 else F32
     pt, pb, pl, pr = p.pad
@@ -49,7 +47,8 @@ def bias_args(bias: CLArray | None) -> tuple[Any, np.int64, np.int64]:
     return bias.buf, np.int64(bias.offset), np.int64(bias.strides[0])
 
 
-def conv2d(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, algorithm: str) -> tuple[CLArray, str]:
+def conv2d(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams,
+           algorithm: str) -> tuple[CLArray, str]:
     algo = choose(p, algorithm)
     out = dev.empty(p.out_shape, x.dtype)
     if out.size == 0:
@@ -81,7 +80,7 @@ def _geometry(p: ConvParams, Hp: int, Wp: int) -> tuple[np.int32, ...]:
             i32(p.stride[0]), i32(p.stride[1]), i32(p.Ho), i32(p.Wo))
 
 
-def _direct(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
+def _direct(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
     vw = dev.params["conv"]["VWD" if x.dtype == F64 else "VW"]
     xp, Hp, Wp = pad_input(dev, x, p, slack=2 * vw + p.W + 64)
     opts = {**type_options(x.dtype, out.dtype), "VW": vw}
@@ -92,7 +91,7 @@ def _direct(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: 
                i32(p.C), i32(p.Cg), i32(p.O), i32(p.Og), i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
-def _packed(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
+def _packed(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
     c = dev.params["conv"]
     vw = c["VWD"] if x.dtype == F64 else c["VW"]
     MR, NV = c["MR"], c["NV"]
@@ -110,7 +109,7 @@ def _packed(dev: OpenCLDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: 
                i32(Hp), i32(Wp), *_geometry(p, Hp, Wp))
 
 
-def _weights_matrix(dev, w: CLArray) -> tuple[CLArray, int]:
+def _weights_matrix(dev: KernelDevice, w: CLArray) -> tuple[CLArray, int]:
     """Weights as G matrices of Og rows by K = (c, i, j) columns with one column stride."""
     shape, (wst,) = cla.collapse(w.shape[1:], w.strides[1:])
     if len(shape) > 1:
@@ -118,7 +117,7 @@ def _weights_matrix(dev, w: CLArray) -> tuple[CLArray, int]:
     return w, (1 if len(shape) != 1 else wst[0])
 
 
-def tap_offsets(dev, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
+def tap_offsets(dev: KernelDevice, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
     """koff[k] = c*Hp*Wp + i*dh*Wp + j*dw for k = (c, i, j) < K, -1 up to Kp (int32),
     kept on the device per geometry (a few KiB each; layers repeat on every call)."""
     cache = dev.conv_offsets
@@ -135,13 +134,11 @@ def tap_offsets(dev, p: ConvParams, Hp: int, Wp: int, Kp: int) -> CLArray:
     return t
 
 
-def narrow(dev, t: dict, Og: int, itemsize: int) -> dict:
+def narrow(dev: KernelDevice, t: dict, Og: int, itemsize: int) -> dict:
     """For layers with at most half a tile of output channels (VGG-16's first two have 64
     against 128-row tiles), the same work-group with half the rows and twice the pixel
     columns: per-work-item work and thread count unchanged, no half-empty tiles. Kept
     only if the device can hold it."""
-    from .autotune import xl_valid
-
     if Og > t["MWG"] // 2 or t["MDIMC"] % 2:
         return t
     n = {**t, "MWG": t["MWG"] // 2, "NWG": t["NWG"] * 2, "MDIMC": t["MDIMC"] // 2, "NDIMC": t["NDIMC"] * 2}
@@ -149,7 +146,7 @@ def narrow(dev, t: dict, Og: int, itemsize: int) -> dict:
     return n if xl_valid(n, int(d.max_work_group_size), int(d.local_mem_size), itemsize) else t
 
 
-def _xl(dev, x, w, bias, p, out) -> None:
+def _xl(dev: KernelDevice, x, w, bias, p, out) -> None:
     t = xl_options(dev, dev.params["conv_xl"], x.dtype)
     t = narrow(dev, t, p.Og, 8 if x.dtype == F64 else 4)
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)

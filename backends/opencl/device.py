@@ -16,9 +16,10 @@ from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavaila
 from xdev.contract import env
 from xdev.contract.kernel_cache import KernelCache
 from . import array as cla
-from . import conv, gemm, params
+from . import backward, conv, gemm, params, proof
 from .array import CLArray
 from .kernels import build_program, type_options
+from .staging import OpenCLStager, map_host_buffer
 
 PROBE_SOURCE = "__kernel void probe(__global float* a) { a[get_global_id(0)] *= 2.0f; }"
 
@@ -77,7 +78,7 @@ _widths: dict[str, int] = {}  # vector width the proof settled on, per device ke
 
 
 class _Shim:
-    """What tuning.params_for reads of a device, before the device is opened."""
+    """A device before it is opened, as params.params_for reads it (protocol.DeviceDescription)."""
 
     def __init__(self, c: Candidate) -> None:
         self.cand, self.cl_device, self.is_cpu = c, c.device, not c.is_gpu
@@ -87,8 +88,6 @@ def unusable_reason(c: Candidate) -> str | None:
     """None if the device builds and runs xdev's kernels (proven in a child process), else why not."""
     if c.key in _usable:
         return _usable[c.key]
-    from . import proof
-
     reason = None
     try:
         ctx = cl.Context([c.device])
@@ -222,9 +221,7 @@ class OpenCLDevice(Device):
         # device's compiler and settled on a narrower one.
         vw = self._vector_width
         if vw is not None and vw != self.params["gemm"]["VW"]:
-            from .proof import with_width
-
-            self.params = with_width(self.params, vw)
+            self.params = proof.with_width(self.params, vw)
 
     # -- dtypes and memory --------------------------------------------------------------
     def check_dtype(self, dtype: np.dtype) -> None:
@@ -349,16 +346,12 @@ class OpenCLDevice(Device):
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """Host memory of a mapped CL_MEM_ALLOC_HOST_PTR buffer (pinned on GPU drivers)."""
-        from .staging import map_host_buffer
-
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         view = map_host_buffer(self, nbytes)
         return None if view is None else view.view(dtype).reshape(shape)
 
     def stager(self, slots: int) -> Any:
-        from .staging import OpenCLStager
-
         return OpenCLStager(self, slots)
 
     # -- views and copies ---------------------------------------------------------------
@@ -443,9 +436,7 @@ class OpenCLDevice(Device):
     def conv2d_backward(
         self, grad_y: CLArray, x: CLArray, w: CLArray, p: ConvParams, needs: frozenset[str], algorithm: str
     ) -> tuple[Any, Any, Any, str]:
-        from .backward import conv2d_backward
-
-        return conv2d_backward(self, grad_y, x, w, p, needs, algorithm)
+        return backward.conv2d_backward(self, grad_y, x, w, p, needs, algorithm)
 
     peak_method = "calibrated FMA loop"
 

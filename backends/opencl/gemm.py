@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +23,7 @@ from xdev.contract import F32, F64, broadcast_batch, matmul_shape
 from . import array as cla
 from .array import CLArray
 from .kernels import type_options
-
-if TYPE_CHECKING:  # (the device module imports this one)
-    from .device import OpenCLDevice
+from .protocol import KernelDevice
 
 Strides = tuple[int, ...]
 
@@ -48,7 +46,7 @@ def check_index_range(op: str, **sizes: int) -> None:
             )
 
 
-def family(dev: OpenCLDevice, M: int, N: int, K: int) -> str:
+def family(dev: KernelDevice, M: int, N: int, K: int) -> str:
     if M * N * K < dev.params["small_work"]:
         return "small"
     if dev.family == "cpu":
@@ -62,7 +60,7 @@ def pad3(shape: tuple[int, ...], *strides: Strides) -> tuple[tuple[int, ...], li
     return (1,) * k + tuple(shape), [(0,) * k + tuple(s) for s in strides]
 
 
-def matmul(dev: OpenCLDevice, a: CLArray, b: CLArray) -> CLArray:
+def matmul(dev: KernelDevice, a: CLArray, b: CLArray) -> CLArray:
     out_shape = matmul_shape(a.shape, b.shape)
     dt = a.dtype
     if a.ndim == 1:
@@ -109,7 +107,7 @@ def astr_full(x: CLArray, nb: int, batch: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(0 if n == 1 else s for n, s in zip(shp, st)) + x.strides[-2:]
 
 
-def _small(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+def _small(dev: KernelDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
            shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))
@@ -121,7 +119,7 @@ def _small(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: i
                *(i64(s) for s in bs3), i64(b.strides[-2]), i64(b.strides[-1]))
 
 
-def pack(dev: OpenCLDevice, src: CLArray, shape: tuple[int, ...], strides: Strides, rs: int, ks: int,
+def pack(dev: KernelDevice, src: CLArray, shape: tuple[int, ...], strides: Strides, rs: int, ks: int,
          rows: int, K: int, R: int) -> tuple[Any, Strides]:
     """Panels of R rows for the packed GEMM; returns (buffer, packed strides per batch dim)."""
     real = F64 if src.dtype == F64 else F32
@@ -153,7 +151,7 @@ def packed_strides(shape, strides, panel: int) -> tuple[int, ...]:
     return tuple(reversed(pstr))
 
 
-def _packed(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+def _packed(dev: KernelDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
             shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     g = dev.params["gemm"]
     vw = g["VWD"] if a.dtype == F64 else g["VW"]
@@ -175,7 +173,7 @@ def tile_options(t: dict[str, Any]) -> dict[str, int]:
     return {k: int(t[k]) for k in ("TSM", "TSN", "TSK", "WPTM", "WPTN")}
 
 
-def _tiled(dev: OpenCLDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
+def _tiled(dev: KernelDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: int, K: int,
            shape: tuple[int, ...], astr: Strides, bstr: Strides) -> None:
     t = tile_options(dev.params["gemm_gpu"])
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
@@ -202,7 +200,22 @@ def xl_local_bytes(t: dict, itemsize: int) -> int:
     return (2 if t["DB"] else 1) * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["PAD"]) * itemsize
 
 
-def xl_options(dev, t: dict, dtype: np.dtype) -> dict[str, int]:
+def xl_valid(t: dict[str, int], max_threads: int, local_bytes: int, itemsize: int = 4) -> bool:
+    """The conditions gemm_xl.cl checks with #error, plus the device's limits and a
+    register budget (at most 128 accumulators, 8 x 16, per work-item)."""
+    nthr = t["MDIMC"] * t["NDIMC"]
+    if t["MWG"] % t["MDIMC"] or t["NWG"] % t["NDIMC"]:
+        return False
+    wptm, wptn = t["MWG"] // t["MDIMC"], t["NWG"] // t["NDIMC"]
+    mv, nv = t["MWG"] // t["VWM"], t["NWG"] // t["VWN"]
+    return (wptm % t["VWM"] == 0 and wptn % t["VWN"] == 0 and nthr % mv == 0 and nthr % nv == 0
+            and t["PAD"] % t["VWM"] == 0 and t["PAD"] % t["VWN"] == 0
+            and t["KWG"] * mv >= nthr and t["KWG"] * nv >= nthr
+            and nthr <= max_threads and wptm * wptn <= 128
+            and xl_local_bytes(t, itemsize) <= local_bytes)
+
+
+def xl_options(dev: KernelDevice, t: dict, dtype: np.dtype) -> dict[str, int]:
     """The xl kernel's -D options, shrunk to the device's local memory for wide types
     (a float32-tuned 128x128 tile with two buffers holds 32 KiB; in double it would not
     fit NVIDIA's 48 KiB): first one buffer, then a shallower K slice."""
@@ -219,7 +232,7 @@ def xl_options(dev, t: dict, dtype: np.dtype) -> dict[str, int]:
     return t
 
 
-def pack_gpu(dev, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int, Rp: int, Kp: int):
+def pack_gpu(dev: KernelDevice, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int, Rp: int, Kp: int):
     """src's R x K matrices (r stride rs, k stride ks) as zero-padded [Kp][Rp] panels in the
     compute type; returns (buffer, packed strides per batch dim)."""
     real = F64 if src.dtype == F64 else np.dtype(np.float32)
@@ -236,7 +249,7 @@ def pack_gpu(dev, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int
     return buf, packed_strides(shape, strides, panel)
 
 
-def _xl(dev, a, b, out, M, N, K, shape, astr, bstr) -> None:
+def _xl(dev: KernelDevice, a, b, out, M, N, K, shape, astr, bstr) -> None:
     t = xl_options(dev, dev.params["gemm_xl"], a.dtype)
     Mp, Np, Kp = roundup(M, t["MWG"]), roundup(N, t["NWG"]), roundup(K, t["KWG"])
     pa, pa_str = pack_gpu(dev, a, shape, astr, a.strides[-2], a.strides[-1], M, K, Mp, Kp)

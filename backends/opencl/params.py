@@ -10,12 +10,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xdev.contract import env
 
-if TYPE_CHECKING:  # (the device module imports this one)
-    from .device import OpenCLDevice
+from .protocol import DeviceDescription
 
 
 def cache_dir() -> Path:
@@ -26,7 +25,7 @@ def cache_file() -> Path:
     return env.cache_dir() / "opencl-tuning.json"
 
 
-def device_id(dev: OpenCLDevice) -> str:
+def device_id(dev: DeviceDescription) -> str:
     d = dev.cl_device
     return f"{d.name.strip()} | {dev.cand.platform.version.strip()} | {d.driver_version.strip()}"
 
@@ -39,7 +38,7 @@ GPU_XL = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "VWM": 4, "VW
 GPU_XL_BIG = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
 
 
-def defaults(dev: OpenCLDevice) -> dict[str, Any]:
+def defaults(dev: DeviceDescription) -> dict[str, Any]:
     """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
     d = dev.cl_device
     tile, xl = dict(GPU_TILE), dict(GPU_XL)
@@ -156,7 +155,7 @@ def load_all(warn: bool = True) -> dict[str, Any]:
     return data
 
 
-def params_for(dev: OpenCLDevice) -> dict[str, Any]:
+def params_for(dev: DeviceDescription) -> dict[str, Any]:
     params = defaults(dev)
     tuned = load_all().get(device_id(dev))
     if tuned is None or tuned == {}:
@@ -200,13 +199,13 @@ def _write(data: dict[str, Any]) -> Path:
     return path
 
 
-def store(dev: OpenCLDevice, tuned: dict[str, Any]) -> Path:
+def store(dev: DeviceDescription, tuned: dict[str, Any]) -> Path:
     data = load_all(warn=False)
     data[device_id(dev)] = tuned
     return _write(data)
 
 
-def forget(dev: OpenCLDevice) -> Path:
+def forget(dev: DeviceDescription) -> Path:
     """Remove `dev`'s entry; a corrupt file is replaced by one without it (always works)."""
     data = load_all(warn=False)
     data.pop(device_id(dev), None)

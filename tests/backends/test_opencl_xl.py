@@ -84,16 +84,17 @@ def test_xl_conv_input_with_inf_only_spreads_where_it_should(cl_dev, xl_params):
 
 def test_search_space_is_valid_and_matches_the_kernel(cl_dev):
     from xdev.backends.opencl import autotune as tune
+    from xdev.backends.opencl.gemm import xl_valid
 
     d = cl_dev.cl_device
     shapes = tune.xl_shapes(cl_dev)
-    assert shapes and all(tune.xl_valid(t, int(d.max_work_group_size), int(d.local_mem_size)) for t in shapes)
+    assert shapes and all(xl_valid(t, int(d.max_work_group_size), int(d.local_mem_size)) for t in shapes)
     assert {(t["MWG"], t["NWG"]) for t in shapes} >= {(128, 128), (64, 64)}
     for step in tune.XL_STEPS:
         for t in tune.xl_neighbours(cl_dev, shapes[0], step):
-            assert sum(t[k] != shapes[0][k] for k in t) in (1, 2) and tune.xl_valid(t, 1 << 30, 1 << 30)
+            assert sum(t[k] != shapes[0][k] for k in t) in (1, 2) and xl_valid(t, 1 << 30, 1 << 30)
     bad = {**shapes[0], "VWM": 8, "MDIMC": 32}  # 4 rows per work-item cannot hold 8-wide vectors
-    assert not tune.xl_valid(bad, 1 << 30, 1 << 30)
+    assert not xl_valid(bad, 1 << 30, 1 << 30)
     with pytest.raises(xdev.KernelBuildError, match="xl tile parameters"):
         cl_dev.program("gemm_xl.cl", {"REAL_BITS": 32, "IN_BITS": 32, "OUT_BITS": 32, **bad})
 

@@ -32,8 +32,9 @@ def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the xdev modules it imports (at any depth of the file, run-time imports only)."""
+def imports(mods: dict[str, Path], type_checking: bool = False) -> dict[str, set[str]]:
+    """Module -> the xdev modules it imports, at any depth of the file (late imports count);
+    imports under ``if TYPE_CHECKING:`` only with ``type_checking``."""
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         tree = ast.parse(path.read_text(), str(path))
@@ -41,7 +42,9 @@ def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
         is_pkg = path.name == "__init__.py"
         deps: set[str] = set()
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)) or _type_checking_only(node, parents):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if not type_checking and _type_checking_only(node, parents):
                 continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -140,6 +143,22 @@ def test_no_import_cycle():
     assert cycles(graph) == []
 
 
+def backend_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles among the modules of one backend, annotations-only imports included: inside a
+    backend the device module is on top, its kernels below, helpers at the bottom."""
+    out = []
+    for name in sorted({layer(m) for m in graph if layer(m).startswith("backend:")}):
+        own = {m for m in graph if layer(m) == name}
+        out += cycles({m: graph[m] & own for m in own})
+    return out
+
+
+def test_no_circle_inside_a_backend():
+    graph = imports(modules(), type_checking=True)
+    assert "xdev.backends.opencl.protocol" in graph["xdev.backends.opencl.gemm"]  # the scan sees them
+    assert backend_cycles(graph) == []
+
+
 def test_imports_point_one_way():
     assert violations(imports(modules())) == []
 
@@ -153,6 +172,18 @@ def test_the_checks_catch_what_they_forbid():
     assert len(violations(graph)) == 5
 
 
+def test_annotation_only_imports_count_inside_a_backend(tmp_path):
+    (tmp_path / "device.py").write_text("from . import gemm\n")
+    (tmp_path / "gemm.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                      "    from .device import Dev\n")
+    (tmp_path / "conv.py").write_text("def f():\n    from .device import Dev\n")  # a late import
+    mods = {f"xdev.backends.x.{n}": tmp_path / f"{n}.py" for n in ("device", "gemm", "conv")}
+    assert backend_cycles(imports(mods)) == []
+    assert backend_cycles(imports(mods, type_checking=True)) == [["xdev.backends.x.device", "xdev.backends.x.gemm"]]
+    (tmp_path / "device.py").write_text("from . import conv\n")
+    assert backend_cycles(imports(mods)) == [["xdev.backends.x.conv", "xdev.backends.x.device"]]
+
+
 def test_only_the_env_module_reads_the_environment():
     assert environ_readers(modules()) == ["xdev.contract.env"]
 
@@ -161,6 +192,7 @@ if __name__ == "__main__":
     g = imports(modules())
     for m in sorted(g):
         print(f"{layer(m):16s} {m:36s} -> {', '.join(sorted(g[m])) or '-'}")
-    cyc, bad = cycles(g), violations(g)
-    print(f"\n{len(g)} modules; import cycles: {cyc or 'none'}; layer violations: {bad or 'none'}")
-    sys.exit(1 if cyc or bad else 0)
+    cyc, bad, inner = cycles(g), violations(g), backend_cycles(imports(modules(), type_checking=True))
+    print(f"\n{len(g)} modules; import cycles: {cyc or 'none'}; layer violations: {bad or 'none'}; "
+          f"cycles inside a backend (annotations included): {inner or 'none'}")
+    sys.exit(1 if cyc or bad or inner else 0)
