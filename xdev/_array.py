@@ -132,7 +132,9 @@ class Array:
         """Export as a DLPack capsule sharing this array's memory (numpy and cuda backends).
 
         ``dl_device=(1, 0)`` (the CPU) for an array elsewhere exports a host copy, and only
-        with ``copy=True``: nothing moves silently.
+        with ``copy=True``: nothing moves silently. A view with negative strides and a
+        read-only array are exported as a copy (a BufferError with ``copy=False``): torch
+        aborts on the first and writes into the second.
         """
         if dl_device is not None and (int(dl_device[0]), int(dl_device[1])) != _dlpack_device_or_none(self._dev):
             if int(dl_device[0]) != 1:  # kDLCPU
@@ -143,6 +145,15 @@ class Array:
                                   f"a copy, which DLPack makes only with copy=True (received copy={copy!r}); or "
                                   f"download it with a.numpy()")
             return get_device("numpy").to_dlpack(self.numpy(), stream=None, max_version=max_version, copy=False)
+        hazard = _export_hazard(self._data) if _dlpack_device_or_none(self._dev) else None
+        if hazard is not None and copy is not True:
+            if copy is False:
+                raise BufferError(
+                    f"__dlpack__(copy=False): this xdev.Array has {hazard}, which DLPack consumers cannot "
+                    f"all take safely (torch aborts the process on negative strides and writes into "
+                    f"read-only memory); xdev exports such an array only as a copy: pass copy=None or "
+                    f"copy=True, or export copy.copy(a)")
+            copy = True  # DLPack's copy=None: a copy where sharing is not possible safely
         return self._dev.to_dlpack(self._data, stream=stream, max_version=max_version, copy=copy)
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -226,6 +237,15 @@ class Array:
 def _unpickle(device: str, host: np.ndarray, algorithm: str | None) -> Array:
     dev = get_device(device)
     return Array._wrap(dev.upload(host), dev, algorithm)
+
+
+def _export_hazard(data: Any) -> str | None:
+    """Why a consumer cannot safely share ``data``'s memory through DLPack, or None."""
+    if any(s < 0 for s in data.strides):
+        return f"negative strides {tuple(data.strides)}"
+    if isinstance(data, np.ndarray) and not data.flags.writeable:
+        return "read-only memory"
+    return None
 
 
 def _dlpack_device_or_none(dev: Device) -> tuple[int, int] | None:

@@ -8,6 +8,8 @@ copy is allowed, and the messages.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -84,21 +86,85 @@ def from_dlpack(obj: Any, backend: str | None = None, copy: bool | None = None) 
             f"xdev.from_dlpack expects an object with __dlpack__ and __dlpack_device__ (a NumPy, torch, "
             f"CuPy or JAX array); received {type(obj).__name__}; for other data use xdev.asarray(obj)"
         )
-    dl = obj.__dlpack_device__()
-    src = (int(dl[0]), int(dl[1]))
+    src = _device_pair(obj)
+    obj = _resolved(obj, copy)
     dev = get_device(spec if spec is not None else _native_spec(src))
-    data = dev.wrap_dlpack(obj, src, copy)
+    with _reading(obj):
+        data = dev.wrap_dlpack(obj, src, copy)
     if data is None:
         if copy is not True:
             raise BufferError(_elsewhere(_where(src), dev, copy))
-        host = _host_copy(obj, src)
-        dev.check_dtype(np.dtype(host.dtype))
+        with _reading(obj):
+            host = _host_copy(obj, src)
+        _check_dtype(dev, host.dtype)
         return Array._wrap(dev.upload(host), dev)
+    _check_dtype(dev, data.dtype)
+    return Array._wrap(data, dev)
+
+
+def _device_pair(obj: Any) -> tuple[int, int]:
+    """``obj.__dlpack_device__()`` as (device type, device id), or a ValueError naming what it returned."""
+    dl = obj.__dlpack_device__()
     try:
-        dev.check_dtype(np.dtype(data.dtype))
+        kind, index = dl
+        return int(kind), int(index)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"xdev.from_dlpack: {type(obj).__name__}.__dlpack_device__() returned {dl!r}; DLPack "
+            f"producers return a pair of ints (device type, device id), e.g. (1, 0) for the CPU: "
+            f"this object is not a valid DLPack producer"
+        ) from None
+
+
+# torch's lazy bits (a view that negates or conjugates on read, e.g. t.conj().imag) that DLPack
+# cannot carry: the memory holds the values before the operation.
+_LAZY_BITS = (("is_neg", "resolve_neg", "negative"), ("is_conj", "resolve_conj", "conjugate"))
+
+
+def _resolved(obj: Any, copy: bool | None) -> Any:
+    """``obj`` with torch's negative and conjugate bits applied (a copy, so only with copy=True);
+    a BufferError when a bit is set without copy=True: its memory has the wrong values."""
+    for test, resolve, bit in _LAZY_BITS:
+        is_set = getattr(obj, test, None)
+        if not (callable(is_set) and is_set() is True):
+            continue
+        if copy is not True:
+            raise BufferError(
+                f"xdev.from_dlpack: this {type(obj).__name__} has its {bit} bit set (a lazy "
+                f"{'negation' if bit == 'negative' else 'conjugation'}, e.g. the .imag of a conjugated "
+                f"torch tensor): its memory holds the values before that operation and DLPack cannot "
+                f"say so, so sharing it would give wrong values; pass copy=True (xdev copies "
+                f"t.{resolve}()), or call t.{resolve}() first"
+            )
+        obj = getattr(obj, resolve)()
+    return obj
+
+
+@contextlib.contextmanager
+def _reading(obj: Any) -> Iterator[None]:
+    """A consumer's 'unsupported dtype' (NumPy: 'Unsupported dtype in DLTensor') as a TypeError
+    that names the producer's dtype and how to convert it."""
+    try:
+        yield
+    except (RuntimeError, TypeError, ValueError, BufferError) as e:
+        if "dtype" not in str(e).lower():
+            raise
+        dtype = getattr(obj, "dtype", "unknown")
+        hint = "e.g. t.float() in torch"
+        if "bfloat16" in str(dtype).lower():
+            hint = ("bfloat16 has no NumPy dtype; t.float() converts it to float32 exactly (t.half() "
+                    "to float16 may overflow: bfloat16 has float32's range)")
+        raise TypeError(
+            f"xdev.from_dlpack: the producer's dtype {dtype} cannot be read ({e}); xdev computes in "
+            f"float16, float32 or float64: convert it first ({hint})"
+        ) from e
+
+
+def _check_dtype(dev: Device, dtype: Any) -> None:
+    try:
+        dev.check_dtype(np.dtype(dtype))
     except TypeError as e:
         raise TypeError(f"xdev.from_dlpack: {e}; convert it first (e.g. t.float() in torch)") from None
-    return Array._wrap(data, dev)
 
 
 def _elsewhere(where: str, dev: Device, copy: bool | None) -> str:

@@ -5,12 +5,16 @@ exporting transposed and sliced views.
 """
 from __future__ import annotations
 
+import ctypes
+import re
+
 import numpy as np
 import pytest
 
 import xdev
 
 from availability import require
+from child import run_child
 from reference import matmul_ref
 from tolerance import assert_agrees
 
@@ -34,15 +38,46 @@ def test_numpy_array_exports_its_own_memory():
     np.testing.assert_array_equal(view, a.numpy())
 
 
-@pytest.mark.parametrize("view", ["T", "slice", "reversed", "batch_mT"])
+@pytest.mark.parametrize("view", ["T", "slice", "batch_mT"])
 def test_numpy_export_keeps_strides(view):
     base = xdev.asarray(_host((4, 6, 5)), backend="numpy")
-    v = {"T": lambda x: x.T, "slice": lambda x: x[1:, ::2, 1:4], "reversed": lambda x: x[::-1, :, ::-2],
-         "batch_mT": lambda x: x.mT}[view](base)
+    v = {"T": lambda x: x.T, "slice": lambda x: x[1:, ::2, 1:4], "batch_mT": lambda x: x.mT}[view](base)
     out = np.from_dlpack(v)
     assert out.strides == v.data.strides and out.shape == v.shape
     assert np.shares_memory(out, base.data)
     np.testing.assert_array_equal(out, v.numpy())
+
+
+def test_negative_strides_and_read_only_memory_export_a_copy():
+    # torch aborts the process on negative strides and writes into read-only memory, and a
+    # producer cannot tell which consumer calls it: such arrays leave xdev only as copies.
+    base = xdev.asarray(_host((4, 6, 5)), backend="numpy")
+    h = _host((3, 4))
+    h.flags.writeable = False
+    for v, why in ((base[::-1, :, ::-2], "negative strides"), (base.T[:, ::-1], "negative strides"),
+                   (xdev.from_dlpack(h), "read-only memory")):
+        for versioned in (False, True):
+            out = np.from_dlpack(_Capsule(v.__dlpack__(max_version=(1, 0) if versioned else None)))
+            assert not np.shares_memory(out, v.data) and all(s > 0 for s in out.strides)
+            # (NumPy marks what a legacy capsule holds read-only: it carries no flag.)
+            assert out.flags.writeable == versioned
+            np.testing.assert_array_equal(out, v.numpy())
+        with pytest.raises(BufferError, match=rf"copy=False.*{why}.*only as a copy"):
+            v.__dlpack__(copy=False)
+        assert not np.shares_memory(np.from_dlpack(v, copy=True), v.data)
+
+
+class _Capsule:
+    """A producer that hands out one capsule made earlier (to read each kind of capsule)."""
+
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **kwargs):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
 
 
 def test_from_dlpack_numpy_shares_memory_and_round_trips():
@@ -115,6 +150,75 @@ def test_from_dlpack_refuses_what_it_cannot_take():
         xdev.from_dlpack(_host(), backend="metal")
 
 
+class _NegView:
+    """Like a torch tensor with its negative bit set: its memory holds -values."""
+
+    def __init__(self, memory: np.ndarray) -> None:
+        self.memory = memory
+
+    def __dlpack__(self, **kwargs):
+        return self.memory.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def is_neg(self) -> bool:
+        return True
+
+    def resolve_neg(self) -> np.ndarray:
+        return -self.memory
+
+
+def test_negative_bit_is_refused_or_resolved_by_a_copy():
+    mem = _host((2, 3))
+    for copy in (None, False):
+        with pytest.raises(BufferError, match=r"negative bit set.*copy=True.*resolve_neg\(\)"):
+            xdev.from_dlpack(_NegView(mem), copy=copy)
+    got = xdev.from_dlpack(_NegView(mem), copy=True)
+    np.testing.assert_array_equal(got.numpy(), -mem)
+    assert not np.shares_memory(got.data, mem)
+
+
+class _Bfloat16:
+    """A producer of bfloat16 data (a float16 capsule relabelled kDLBfloat, as torch exports)."""
+
+    dtype = "bfloat16"
+
+    def __dlpack__(self, **kwargs):
+        capsule = np.zeros(3, np.float16).__dlpack__()  # legacy: a DLManagedTensor
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        tensor = get(capsule, b"dltensor")
+        # DLTensor: data pointer, device (2 x int32), ndim (int32), then dtype.code (uint8)
+        ctypes.c_uint8.from_address(tensor + 20).value = 4  # kDLBfloat
+        return capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+
+class _BadDevice:
+    def __init__(self, device):
+        self.device = device
+
+    def __dlpack__(self, **kwargs):
+        return np.zeros(2).__dlpack__()
+
+    def __dlpack_device__(self):
+        return self.device
+
+
+def test_bad_producers_get_clear_messages():
+    for dev in ((1,), None, ("cpu", 0)):
+        with pytest.raises(ValueError, match=rf"__dlpack_device__\(\) returned {re.escape(repr(dev))}; "
+                                             rf"DLPack producers return a pair of ints"):
+            xdev.from_dlpack(_BadDevice(dev))
+    for copy in (None, True):
+        with pytest.raises(TypeError, match=r"dtype bfloat16 cannot be read .*t\.float\(\) converts it "
+                                            r"to float32 exactly"):
+            xdev.from_dlpack(_Bfloat16(), copy=copy)
+
+
 def test_cuda_array_interface_only_on_cuda():
     a = xdev.asarray(_host(), backend="numpy")
     assert not hasattr(a, "__cuda_array_interface__")
@@ -185,6 +289,37 @@ def test_torch_matmul_through_dlpack_agrees():
     assert torch.from_dlpack(c).shape == (6, 4)
 
 
+def test_torch_negative_bit_and_bfloat16():
+    torch = _torch()
+    im = torch.tensor([1 + 2j, 3 + 4j, 5 + 6j]).conj().imag  # -2, -4, -6 with the negative bit
+    with pytest.raises(BufferError, match="negative bit"):
+        xdev.from_dlpack(im)
+    np.testing.assert_array_equal(xdev.from_dlpack(im, copy=True).numpy(), [-2.0, -4.0, -6.0])
+    with pytest.raises(TypeError, match=r"torch\.bfloat16 .*t\.float\(\)"):
+        xdev.from_dlpack(torch.zeros(3, dtype=torch.bfloat16))
+
+
+def test_torch_takes_negative_strided_and_read_only_exports_safely(tmp_path):
+    _torch()
+    # Without the copy torch aborts ("Storage size calculation overflowed") or segfaults (add_
+    # on a read-only memory map): in a child process.
+    np.save(tmp_path / "ro.npy", np.arange(6.0))
+    code = (
+        "import numpy as np, torch, xdev\n"
+        "a = xdev.asarray(np.arange(12.0).reshape(3, 4))\n"
+        "t = torch.from_dlpack(a[::-1, ::-2])\n"
+        "assert t.tolist() == np.arange(12.0).reshape(3, 4)[::-1, ::-2].tolist(), t\n"
+        f"m = xdev.from_dlpack(np.load({str(tmp_path / 'ro.npy')!r}, mmap_mode='r'))\n"
+        "u = torch.from_dlpack(m)\n"
+        "u.add_(1)\n"
+        "assert u.tolist() == [1.0, 2, 3, 4, 5, 6] and m.numpy().tolist() == [0.0, 1, 2, 3, 4, 5]\n"
+        "print('ok')\n"
+    )
+    out = run_child(code, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])
+    assert np.load(tmp_path / "ro.npy").tolist() == [0.0, 1, 2, 3, 4, 5]
+
+
 def test_torch_cannot_read_opencl_memory():
     torch = _torch()
     require("opencl")
@@ -211,6 +346,9 @@ def test_cuda_dlpack_and_array_interface_share_device_memory():
     assert cupy.asarray(a).data.ptr == a.data.data.ptr  # CuPy reads the interface without a copy
     t = cupy.from_dlpack(a.T)
     assert t.strides == a.data.T.strides and t.data.ptr == a.data.data.ptr
+    r = cupy.from_dlpack(a[::-1])  # negative strides leave as a copy (torch aborts on them)
+    assert r.data.ptr != a.data.data.ptr and all(s > 0 for s in r.strides)
+    np.testing.assert_array_equal(cupy.asnumpy(r), a.numpy()[::-1])
 
     src = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
     x = xdev.from_dlpack(src)
