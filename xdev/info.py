@@ -41,7 +41,7 @@ def lines() -> list[str]:
             out.append(f"{'':8s}  {details}")
         out.append(f"{'':8s}  conv2d algorithms: {', '.join(dev.conv_algorithms)}")
         if isinstance(info.get("params"), dict):
-            out.append(f"{'':8s}  kernel parameters: " + tuned_line(info["params"]))
+            out.append(f"{'':8s}  kernel parameters: " + tuned_line(info["params"]) + width(info["params"]))
         if info.get("advice"):
             out.append(f"{'':8s}  note: {info['advice']}")
     return out
@@ -54,6 +54,14 @@ def tuned_line(params: dict) -> str:
 
         return f"tuned (python -m xdev.tune), from {load('opencl').params.cache_file()}"
     return "built-in defaults (python -m xdev.tune measures and stores better ones, if any)"
+
+
+def width(params: dict) -> str:
+    """The vector width the CPU kernels run at (the device proof may have narrowed it)."""
+    g = params.get("gemm")
+    if not isinstance(g, dict) or "VW" not in g:
+        return ""
+    return f"; vector width {g['VW']}" + (f" (float64: {g['VWD']})" if "VWD" in g else "")
 
 
 def main() -> int:

@@ -232,6 +232,8 @@ def test_tune_cli_dry_run(cl_dev, tmp_path):
     assert not (tmp_path / "opencl-tuning.json").exists()
     info = subprocess.run([sys.executable, "-m", "xdev.info"], capture_output=True, text=True, timeout=300, env=env)
     assert "kernel parameters: built-in defaults" in info.stdout, info.stdout
+    # The width the device runs at (the proof may narrow it), as docs/opencl.md says.
+    assert __import__("re").search(r"kernel parameters: .*; vector width (2|4|8|16) ", info.stdout), info.stdout
 
 
 def test_threads_sharing_the_device_get_their_own_results(cl_dev):
