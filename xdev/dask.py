@@ -13,12 +13,15 @@ chunks. Needs ``pip install "xdev[dask]"``; see docs/dask.md for clusters of GPU
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import operator
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from functools import reduce
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +85,37 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _unguarded_main_line(method: str) -> tuple[str, int] | None:
+    """(file, line) where the main module, still running its top level, calls this outside an
+    ``if __name__ == "__main__":`` block, when the worker processes would run that line again
+    (they start by importing the main module, as multiprocessing's spawn and forkserver do);
+    else None. What multiprocessing imports again is mirrored here: the main module's file, or
+    its module name unless that is a package's ``__main__`` (not imported again)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or method == "fork":
+        return None
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return None  # the main module's top level is not running this (a thread, a callback)
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_bytes(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        # Any `if` that tests __name__ around the line counts as a guard (no false alarm).
+        if (isinstance(node, ast.If) and node.lineno <= line <= (node.end_lineno or node.lineno)
+                and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))):
+            return None
+    return path, line
+
+
 def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = COMPUTE_CONFIG,
                   **kwargs: Any) -> LocalCluster:
     """A ``distributed.LocalCluster`` for xdev's block products on this machine's CPU.
@@ -116,6 +150,17 @@ def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None =
                 f"xdev.dask.local_cluster starts worker processes synchronously ({why}); received "
                 f"{key}={kwargs[key]!r}; use distributed.LocalCluster directly for that, with "
                 f"dask.config.set(xdev.dask.COMPUTE_CONFIG) around it if you want those settings")
+    method = str((dask_config or {}).get("distributed.worker.multiprocessing-method")
+                 or dask.config.get("distributed.worker.multiprocessing-method", "spawn"))
+    where = _unguarded_main_line(method)
+    if where is not None:
+        # Else each worker process runs this line again while it starts, and the user gets
+        # "Nanny failed to start" under pages of tracebacks from every worker.
+        raise RuntimeError(
+            f"xdev.dask.local_cluster was called at {where[0]} line {where[1]}, outside an "
+            f"`if __name__ == \"__main__\":` block: Dask's worker processes start by importing the main "
+            f"module again ({method}), and each would run that line too; put the code that starts the "
+            f"cluster under `if __name__ == \"__main__\":` (docs/dask.md)")
     threads = str(max(1, _cores() // n))
     worker_env = {v: threads for v in _BLAS_THREADS}
     worker_env.update({k: str(v) for k, v in (kwargs.pop("env", None) or {}).items()})

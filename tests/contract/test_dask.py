@@ -319,3 +319,56 @@ def test_local_cluster_refuses_what_it_cannot_honour():
     with pytest.raises(TypeError):
         xd.COMPUTE_CONFIG["distributed.worker.profile.enabled"] = True  # the shared default stays as it is
 
+
+
+_UNGUARDED = """
+import xdev.dask
+from dask.distributed import Client
+
+def start():
+    return xdev.dask.local_cluster(1, dashboard_address=":0")
+
+{call}
+print("no error")
+"""
+
+
+@pytest.mark.parametrize("call", ["cluster = xdev.dask.local_cluster(1)", "cluster = start()",
+                                  "with start() as cluster:\n    pass"])
+def test_local_cluster_started_while_a_script_is_imported_says_so_in_one_line(tmp_path, call):
+    """Worker processes start by importing the main script again (spawn): at its top level,
+    unguarded, local_cluster is refused before any process starts, in one line, instead of
+    "Nanny failed to start" under every worker's tracebacks."""
+    import subprocess
+    import sys
+
+    from child import child_env
+
+    script = tmp_path / "script.py"
+    script.write_text(_UNGUARDED.format(call=call))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env=child_env(), cwd=tmp_path)
+    line = 8  # the line of {call} in _UNGUARDED: the main module's own line, not start()'s
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "no error" not in r.stdout, r.stderr[-3000:]
+    assert last == (f"RuntimeError: xdev.dask.local_cluster was called at {script} line {line}, outside an "
+                    f"`if __name__ == \"__main__\":` block: Dask's worker processes start by importing the main "
+                    f"module again (spawn), and each would run that line too; put the code that starts the "
+                    f"cluster under `if __name__ == \"__main__\":` (docs/dask.md)"), r.stderr[-3000:]
+    assert "Nanny" not in r.stderr and len(r.stderr.splitlines()) < 15, r.stderr[-3000:]
+
+
+def test_local_cluster_under_the_main_guard_starts(tmp_path):
+    """The same script with its top level under `if __name__ == "__main__":` runs (the check
+    raises no false alarm, the way the examples of docs/dask.md are written)."""
+    import subprocess
+    import sys
+
+    from child import child_env
+
+    script = tmp_path / "script.py"
+    script.write_text(_UNGUARDED.format(call='if __name__ == "__main__":\n    with start() as cluster, Client(cluster) as c:\n'
+                                             '        print(xdev.dask.matmul(*[__import__("dask.array").array.ones((2, 2))] * 2).sum().compute())'))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env=child_env(), cwd=tmp_path)
+    assert r.returncode == 0 and "8.0" in r.stdout.split(), r.stdout[-1000:] + r.stderr[-3000:]
