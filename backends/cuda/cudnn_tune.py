@@ -19,11 +19,7 @@ autotuner now tries both graphs, so the switch reaches the conv-only Winograd en
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,8 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from xdev.contract import env
+from xdev.contract.json_store import JsonStore
 
-CACHE_FORMAT = 1
+CACHE_VERSION = 1  # of the plan cache's document (xdev.contract.json_store)
 # Choices kept per file: a program sweeping shapes (a tuner, a shape-polymorphic model) would
 # otherwise grow the file, and the rewrite on every new choice, without bound. Beyond this the
 # least recently written choices go (they are tuned again if met again). ~200 bytes each.
@@ -322,87 +319,75 @@ def _slug(text: str) -> str:
 class DiskCache:
     """Choices per (GPU name, cuDNN version) in one JSON file under ``$XDEV_CACHE_DIR/cudnn-plans``.
 
-    Written atomically (a temporary file in the same folder, then ``os.replace``); read back
-    with every field checked. A file that does not parse or does not belong to this GPU and
-    cuDNN is ignored with a warning (and replaced at the next write); a malformed entry is
-    dropped with a warning. Concurrent processes may each write: the last one wins, losing at
-    worst the other's new entries, which are then tuned again. Entries are kept in the order
-    they were written, at most CACHE_MAX_ENTRIES: the oldest go first.
+    The file is an xdev.contract.json_store document: written atomically, read back with every
+    field checked. A file that does not parse or does not belong to this GPU and cuDNN is
+    ignored with a warning (and replaced at the next write); a malformed entry is dropped with
+    a warning. Concurrent processes each add their choices under the store's lock. Entries are
+    kept in the order they were written, at most CACHE_MAX_ENTRIES: the oldest go first.
     """
 
     def __init__(self, gpu: str, cudnn_version: str, folder: Path | None = None) -> None:
         self.gpu, self.cudnn = gpu, cudnn_version
         self.folder = folder if folder is not None else cache_dir()
         self.path = self.folder / f"{_slug(gpu)}--cudnn-{_slug(cudnn_version)}.json"
+        self.file = JsonStore(self.path, CACHE_NAME, CACHE_VERSION, what="cuDNN plan cache", check=self._check,
+                              legacy=_legacy, fix="it is tuned again and rewritten")
         self._entries: dict[str, Choice] | None = None
 
-    def _load(self) -> dict[str, Choice]:
-        if self._entries is not None:
-            return self._entries
+    def _check(self, doc: Any) -> str | None:
+        if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
+            return "a document without an entries object"
+        if doc.get("gpu") != self.gpu or doc.get("cudnn") != self.cudnn:
+            return f"choices for {doc.get('gpu')!r} with cuDNN {doc.get('cudnn')!r}"
+        return None
+
+    def _parse(self, doc: dict[str, Any] | None) -> dict[str, Choice]:
         entries: dict[str, Choice] = {}
-        try:
-            text = self.path.read_text()
-        except (FileNotFoundError, NotADirectoryError):
-            text = None
-        except OSError as e:
-            warnings.warn(f"xdev: cannot read the cuDNN plan cache {self.path} ({e}); tuning again", RuntimeWarning,
-                          stacklevel=3)
-            text = None
-        if text is not None:
+        bad = 0
+        for k, v in (doc or {"entries": {}})["entries"].items():
             try:
-                doc = json.loads(text)
-                if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
-                    raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
-                                     f"expected {CACHE_FORMAT}")
-                if doc.get("gpu") != self.gpu or doc.get("cudnn") != self.cudnn:
-                    raise ValueError(f"written for {doc.get('gpu')!r} with cuDNN {doc.get('cudnn')!r}")
-                raw = doc.get("entries")
-                if not isinstance(raw, dict):
-                    raise ValueError("no entries object")
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                warnings.warn(f"xdev: ignoring the cuDNN plan cache {self.path}: {e}; it will be rewritten",
-                              RuntimeWarning, stacklevel=3)
-                raw = {}
-            bad = 0
-            for k, v in raw.items():
-                try:
-                    entries[str(k)] = Choice.from_json(v)
-                except ValueError:
-                    bad += 1
-            if bad:
-                warnings.warn(f"xdev: dropped {bad} malformed entr{'y' if bad == 1 else 'ies'} of the cuDNN plan "
-                              f"cache {self.path}", RuntimeWarning, stacklevel=3)
-        self._entries = entries
+                entries[str(k)] = Choice.from_json(v)
+            except ValueError:
+                bad += 1
+        if bad:
+            warnings.warn(f"xdev: dropped {bad} malformed entr{'y' if bad == 1 else 'ies'} of the cuDNN plan "
+                          f"cache {self.path}", RuntimeWarning, stacklevel=4)
         return entries
+
+    def _load(self) -> dict[str, Choice]:
+        if self._entries is None:
+            self._entries = self._parse(self.file.read())
+        return self._entries
 
     def get(self, key: str) -> Choice | None:
         return self._load().get(key)
 
     def put(self, key: str, choice: Choice) -> None:
         """Record a choice and rewrite the file; an unwritable cache only warns."""
-        self._entries = None
-        merged = self._load()  # what another process may have written meanwhile
-        merged.pop(key, None)  # re-written: now the newest
-        merged[key] = choice
-        while len(merged) > CACHE_MAX_ENTRIES:
-            del merged[next(iter(merged))]
-        doc = {"format": CACHE_FORMAT, "gpu": self.gpu, "cudnn": self.cudnn, "written": time.time(),
-               "entries": {k: c.to_json() for k, c in merged.items()}}
+
+        def add(entries: dict[str, Choice]) -> dict[str, Choice]:
+            entries.pop(key, None)  # re-written: now the newest
+            entries[key] = choice
+            while len(entries) > CACHE_MAX_ENTRIES:
+                del entries[next(iter(entries))]
+            return entries
+
+        def change(doc: Any) -> dict[str, Any]:
+            self._entries = add(self._parse(doc))  # with what another process may have written meanwhile
+            return {"gpu": self.gpu, "cudnn": self.cudnn, "written": time.time(),
+                    "entries": {k: c.to_json() for k, c in self._entries.items()}}
+
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.folder)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(doc, f, indent=1)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            self.file.update(change, warn=False)
         except OSError as e:
+            self._entries = add(self._load())
             warnings.warn(f"xdev: cannot write the cuDNN plan cache {self.path} ({e}); choices stay in memory",
                           RuntimeWarning, stacklevel=2)
 
+
+def _legacy(doc: Any) -> Any:
+    """A file of the format before the store's envelope ({"format": 1, ...}) holds the same fields."""
+    return doc if isinstance(doc, dict) and doc.get("format") == 1 else None
 
 
 # ---- selection: memory -> disk -> tuning ------------------------------------------------------------

@@ -1,18 +1,16 @@
 """Kernel parameters per device: a small built-in table, overridden by `python -m xdev.tune`.
 
 Tuned values are stored per (device name, driver version) in
-``$XDEV_CACHE_DIR/opencl-tuning.json`` (default ``~/.cache/xdev``).
+``$XDEV_CACHE_DIR/opencl-tuning.json`` (default ``~/.cache/xdev``), an
+xdev.contract.json_store document.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from xdev.contract import env
+from xdev.contract.json_store import JsonStore
 
 from .protocol import DeviceDescription
 
@@ -84,22 +82,6 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
                 "VWM": (1, 16), "VWN": (1, 16), "PAD": (0, 16), "DB": (0, 1)},
 }
 _SCALARS: dict[str, tuple[int, int]] = {"small_work": (0, 1 << 40), "xl_work": (0, 1 << 50), "KB": (1, 4096)}
-_warned: set[tuple[str, str]] = set()
-
-
-def _warn(path: Path, problem: str) -> None:
-    """One warning per (file, problem) and process, naming the file and the fix."""
-    import warnings
-
-    if (str(path), problem) in _warned:
-        return
-    _warned.add((str(path), problem))
-    warnings.warn(
-        f"xdev: ignoring {problem} in the OpenCL tuning cache {path}; the built-in parameters "
-        f"are used. Fix: `python -m xdev.tune --reset` (or delete the file), then "
-        f"`python -m xdev.tune` to measure again",
-        RuntimeWarning, stacklevel=3,
-    )
 
 
 def validate_entry(entry: object) -> str | None:
@@ -130,29 +112,29 @@ def validate_entry(entry: object) -> str | None:
     return None
 
 
+FILE_VERSION = 1  # of the tuning cache's document
+
+
+def _check_file(data: object) -> str | None:
+    return None if isinstance(data, dict) else f"a top level that is {type(data).__name__}, not an object"
+
+
+def _legacy(doc: object) -> object:
+    """A file written before the store's envelope is the same object of entries."""
+    return doc if isinstance(doc, dict) else None
+
+
+def tuning_file() -> JsonStore:
+    """The cache file; a bad file or entry is ignored with a warning naming the file and the fix."""
+    return JsonStore(cache_file(), "opencl-tuning", FILE_VERSION, what="OpenCL tuning cache", check=_check_file,
+                     legacy=_legacy, fix="the built-in parameters are used. Fix: `python -m xdev.tune --reset` "
+                                         "(or delete the file), then `python -m xdev.tune` to measure again")
+
+
 def load_all(warn: bool = True) -> dict[str, Any]:
     """The whole cache file as a dict; {} (with one warning) when it is unreadable."""
-    path = cache_file()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as e:
-        if warn:
-            _warn(path, f"an unreadable file ({e.strerror})")
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-        problem = "a file that is not valid JSON"
-    else:
-        problem = f"a file whose top level is {type(data).__name__}, not an object"
-    if not isinstance(data, dict):
-        if warn:
-            _warn(path, problem)
-        return {}
-    return data
+    data = tuning_file().read(warn)
+    return data if data is not None else {}
 
 
 def params_for(dev: DeviceDescription) -> dict[str, Any]:
@@ -162,7 +144,7 @@ def params_for(dev: DeviceDescription) -> dict[str, Any]:
         return params
     problem = validate_entry(tuned)
     if problem is not None:
-        _warn(cache_file(), f"{problem} in the entry of {device_id(dev)!r}")
+        tuning_file().warn(f"{problem} in the entry of {device_id(dev)!r}")
         return params
     for k, v in tuned.items():
         if isinstance(v, dict) and isinstance(params.get(k), dict):
@@ -175,38 +157,15 @@ def params_for(dev: DeviceDescription) -> dict[str, Any]:
 
 def check_writable() -> Path:
     """The cache file's path, after checking its folder can be written (OSError if not)."""
-    path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    os.unlink(tmp)
-    return path
-
-
-def _write(data: dict[str, Any]) -> Path:
-    """Atomic: a complete file replaces the old one, or nothing changes."""
-    path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return tuning_file().check_writable()
 
 
 def store(dev: DeviceDescription, tuned: dict[str, Any]) -> Path:
-    data = load_all(warn=False)
-    data[device_id(dev)] = tuned
-    return _write(data)
+    ident = device_id(dev)
+    return tuning_file().update(lambda data: {**(data or {}), ident: tuned}, warn=False)
 
 
 def forget(dev: DeviceDescription) -> Path:
     """Remove `dev`'s entry; a corrupt file is replaced by one without it (always works)."""
-    data = load_all(warn=False)
-    data.pop(device_id(dev), None)
-    return _write(data)
+    ident = device_id(dev)
+    return tuning_file().update(lambda data: {k: v for k, v in (data or {}).items() if k != ident}, warn=False)

@@ -23,14 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from xdev.contract import env
+from xdev.contract.json_store import JsonStore
 
 ENV_TIMEOUT = env.OPENCL_PROOF_TIMEOUT
 ENV_FAULT = env.OPENCL_PROOF_FAULT
-VERSION = 2  # bump when the set of kernels checked below changes: cached verdicts expire
+# Bump when the set of kernels checked below, or the verdict file's document, changes: cached
+# verdicts expire (their files are named by a digest of the identity, VERSION included).
+VERSION = 3
+FILE_VERSION = 1  # of a verdict file's document (xdev.contract.json_store)
 _HERE = Path(__file__).resolve().parent
 
 FIX = (
@@ -101,31 +106,49 @@ def _cache_path(ident: dict[str, Any]) -> Path:
     return env.cache_dir() / "opencl-proof" / f"{digest}.json"
 
 
-def _read_verdict(ident: dict[str, Any]) -> dict[str, Any] | None:
-    """A cached verdict, or None if absent, unreadable or not for this identity."""
-    try:
-        v = json.loads(_cache_path(ident).read_text())
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(v, dict) and v.get("identity") == ident and isinstance(v.get("ok"), bool)
-            and isinstance(v.get("reason"), str)):
-        return None
+def _verdict_problem(ident: dict[str, Any], v: Any) -> str | None:
+    """None if ``v`` is a verdict for ``ident``, else what is wrong with it."""
+    if not (isinstance(v, dict) and isinstance(v.get("ok"), bool) and isinstance(v.get("reason"), str)):
+        return "a verdict without its ok and reason fields"
+    if v.get("identity") != ident:
+        return "a verdict for another device, driver or kernel source"
     if v["ok"] and not (isinstance(v.get("vw"), int) and v["vw"] in (2, 4, 8, 16)):
-        return None
-    return v
+        return f"a passing verdict with vector width {v.get('vw')!r}"
+    return None
+
+
+def _verdict_file(ident: dict[str, Any]) -> JsonStore:
+    return JsonStore(_cache_path(ident), "opencl-proof", FILE_VERSION, what="OpenCL proof cache",
+                     check=lambda v: _verdict_problem(ident, v), fix="the device is proven again")
+
+
+# Verdicts this process could not write, by file: an unwritable cache dir costs one proof per
+# device and process (warned once), not one per call.
+_unwritten: dict[str, dict[str, Any]] = {}
+_warned_unwritable: set[str] = set()
+
+
+def _read_verdict(ident: dict[str, Any]) -> dict[str, Any] | None:
+    """A cached verdict, or None if absent or not for this identity (a damaged file warns)."""
+    store = _verdict_file(ident)
+    return _unwritten.get(str(store.path)) or store.read()
 
 
 def _write_verdict(ident: dict[str, Any], verdict: dict[str, Any]) -> None:
-    """Atomic write (temp file + rename); an unwritable cache only costs a re-proof."""
-    path = _cache_path(ident)
+    """Atomic write; where the cache cannot be written, the verdict is kept for this process."""
+    store = _verdict_file(ident)
+    doc = {**verdict, "identity": ident}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump({**verdict, "identity": ident}, f, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        store.write(doc)
+    except OSError as e:
+        _unwritten[str(store.path)] = doc
+        folder = str(store.path.parent)
+        if folder not in _warned_unwritable:
+            _warned_unwritable.add(folder)
+            warnings.warn(
+                f"xdev: cannot write the OpenCL proof cache {folder} ({e.strerror or e}); verdicts are kept "
+                f"for this process only, so every new process proves each OpenCL device again (seconds to "
+                f"tens of seconds). Fix: set XDEV_CACHE_DIR to a writable folder", RuntimeWarning, stacklevel=4)
 
 
 def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | None]:

@@ -319,8 +319,10 @@ def test_a_new_process_reuses_the_choice_without_timing(tmp_path):
     _g, first = tune.select(fe, None, s, timer(fe), autotune=True, limit=8,
                             disk=tune.DiskCache("NVIDIA H100", "9.19.0", tmp_path))
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert (doc["xdev"], doc["version"]) == ("cudnn-plans", tune.CACHE_VERSION)
+    doc = doc["data"]
     assert doc["gpu"] == "NVIDIA H100" and doc["cudnn"] == "9.19.0" and s.text() in doc["entries"]
-    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, then renamed
+    assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.glob("*.json")).name]  # no temporary file
     fe2 = FakeFrontend(VGG_TABLE)  # a fresh process: nothing in memory
     g, again = tune.select(fe2, None, s, no_timing, autotune=True, limit=8,
                            disk=tune.DiskCache("NVIDIA H100", "9.19.0", tmp_path))
@@ -354,7 +356,7 @@ def test_a_corrupt_cache_file_warns_and_is_ignored_then_rewritten(tmp_path, cont
     disk.path.parent.mkdir(parents=True, exist_ok=True)
     disk.path.write_text(content)
     fe = FakeFrontend(VGG_TABLE)
-    with pytest.warns(RuntimeWarning, match="ignoring the cuDNN plan cache"):
+    with pytest.warns(RuntimeWarning, match=r"ignoring .* in the cuDNN plan cache .*tuned again"):
         _g, choice = tune.select(fe, None, spec(), timer(fe), autotune=True, limit=8, disk=disk)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -386,7 +388,7 @@ def test_the_cache_file_keeps_the_newest_choices_only(tmp_path, monkeypatch):
     fresh = tune.DiskCache("gpu", "9", tmp_path)
     assert [k for k in ("k0", "k1", "k2", "k3") if fresh.get(k) is not None] == ["k1", "k2", "k3"]
     assert fresh.get("k1") == c[4]
-    assert list(json.loads(disk.path.read_text())["entries"]) == ["k2", "k3", "k1"]
+    assert list(json.loads(disk.path.read_text())["data"]["entries"]) == ["k2", "k3", "k1"]
 
 
 def test_an_unwritable_cache_only_warns(tmp_path):
