@@ -113,3 +113,58 @@ def conv2d_backward_ref(gy, x, w, stride=1, padding=0, dilation=1, groups=1):
         "w": (gw, gw_abs),
         "bias": (gy.sum(axis=(0, 2, 3)), np.abs(gy).sum(axis=(0, 2, 3))),
     }
+
+
+# ---- integer and bool: exact, in Python integers (object arrays), wrapped as NumPy wraps ----
+def wrap(exact: np.ndarray, dtype) -> np.ndarray:
+    """Python-integer results as NumPy's `dtype` computes them: modulo 2**bits, two's
+    complement for signed types; bool: nonzero (NumPy's logical matmul, or of ands)."""
+    dtype = np.dtype(dtype)
+    exact = np.asarray(exact, dtype=object)
+    flat = [int(v) for v in exact.ravel()]
+    if dtype == np.bool_:
+        return np.array([v != 0 for v in flat], dtype=np.bool_).reshape(exact.shape)
+    bits = 8 * dtype.itemsize
+    out = [v % (1 << bits) for v in flat]
+    if dtype.kind == "i":
+        out = [v - (1 << bits) if v >= (1 << (bits - 1)) else v for v in out]
+    return np.array(out, dtype=dtype).reshape(exact.shape)
+
+
+def _exact(a: np.ndarray) -> np.ndarray:
+    """Values as Python ints (bool: 0 and 1), in an object array."""
+    return np.asarray(a).astype(np.int64 if np.asarray(a).dtype == np.bool_ else np.asarray(a).dtype).astype(object)
+
+
+def matmul_exact(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
+    """a @ b of integer or bool data, exact in Python ints, then wrapped to `dtype`."""
+    return wrap(np.matmul(_exact(a), _exact(b)), dtype)
+
+
+def conv2d_exact(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, dtype=None):
+    """conv2d of integer or bool data with explicit loops over groups and taps, exact in
+    Python ints, then wrapped to `dtype` (default: NumPy's promotion of the operands)."""
+    dtype = np.result_type(x, w, *([] if bias is None else [bias])) if dtype is None else np.dtype(dtype)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    pt, pb, pl, pr = conv_padding(padding, kh, kw, dh, dw)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr), dtype=object)
+    xp[:, :, pt : pt + H, pl : pl + W] = _exact(x)
+    we = _exact(w)
+    Ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    Wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    Og = O // groups
+    y = np.zeros((N, O, Ho, Wo), dtype=object)
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * Cg : (g + 1) * Cg, i * dh : i * dh + sh * (Ho - 1) + 1 : sh,
+                           j * dw : j * dw + sw * (Wo - 1) + 1 : sw]
+                # (Og, Cg) . (N, Cg, Ho, Wo) over Cg -> (Og, N, Ho, Wo)
+                y[:, g * Og : (g + 1) * Og] += np.tensordot(we[g * Og : (g + 1) * Og, :, i, j], patch,
+                                                            axes=([1], [1])).transpose(1, 0, 2, 3)
+    if bias is not None:
+        y += _exact(bias).reshape(1, O, 1, 1)
+    return wrap(y, dtype)

@@ -26,13 +26,46 @@ def values(seed: int, shape, dtype) -> np.ndarray:
     """Random normal (never subnormal) numbers of mixed magnitude and sign, some zeros.
 
     |v| in [2^-6, 4): products and sums stay far from float16 overflow and underflow.
+    Integer and bool dtypes: int_values.
     """
+    if np.dtype(dtype).kind in "iub":
+        return int_values(seed, shape, dtype)
     rng = np.random.default_rng(seed)
     mant = 1.0 + rng.random(shape)
     expo = rng.integers(-6, 2, shape)
     v = np.where(rng.random(shape) < 0.5, -1.0, 1.0) * mant * np.exp2(expo)
     v = np.where(rng.random(shape) < 0.05, 0.0, v)
     return np.asarray(v).astype(dtype)
+
+
+EXACT_DTYPES = [np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                        np.uint32, np.uint64, np.bool_)]
+
+
+def int_values(seed: int, shape, dtype) -> np.ndarray:
+    """Random integers over the dtype's whole range (so products and sums wrap around), a
+    tenth of them small (|v| <= 3) and some zeros; bool: True or False, half each."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    info = np.iinfo(dtype)
+    v = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    small = rng.integers(max(info.min, -3), 4, size=shape, dtype=dtype)
+    v = np.where(rng.random(shape) < 0.1, small, v)
+    return np.where(rng.random(shape) < 0.05, dtype.type(0), v).astype(dtype)
+
+
+def supported_exact_dtypes(dev) -> list[np.dtype]:
+    """The integer and bool dtypes `dev` computes in."""
+    out = []
+    for dt in EXACT_DTYPES:
+        try:
+            dev.check_dtype(dt)
+            out.append(dt)
+        except TypeError:
+            pass
+    return out
 
 
 LAYOUTS = ["contiguous", "transposed", "strided"]

@@ -10,7 +10,7 @@ from .contract import Device
 
 
 class Array:
-    """An n-d float array that lives on one device of one backend.
+    """An n-d array (float, integer or bool) that lives on one device of one backend.
 
     Create with :func:`xdev.asarray` or as the result of an xdev operation. Data moves
     only when asked: ``numpy()`` / ``np.asarray(a)`` download, ``to(...)`` moves.

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, NamedTuple
 
+import numpy as np
+
 from ._array import Array
 from ._ops import _batched_x, _device_for, _operands, _unavailable_algorithm
-from .contract import IntPair, conv_params
+from .contract import IntPair, conv_params, is_exact
 
 NEEDS = ("x", "w", "bias")
 
@@ -63,6 +65,12 @@ def conv2d_backward(
     """
     wanted = _needs(needs)
     dev, why = _device_for(backend, (grad_y, x, w))
+    dt = np.result_type(*(v.dtype if isinstance(v, Array) else np.asarray(v).dtype for v in (grad_y, x, w)))
+    if is_exact(dt):
+        # As torch autograd: gradients are of floating-point data (the forward is exact).
+        raise TypeError(
+            f"conv2d_backward computes gradients in float16, float32 or float64; the operands "
+            f"promote to {dt}; convert them first, e.g. xdev.asarray(x, dtype='float32')")
     gyd, xd, wd = _operands("conv2d_backward", dev, why, (grad_y, x, w), ("grad_y", "x", "w"))
     xshape = tuple(xd.shape)
     xd, unbatched = _batched_x("conv2d_backward", dev, xd)

@@ -9,7 +9,7 @@ from ._array import Array
 from ._config import _context, default_device
 from .contract import IntPair, conv_params, matmul_shape
 from ._registry import get_device, opened_devices
-from .contract import FLOAT_DTYPES, Device
+from .contract import DTYPES, DTYPES_TEXT, Device, is_exact
 
 
 
@@ -18,20 +18,21 @@ def _dtype(dtype: Any) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    # (`dt in FLOAT_DTYPES` is true for None: np.dtype('float64') == None.)
-    if dt is None or dt not in FLOAT_DTYPES:
+    # (`dt in DTYPES` is true for None: np.dtype('float64') == None.)
+    if dt is None or dt not in DTYPES:
         raise TypeError(
-            f"xdev computes in float16, float32 or float64; received dtype {dtype!r}; "
+            f"xdev computes in {DTYPES_TEXT}; received dtype {dtype!r}; "
             f"pass one of those (e.g. dtype='float32')"
         )
     return dt  # type: ignore[return-value]
 
 
 def _host(obj: Any, dtype: np.dtype | None, role: str) -> np.ndarray:
+    """``obj`` as NumPy's asarray makes it (Python ints: int64, floats: float64, bools: bool)."""
     arr = np.asarray(obj) if dtype is None else np.asarray(obj, dtype=dtype)
-    if arr.dtype not in FLOAT_DTYPES:
+    if arr.dtype not in DTYPES:
         raise TypeError(
-            f"{role}: xdev computes in float16, float32 or float64; received data of dtype "
+            f"{role}: xdev computes in {DTYPES_TEXT}; received data of dtype "
             f"{arr.dtype}; convert it first, e.g. xdev.asarray(data, dtype='float32')"
         )
     return arr
@@ -178,8 +179,14 @@ def conv2d(
             p = _conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
     else:
         p = _conv_params(xshape, wshape, bshape, stride, padding, dilation, groups)
-    if algorithm != "auto" and algorithm not in dev.conv_algorithms:
-        _unavailable_algorithm("conv2d", dev, algorithm)
+    if algorithm != "auto":
+        if algorithm not in dev.conv_algorithms:
+            _unavailable_algorithm("conv2d", dev, algorithm)
+        if algorithm not in dev.exact_conv_algorithms and is_exact(xd.dtype):
+            raise ValueError(
+                f"conv2d algorithm {algorithm!r} has no {xd.dtype} kernels on {dev.key} (integer and "
+                f"bool data run exactly with {', '.join(('auto',) + dev.exact_conv_algorithms)}); "
+                f"choose one of those, or convert the data to a float dtype")
     out, ran = dev.conv2d(xd, wd, bd, p, algorithm)
     if unbatched:
         out = dev.reshape(out, p.out_shape[1:])

@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 import xdev
 from xdev._registry import split_selector
-from xdev.contract import F16 as _F16, F32 as _F32, FLOAT_DTYPES, conv_params, env
+from xdev.contract import DTYPES, DTYPES_TEXT, F16 as _F16, F32 as _F32, conv_params, env
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
@@ -300,14 +300,15 @@ def _check_backend(backend: str | None) -> None:
         split_selector(backend)
 
 
-def _float_dtype(*dts: np.dtype, op: str) -> np.dtype:
-    dt = np.result_type(*dts)
-    if any(np.dtype(d) not in FLOAT_DTYPES for d in dts):  # as xdev.matmul: no silent int -> float
+def _result_dtype(*dts: np.dtype, op: str) -> np.dtype:
+    """NumPy's promotion, as xdev.matmul and xdev.conv2d compute it (integers and bool exactly:
+    their partial sums over K blocks wrap around, or are or-ed, as the whole product would)."""
+    if any(np.dtype(d) not in DTYPES for d in dts):
         raise TypeError(
-            f"xdev.dask.{op}: xdev computes in float16, float32 or float64; received dtype(s) "
+            f"xdev.dask.{op}: xdev computes in {DTYPES_TEXT}; received dtype(s) "
             f"{', '.join(str(np.dtype(d)) for d in dts)}; convert first, e.g. X.astype('float32')"
         )
-    return np.dtype(dt)
+    return np.dtype(np.result_type(*dts))
 
 
 def matmul(a: Any, b: Any, *, backend: str | None = None, reduce_k: str = "auto",
@@ -335,7 +336,7 @@ def matmul(a: Any, b: Any, *, backend: str | None = None, reduce_k: str = "auto"
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"xdev.dask.matmul: operands must have at least 1 dimension; received shapes "
                          f"{a.shape} and {b.shape} (use multiplication for scalars)")
-    dt = _float_dtype(a.dtype, b.dtype, op="matmul")
+    dt = _result_dtype(a.dtype, b.dtype, op="matmul")
     a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
     a_1d, b_1d = a.ndim == 1, b.ndim == 1
     if a_1d:
@@ -417,7 +418,7 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, 
     w = _whole(w)
     b = None if bias is None else _whole(bias)
     dts = [x.dtype, w.dtype] + ([] if b is None else [b.dtype])
-    dt = _float_dtype(*dts, op="conv2d")
+    dt = _result_dtype(*dts, op="conv2d")
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algorithm=algorithm)
     # Shapes and parameters are checked here, on the client, with xdev's own messages.
     p = conv_params(tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape),

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, ConvParams, Device
+from xdev.contract import DTYPES, DTYPES_TEXT, F16, F32, BackendStatus, ConvParams, Device
 from xdev.contract.device import DL_CPU, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST
 from xdev.contract.machine import blas_advice, blas_name, cpu_name
 
@@ -32,15 +32,17 @@ class NumpyDevice(Device):
     backend = "numpy"
     key = "numpy"
     conv_algorithms = ("gemm",)
+    exact_conv_algorithms = ("gemm",)
 
     def __init__(self) -> None:
         self.name = cpu_name()
 
     def check_dtype(self, dtype: np.dtype) -> None:
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"the numpy backend computes in float16/32/64; received {dtype}")
+        if dtype not in DTYPES:
+            raise TypeError(f"the numpy backend computes in {DTYPES_TEXT}; received {dtype}")
 
     def acc_dtype(self, dtype: np.dtype) -> np.dtype:
+        # Integers and bool accumulate in their own type (NumPy's wrap-around), exactly.
         return F32 if dtype == F16 else np.dtype(dtype)
 
     def upload(self, host: np.ndarray) -> np.ndarray:

@@ -231,7 +231,8 @@ class OpenCLDevice(Device):
                 f"use float32, or a device with double precision (see xdev.available_backends())"
             )
         if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{self.key} computes in float16 (storage), float32 or float64; received {dtype}")
+            raise TypeError(f"{self.key} computes in float16 (storage), float32 or float64; received {dtype} "
+                            f"(integer and bool data compute exactly on the numpy backend: backend='numpy')")
 
     def acc_dtype(self, dtype: np.dtype) -> np.dtype:
         return F64 if dtype == F64 else F32  # float16 is storage only: kernels compute in float

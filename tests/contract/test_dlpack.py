@@ -142,8 +142,8 @@ def test_from_dlpack_of_an_xdev_array():
 def test_from_dlpack_refuses_what_it_cannot_take():
     with pytest.raises(TypeError, match="__dlpack__"):
         xdev.from_dlpack([1.0, 2.0])
-    with pytest.raises(TypeError, match="int32"):
-        xdev.from_dlpack(np.arange(3, dtype=np.int32))
+    with pytest.raises(TypeError, match="complex64"):
+        xdev.from_dlpack(np.arange(3, dtype=np.complex64))
     with pytest.raises(TypeError, match="copy is None, True or False"):
         xdev.from_dlpack(_host(), copy="yes")
     with pytest.raises(ValueError, match="unknown backend"):

@@ -6,30 +6,36 @@ backend or the benchmark (see docs/architecture.md and tests/tools/test_layers.p
 
 - ``device``: the Device interface every backend implements, BackendStatus;
 - ``shapes``: matmul shapes (NumPy rules), conv2d parameters (PyTorch rules), ConvParams;
-- ``dtypes``: the dtypes xdev computes in;
+- ``dtypes``: the dtypes xdev computes in (NumPy's promotion; integers exact, wrapping);
 - ``errors``: BackendUnavailable, KernelBuildError;
 - ``kernel_cache``: kernel sources with their line map, the memoizing build cache;
 - ``env``: every ``XDEV_*`` environment variable, read in one place;
 - ``machine``: what this host is (CPU, BLAS) and the table of peak rates.
 """
 from .device import BackendStatus, Device
-from .dtypes import F16, F32, F64, FLOAT_DTYPES
+from .dtypes import BOOL, DTYPES, DTYPES_TEXT, EXACT_DTYPES, F16, F32, F64, FLOAT_DTYPES, INT_DTYPES, is_exact
 from .errors import BackendUnavailable, KernelBuildError
 from .shapes import ConvParams, IntPair, broadcast_batch, conv_params, dgrad_as_forward, matmul_shape
 
 __all__ = [
+    "BOOL",
     "BackendStatus",
     "BackendUnavailable",
     "ConvParams",
+    "DTYPES",
+    "DTYPES_TEXT",
     "Device",
+    "EXACT_DTYPES",
     "F16",
     "F32",
     "F64",
     "FLOAT_DTYPES",
+    "INT_DTYPES",
     "IntPair",
     "KernelBuildError",
     "broadcast_batch",
     "conv_params",
     "dgrad_as_forward",
+    "is_exact",
     "matmul_shape",
 ]

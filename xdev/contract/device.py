@@ -66,6 +66,8 @@ class Device(abc.ABC):
     key: str
     name: str
     conv_algorithms: tuple[str, ...]
+    # The conv2d algorithms that run integer and bool data ("auto" picks one of them).
+    exact_conv_algorithms: tuple[str, ...] = ()
     is_cpu: bool = True  # decides batch sizes and peak estimates in the benchmark
     build_seconds: float = 0.0  # total kernel compile time so far (the benchmark reports deltas)
 
