@@ -8,9 +8,17 @@ from pathlib import Path
 from types import ModuleType
 
 import xdev.backends
+from xdev.contract.kernel_cache import KernelSource
 
 CUDA_DIR = Path(xdev.backends.__file__).resolve().parent / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
+
+
+def source_text(cu: Path) -> str:
+    """What the backend compiles for ``cu``: common.cuh, then the file (kernels.source)."""
+    return KernelSource([CUDA_DIR / "common.cuh", cu]).text
+
+
 _STANDIN = "xdev_cuda_under_test"
 
 

@@ -1,7 +1,7 @@
 // col2im for xdev's "gemm" conv2d backward on CUDA (cuBLAS GEMMs around im2col.cu and this file).
 //
-// Loaded at run time with cupy.RawModule (NVRTC) and compile-checked in the test suite with
-// `nvcc -std=c++17 -arch=sm_90 -ptx col2im.cu`; it includes no header, so both work alike.
+// Compiled with common.cuh in front (kernels.py): by NVRTC through cupy.RawModule at run time,
+// and by nvcc and NVRTC in the test suite, which also runs it in a host emulation.
 //
 // dcols = W^T @ grad_y has the layout (nb, G, K, hb*Wo), C-contiguous, for the images of one
 // block (the host passes gx at image n0) and the output rows [ho0, ho0+hb):
@@ -14,10 +14,6 @@
 //
 // Launch: block (256, 1, 1); grid (any, <= 65535, <= 65535); grid-stride loops cover the H*W
 // pixels (x), the C channels (y) and the nb images (z).
-
-#ifndef XDEV_HOST_EMULATION
-#define XDEV_KERNEL(THREADS) extern "C" __global__ void __launch_bounds__(THREADS)
-#endif
 
 template <typename A>
 __device__ __forceinline__ void xdev_col2im(

@@ -1,8 +1,8 @@
 // Direct conv2d backward for xdev's "direct" algorithm on CUDA: grad_x and grad_w by loops
 // over the kernel taps, no im2col buffer.
 //
-// Loaded at run time with cupy.RawModule (NVRTC) and compile-checked in the test suite with
-// `nvcc -std=c++17 -arch=sm_90 -ptx conv2d_backward_direct.cu`; it includes no header.
+// Compiled with common.cuh in front (kernels.py): by NVRTC through cupy.RawModule at run time,
+// and by nvcc and NVRTC in the test suite, which also runs it in a host emulation.
 //
 // xdev_dgrad_direct_<dtype>: one thread per input element (grid-stride over N*C*H*W):
 //     gx[n, g*Cg + c, h, w] = sum_{i, j: h + pt - i*dh = ho*sh, w + pl - j*dw = wo*sw}
@@ -19,46 +19,7 @@
 // Accumulation: float for float16 and float32 data, double for float64; one rounding to the
 // data type at the end.
 
-#ifndef XDEV_HOST_EMULATION
-#define XDEV_KERNEL(THREADS) extern "C" __global__ void __launch_bounds__(THREADS)
-#define XDEV_SYNC() __syncthreads()
-#define XDEV_DYNAMIC_SMEM(NAME) extern __shared__ xdev_chunk16 NAME[]
-#endif
-
 #define XDEV_WGRAD_THREADS 64  // a power of two: the tree reduction halves it
-
-typedef unsigned short xdev_half;  // IEEE binary16 bits
-
-struct alignas(16) xdev_chunk16 {
-    unsigned int w[4];
-};
-
-__device__ __forceinline__ float xdev_load(xdev_half h)
-{
-#ifdef XDEV_HOST_EMULATION
-    return xdev_emu_h2f(h);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-__device__ __forceinline__ float xdev_load(float v) { return v; }
-__device__ __forceinline__ double xdev_load(double v) { return v; }
-
-template <typename T, typename A> __device__ __forceinline__ T xdev_store(A v);
-template <> __device__ __forceinline__ xdev_half xdev_store<xdev_half, float>(float f)
-{
-#ifdef XDEV_HOST_EMULATION
-    return xdev_emu_f2h(f);
-#else
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#endif
-}
-template <> __device__ __forceinline__ float xdev_store<float, float>(float v) { return v; }
-template <> __device__ __forceinline__ double xdev_store<double, double>(double v) { return v; }
 
 template <typename T, typename A>
 __device__ __forceinline__ void xdev_dgrad_direct(

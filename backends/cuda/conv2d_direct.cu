@@ -1,7 +1,7 @@
 // Direct 2-D convolution (cross-correlation) for xdev's "direct" conv2d algorithm on CUDA.
 //
-// Loaded at run time with cupy.RawModule (NVRTC) and compile-checked in the test suite with
-// `nvcc -std=c++17 -arch=sm_90 -ptx conv2d_direct.cu`; it includes no header.
+// Compiled with common.cuh in front (kernels.py): by NVRTC through cupy.RawModule at run time,
+// and by nvcc and NVRTC in the test suite, which also runs it in a host emulation.
 //
 // y[n, g*Og + o, oh, ow] = bias[g*Og + o]
 //     + sum_{c < Cg, i < kh, j < kw} w[g*Og + o, c, i, j] * x[n, g*Cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw]
@@ -15,7 +15,7 @@
 // [c][tap][o] so each tap's OT weights are read with 16-byte loads.  Shapes, strides,
 // padding, dilation and groups are run-time arguments: one compilation serves every shape.
 // Launch: block (16, 8, 1); grid (tiles_h*tiles_w, <= 65535, <= 65535), the y and z loops
-// cover G*otiles and N; dynamic shared memory as computed by backends/cuda/_plan.py.
+// cover G*otiles and N; dynamic shared memory as computed by backends/cuda/launch.py.
 //
 // xdev_conv_direct_<dtype>_naive: one thread per output element reading global memory, for
 // geometries whose halo tile does not fit in shared memory (very large dilated kernels).
@@ -24,50 +24,10 @@
 // before the one rounding to the output type.  x is read through element strides (any sign);
 // w and bias must be C-contiguous; y is C-contiguous (N, O, Ho, Wo).
 
-#ifndef XDEV_HOST_EMULATION
-#define XDEV_KERNEL(THREADS) extern "C" __global__ void __launch_bounds__(THREADS)
-#define XDEV_SYNC() __syncthreads()
-#define XDEV_DYNAMIC_SMEM(NAME) extern __shared__ xdev_chunk16 NAME[]
-#endif
-
 #define XDEV_TILE_W 16    // threads along x = output columns per tile
 #define XDEV_THREADS_Y 8  // threads along y
 #define XDEV_RPT 2        // output rows per thread
 #define XDEV_TILE_H (XDEV_THREADS_Y * XDEV_RPT)
-
-typedef unsigned short xdev_half;  // IEEE binary16 bits
-
-struct alignas(16) xdev_chunk16 {
-    unsigned int w[4];
-};
-
-// ---- storage <-> accumulator conversions -------------------------------------------------
-__device__ __forceinline__ float xdev_load(xdev_half h)
-{
-#ifdef XDEV_HOST_EMULATION
-    return xdev_emu_h2f(h);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-__device__ __forceinline__ float xdev_load(float v) { return v; }
-__device__ __forceinline__ double xdev_load(double v) { return v; }
-
-template <typename T, typename A> __device__ __forceinline__ T xdev_store(A v);
-template <> __device__ __forceinline__ xdev_half xdev_store<xdev_half, float>(float f)
-{
-#ifdef XDEV_HOST_EMULATION
-    return xdev_emu_f2h(f);
-#else
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#endif
-}
-template <> __device__ __forceinline__ float xdev_store<float, float>(float v) { return v; }
-template <> __device__ __forceinline__ double xdev_store<double, double>(double v) { return v; }
 
 __device__ __forceinline__ int xdev_imin(int a, int b) { return a < b ? a : b; }
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdev.contract.shapes import merge_dims
+from xdev.contract.shapes import check_int32, merge_dims
 
-INT32_MAX = 2**31 - 1
 OP_N, OP_T = 0, 1
 
 
@@ -93,9 +92,8 @@ def plan(M: int, N: int, K: int, batch_shape: tuple[int, ...], a_bstrides: tuple
     offsets = [(0, 0, 0)]
     for n, (db, da, dc) in outer_dims:
         offsets = [(ob + i * db, oa + i * da, oc + i * dc) for ob, oa, oc in offsets for i in range(n)]
-    for v in (M, N, K, fa[1], fb[1], ldc, batch):
-        if v > INT32_MAX:
-            raise ValueError(f"matmul on CUDA: a dimension or leading dimension of {v} exceeds cuBLAS's 32-bit range")
+    check_int32("matmul on CUDA", "split the product (e.g. a smaller batch or matrix)", M=M, N=N, K=K,
+                lda=fa[1], ldb=fb[1], ldc=ldc, batch=batch)
     # Column-major C^T = op(B^T) op(A^T): m = N, n = M.
     return Gemm(N, M, K, fb[0], fb[1], fa[0], fa[1], ldc, batch, sb, sa, sc, tuple(offsets))
 

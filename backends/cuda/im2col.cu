@@ -1,7 +1,7 @@
 // im2col for xdev's "gemm" conv2d algorithm on CUDA (im2col + cuBLAS, as Torch's `nn` did).
 //
-// Loaded at run time with cupy.RawModule (NVRTC) and compile-checked in the test suite with
-// `nvcc -std=c++17 -arch=sm_90 -ptx im2col.cu`; it includes no header, so both work alike.
+// Compiled with common.cuh in front (kernels.py): by NVRTC through cupy.RawModule at run time,
+// and by nvcc and NVRTC in the test suite, which also runs it in a host emulation.
 //
 // cols has the layout (nb, G, Kp, hb*Wo), C-contiguous, for the images [n0, n0+nb) that the
 // host selected by passing x at image n0, and the output rows [ho0, ho0+hb):
@@ -13,12 +13,6 @@
 //
 // Launch: block (256, 1, 1); grid (any, <= 65535, <= 65535); grid-stride loops cover
 // l (x), the G*Kp rows (y) and the nb images (z).  hb*Wo must stay below 2^31.
-
-#ifndef XDEV_HOST_EMULATION
-#define XDEV_KERNEL(THREADS) extern "C" __global__ void __launch_bounds__(THREADS)
-#endif
-
-typedef unsigned short xdev_half;  // IEEE binary16 bits
 
 template <typename T> __device__ __forceinline__ T xdev_one();
 template <> __device__ __forceinline__ xdev_half xdev_one<xdev_half>() { return (xdev_half)0x3C00u; }

@@ -1,4 +1,5 @@
-"""xdev's own CUDA kernels: the .cu files beside this module, compiled once per device with NVRTC."""
+"""xdev's own CUDA kernels: the .cu files beside this module (common.cuh in front), compiled once per
+device with NVRTC."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -19,7 +20,8 @@ OPTIONS = ("-std=c++17",)
 
 @lru_cache(maxsize=None)
 def source(name: str) -> KernelSource:
-    return KernelSource([SOURCE_DIR / name])
+    """Kernel file `name` with common.cuh in front (compiler line numbers map back to each)."""
+    return KernelSource([SOURCE_DIR / "common.cuh", SOURCE_DIR / name])
 
 
 class Kernels:

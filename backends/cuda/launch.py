@@ -13,6 +13,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from xdev.contract.shapes import INT32_MAX, cdiv, check_int32
+
 # conv2d_direct.cu's tile: 16 x 8 threads, two output rows each -> 16 x 16 output pixels.
 TILE_W = 16
 THREADS_Y = 8
@@ -24,7 +26,9 @@ SMEM_BUDGET = 48 * 1024
 MAX_CHANNEL_CHUNK = 8
 GRID_YZ_MAX = 65535
 GRID_X_MAX = 2**31 - 1
-INT32_MAX = 2**31 - 1
+
+# What to do about a size past the kernels' 32-bit int indexes.
+INDEX_HINT = "split the problem (e.g. a smaller batch or image), or use algorithm='cudnn'"
 
 # Upper bound for one im2col buffer of the "gemm" algorithm; larger problems run in
 # blocks of images (and of output rows when one image is larger than this).
@@ -46,26 +50,20 @@ class Launch:
     args: tuple[tuple[str, Any], ...]
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _geometry(p: Any) -> dict[str, int]:
     (sh, sw), (dh, dw) = p.stride, p.dilation
     pt, _pb, pl, _pr = p.pad
     return dict(G=p.groups, Cg=p.C // p.groups, Og=p.O // p.groups, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl)
 
 
-def _check_int32(**values: int) -> None:
-    for name, v in values.items():
-        if v > INT32_MAX:
-            raise ValueError(f"conv2d on CUDA: {name} = {v} exceeds the 32-bit range the kernels index with")
+def _check_sizes(**sizes: int) -> None:
+    check_int32("conv2d on CUDA", INDEX_HINT, **sizes)
 
 
 def direct_smem(cc: int, IH: int, IW: int, khw: int, ot: int, acc_itemsize: int) -> int:
     """Shared-memory bytes of the tiled kernel for a chunk of ``cc`` input channels."""
     per16 = 16 // acc_itemsize
-    xs = _cdiv(cc * IH * IW, per16) * per16
+    xs = cdiv(cc * IH * IW, per16) * per16
     return (xs + cc * khw * ot) * acc_itemsize
 
 
@@ -75,7 +73,7 @@ def direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], has_b
     g = _geometry(p)
     sfx = DTYPE_SUFFIX[dtype]
     acc = ACC_ITEMSIZE[dtype]
-    _check_int32(H=p.H, W=p.W, O=p.O, Ho=p.Ho, Wo=p.Wo, K=p.K)
+    _check_sizes(H=p.H, W=p.W, O=p.O, Ho=p.Ho, Wo=p.Wo, K=p.K)
     scalars = [
         ("i32", p.N), ("i32", p.H), ("i32", p.W), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", g["Og"]),
         ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
@@ -91,9 +89,9 @@ def direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], has_b
         cc -= 1
     smem = direct_smem(cc, IH, IW, khw, ot, acc)
     if smem <= SMEM_BUDGET:
-        tiles_w = _cdiv(p.Wo, TILE_W)
-        tiles = _cdiv(p.Ho, TILE_H) * tiles_w
-        otiles = _cdiv(g["Og"], ot)
+        tiles_w = cdiv(p.Wo, TILE_W)
+        tiles = cdiv(p.Ho, TILE_H) * tiles_w
+        otiles = cdiv(g["Og"], ot)
         grid = (min(tiles, GRID_X_MAX), min(g["G"] * otiles, GRID_YZ_MAX), min(max(p.N, 1), GRID_YZ_MAX))
         args = head + scalars + [
             ("i32", IH), ("i32", IW), ("i32", cc), ("i32", tiles_w), ("i32", otiles), ("i32", int(has_bias)),
@@ -101,7 +99,7 @@ def direct_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], has_b
         return Launch("conv2d_direct.cu", f"xdev_conv_direct_{sfx}_o{ot}", grid, DIRECT_BLOCK, smem, tuple(args))
     # The halo tile of even one channel does not fit: one thread per output element.
     total = p.N * p.O * p.Ho * p.Wo
-    blocks = max(1, min(_cdiv(total, 256), 1 << 20))
+    blocks = max(1, min(cdiv(total, 256), 1 << 20))
     args = head + scalars + [("i32", int(has_bias))]
     return Launch("conv2d_direct.cu", f"xdev_conv_direct_{sfx}_naive", (blocks, 1, 1), (256, 1, 1), 0, tuple(args))
 
@@ -137,9 +135,9 @@ def _gemm_blocks(p: Any, Kp: int, itemsize: int, budget: int) -> tuple[ColsBlock
 def im2col_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], blk: ColsBlock, Kp: int) -> Launch:
     """The launch of im2col.cu for one block; x is passed at image blk.n0."""
     g = _geometry(p)
-    _check_int32(H=p.H, W=p.W, rows=g["G"] * Kp, L=blk.hb * p.Wo)
+    _check_sizes(H=p.H, W=p.W, rows=g["G"] * Kp, L=blk.hb * p.Wo)
     L = blk.hb * p.Wo
-    grid = (max(1, min(_cdiv(L, 256), 65535)), max(1, min(g["G"] * Kp, GRID_YZ_MAX)), max(1, min(blk.nb, GRID_YZ_MAX)))
+    grid = (max(1, min(cdiv(L, 256), 65535)), max(1, min(g["G"] * Kp, GRID_YZ_MAX)), max(1, min(blk.nb, GRID_YZ_MAX)))
     args = [("ptr", "x"), ("ptr", "cols")] + [("i64", int(s)) for s in xstrides] + [
         ("i32", blk.nb), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", p.H), ("i32", p.W),
         ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
@@ -164,8 +162,8 @@ ACC_NAME = {"float16": "float32", "float32": "float32", "float64": "float64"}
 def col2im_launch(p: Any, acc: str, blk: ColsBlock) -> Launch:
     """The launch of col2im.cu for one block; gx (the accumulator) is passed at image blk.n0."""
     g = _geometry(p)
-    _check_int32(HW=p.H * p.W, L=blk.hb * p.Wo, K=p.K)
-    grid = (max(1, min(_cdiv(p.H * p.W, 256), 65535)), max(1, min(p.C, GRID_YZ_MAX)), max(1, min(blk.nb, GRID_YZ_MAX)))
+    _check_sizes(HW=p.H * p.W, L=blk.hb * p.Wo, K=p.K)
+    grid = (max(1, min(cdiv(p.H * p.W, 256), 65535)), max(1, min(p.C, GRID_YZ_MAX)), max(1, min(blk.nb, GRID_YZ_MAX)))
     args = [("ptr", "dcols"), ("ptr", "gx")] + [
         ("i32", blk.nb), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", p.H), ("i32", p.W),
         ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
@@ -177,7 +175,7 @@ def col2im_launch(p: Any, acc: str, blk: ColsBlock) -> Launch:
 
 def _bwd_scalars(p: Any) -> list[tuple[str, int]]:
     g = _geometry(p)
-    _check_int32(H=p.H, W=p.W, O=p.O, Ho=p.Ho, Wo=p.Wo)
+    _check_sizes(H=p.H, W=p.W, O=p.O, Ho=p.Ho, Wo=p.Wo)
     return [
         ("i32", p.N), ("i32", p.H), ("i32", p.W), ("i32", g["G"]), ("i32", g["Cg"]), ("i32", g["Og"]),
         ("i32", p.kh), ("i32", p.kw), ("i32", g["sh"]), ("i32", g["sw"]), ("i32", g["dh"]),
@@ -188,7 +186,7 @@ def _bwd_scalars(p: Any) -> list[tuple[str, int]]:
 @functools.lru_cache(maxsize=1024)
 def dgrad_direct_launch(p: Any, dtype: str) -> Launch:
     total = p.N * p.C * p.H * p.W
-    blocks = max(1, min(_cdiv(total, 256), 1 << 20))
+    blocks = max(1, min(cdiv(total, 256), 1 << 20))
     args = [("ptr", "gy"), ("ptr", "w"), ("ptr", "gx")] + _bwd_scalars(p)
     return Launch("conv2d_backward_direct.cu", f"xdev_dgrad_direct_{DTYPE_SUFFIX[dtype]}", (blocks, 1, 1),
                   (256, 1, 1), 0, tuple(args))

@@ -17,12 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from xdev.contract import ConvParams, dgrad_as_forward
+from xdev.contract.shapes import cdiv
 
 from . import array as cla
 from .array import CLArray
 from .conv import choose, pad_input
 from .conv import conv2d as conv_forward
-from .gemm import cdiv, pack, pad3
+from .gemm import pack, pad3
 from .kernels import type_options
 from .protocol import KernelDevice
 

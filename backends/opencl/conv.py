@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from xdev.contract import F32, F64, ConvParams
+from xdev.contract.shapes import cdiv, check_int32, round_up
 
 from . import array as cla
 from .array import CLArray
-from .gemm import cdiv, check_index_range, pack, pack_gpu, roundup, xl_options, xl_valid
+from .gemm import INDEX_HINT, pack, pack_gpu, xl_options, xl_valid
 from .kernels import type_options
 from .protocol import KernelDevice
 
@@ -59,11 +60,9 @@ def conv2d(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: C
         p, dilation=(1 if p.kh == 1 else p.dilation[0], 1 if p.kw == 1 else p.dilation[1]),
         stride=(1 if p.Ho == 1 else p.stride[0], 1 if p.Wo == 1 else p.stride[1]))
     Hp, Wp = p.H + p.pad[0] + p.pad[1], p.W + p.pad[2] + p.pad[3]
-    check_index_range(
-        "conv2d", **{"padded H*W": Hp * Wp, "Ho*Wo": p.Ho * p.Wo, "Ho*Wp": p.Ho * Wp,
-                     "N*C": p.N * p.C, "N*O": p.N * p.O, "C/groups*kH*kW": p.K,
-                     "stride": max(p.stride), "dilation": max(p.dilation),
-                     "padding": max(p.pad)})
+    check_int32("conv2d on OpenCL", INDEX_HINT, **{
+        "padded H*W": Hp * Wp, "Ho*Wo": p.Ho * p.Wo, "Ho*Wp": p.Ho * Wp, "N*C": p.N * p.C, "N*O": p.N * p.O,
+        "C/groups*kH*kW": p.K, "stride": max(p.stride), "dilation": max(p.dilation), "padding": max(p.pad)})
     if algo == "direct" or p.K == 0:
         # (An empty reduction is the bias alone, whichever algorithm was asked for.)
         _direct(dev, x, w, bias, p, out)
@@ -150,7 +149,7 @@ def _xl(dev: KernelDevice, x, w, bias, p, out) -> None:
     t = xl_options(dev, dev.params["conv_xl"], x.dtype)
     t = narrow(dev, t, p.Og, 8 if x.dtype == F64 else 4)
     xp, Hp, Wp = pad_input(dev, x, p, slack=0)
-    Op, Kp = roundup(p.Og, t["MWG"]), roundup(p.K, t["KWG"])
+    Op, Kp = round_up(p.Og, t["MWG"]), round_up(p.K, t["KWG"])
     w, ks = _weights_matrix(dev, w)
     wk, _ = pack_gpu(dev, w, (p.groups,), (p.Og * w.strides[0],), w.strides[0], ks, p.Og, p.K, Op, Kp)
     koff = tap_offsets(dev, p, Hp, Wp, Kp)

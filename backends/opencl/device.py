@@ -15,6 +15,7 @@ import pyopencl.tools
 from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
 from xdev.contract import env
 from xdev.contract.kernel_cache import KernelCache
+from xdev.contract.shapes import round_up
 from . import array as cla
 from . import backward, conv, gemm, params, proof
 from .array import CLArray
@@ -384,7 +385,7 @@ class OpenCLDevice(Device):
         for j, idx in enumerate(np.ndindex(*lead) if lead else [()]):
             off = a.offset + sum(i * s for i, s in zip(idx, strides[: len(lead)]))
             self.launch("copy.cl", "copy_cast", type_options(a.dtype, dtype),
-                        (_round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
+                        (round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
                         np.int64(tail[1]), np.int64(tail[2]), np.int64(tail[3]),
                         *(np.int64(s) for s in tstr), np.int64(n))
         return out
@@ -392,7 +393,7 @@ class OpenCLDevice(Device):
     def fill(self, out: CLArray, value: float) -> None:
         real = np.float64 if out.dtype == F64 else np.float32
         self.launch("copy.cl", "fill", type_options(out.dtype, out.dtype),
-                    (_round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
+                    (round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
 
     def synchronize(self) -> None:
         self.queue.finish()
@@ -498,10 +499,6 @@ def kernel_family(is_cpu: bool) -> str:
     if v == "auto":
         return "cpu" if is_cpu else "gpu"
     return v
-
-
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
 
 
 def reset_tuning(selector: str | None, every: bool = False) -> list[tuple[str, str, Any]]:

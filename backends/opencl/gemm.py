@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from xdev.contract import F32, F64, broadcast_batch, matmul_shape
+from xdev.contract.shapes import cdiv, check_int32, round_up
 
 from . import array as cla
 from .array import CLArray
@@ -28,22 +29,9 @@ from .protocol import KernelDevice
 Strides = tuple[int, ...]
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-INT_MAX = 2**31 - 1  # the kernels index rows, columns and image planes with 32-bit int
-
-
-def check_index_range(op: str, **sizes: int) -> None:
-    """Refuse sizes past the kernels' 32-bit index type with a ValueError naming the limit."""
-    for name, v in sizes.items():
-        if int(v) > INT_MAX:
-            raise ValueError(
-                f"{op} on OpenCL: {name} = {int(v)} exceeds the kernels' 32-bit index limit "
-                f"({INT_MAX}); split the problem (e.g. a smaller batch or image), or run it on "
-                f"the numpy or cuda backend"
-            )
+# What to do about a size past the kernels' 32-bit index type (they index rows, columns and
+# image planes with int).
+INDEX_HINT = "split the problem (e.g. a smaller batch or image), or run it on the numpy or cuda backend"
 
 
 def family(dev: KernelDevice, M: int, N: int, K: int) -> str:
@@ -92,8 +80,8 @@ def matmul(dev: KernelDevice, a: CLArray, b: CLArray) -> CLArray:
                 full = batch + (K, N)
                 b = dev.astype(b.with_view(b.offset, full, astr_full(b, nb, batch)), dt)
                 shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
-            check_index_range("matmul", M=M, N=N, K=K, **{"M*N": M * N, "M*K": M * K, "K*N": K * N,
-                              "batch": int(np.prod(shape, dtype=np.int64))})
+            check_int32("matmul on OpenCL", INDEX_HINT, M=M, N=N, K=K, **{
+                "M*N": M * N, "M*K": M * K, "K*N": K * N, "batch": int(np.prod(shape, dtype=np.int64))})
             run = {"packed": _packed, "tiled": _tiled, "small": _small, "xl": _xl}[family(dev, M, N, K)]
             run(dev, a, b, out, M, N, K, shape, astr, bstr)
     return out.with_view(0, out_shape, cla.c_strides(out_shape))
@@ -191,10 +179,6 @@ def _tiled(dev: KernelDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: i
 XL_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "VWM", "VWN", "PAD", "DB")
 
 
-def roundup(n: int, m: int) -> int:
-    return cdiv(n, m) * m
-
-
 def xl_local_bytes(t: dict, itemsize: int) -> int:
     """Local memory of one xl work-group: A and B slices, padded, one or two buffers."""
     return (2 if t["DB"] else 1) * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["PAD"]) * itemsize
@@ -251,7 +235,7 @@ def pack_gpu(dev: KernelDevice, src: CLArray, shape, strides, rs: int, ks: int, 
 
 def _xl(dev: KernelDevice, a, b, out, M, N, K, shape, astr, bstr) -> None:
     t = xl_options(dev, dev.params["gemm_xl"], a.dtype)
-    Mp, Np, Kp = roundup(M, t["MWG"]), roundup(N, t["NWG"]), roundup(K, t["KWG"])
+    Mp, Np, Kp = round_up(M, t["MWG"]), round_up(N, t["NWG"]), round_up(K, t["KWG"])
     pa, pa_str = pack_gpu(dev, a, shape, astr, a.strides[-2], a.strides[-1], M, K, Mp, Kp)
     pb, pb_str = pack_gpu(dev, b, shape, bstr, b.strides[-1], b.strides[-2], N, K, Np, Kp)
     shape3, (pa3, pb3) = pad3(shape, pa_str, pb_str)

@@ -10,6 +10,7 @@ recording, larger shapes that cross tiles and channel chunks, TF32 staying off, 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 import xdev
-from cuda_sources import CU_FILES, kernel_names
+from cuda_sources import CU_FILES, kernel_names, source_text
 from reference import conv2d_ref, matmul_ref
 from strategies import values
 from tolerance import assert_agrees, assert_conv_agrees
@@ -43,6 +44,8 @@ def run_py(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_cu_files_exist_and_define_the_planned_kernels():
     assert {p.name for p in CU_FILES} >= {"im2col.cu", "conv2d_direct.cu"}
+    for p in CU_FILES:  # the prelude is common.cuh's alone (kernels.py prepends it)
+        assert "#define XDEV_KERNEL" not in p.read_text() and "typedef unsigned short xdev_half" not in p.read_text()
     defined = {name for p in CU_FILES for name in kernel_names(p)}
     for sfx in ("f16", "f32", "f64"):
         assert f"xdev_im2col_{sfx}" in defined
@@ -121,6 +124,11 @@ def find_nvrtc() -> tuple[ctypes.CDLL | None, str]:
     errors = []
     for c in cands:
         try:
+            # NVRTC opens libnvrtc-builtins by name at compile time: a wheel's copy beside it is
+            # not on the loader path, so load it first (the loader then finds it by its soname).
+            for b in sorted(glob.glob(os.path.join(os.path.dirname(c), "libnvrtc-builtins.so.*"))):
+                with contextlib.suppress(OSError):
+                    ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
             return ctypes.CDLL(c), c
         except OSError as e:
             errors.append(f"{c}: {e}")
@@ -157,11 +165,13 @@ def _entries(ptx: str) -> set[str]:
 
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_cu_file_compiles(cu, tmp_path):
-    """nvcc -std=c++17 -arch=sm_90 -ptx FILE.cu when nvcc is here, else NVRTC, else skip."""
+    """nvcc -std=c++17 -arch=sm_90 -ptx (common.cuh + FILE.cu) when nvcc is here, else NVRTC, else skip."""
     nvcc = find_nvcc()
     if nvcc:
+        src = tmp_path / cu.name  # common.cuh + the file, as the backend compiles it
+        src.write_text(source_text(cu))
         out = tmp_path / (cu.stem + ".ptx")
-        r = subprocess.run([nvcc, "-std=c++17", "-arch=sm_90", "-ptx", str(cu), "-o", str(out)],
+        r = subprocess.run([nvcc, "-std=c++17", "-arch=sm_90", "-ptx", str(src), "-o", str(out)],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"nvcc failed on {cu.name}:\n{r.stdout}\n{r.stderr}"
         ptx = out.read_text()
@@ -169,19 +179,19 @@ def test_cu_file_compiles(cu, tmp_path):
         lib, where = find_nvrtc()
         if lib is None:
             pytest.skip(f"neither nvcc nor NVRTC is available to compile {cu.name}: {where}")
-        status, log, ptx = nvrtc_compile(lib, cu.read_text(), cu.name, ["-std=c++17", "-arch=compute_90"])
+        status, log, ptx = nvrtc_compile(lib, source_text(cu), cu.name, ["-std=c++17", "-arch=compute_90"])
         assert status == 0, f"NVRTC failed on {cu.name}:\n{log}"
     assert set(kernel_names(cu)) <= _entries(ptx)
 
 
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_cu_file_compiles_with_nvrtc_as_cupy_does(cu):
-    """CuPy compiles with NVRTC (no headers, options -std=c++17): check that path on its own."""
+    """CuPy compiles with NVRTC (common.cuh + the file as one text, -std=c++17): that path on its own."""
     lib, where = find_nvrtc()
     if lib is None:
         pytest.skip(f"NVRTC is not available: {where}")
     for arch in ("compute_75", "compute_90"):
-        status, log, ptx = nvrtc_compile(lib, cu.read_text(), cu.name, ["-std=c++17", f"-arch={arch}"])
+        status, log, ptx = nvrtc_compile(lib, source_text(cu), cu.name, ["-std=c++17", f"-arch={arch}"])
         assert status == 0, f"NVRTC ({arch}) failed on {cu.name}:\n{log}"
         assert set(kernel_names(cu)) <= _entries(ptx)
 

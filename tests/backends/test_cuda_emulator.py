@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cuda_sources import CU_FILES, kernel_names, load
+from cuda_sources import CU_FILES, kernel_names, load, source_text
 from strategies import values
 from tolerance import assert_conv_agrees
 from xdev.contract import FLOAT_DTYPES as DTYPES
@@ -153,9 +153,11 @@ def emulator(tmp_path_factory):
     for cu in CU_FILES:
         table = " ".join(f"X({n})" for n in kernel_names(cu))
         exe = d / cu.stem
+        src = d / cu.name  # common.cuh + the file, as the backend compiles it
+        src.write_text(source_text(cu))
         r = subprocess.run(
             [cxx, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas",
-             f'-DXDEV_SOURCE="{cu}"', f"-DXDEV_TABLE={table}", str(d / "harness.cpp"), "-o", str(exe)],
+             f'-DXDEV_SOURCE="{src}"', f"-DXDEV_TABLE={table}", str(d / "harness.cpp"), "-o", str(exe)],
             capture_output=True, text=True, timeout=600,
         )
         if r.returncode != 0 and "barrier" in r.stderr and "No such file" in r.stderr:

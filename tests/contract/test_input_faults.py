@@ -90,15 +90,16 @@ def test_huge_dilation_and_stride_compute_where_they_change_nothing():
 
 
 def test_sizes_past_the_kernels_int32_are_a_value_error_naming_the_limit():
-    from xdev.backends.opencl.gemm import check_index_range
+    from xdev.contract.shapes import check_int32
 
-    with pytest.raises(ValueError, match=r"M\*N = 4294967296 exceeds the kernels' 32-bit index limit \(2147483647\)"):
-        check_index_range("matmul", **{"M*N": 2**32})
-    check_index_range("matmul", M=2**31 - 1)
+    with pytest.raises(ValueError, match=r"^matmul on X: M\*N = 4294967296 exceeds the kernels' 32-bit index limit "
+                                         r"\(2147483647\); the hint$"):
+        check_int32("matmul on X", "the hint", **{"M*N": 2**32})
+    check_int32("matmul on X", "the hint", M=2**31 - 1)
     x = np.ones((1, 1, 3, 3), "f4")
-    with pytest.raises(ValueError, match=r"padded H\*W = 12884901897 exceeds the kernels' 32-bit index limit"):
-        # Padding is applied: it cannot be normalized away.
-        xdev.conv2d(x, np.ones((1, 1, 1, 1), "f4"), padding=(0, 2**31), stride=(1, 2**31), backend=usable_backend("opencl"))
+    with pytest.raises(ValueError, match=r"padded H\*W = 4295360521 exceeds the kernels' 32-bit index limit"):
+        # Padding is applied: it cannot be normalized away (each side is within the contract's 2**31-1).
+        xdev.conv2d(x, np.ones((1, 1, 1, 1), "f4"), padding=2**15, stride=2**16, backend=usable_backend("opencl"))
 
 
 # -- diagnostic tools -------------------------------------------------------------------------

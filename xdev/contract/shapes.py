@@ -8,9 +8,30 @@ import numpy as np
 
 IntPair = Union[int, tuple[int, int]]
 
+# Kernels index with 32-bit int: a size past this must be refused before a launch.
+INT32_MAX = 2**31 - 1
 # The largest side of a padded conv2d input: after conv_params every stride, dilation and
 # padding is at most this, so kernels can take them as 32-bit ints.
-MAX_EXTENT = 2**31 - 1
+MAX_EXTENT = INT32_MAX
+
+
+def cdiv(a: int, b: int) -> int:
+    """How many blocks of ``b`` cover ``a`` (ceiling division of non-negative ints)."""
+    return -(-a // b)
+
+
+def round_up(n: int, m: int) -> int:
+    """``n`` rounded up to a multiple of ``m``."""
+    return cdiv(n, m) * m
+
+
+def check_int32(where: str, hint: str, **sizes: int) -> None:
+    """ValueError naming the first size past INT32_MAX: ``where`` says what ran ("matmul on
+    OpenCL"), ``hint`` how to get under the limit."""
+    for name, v in sizes.items():
+        if int(v) > INT32_MAX:
+            raise ValueError(f"{where}: {name} = {int(v)} exceeds the kernels' 32-bit index limit ({INT32_MAX}); "
+                             f"{hint}")
 
 
 @dataclass(frozen=True)
