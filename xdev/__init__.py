@@ -3,16 +3,35 @@
 Pick the backend with ``XDEV_BACKEND``, :func:`set_backend`, :func:`use_backend` or
 ``backend=``; compare them with ``python -m xdev.bench``. See docs/ for the contract.
 """
-import os as _os
 
-# Installed, setuptools maps backends/ to xdev/backends/. In a source checkout (running from
-# the repository root, or from a non-editable install shadowed by it) backends/ sits beside
-# xdev/: let the package look there too, so `import xdev.backends` works either way.
-_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_checkout, "backends", "__init__.py")) and not _os.path.isdir(
-    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")
-):
-    __path__.append(_checkout)  # noqa: F821 (the package's own __path__)
+
+def _map_checkout_backends() -> None:
+    """Make backends/ beside xdev/ the package xdev.backends when nothing else does.
+
+    An install maps backends/ to xdev.backends (an editable install's import finder does the
+    same). A source checkout on PYTHONPATH, or a checkout that shadows a non-editable install
+    (running from the repository root), has no such mapping: this maps that one folder, so
+    nothing else of the checkout (tests/, docs/) becomes part of the package.
+    """
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("xdev.backends") is not None:
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backends")
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location("xdev.backends", init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["xdev.backends"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    globals()["backends"] = module  # what the import system sets on the parent of a submodule it imports
+
+
+_map_checkout_backends()
+del _map_checkout_backends
 
 from ._array import Array  # noqa: E402
 from ._dlpack import from_dlpack
