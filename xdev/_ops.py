@@ -9,7 +9,7 @@ from ._array import Array
 from ._config import _context, default_device
 from .contract import IntPair, conv_params, matmul_shape
 from ._registry import get_device, opened_devices
-from .contract import DTYPES, DTYPES_TEXT, Device, is_exact
+from .contract import DTYPES, DTYPES_TEXT, Device, fork, is_exact
 
 
 
@@ -264,4 +264,5 @@ def synchronize(backend: str | None = None) -> None:
         get_device(backend).synchronize()
         return
     for dev in opened_devices():
-        dev.synchronize()
+        if not fork.inherited(dev.backend):  # (in a fork() child: nothing of this process's is queued there)
+            dev.synchronize()

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env
+from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env, fork
 from xdev.contract.device import DL_CUDA
 from xdev.contract.machine import cuda_peak_estimate
 
@@ -37,7 +37,11 @@ def _reason(e: BaseException) -> str:
 
 
 def _device_count() -> int:
-    return int(cupy.cuda.runtime.getDeviceCount())
+    """The number of GPUs: the backend's first call into CUDA (which opens the driver)."""
+    fork.check("cuda")  # BackendUnavailable in a fork() child of a process that had opened CUDA
+    n = int(cupy.cuda.runtime.getDeviceCount())
+    fork.driver_opened("cuda", "CUDA", "CUDA calls fail with an initialization error there")
+    return n
 
 
 def _props(index: int) -> dict[str, Any]:
@@ -51,6 +55,8 @@ def probe() -> BackendStatus:
     """Availability of the cuda backend; never raises."""
     try:
         n = _device_count()
+    except BackendUnavailable as e:  # a fork() child (contract/fork.py)
+        return BackendStatus(False, str(e), ())
     except Exception as e:  # CUDARuntimeError without a driver or GPU, and anything else
         return BackendStatus(False, f"{_cupy_label()} is installed but CUDA is not usable here: {_reason(e)}", ())
     if n == 0:
@@ -71,6 +77,8 @@ def open_device(selector: str | None) -> "CudaDevice":
     """The device for 'cuda:N' (selector 'N'; None is device 0)."""
     try:
         n = _device_count()
+    except BackendUnavailable:
+        raise
     except Exception as e:
         raise BackendUnavailable(
             f"the cuda backend is unavailable: {_cupy_label()} is installed but CUDA is not usable here "
@@ -179,6 +187,7 @@ class CudaDevice(Device):
                 staging.download_staged(self, src, out)
 
     def stager(self, slots: int) -> Any:
+        fork.check("cuda")
         return staging.CudaStager(self, slots)
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
@@ -202,6 +211,7 @@ class CudaDevice(Device):
             return data.reshape(shape)
 
     def synchronize(self) -> None:
+        fork.check("cuda")
         self._cp.synchronize()
 
     def elapsed(self, fn: Callable[[], Any], repeat: int) -> list[float]:
@@ -223,6 +233,7 @@ class CudaDevice(Device):
 
     # -- compute: gemm.py, conv.py, backward.py ---------------------------------------------------
     def matmul(self, a: Any, b: Any) -> Any:
+        fork.check("cuda")
         try:
             with self._cp:
                 return gemm.matmul(self, a, b)
@@ -256,6 +267,7 @@ class CudaDevice(Device):
 
     def _conv_call(self, op: str, algorithm: str, x: Any, w: Any, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on this device, CuPy's errors translated to xdev's (naming op and operands)."""
+        fork.check("cuda")
         try:
             with self._cp:
                 return fn(*args)

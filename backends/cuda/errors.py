@@ -7,10 +7,13 @@ from typing import Any, Callable
 
 import cupy
 
+from xdev.contract import fork
+
 
 @contextlib.contextmanager
 def guard(dev: Any, what: str) -> Iterator[None]:
     """Run on CudaDevice ``dev``; out-of-memory surfaces as MemoryError naming ``what``."""
+    fork.check("cuda")  # BackendUnavailable in a fork() child of a process that had opened CUDA
     with dev._cp:
         try:
             yield

@@ -13,7 +13,7 @@ import pyopencl as cl
 import pyopencl.tools
 
 from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
-from xdev.contract import env
+from xdev.contract import env, fork
 from xdev.contract.kernel_cache import KernelCache
 from xdev.contract.shapes import round_up
 from . import array as cla
@@ -53,8 +53,15 @@ def short_version(version: str) -> str:
     return core + (f", {llvm.group(0)}" if llvm else "")
 
 
-@lru_cache(maxsize=1)
 def candidates() -> tuple[Candidate, ...]:
+    """Every OpenCL device of every platform (enumerated once per process)."""
+    fork.check("opencl")  # BackendUnavailable in a fork() child of a process that enumerated them
+    return _candidates()
+
+
+@lru_cache(maxsize=1)
+def _candidates() -> tuple[Candidate, ...]:
+    fork.driver_opened("opencl", "OpenCL", "its calls block forever there")
     env.prepare_pocl()  # PoCL reads POCL_AFFINITY when the platforms are enumerated
     try:
         platforms = cl.get_platforms()
@@ -239,6 +246,7 @@ class OpenCLDevice(Device):
         return F64 if dtype == F64 else F32  # float16 is storage only: kernels compute in float
 
     def alloc(self, nbytes: int) -> Any:
+        fork.check("opencl")  # (so is every call below that reaches the driver: fork.py)
         if nbytes > self.max_alloc:
             raise MemoryError(
                 f"{self.key} ({self.name}): cannot allocate {nbytes} bytes in one buffer; the device "
@@ -307,6 +315,7 @@ class OpenCLDevice(Device):
     def launch(self, file: str, name: str, options: dict[str, int], global_size: tuple[int, ...],
                local_size: tuple[int, ...] | None, *args: Any) -> cl.Event:
         """Enqueue kernel `name` of `file` (built with `options`) on this device's queue."""
+        fork.check("opencl")
         k = self.kernel(file, name, options)
         # A cl.Kernel holds its arguments: setting them and enqueueing must not interleave
         # between threads that share this device.
@@ -324,6 +333,7 @@ class OpenCLDevice(Device):
     borrow = upload
 
     def download(self, a: CLArray) -> np.ndarray:
+        fork.check("opencl")
         if a.size == 0:
             return np.empty(a.shape, a.dtype)
         item = a.dtype.itemsize
@@ -340,6 +350,7 @@ class OpenCLDevice(Device):
         return np.array(view, copy=True)
 
     def download_into(self, a: CLArray, out: np.ndarray) -> None:
+        fork.check("opencl")
         if a.size and a.is_c_contiguous() and out.flags.c_contiguous and out.dtype == a.dtype:
             # Straight into the caller's memory: from pinned_empty, a DMA at full speed on GPUs.
             cl.enqueue_copy(self.queue, out, a.buf, src_offset=a.offset * a.dtype.itemsize, is_blocking=True)
@@ -348,12 +359,14 @@ class OpenCLDevice(Device):
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """Host memory of a mapped CL_MEM_ALLOC_HOST_PTR buffer (pinned on GPU drivers)."""
+        fork.check("opencl")
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         view = map_host_buffer(self, nbytes)
         return None if view is None else view.view(dtype).reshape(shape)
 
     def stager(self, slots: int) -> Any:
+        fork.check("opencl")
         return OpenCLStager(self, slots)
 
     # -- views and copies ---------------------------------------------------------------
@@ -396,6 +409,7 @@ class OpenCLDevice(Device):
                     (round_up(out.size, 64),), None, out.buf, real(value), np.int64(out.size))
 
     def synchronize(self) -> None:
+        fork.check("opencl")
         self.queue.finish()
         if self.pool.managed_bytes - self.pool.active_bytes > self.pool_cap:
             self.pool.free_held()

@@ -10,7 +10,8 @@ backend or the benchmark (see docs/architecture.md and tests/tools/test_layers.p
 - ``errors``: BackendUnavailable, KernelBuildError;
 - ``kernel_cache``: kernel sources with their line map, the memoizing build cache;
 - ``env``: every ``XDEV_*`` environment variable, read in one place;
-- ``machine``: what this host is (CPU, BLAS) and the table of peak rates.
+- ``machine``: what this host is (CPU, BLAS) and the table of peak rates;
+- ``fork``: the fork rule (a driver opened before fork() is unusable in the child).
 """
 from .device import BackendStatus, Device
 from .dtypes import BOOL, DTYPES, DTYPES_TEXT, EXACT_DTYPES, F16, F32, F64, FLOAT_DTYPES, INT_DTYPES, is_exact
