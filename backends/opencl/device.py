@@ -19,6 +19,7 @@ from xdev.contract.shapes import round_up
 from . import array as cla
 from . import backward, conv, gemm, params, proof
 from .array import CLArray
+from .host_memory import HostMemory
 from .kernels import build_program, type_options
 from .staging import OpenCLStager, map_host_buffer
 
@@ -215,6 +216,8 @@ class OpenCLDevice(Device):
         self.max_alloc = int(cand.device.max_mem_alloc_size)
         self.global_mem = int(cand.device.global_mem_size)
         self.pool_cap = env.opencl_pool_cap(self.global_mem)
+        # A CPU device's memory is the process's: checked against its real limits (host_memory.py).
+        self.host_memory = HostMemory(f"{self.key} ({self.name})") if self.is_cpu else None
         self._peak: dict[np.dtype, float] = {}
         # Conv tap-offset tables per geometry (conv.tap_offsets): they live and go with the device.
         self.conv_offsets: dict[tuple, CLArray] = {}
@@ -247,6 +250,7 @@ class OpenCLDevice(Device):
 
     def alloc(self, nbytes: int) -> Any:
         fork.check("opencl")  # (so is every call below that reaches the driver: fork.py)
+        self.check_host_memory(nbytes)
         if nbytes > self.max_alloc:
             raise MemoryError(
                 f"{self.key} ({self.name}): cannot allocate {nbytes} bytes in one buffer; the device "
@@ -273,6 +277,12 @@ class OpenCLDevice(Device):
         if pool.managed_bytes - pool.active_bytes > self.pool_cap:
             pool.free_held()  # held (freed, kept for reuse) bytes stay under the cap
         return buf
+
+    def check_host_memory(self, nbytes: int) -> None:
+        """On a CPU device, MemoryError if ``nbytes`` more would pass one of the process's
+        memory limits (before PoCL, which aborts); nothing on a GPU."""
+        if self.host_memory is not None:
+            self.host_memory.check(nbytes, self.pool.free_held)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> CLArray:
         shape = tuple(int(n) for n in shape)
@@ -362,6 +372,7 @@ class OpenCLDevice(Device):
         fork.check("opencl")
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.check_host_memory(nbytes)
         view = map_host_buffer(self, nbytes)
         return None if view is None else view.view(dtype).reshape(shape)
 
