@@ -17,7 +17,7 @@ import numpy as np
 from ._array import Array
 from ._config import _context
 from ._registry import get_device
-from .contract import Device
+from .contract import DTYPES_TEXT, Device
 from .contract.device import DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST
 
 _HOST = (DL_CPU, DL_CUDA_HOST, DL_ROCM_HOST, DL_CUDA_MANAGED)
@@ -156,7 +156,7 @@ def _reading(obj: Any) -> Iterator[None]:
                     "to float16 may overflow: bfloat16 has float32's range)")
         raise TypeError(
             f"xdev.from_dlpack: the producer's dtype {dtype} cannot be read ({e}); xdev computes in "
-            f"float16, float32 or float64: convert it first ({hint})"
+            f"{DTYPES_TEXT}: convert it first ({hint})"
         ) from e
 
 
