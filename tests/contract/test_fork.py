@@ -126,3 +126,11 @@ def test_cuda_follows_the_same_rule(opened_in_parent):
     else:
         assert r == {"upload": "ok", "available_backends": "available", "numpy backend": "ok",
                      "synchronize()": "ok"}, r
+
+
+def test_cuda_on_a_gpu_in_a_fork_child_is_refused():
+    require("cuda")  # the real CuPy and driver (skipped without a GPU)
+    r = _in_fork_child("cuda", INHERITED, INHERITED_CHECKS)
+    _assert_refused(r, ["download an inherited array", "compute with inherited arrays",
+                        "upload to the inherited device", "synchronize the inherited device",
+                        "available_backends"], "cuda")
