@@ -109,7 +109,8 @@ EOF
     echo "dry run: running the CUDA tests with the default backend instead (no GPU here)"
     step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env "${tune_env[@]}" XDEV_HYPOTHESIS_PROFILE=ci \
       "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py \
-      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_tuning.py
+      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_cudnn_tune.py \
+      tests/backends/test_cuda_cudnn_conv.py tests/backends/test_cuda_gemm_plan.py tests/backends/test_cuda_device_cublas.py
   else
     step "pytest (XDEV_BACKEND=cuda)" 200 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
       XDEV_HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"

@@ -1,5 +1,5 @@
 """The numeric mode decides cuDNN's algorithm set (no GPU: the fake frontend and fake CuPy of
-test_cuda_tuning.py). Strict float32 and float64 stay strict; TF32 and float16 allow Winograd/FFT
+test_cuda_cudnn_conv.py). Strict float32 and float64 stay strict; TF32 and float16 allow Winograd/FFT
 by default; ``XDEV_CUDNN_FAST`` forces them on (``1``) or off (``0``) in every mode.
 """
 from __future__ import annotations
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from strategies import values
-from test_cuda_tuning import _check, _fa, _params, fake_cuda, spec, tune  # noqa: F401 (fake_cuda: a fixture)
+from cuda_fakes import as_fa
+from test_cuda_cudnn_conv import _check, _params, fake_cuda  # noqa: F401 (fake_cuda: a fixture)
+from test_cuda_cudnn_tune import spec, tune
 
 from xdev.contract import env
 
@@ -74,7 +76,7 @@ def test_the_numeric_mode_decides_the_plan_cudnn_conv_runs(fake_cuda, monkeypatc
     xs, ws = (2, 3, 6, 5), (4, 3, 3, 3)
     x, w = values(1, xs, dtype), values(2, ws, dtype)
     conv = mod.CudnnConv(0, (9, 0), "Fake H100")
-    y = conv.conv2d(_fa(x), _fa(w), None, _params(xs, ws))
+    y = conv.conv2d(as_fa(x), as_fa(w), None, _params(xs, ws))
     _check(y, x, w, None, dtype)
     ex = conv.last
     assert {ex.choice.name} == engines
@@ -90,7 +92,7 @@ def test_the_switch_is_part_of_the_key(fake_cuda, monkeypatch):
     mod, fe, _cp = fake_cuda
     fe.table = MODE_TABLE
     xs, ws = (1, 3, 5, 5), (2, 3, 3, 3)
-    x, w = _fa(values(3, xs, np.float16)), _fa(values(4, ws, np.float16))
+    x, w = as_fa(values(3, xs, np.float16)), as_fa(values(4, ws, np.float16))
     conv = mod.CudnnConv(0, (9, 0), "Fake H100")
     conv.conv2d(x, w, None, _params(xs, ws))
     assert conv.last.choice.name == "wino_nhwc"
