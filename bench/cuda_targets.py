@@ -1,4 +1,4 @@
-"""Issue 11's targets on one NVIDIA GPU, xdev against torch (and CuPy) in one process, interleaved.
+"""The CUDA targets on one NVIDIA GPU: xdev against torch (and CuPy) in one process, interleaved.
 
     python bench/cuda_targets.py [--out DIR] [--budget-s 240] [--dry-run]
 

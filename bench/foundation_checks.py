@@ -1,4 +1,4 @@
-"""Two measurements the foundation issue asks for, each a ratio within one process.
+"""Two measurements of the NumPy backend's cost, each a ratio within one process.
 
 1. NumPy-backend conv2d over VGG-16's 13 convolution layers (batch 1, float32) against
    PyTorch's CPU conv2d (torch is a measuring stick here, not an xdev dependency:

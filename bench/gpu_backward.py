@@ -1,6 +1,6 @@
 """cuDNN forward + backward through xdev against PyTorch autograd, VGG-16 conv layers, on one GPU.
 
-Target (issue 14): xdev's ``cudnn`` forward + backward takes at most 1/0.8 of torch's time on
+Target: xdev's ``cudnn`` forward + backward takes at most 1/0.8 of torch's time on
 the same shapes, i.e. ``torch_ms / xdev_ms >= 0.8`` over the 13 layers. Both sides run the same
 work per layer: y = conv2d(x, w, b, padding=1); then grad_x, grad_w, grad_bias for an upstream
 gradient dy. Per layer the two sides are timed interleaved (xdev, torch, xdev, ...) with CUDA

@@ -116,7 +116,7 @@ EOF
       XDEV_HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"
   fi
 
-  # -- issue 11's targets: xdev vs torch (and CuPy), interleaved in one process ------------------
+  # -- the CUDA targets: xdev vs torch (and CuPy), interleaved in one process --------------------
   # A fresh plan cache, so the first calls show the search cost.
   if [ $DRY = 1 ]; then
     step "cuda targets (dry run)" 60 "$PY" bench/cuda_targets.py --dry-run --out "$RES"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA vs OpenCL on one NVIDIA GPU (issue 12): tune xdev's OpenCL GPU kernels within a bounded
+# CUDA vs OpenCL on one NVIDIA GPU: tune xdev's OpenCL GPU kernels within a bounded
 # time, check them on NVIDIA's OpenCL driver, then time float32 GEMM 2048^3/4096^3 (cuBLAS,
 # xdev OpenCL, CLBlast) and VGG-16 at batch 16 (cuDNN strict fp32, OpenCL gemm and direct)
 # interleaved in one process, and print the targets. About 5 minutes on an H100.

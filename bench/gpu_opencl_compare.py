@@ -1,4 +1,4 @@
-"""CUDA vs OpenCL on one GPU, in one process with the sides interleaved (issue 12's targets).
+"""CUDA vs OpenCL on one GPU, in one process with the sides interleaved, and the targets for OpenCL.
 
     python bench/gpu_opencl_compare.py --json results.json            # on the GPU machine
     python bench/gpu_opencl_compare.py --sizes 256 --image 32 --batch 1 --repeat 2   # any machine
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                        "total_ms": {k: v * 1e3 for k, v in totals.items()}, "auto": auto_algos}
     print("VGG-16 totals: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in totals.items()))
 
-    # -- the issue's targets ------------------------------------------------------------------
+    # -- the targets -------------------------------------------------------------------------
     def target(name: str, value: float | None, goal: str, ok: bool | None, note: str = "") -> None:
         report["targets"].append({"check": name, "value": value, "goal": goal, "met": ok, "note": note})
         shown = "n/a" if value is None or value != value else f"{value:.3f}"

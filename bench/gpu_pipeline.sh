@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13 on a machine with one NVIDIA GPU (no network): the prefetch/pipeline tests on CUDA,
+# The input pipeline on one NVIDIA GPU (no network): the prefetch/pipeline tests on CUDA,
 # the benchmark's pipeline and transfer ops on CUDA, and pinned downloads beside torch's
 # where torch is installed. Run from the repository root; results go to $OUT (the device
 # tool's folder) or bench/results/. Whole script < 6 min.

@@ -3,7 +3,7 @@
     python bench/lecture_figures.py
 
 reads bench/results/cpu-zen5-2026-11-26.json (the CPU run) and
-bench/results/h100-b940c8a-quoted.json (the H100 figures quoted in issues 11-13, code at
+bench/results/h100-b940c8a-quoted.json (H100 figures as quoted when measured, code at
 b940c8a) and writes bench/results/lecture-claims.png.
 """
 from __future__ import annotations

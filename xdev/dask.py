@@ -51,7 +51,7 @@ __all__ = ["matmul", "conv2d", "local_cluster", "COMPUTE_CONFIG"]
 # a 2-thread GEMM in the client's process ran 5-10% slower beside it. Those four give up
 # diagnostics, not scheduling. The fifth gives the workers glibc's own malloc, as every other
 # Python process has: Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also fixes
-# glibc's mmap threshold at 128 KiB, so every received block, panel and product was a fresh
+# glibc's mmap threshold at 128 KiB, so every received block, panel and product is a fresh
 # mmap, page-faulted and zeroed (docs/dask.md). Read-only: it is local_cluster's default.
 COMPUTE_CONFIG: Mapping[str, Any] = MappingProxyType({
     # the statistical profiler's stack sample of every worker thread, every 10 ms (the
@@ -216,8 +216,8 @@ def _block_matmul(a: np.ndarray, b: np.ndarray, backend: str | None, part_dtype:
 # The K blocks of one output block are copied side by side into two panels that each worker
 # thread keeps, so the block is one xdev.matmul with its full K: one upload, one product and
 # one download on a GPU, and on the CPU no fresh memory per partial product. Dask's workers
-# trim malloc's heap (MALLOC_TRIM_THRESHOLD_), so every 4 MiB partial product was a fresh
-# mmap, page-faulted in while the worker's other thread received blocks: on 2 CPU workers,
+# trim malloc's heap (MALLOC_TRIM_THRESHOLD_), so every 4 MiB partial product would be a
+# fresh mmap, page-faulted in while the worker's other thread received blocks: on 2 CPU workers,
 # 4096^2 in 1024^2 chunks, that cost 5-10% of the run (docs/dask.md). The panels of one
 # thread are capped at PANEL_BYTES; K blocks beyond that go in further groups.
 PANEL_BYTES = 64 << 20

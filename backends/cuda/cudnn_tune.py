@@ -11,11 +11,10 @@ rules forbid deselected; the first ``limit`` plans that build, in heuristic orde
 candidates. Every candidate is timed as the whole call, layout conversions and the bias
 kernel included, and the fastest is kept, in memory and on disk.
 
-Why ``XDEV_CUDNN_FAST=1`` changed nothing before: the benchmark passes a bias, and xdev only
-ever built the fused conv + bias graph when one existed. cuDNN has no Winograd/FFT engine
-for a fused conv + bias graph, so the switch had nothing to allow; Winograd is only in the
-heuristic list of the conv-only graph, which xdev never tried once the fused one built. The
-autotuner now tries both graphs, so the switch reaches the conv-only Winograd engines.
+Why both graphs with a bias: cuDNN has no Winograd or FFT engine for a fused conv + bias
+graph; those engines are only in the heuristic list of the conv-only graph. Trying the
+conv-only graph with a separate bias kernel as well is what lets a numeric mode that allows
+Winograd/FFT reach them.
 """
 from __future__ import annotations
 

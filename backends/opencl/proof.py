@@ -50,8 +50,8 @@ timeout_s = env.opencl_proof_timeout
 # Unless XDEV_OPENCL_PROOF_TIMEOUT fixes it, a step is hung after STEP_FACTOR times the
 # slowest step the child has finished (its first includes starting Python and OpenCL), at
 # least STEP_FLOOR_S and at most env.DEFAULT_OPENCL_PROOF_TIMEOUT (before any step
-# finished). Steps take 0.3-1.4 s on a 2-core EPYC; pip's PoCL hangs at width 16 on it,
-# and every fresh machine (CI's included) waited the whole 60 s for that.
+# finished). Steps take 0.3-1.4 s on a 2-core EPYC, where pip's PoCL hangs at width 16: a
+# fixed 60 s limit would make every proof of that device wait the whole minute.
 STEP_FLOOR_S = 15.0
 STEP_FACTOR = 10.0
 

@@ -5,10 +5,12 @@ reaches a backend only through ``xdev._registry``. Nothing here imports the core
 backend or the benchmark (see docs/architecture.md and tests/tools/test_layers.py).
 
 - ``device``: the Device interface every backend implements, BackendStatus;
-- ``shapes``: matmul shapes (NumPy rules), conv2d parameters (PyTorch rules), ConvParams;
+- ``shapes``: matmul shapes (NumPy rules), conv2d parameters (PyTorch rules), ConvParams,
+  and the kernels' integer helpers (cdiv, round_up, check_int32);
 - ``dtypes``: the dtypes xdev computes in (NumPy's promotion; integers exact, wrapping);
 - ``errors``: BackendUnavailable, KernelBuildError;
 - ``kernel_cache``: kernel sources with their line map, the memoizing build cache;
+- ``json_store``: the versioned, checked, atomic JSON file behind every cache on disk;
 - ``env``: every ``XDEV_*`` environment variable, read in one place;
 - ``machine``: what this host is (CPU, BLAS) and the table of peak rates;
 - ``fork``: the fork rule (a driver opened before fork() is unusable in the child).
