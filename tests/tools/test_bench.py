@@ -359,7 +359,7 @@ def test_an_explicit_image_size_reaches_the_pipeline_op(monkeypatch):
         assert seen["image"] == want, argv
     assert cli.parse([]).image == 224
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "--image", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--image must be at least 1" in r.stderr
+    assert r.returncode == 2 and "argument --image: expects a positive integer" in r.stderr
 
 
 class TuneDevice:
@@ -449,3 +449,61 @@ def test_pipeline_target_verdict_is_noise_aware():
     # a prefetched step of 10.3 +- 14 ms (a spread larger than the median) proves nothing
     assert target_verdict(10.3, 14.2, 16.8, 28.9) == "within noise"
     assert target_verdict(14.0, 6.0, 10.0, 0.2) == "within noise"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--sizes", "abc"], "--sizes: expects comma-separated positive integers"),
+    (["--sizes=-5"], "--sizes: expects comma-separated positive integers"),
+    (["--sizes", "256,0"], "'0' not one"),
+    (["--batch=-1"], "--batch: expects a positive integer (e.g. 16); received '-1'"),
+    (["--batch", "x"], "--batch: expects a positive integer"),
+    (["--repeat", "0"], "--repeat: expects a positive integer"),
+    (["--image", "0"], "--image: expects a positive integer"),
+])
+def test_cli_bad_numbers_are_clear_errors(args, says):
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "--backends", "numpy", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_checks_output_paths_before_measuring(tmp_path):
+    """A path that cannot be written fails at once (exit 2, nothing measured, no file left)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    cases = [(["--json", str(tmp_path / "missing" / "r.json")], "does not exist"),
+             (["--json", str(tmp_path)], "that is a folder"),
+             (["--json", str(plain / "r.json")], "does not exist"),
+             (["--plot", str(tmp_path / "missing" / "r.png")], "does not exist"),
+             (["--plot", str(tmp_path / "r.nosuchformat")], "not one matplotlib writes")]
+    for extra, says in cases:
+        r = subprocess.run([sys.executable, "-m", "xdev.bench", "--backends", "numpy", "--ops", "matmul",
+                            "--sizes", "8", "--repeat", "1", *extra], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert "matmul (C = A @ B" not in r.stdout  # nothing was measured
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt"]  # the check leaves nothing behind
+    from xdev.bench.cli import check_output
+
+    good = tmp_path / "ok.json"
+    assert check_output("--json", str(good)) is None and not good.exists()
+    assert check_output("--json", str(plain)) is None and plain.read_text() == "x"  # untouched
+
+
+def test_compare_refuses_deep_or_malformed_json(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SystemExit, match="nests its JSON too deeply"):
+        compare.main([str(deep), str(deep)])
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps({"results": [{"op": "matmul"}]}))
+    with pytest.raises(SystemExit, match=r"results\[0\] lacks shape"):
+        compare.main([str(rows), str(rows)])
+    rows.write_text(json.dumps({"results": [7]}))
+    with pytest.raises(SystemExit, match=r"results\[0\] lacks op"):
+        compare.main([str(rows), str(rows)])
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\xff\xfe{")
+    with pytest.raises(SystemExit, match="is not JSON"):
+        compare.main([str(bad), str(bad)])
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "compare", str(deep), str(deep)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "too deeply" in r.stderr and "Traceback" not in r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ def _matmul(a: argparse.Namespace) -> list[Workload]:
     sizes = wl.MATMUL_SIZES_QUICK if a.quick else wl.MATMUL_SIZES
     out = []
     if a.sizes:
-        sizes = [int(x) for x in a.sizes.split(",")]
+        sizes = a.sizes
     for n in sizes:
         out.append(Workload("matmul", f"matmul {n}", matmul_case(a.settings, n, n, n, "square")))
     from .clblast_rows import clblast_row, clblast_unavailable
@@ -96,6 +97,67 @@ OPS: dict[str, Callable[[argparse.Namespace], list[Workload]]] = {
 DEFAULT_OPS = ("matmul", "conv2d", "transfer", "pipeline")  # backward (training) is opt-in: it triples the conv time
 
 
+def _positive(example: str) -> Callable[[str], int]:
+    """argparse type: a positive integer, or an error (argparse names the flag) that says
+    what was received."""
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"expects a positive integer (e.g. {example}); "
+                                             f"received {text!r}")
+        return v
+    return conv
+
+
+def _sizes(text: str) -> list[int]:
+    """argparse type of --sizes: comma-separated positive integers."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in parts if not t.isdigit() or int(t) < 1]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(
+            f"expects comma-separated positive integers, the n of n x n x n matmuls "
+            f"(e.g. --sizes 256,1024); received {text!r}" + (f" ({', '.join(map(repr, bad))} not one)" if bad else ""))
+    return [int(t) for t in parts]
+
+
+def check_output(flag: str, path: str) -> str | None:
+    """Why ``path`` cannot be written (checked before anything is measured), or None.
+
+    A real open, not os.access: root passes os.access on a read-only mount's files."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{flag} {path}: that is a folder; give a file name, e.g. {Path(path) / ('out' + target.suffix)}"
+    if not target.parent.is_dir():
+        return (f"{flag} {path}: the folder {str(target.parent)!r} does not exist; create it first "
+                f"(mkdir -p {target.parent}) or give another path")
+    existed = target.exists()
+    try:
+        with open(target, "ab"):
+            pass
+    except OSError as e:
+        return f"{flag} {path}: cannot write there ({e.strerror}); give a path in a writable folder"
+    if not existed:
+        target.unlink()
+    return None
+
+
+def check_plot_format(path: str) -> str | None:
+    """Why matplotlib cannot write ``path`` (its suffix names the format), or None."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return 'python -m xdev.bench --plot needs matplotlib: pip install "xdev[bench]"'
+    kinds = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in kinds:
+        return (f"--plot {path}: the file name's suffix chooses the image format, and {suffix or '(none)'!r} "
+                f"is not one matplotlib writes; use e.g. .png ({', '.join(sorted(kinds))})")
+    return None
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xdev.bench", description=__doc__,
                                 epilog="python -m xdev.bench compare A.json B.json [...] [--plot F.png]: "
@@ -107,19 +169,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "passes interleaved; default: matmul,conv2d,transfer,pipeline)")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     p.add_argument("--quick", action="store_true", help="fewer sizes, one conv algorithm per device, shorter timing")
-    p.add_argument("--repeat", type=int, help="fixed number of timed repeats (default: adaptive, at least 3)")
-    p.add_argument("--sizes", help="comma-separated n for the n x n x n matmul sweep (only these)")
-    p.add_argument("--image", type=int, help="VGG-16 input size (default 224, the real network; the pipeline op's "
+    p.add_argument("--repeat", type=_positive("5"), help="fixed number of timed repeats (default: adaptive, at least 3)")
+    p.add_argument("--sizes", type=_sizes, help="comma-separated n for the n x n x n matmul sweep (only these)")
+    p.add_argument("--image", type=_positive("224"), help="VGG-16 input size (default 224, the real network; the pipeline op's "
                    "CPU batch is 112 unless --image is given)")
-    p.add_argument("--batch", type=int, help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
+    p.add_argument("--batch", type=_positive("16"), help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
     p.add_argument("--reference", choices=["torch"], help="add PyTorch's matmul and conv2d as yardstick rows")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers "
                    "(and FILE-pipeline.png: the pipeline timeline)")
-    p.add_argument("--dask", type=int, metavar="N",
+    p.add_argument("--dask", type=_positive("2"), metavar="N",
                    help="xdev.dask on N local workers vs one process: blocked matmul (--sizes n, --dask-chunk c) "
                         "and VGG-16 conv (--batch, --image); needs xdev[dask]")
-    p.add_argument("--dask-chunk", type=int, metavar="C", help="--dask matmul chunk edge (default n/4)")
+    p.add_argument("--dask-chunk", type=_positive("1024"), metavar="C", help="--dask matmul chunk edge (default n/4)")
     p.add_argument("--dask-defaults", action="store_true",
                    help="--dask with Dask's own configuration, not xdev.dask.COMPUTE_CONFIG (docs/dask.md)")
     a = p.parse_args(argv)
@@ -127,14 +189,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.image_given = a.image is not None
     if a.image is None:
         a.image = 224
-    elif a.image < 1:
-        p.error(f"--image must be at least 1; received {a.image}")
     a.ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     bad = [o for o in a.ops if o not in OPS]
     if bad:
         p.error(f"unknown op(s) {', '.join(bad)}; choose from {', '.join(OPS)}")
-    if a.repeat is not None and a.repeat < 1:
-        p.error("--repeat must be at least 1")
+    # Output paths are checked now: a run must not measure for minutes and then fail to save.
+    for flag, path in (("--json", a.json), ("--plot", a.plot)):
+        why = path and (check_output(flag, path) or (flag == "--plot" and check_plot_format(path)))
+        if why:
+            p.error(why)
     return a
 
 

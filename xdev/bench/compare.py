@@ -16,8 +16,12 @@ from .meta import schema_version
 from .noise import fmt_ratio, ratio
 
 
+ROW_KEYS = ("op", "shape", "dtype", "device", "algorithm", "median_s", "spread_s")
+
+
 def row_key(r: dict[str, Any]) -> tuple:
-    return (r["op"], r.get("layer") or "", r["shape"], r["dtype"], r["device"], r["algorithm"])
+    # str(): a hand-edited file's list or number in a key field must not make the key unhashable
+    return tuple(str(x) for x in (r["op"], r.get("layer") or "", r["shape"], r["dtype"], r["device"], r["algorithm"]))
 
 
 def load(path: str) -> dict[str, Any]:
@@ -25,12 +29,23 @@ def load(path: str) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except OSError as e:
         raise SystemExit(f"compare: cannot read {path}: {e}") from None
-    except ValueError as e:
+    except ValueError as e:  # UnicodeDecodeError too
         raise SystemExit(f"compare: {path} is not JSON ({e}); expected a file written by "
                          "python -m xdev.bench --json") from None
+    except RecursionError:
+        raise SystemExit(f"compare: {path} nests its JSON too deeply to read (thousands of levels); "
+                         "expected a file written by python -m xdev.bench --json") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise SystemExit(f"compare: {path} has no 'results' list; expected a file written by "
                          "python -m xdev.bench --json")
+    for i, r in enumerate(doc["results"]):
+        missing = [k for k in ROW_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise SystemExit(f"compare: {path}: results[{i}] lacks {', '.join(missing)}; every row of a "
+                             "python -m xdev.bench --json file has " + ", ".join(ROW_KEYS))
+        if not all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool) for k in ("median_s", "spread_s")):
+            raise SystemExit(f"compare: {path}: results[{i}] has a non-numeric median_s or spread_s "
+                             f"({r['median_s']!r}, {r['spread_s']!r})")
     return doc
 
 

@@ -253,16 +253,14 @@ def _cluster_config(client: Any, keys: Any) -> dict[str, Any]:
 def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Entry point for ``python -m xdev.bench --dask N`` (options parsed by xdev.bench.cli)."""
     da, distributed, xd = _needs()
-    n_workers = int(a.dask)
-    if n_workers < 1:
-        raise SystemExit("--dask N needs N >= 1 workers")
+    n_workers = a.dask  # cli.parse checked N >= 1
     spec = (a.backends or "numpy").split(",")[0].strip()
     dev = get_device(spec)
     dtype = np.dtype(a.dtype)
     dev.check_dtype(dtype)
     repeats = a.repeat or 5
     dask_config: dict[str, Any] = {} if a.dask_defaults else dict(xd.COMPUTE_CONFIG)
-    size = int(a.sizes.split(",")[0]) if a.sizes else (1024 if a.quick else 4096)
+    size = a.sizes[0] if a.sizes else (1024 if a.quick else 4096)
     chunk = a.dask_chunk or max(1, size // 4)
     image = a.image if not a.quick else min(a.image, 56)
     batch = a.batch or 2 * n_workers
