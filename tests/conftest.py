@@ -20,7 +20,11 @@ settings.register_profile("thorough", max_examples=400, **_common)
 settings.load_profile(os.environ.get("XDEV_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=BACKEND_NAMES, scope="session")
+# XDEV_TEST_BACKENDS=a,b: the `device` fixture covers only these registered backends.
+_ONLY = {b.strip() for b in os.environ.get("XDEV_TEST_BACKENDS", "").split(",") if b.strip()}
+
+
+@pytest.fixture(params=[b for b in BACKEND_NAMES if not _ONLY or b in _ONLY], scope="session")
 def device(request):
     """Each registered backend's default device, skipped with its reason when unavailable."""
     return require(request.param)

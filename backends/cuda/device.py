@@ -11,7 +11,7 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import F16, F32, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env, fork
+from xdev.contract import F16, F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env, fork
 from xdev.contract.device import DL_CUDA
 from xdev.contract.machine import cuda_peak_estimate
 
@@ -103,6 +103,7 @@ class CudaDevice(Device):
     backend = "cuda"
     is_cpu = False
     xp = cupy  # the array module conv.py and backward.py allocate with
+    matmul_library = "cuBLAS"
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -114,6 +115,7 @@ class CudaDevice(Device):
         mod, why = frontend()
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
+        self.library_algorithms = ("cudnn",) if mod is not None else ()
         self.cudnn = CudnnConv(index, self.cc, self.name)
         self._cudnn_bwd: CudnnBackward | None = None  # made on first use
         self._tls = threading.local()  # this thread's cuBLAS handle (cublas.handle)
@@ -277,6 +279,12 @@ class CudaDevice(Device):
             if err is e:
                 raise
             raise err from e
+
+    def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
+        """cuBLAS's compute type for ``dtype`` (as matmul chooses it: TF32 only when asked for)."""
+        dtype = np.dtype(dtype)
+        tf32 = dtype == F32 and self.cc >= (8, 0) and env.cuda_tf32()
+        return {"numeric_mode": {F16: "fp16", F64: "fp64"}.get(dtype, "tf32" if tf32 else "strict-fp32")}
 
     def conv_numerics(self, algorithm: str, dtype: np.dtype) -> dict[str, Any]:
         """The numerics a conv2d of ``algorithm`` just ran with (the benchmark's honesty columns)."""

@@ -23,6 +23,14 @@ def clblast_unavailable(dev) -> str | None:
     return clblast.unavailable_reason()
 
 
+def clblast_rows(dev, s: Settings, sizes: list[int]) -> list[dict[str, Any]]:
+    """The square sweep by CLBlast on an OpenCL GPU where the library is installed, else none.
+    GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3)."""
+    if dev.is_cpu or s.dtype.name not in ("float32", "float64") or clblast_unavailable(dev) is not None:
+        return []
+    return [clblast_row(dev, s, n, n, n) for n in sizes]
+
+
 def clblast_row(dev, s: Settings, M: int, K: int, N: int) -> dict[str, Any]:
     from xdev.backends.opencl import clblast
 

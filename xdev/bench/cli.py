@@ -17,9 +17,10 @@ from . import pipeline
 from . import workloads as wl
 from .meta import SCHEMA, run_block
 from .noise import sample_load, summarize_load
-from .reference import reference_devices
+from .reference import REFERENCES
 from .run import (Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case, run_workload,
                   transfer_case)
+from .sides import DeviceSide, Side
 from .verdict import verdicts
 
 
@@ -31,15 +32,9 @@ def _matmul(a: argparse.Namespace) -> list[Workload]:
         sizes = a.sizes
     for n in sizes:
         out.append(Workload("matmul", f"matmul {n}", matmul_case(a.settings, n, n, n, "square")))
-    from .clblast_rows import clblast_row, clblast_unavailable
+    from .clblast_rows import clblast_rows
 
-    def clblast(dev) -> list[dict[str, Any]]:
-        # GPUs only: CLBlast's untuned CPU kernels ran at ~1 GFLOP/s on PoCL (minutes per 4096^3).
-        if (dev.backend == "opencl" and not dev.is_cpu and clblast_unavailable(dev) is None
-                and a.settings.dtype.name in ("float32", "float64")):
-            return [clblast_row(dev, a.settings, n, n, n) for n in sizes]
-        return []
-    out.append(Workload("matmul", "matmul clblast", direct=clblast))
+    out.append(Workload("matmul", "matmul clblast", direct=lambda dev: clblast_rows(dev, a.settings, sizes)))
     if not a.sizes:  # --sizes names exactly the sizes to run; the skinny row comes with the default sweep
         M, K, N = wl.SKINNY_QUICK if a.quick else wl.SKINNY
         out.append(Workload("matmul", f"matmul {M}x{K}x{N}", matmul_case(a.settings, M, K, N, "skinny")))
@@ -47,13 +42,13 @@ def _matmul(a: argparse.Namespace) -> list[Workload]:
 
 
 def _conv2d(a: argparse.Namespace) -> list[Workload]:
-    def algorithms(dev) -> list[str]:
-        return ["auto"] if a.quick else list(dev.conv_algorithms)
+    def algorithms(side: Side) -> list[str]:
+        return ["auto"] if a.quick else list(side.conv_algorithms)
 
     def layer(i: int):
         # Batch per device: 1 on CPUs, 16 (the lecture's) on GPUs; the devices' calls of one
         # layer are still interleaved, and ratios compare throughput.
-        return lambda dev: wl.vgg16(a.batch or (1 if dev.is_cpu else 16), a.image)[i]
+        return lambda side: wl.vgg16(a.batch or (1 if side.is_cpu else 16), a.image)[i]
 
     return [Workload("conv2d", f"conv2d {name}", conv_case(a.settings, layer(i), algorithms))
             for i, (name, *_) in enumerate(wl.VGG16)]
@@ -174,7 +169,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=_positive("224"), help="VGG-16 input size (default 224, the real network; the pipeline op's "
                    "CPU batch is 112 unless --image is given)")
     p.add_argument("--batch", type=_positive("16"), help="VGG-16 batch (default: 1 when a CPU device takes part, else 16)")
-    p.add_argument("--reference", choices=["torch"], help="add PyTorch's matmul and conv2d as yardstick rows")
+    p.add_argument("--reference", choices=list(REFERENCES), help="add PyTorch's matmul and conv2d as yardstick rows")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (schema: docs/bench.md)")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG: GFLOP/s vs size, VGG-16 per layer, transfers "
                    "(and FILE-pipeline.png: the pipeline timeline)")
@@ -254,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print("nothing to measure: none of the requested backends is available "
                       "(python -m xdev.info says how to install one)", markup=False)
         return 1
-    refs: list = []
-    if a.reference == "torch":
-        refs, ref_skipped = reference_devices(devices)
+    sides: list[Side] = [DeviceSide(d) for d in devices]
+    refs: list[Side] = []
+    if a.reference:
+        refs, ref_skipped = REFERENCES[a.reference](sides)
         skipped.extend(ref_skipped)
 
-    doc_machine = mach.machine(devices, a.dtype)
+    doc_machine = mach.machine(sides, a.dtype)
     cpu = doc_machine["cpu"]
     calibrated = None
     for dev in devices:
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         peak, how = mach.peak_gflops(dev, a.dtype, cpu, calibrated)
         a.settings.peak[dev.key] = (peak, how)
         info["peak_gflops"], info["peak_method"] = peak, how
-    by_key = {d.key: d for d in devices}
+    by_key = {d.key: d for d in sides}
     for ref in refs:
         a.settings.peak[ref.key] = a.settings.peak.get(ref.beside, (None, ""))
         doc_machine["devices"].append(ref.info())
@@ -286,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         sections[w.section] = sections.get(w.section, 0) + 1
     results: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    everyone = devices + refs
+    everyone = sides + refs
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not tty) as progress:
         task = progress.add_task("starting", total=len(workloads))

@@ -10,8 +10,8 @@ import numpy as np
 from xdev.contract.machine import blas_name, cpu_info, cpu_peak_formula, datasheet_gflops
 
 
-def machine(devices: list, dtype: str) -> dict[str, Any]:
-    """The JSON 'machine' block: CPU, Python, NumPy/BLAS and every device's description."""
+def machine(sides: list, dtype: str) -> dict[str, Any]:
+    """The JSON 'machine' block: CPU, Python, NumPy/BLAS and every side's description."""
     return {
         "cpu": cpu_info(),
         "os": platform.platform(),
@@ -19,7 +19,7 @@ def machine(devices: list, dtype: str) -> dict[str, Any]:
         "numpy": np.__version__,
         "blas": blas_name(),
         "dtype": dtype,
-        "devices": [d.info() for d in devices],
+        "devices": [d.info() for d in sides],
     }
 
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .noise import fmt_ratio
+from .sides import BASELINE
 from .workloads import PUBLISHED
 
 
@@ -134,7 +135,7 @@ def lecture(console: Console, totals: list[dict[str, Any]]) -> None:
 def summary(console: Console, results: list[dict[str, Any]], load: dict[str, Any]) -> None:
     """One line per non-NumPy device: the headline ratios, then the load and its warnings."""
     console.print(escape(RATIO_NOTE), style="dim")
-    for dev in dict.fromkeys(r["device"] for r in results if r["backend"] != "numpy"):
+    for dev in dict.fromkeys(r["device"] for r in results if r["backend"] != BASELINE):
         parts = []
         mm = [r for r in results if r["device"] == dev and r["op"] == "matmul" and r.get("kind") == "square"
               and r.get("speedup_vs_numpy") is not None]

@@ -10,6 +10,7 @@ import numpy as np
 import xdev
 
 from .noise import Case, measure_interleaved, overlaps, ratio
+from .sides import BASELINE, Side
 from .timing import Timing
 from .workloads import ConvLayer, matmul_flops
 
@@ -37,8 +38,9 @@ def _time(dev, fn: Callable[[], Any], s: Settings) -> Timing:
     return measure_interleaved([Case(dev, fn)], s.target_s, s.repeat)[0]
 
 
-def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
+def _row(dev: Side | Any, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
          **extra: Any) -> dict[str, Any]:
+    """A result row of ``dev`` (a Side, or an xdev Device for workloads that measure one)."""
     peak, _ = s.peak.get(dev.key, (None, ""))
     gflops = flops / t.median_s / 1e9 if flops else None
     return {
@@ -64,7 +66,7 @@ def _row(dev, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops
         "speedup_vs_numpy": None,
         "speedup_spread": None,
         "within_noise": None,
-        "reference": dev.backend == "torch",
+        "reference": isinstance(dev, Side) and dev.reference,
         **extra,
     }
 
@@ -76,100 +78,79 @@ Finish = Callable[[list[Timing]], list[dict[str, Any]]]
 class Workload:
     """One thing to measure on every device: the devices' calls are timed interleaved.
 
-    ``prepare(dev)`` uploads the operands and returns (calls to time, finish), where
+    ``prepare(side)`` uploads the operands and returns (calls to time, finish), where
     finish turns their Timings into result rows; it returns None when the workload does
-    not apply to that device (e.g. the torch yardstick for transfers).
+    not apply to that side (e.g. transfers: a yardstick has no xdev device).
     """
     section: str
     label: str
-    prepare: Callable[[Any], tuple[list[Callable[[], Any]], Finish] | None] | None = None
-    direct: Callable[[Any], list[dict[str, Any]]] | None = None  # measures one device itself
+    prepare: Callable[[Side], tuple[list[Callable[[], Any]], Finish] | None] | None = None
+    direct: Callable[[Any], list[dict[str, Any]]] | None = None  # measures one xdev Device itself
 
 
-def run_workload(w: Workload, devices: list, s: Settings) -> list[dict[str, Any]]:
-    if s.announce:  # before anything runs: the first call on a device builds its kernels
-        for dev in devices:
-            if dev.key not in s.announced and dev.backend not in ("numpy", "torch"):
-                s.announced.add(dev.key)
-                s.announce(f"first use of {dev.key}: building {dev.backend} kernels for {dev.name}, "
-                           "once (reported in 'build s', never in the timings)")
+def run_workload(w: Workload, sides: list[Side], s: Settings) -> list[dict[str, Any]]:
+    built = {side.key: side.build_seconds for side in sides if side.key not in s.announced}
     rows: list[dict[str, Any]] = []
     if w.direct is not None:
-        for i, dev in enumerate(d for d in devices if d.backend != "torch"):
+        for i, side in enumerate(x for x in sides if x.device is not None):
             if i:
                 time.sleep(s.settle_s)  # the previous device's worker threads go idle first
-            rows.extend(w.direct(dev))
-        return rows
-    assert w.prepare is not None
-    prepared = [(dev, w.prepare(dev)) for dev in devices]
-    prepared = [(dev, p) for dev, p in prepared if p is not None]
-    cases = [Case(dev, fn, w.label) for dev, (fns, _) in prepared for fn in fns]
-    cpu_devices = {id(c.dev) for c in cases if c.dev.is_cpu}
-    timings = measure_interleaved(cases, s.target_s, s.repeat,
-                                  settle_s=s.settle_s if len(cpu_devices) > 1 else 0.0)
-    i = 0
-    for dev, (fns, finish) in prepared:
-        rows.extend(finish(timings[i:i + len(fns)]))
-        i += len(fns)
+            rows.extend(w.direct(side.device))
+    else:
+        assert w.prepare is not None
+        prepared = [(side, w.prepare(side)) for side in sides]
+        prepared = [(side, p) for side, p in prepared if p is not None]
+        cases = [Case(side, fn, w.label) for side, (fns, _) in prepared for fn in fns]
+        cpu_sides = {id(c.dev) for c in cases if c.dev.is_cpu}
+        timings = measure_interleaved(cases, s.target_s, s.repeat,
+                                      settle_s=s.settle_s if len(cpu_sides) > 1 else 0.0)
+        i = 0
+        for side, (fns, finish) in prepared:
+            rows.extend(finish(timings[i:i + len(fns)]))
+            i += len(fns)
+    if s.announce:  # once per side: the pause its first workload took to build kernels
+        for side in sides:
+            b = side.build_seconds - built.get(side.key, side.build_seconds)
+            if b > 0 and side.key not in s.announced:
+                s.announced.add(side.key)
+                s.announce(f"first use of {side.key}: {b:.2f} s building kernels for {side.name}, once "
+                           "(reported in 'build s', never in the timings)")
     return rows
 
 
-def _matmul_name(dev) -> str:
-    return {"cuda": "cuBLAS", "torch": "torch (reference)"}.get(dev.backend, dev.backend)
-
-
 def matmul_case(s: Settings, M: int, K: int, N: int, kind: str):
-    def prepare(dev):
-        ha, hb = _rand((M, K), s.dtype, 1), _rand((K, N), s.dtype, 2)
-        if dev.backend == "torch":
-            fn = dev.matmul_fn(ha, hb)
-        else:
-            a, b = xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)
-            fn = lambda: xdev.matmul(a, b)  # noqa: E731
+    def prepare(side: Side):
+        fn = side.matmul_fn(_rand((M, K), s.dtype, 1), _rand((K, N), s.dtype, 2))
 
         def finish(t: list[Timing]):
-            return [_row(dev, s, "matmul", f"{M}x{K}x{N}", _matmul_name(dev), t[0], matmul_flops(M, N, K),
-                         M=M, K=K, N=N, kind=kind)]
+            return [_row(side, s, "matmul", f"{M}x{K}x{N}", side.matmul_label, t[0], matmul_flops(M, N, K),
+                         M=M, K=K, N=N, kind=kind, **side.matmul_numerics(s.dtype))]
         return [fn], finish
     return prepare
 
 
-def conv_case(s: Settings, layer_of: Callable[[Any], ConvLayer], algorithms: Callable[[Any], list[str]]):
-    def prepare(dev):
-        layer = layer_of(dev)
-        first: list[tuple[float, float]] = []  # (build s, seconds) of each algorithm's first call
+def conv_case(s: Settings, layer_of: Callable[[Side], ConvLayer], algorithms: Callable[[Side], list[str]]):
+    def prepare(side: Side):
+        layer = layer_of(side)
         hx = _rand((layer.N, layer.C, layer.H, layer.H), s.dtype, 3)
         hw = _rand((layer.O, layer.C, 3, 3), s.dtype, 4) * 0.1
         hb = _rand((layer.O,), s.dtype, 5)
-        if dev.backend == "torch":
-            fns, ran = [dev.conv2d_fn(hx, hw, hb, 1)], ["torch (reference)"]
-        else:
-            x, w, b = (xdev.asarray(h, backend=dev.key) for h in (hx, hw, hb))
-            fns, ran = [], []
-            for algo in algorithms(dev):
-                # This first call (it names the algorithm that ran) builds the kernels: its
-                # cost goes to build_s / first_call_s, as the timed path would report it.
-                b0, t0 = dev.build_seconds, time.perf_counter()
-                ran.append(xdev.conv2d(x, w, b, padding=1, algorithm=algo).algorithm)
-                dev.synchronize()
-                first.append((dev.build_seconds - b0, time.perf_counter() - t0))
-                fns.append(lambda algo=algo: xdev.conv2d(x, w, b, padding=1, algorithm=algo))
-
-        # CUDA rows say what numerics ran: strict float32, TF32 or float16; Winograd/FFT; layout.
-        numerics = getattr(dev, "conv_numerics", None)
+        calls = side.conv_calls(hx, hw, hb, algorithms(side))
+        # What numerics each ran (e.g. CUDA: strict float32, TF32 or float16; Winograd/FFT; layout),
+        # read right after its first call.
+        numerics = [side.conv_numerics(ran, s.dtype) for ran, *_ in calls]
 
         def finish(t: list[Timing]):
-            if first:
-                t = [Timing(ti.median_s, ti.spread_s, ti.repeats, ti.build_s + fb, ft)
-                     for ti, (fb, ft) in zip(t, first)]
-            return [_row(dev, s, "conv2d", layer.shape, r, ti, layer.flops, layer=layer.name, batch=layer.N,
-                         geometry=f"{layer.C}>{layer.O}@{layer.H}",
-                         **(numerics(r, s.dtype) if numerics is not None else {})) for r, ti in zip(ran, t)]
-        return fns, finish
+            t = [Timing(ti.median_s, ti.spread_s, ti.repeats, ti.build_s + fb, ft)
+                 for ti, (_, _, fb, ft) in zip(t, calls)]
+            return [_row(side, s, "conv2d", layer.shape, ran, ti, layer.flops, layer=layer.name, batch=layer.N,
+                         geometry=f"{layer.C}>{layer.O}@{layer.H}", **num)
+                    for (ran, *_), ti, num in zip(calls, t, numerics)]
+        return [fn for _, fn, _, _ in calls], finish
     return prepare
 
 
-def arrange(results: list[dict[str, Any]], settings: Settings, devices: dict[str, Any]) -> list[dict[str, Any]]:
+def arrange(results: list[dict[str, Any]], settings: Settings, devices: dict[str, Side]) -> list[dict[str, Any]]:
     """Rows grouped as the tables read them: by op, then device, then algorithm (order of
     first appearance; workloads keep their order inside), with a VGG-16 'total' row after
     each (device, algorithm)'s layers."""
@@ -197,7 +178,7 @@ def arrange(results: list[dict[str, Any]], settings: Settings, devices: dict[str
     return out
 
 
-def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
+def conv_total(rows: list[dict[str, Any]], dev: Side, s: Settings) -> dict[str, Any]:
     """VGG-16 total for one algorithm: per-layer medians and spreads summed."""
     t = Timing(sum(r["median_s"] for r in rows), sum(r["spread_s"] for r in rows),
                min(r["repeats"] for r in rows), sum(r["build_s"] for r in rows),
@@ -209,8 +190,9 @@ def conv_total(rows: list[dict[str, Any]], dev, s: Settings) -> dict[str, Any]:
 
 
 def transfer_case(s: Settings, nbytes: int):
-    def prepare(dev):
-        if dev.backend == "torch":
+    def prepare(side: Side):
+        dev = side.device
+        if dev is None:  # a yardstick: xdev's transfers only
             return None
         n = max(1, nbytes // s.dtype.itemsize)
         nb = n * s.dtype.itemsize
@@ -225,7 +207,7 @@ def transfer_case(s: Settings, nbytes: int):
         names = [f"host-to-device {k}" for k, _ in kinds] + ["device-to-host pageable"]
 
         def finish(t: list[Timing]):
-            return [_row(dev, s, "transfer", f"{nb} B", name, ti, None, bytes=nb, gbps=nb / ti.median_s / 1e9)
+            return [_row(side, s, "transfer", f"{nb} B", name, ti, None, bytes=nb, gbps=nb / ti.median_s / 1e9)
                     for name, ti in zip(names, t)]
         return fns, finish
     return prepare
@@ -233,8 +215,9 @@ def transfer_case(s: Settings, nbytes: int):
 
 def roundtrip_case(s: Settings, n: int):
     """matmul alone vs upload + matmul + download: where the transfer dominates."""
-    def prepare(dev):
-        if dev.backend == "torch":
+    def prepare(side: Side):
+        dev = side.device
+        if dev is None:
             return None
         ha, hb = _rand((n, n), s.dtype, 7), _rand((n, n), s.dtype, 8)
         a, b = xdev.asarray(ha, backend=dev.key), xdev.asarray(hb, backend=dev.key)
@@ -251,8 +234,8 @@ def roundtrip_case(s: Settings, n: int):
             share_spread = (compute.median_s / full.median_s) * (  # a half-width, as ratio() gives
                 (compute.spread_s / 2 / compute.median_s) ** 2 + (full.spread_s / 2 / full.median_s) ** 2) ** 0.5
             return [
-                _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "compute only", compute, flops, transfer_share=0.0),
-                _row(dev, s, "roundtrip", f"{n}x{n}x{n}", "upload+compute+download", full, flops,
+                _row(side, s, "roundtrip", f"{n}x{n}x{n}", "compute only", compute, flops, transfer_share=0.0),
+                _row(side, s, "roundtrip", f"{n}x{n}x{n}", "upload+compute+download", full, flops,
                      transfer_share=share, transfer_share_spread=share_spread, transfer_within_noise=noise),
             ]
         return fns, finish
@@ -265,7 +248,7 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
     def key(r: dict[str, Any]) -> tuple:
         return (r["op"], r.get("layer") or r["shape"], r["dtype"], r["algorithm"] if r["op"] == "roundtrip" else "")
 
-    base = {key(r): r for r in results if r["backend"] == "numpy" and r["gflops"]}
+    base = {key(r): r for r in results if r["backend"] == BASELINE and r["gflops"]}
     for r in results:
         ref = base.get(key(r))
         if ref and r["gflops"]:

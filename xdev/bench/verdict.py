@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .noise import ratio
+from .sides import BASELINE
 
 CLAIMS = {
     1: "GPUs beat CPUs at matmul and convolution (thousands of cores on independent dot products)",
@@ -29,8 +30,8 @@ def _num(what: str, base: dict[str, Any], other: dict[str, Any], per: str = "") 
         om, os_ = om / other["batch"], os_ / other["batch"]
     r, sp, noise = ratio(bm, bs, om, os_)
 
-    def label(row: dict[str, Any]) -> str:  # "numpy", "opencl:0:0 gemm"
-        same = row["algorithm"] in (row["device"].split(":")[0], "cuBLAS")
+    def label(row: dict[str, Any]) -> str:  # "numpy" (a device's one matmul), "opencl:0:0 gemm"
+        same = row["op"] == "matmul" and row.get("kind") == "square"
         return row["device"] if same else f"{row['device']} {row['algorithm']}"
     return {"what": what, "ratio": r, "spread": sp, "within_noise": noise, "a": label(base), "b": label(other)}
 
@@ -70,31 +71,35 @@ def _best_total(rows, devs, algorithms=None):
     return min(t, key=lambda r: r["median_s"] / r["batch"]) if t else None
 
 
-def _head_to_head(rows, base_devs, other_devs, where: str, mm_who: str, conv_who: str) -> list[dict[str, Any]]:
+def _head_to_head(rows, base_devs, other_devs, where: str) -> list[dict[str, Any]]:
     """`other_devs` over `base_devs` on the largest matmul both ran and on the VGG-16 totals."""
     nums = []
     mm = _largest_common_matmul(rows, base_devs, other_devs)
     if mm:
-        nums.append(_num(f"{where} matmul {mm[0]['shape']}, {mm_who}", *mm))
+        nums.append(_num(f"{where} matmul {mm[0]['shape']}", *mm))
     a, b = _best_total(rows, base_devs), _best_total(rows, other_devs)
     if a and b:
-        nums.append(_num(f"{where} VGG-16 conv layers, {conv_who}", a, b))
+        nums.append(_num(f"{where} VGG-16 conv layers", a, b))
     return nums
 
 
 def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped: list[dict[str, str]]
              ) -> list[dict[str, Any]]:
-    """`devices`: the JSON machine block's device list (with "type"/"backend")."""
-    def is_gpu(d):
-        return d.get("backend") == "cuda" or str(d.get("type", "")).upper() == "GPU"
+    """`devices`: the JSON machine block's device list. What the claims compare is read from
+    each entry (``is_cpu``, ``matmul_library``, ``library_algorithms``), never from a backend name.
 
-    gpus = {d["device"] for d in devices if is_gpu(d)}
-    cpus = {d["device"] for d in devices if not is_gpu(d)}
-    cuda = {d["device"] for d in devices if d.get("backend") == "cuda"}
-    cl_gpu = {d["device"] for d in devices if d.get("backend") == "opencl" and is_gpu(d)}
-    cl_cpu = {d["device"] for d in devices if d.get("backend") == "opencl" and not is_gpu(d)}
-    numpy = {d["device"] for d in devices if d.get("backend") == "numpy"}
-    why_no_cuda = next((s["reason"] for s in skipped if s["backend"].startswith("cuda")), None)
+    * claim 1: GPUs (``is_cpu`` false) against CPUs;
+    * claim 2: on a device with library conv algorithms (cuDNN), those against its others;
+    * claim 3: devices whose matmul calls a tuned library (cuBLAS) and the baseline (NumPy's
+      BLAS) against those running xdev's own kernels (OpenCL), GPUs apart from CPUs.
+    """
+    mine = [d for d in devices if not d.get("reference")]
+    gpus = {d["device"] for d in mine if d.get("is_cpu") is False}
+    cpus = {d["device"] for d in mine if d["device"] not in gpus}
+    libs = {d["device"] for d in mine if d.get("library_algorithms")}
+    tuned = {d["device"] for d in mine if d.get("matmul_library") or d.get("backend") == BASELINE}
+    own_gpu, own_cpu = gpus - tuned, cpus - tuned
+    why_no_gpu = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped if "reference" not in s["backend"])
     out: list[dict[str, Any]] = []
 
     def verdict(claim: int, nums: list[dict[str, Any]], reason: str | None, extra: str = "") -> None:
@@ -107,7 +112,7 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
     nums = []
     reason = None
     if not gpus or not cpus:
-        reason = "no GPU here" + (f" (cuda: {why_no_cuda})" if why_no_cuda else "") if not gpus else \
+        reason = "no GPU here" + (f" ({why_no_gpu})" if why_no_gpu else "") if not gpus else \
             "no CPU backend in this run"
     else:
         mm = _largest_common_matmul(rows, cpus, gpus)
@@ -118,34 +123,38 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
             nums.append(_num("VGG-16 conv layers per image", c, g, per="image"))
     verdict(1, nums, reason)
 
-    # 2: cuDNN vs hand-written CUDA
+    # 2: the GPU library's convolutions (cuDNN) vs hand-written ones on the same device
     nums, reason = [], None
-    if not cuda:
-        reason = "no CUDA GPU here" + (f" ({why_no_cuda})" if why_no_cuda else "")
-    else:
-        cudnn = _best_total(rows, cuda, {"cudnn"})
-        for algo, what in (("gemm", "im2col + cuBLAS"), ("direct", "direct kernel")):
-            own = _best_total(rows, cuda, {algo})
-            if cudnn and own:
-                nums.append(_num(f"VGG-16 conv layers, cuDNN vs {what}", own, cudnn))
-        if not nums:
-            reason = "the run has no cuDNN and hand-written conv totals on the same GPU (run without --quick)"
+    lib_gpu = libs & gpus
+    if not lib_gpu:
+        reason = "no GPU with a convolution library here" + (f" ({why_no_gpu})" if why_no_gpu else "")
+    for dev in sorted(lib_gpu):
+        entry = next(d for d in mine if d["device"] == dev)
+        lib_algos = set(entry["library_algorithms"])
+        lib = _best_total(rows, {dev}, lib_algos)
+        hand = dict.fromkeys(r["algorithm"] for r in rows if r["op"] == "conv2d" and r["device"] == dev
+                             and r.get("layer") == "total" and r["algorithm"] not in lib_algos)
+        for algo in hand:
+            own = _best_total(rows, {dev}, {algo})
+            if lib and own:
+                nums.append(_num(f"{dev} VGG-16 conv layers, {lib['algorithm']} vs {algo}", own, lib))
+    if lib_gpu and not nums:
+        reason = "the run has no library and hand-written conv totals on the same GPU (run without --quick)"
     verdict(2, nums, reason)
 
-    # 3: CUDA vs OpenCL on one GPU; OpenCL vs NumPy on the CPU
+    # 3: tuned libraries vs xdev's own kernels, on the GPU and on the CPU
     nums, notes = [], []
-    if cuda and cl_gpu:
-        nums += _head_to_head(rows, cl_gpu, cuda, "GPU", "CUDA over OpenCL", "CUDA over OpenCL")
+    gpu_lib = tuned & gpus
+    if gpu_lib and own_gpu:
+        nums += _head_to_head(rows, own_gpu, gpu_lib, "GPU")
     else:
-        notes.append("CUDA vs OpenCL on one GPU: untested, " + ("no GPU here" if not gpus else
-                                                                  "the run lacks CUDA or OpenCL on the GPU"))
-    cpu_nums = []
-    if numpy and cl_cpu:
-        cpu_nums += _head_to_head(rows, cl_cpu, numpy, "CPU", "NumPy (OpenBLAS) over OpenCL",
-                                  "NumPy over OpenCL")
+        notes.append("the GPU's libraries vs OpenCL on one GPU: untested, " + (
+            "no GPU here" if not gpus else "the run lacks a library-backed or an own-kernel device on the GPU"))
+    cpu_lib = tuned & cpus
+    if cpu_lib and own_cpu:
+        nums += _head_to_head(rows, own_cpu, cpu_lib, "CPU")
     else:
         notes.append("OpenCL vs NumPy on the CPU: untested, the run lacks one of them")
-    nums += cpu_nums
     reason = None if nums else "; ".join(notes)
     verdict(3, nums, reason, extra="; ".join(notes) if nums else "")
 

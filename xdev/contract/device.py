@@ -70,6 +70,11 @@ class Device(abc.ABC):
     exact_conv_algorithms: tuple[str, ...] = ()
     is_cpu: bool = True  # decides batch sizes and peak estimates in the benchmark
     build_seconds: float = 0.0  # total kernel compile time so far (the benchmark reports deltas)
+    # What the benchmark says about this device's code (xdev.bench names no backend): the tuned
+    # library its matmul calls (e.g. "cuBLAS"; None: kernels xdev wrote, or NumPy's own matmul),
+    # and the conv2d algorithms that call a tuned library rather than xdev's kernels (e.g. "cudnn").
+    matmul_library: str | None = None
+    library_algorithms: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def check_dtype(self, dtype: np.dtype) -> None:
@@ -181,6 +186,16 @@ class Device(abc.ABC):
         """The uploader xdev.prefetch's background thread uses (protocol in xdev/_prefetch.py),
         with ``slots`` reusable staging buffers; None: a plain upload in that thread."""
         return None
+
+    def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
+        """The arithmetic matmul runs in for ``dtype`` when it is not the dtype's own, as the
+        benchmark records it: ``{"numeric_mode": "tf32" | "fp16" | "strict-fp32" | ...}``; {}: plain."""
+        return {}
+
+    def conv_numerics(self, algorithm: str, dtype: np.dtype) -> dict[str, Any]:
+        """As matmul_numerics, for the conv2d ``algorithm`` that just ran (may add ``numerics``, a
+        one-line description, and other fields the benchmark's rows carry)."""
+        return {}
 
     def unavailable_reason(self, algorithm: str) -> str | None:
         """Why a conv2d algorithm known to this backend cannot run here (e.g. a missing extra)."""

@@ -1,0 +1,48 @@
+"""A fake CUDA GPU, NumPy underneath: a non-CPU device with a tuned matmul library and a library
+conv algorithm, as the cuda backend's device describes itself, so tests of the tools meet what
+a machine with a GPU gives them (claims 1-3 measured, GPU batch sizes, torch beside cuda:0)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xdev.backends.numpy.device import NumpyDevice
+from xdev.contract import BackendStatus, ConvParams
+from xdev.contract.device import DL_CUDA
+
+
+class FakeGpuDevice(NumpyDevice):
+    backend = "cuda"
+    key = "cuda:0"
+    is_cpu = False
+    index = 0
+    conv_algorithms = ("cudnn", "gemm", "direct")
+    matmul_library = "cuBLAS"
+    library_algorithms = ("cudnn",)
+
+    def __init__(self) -> None:
+        self.name = "Fake GPU (NumPy underneath)"
+
+    def conv2d(self, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
+        y, _ = super().conv2d(x, w, bias, p, "gemm")
+        return y, "cudnn" if algorithm == "auto" else algorithm
+
+    def dlpack_device(self) -> tuple[int, int]:
+        return (DL_CUDA, 0)
+
+    def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
+        return {"numeric_mode": "strict-fp32"}
+
+
+_DEVICE = FakeGpuDevice()
+
+
+def probe() -> BackendStatus:
+    return BackendStatus(True, "a fake GPU for tests, NumPy underneath", ("cuda:0",))
+
+
+def open_device(selector: str | None) -> FakeGpuDevice:
+    if selector not in (None, "", "0"):
+        raise ValueError(f"the fake GPU is cuda:0 only; received selector {selector!r}")
+    return _DEVICE
