@@ -1,6 +1,8 @@
 """Fake backends for tests (see ../sitecustomize.py): NumPy underneath, registered by name."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 # name -> module: what the registry entry of each fake points at
 FAKES = {"toy": "xdev_fakes.toy", "cuda": "xdev_fakes.gpu"}
 
@@ -19,3 +21,17 @@ def install(names: str) -> None:
     for name in wanted:
         _registry._BACKENDS[name] = (FAKES[name], None, ())
     _registry.BACKEND_NAMES = tuple(_registry._BACKENDS)
+
+
+def one_device(dev: Any, reason: str) -> tuple[Callable[[], Any], Callable[[str | None], Any]]:
+    """probe() and open_device(selector) of a backend whose only device is ``dev``."""
+    from xdev.contract import BackendStatus
+
+    def probe() -> BackendStatus:
+        return BackendStatus(True, reason, (dev.key,))
+
+    def open_device(selector: str | None) -> Any:
+        if selector not in (None, "", "0"):
+            raise ValueError(f"the {dev.backend} backend has one device, {dev.key!r}; received selector {selector!r}")
+        return dev
+    return probe, open_device

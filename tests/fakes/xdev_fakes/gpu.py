@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 
 from xdev.backends.numpy.device import NumpyDevice
-from xdev.contract import BackendStatus, ConvParams
+from xdev.contract import ConvParams
 from xdev.contract.device import DL_CUDA
+
+from . import one_device
 
 
 class FakeGpuDevice(NumpyDevice):
@@ -35,14 +37,4 @@ class FakeGpuDevice(NumpyDevice):
         return {"numeric_mode": "strict-fp32"}
 
 
-_DEVICE = FakeGpuDevice()
-
-
-def probe() -> BackendStatus:
-    return BackendStatus(True, "a fake GPU for tests, NumPy underneath", ("cuda:0",))
-
-
-def open_device(selector: str | None) -> FakeGpuDevice:
-    if selector not in (None, "", "0"):
-        raise ValueError(f"the fake GPU is cuda:0 only; received selector {selector!r}")
-    return _DEVICE
+probe, open_device = one_device(FakeGpuDevice(), "a fake GPU for tests, NumPy underneath")

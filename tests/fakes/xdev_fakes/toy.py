@@ -4,7 +4,8 @@ open_device(selector) and a Device subclass."""
 from __future__ import annotations
 
 from xdev.backends.numpy.device import NumpyDevice
-from xdev.contract import BackendStatus
+
+from . import one_device
 
 
 class ToyDevice(NumpyDevice):
@@ -15,14 +16,4 @@ class ToyDevice(NumpyDevice):
         self.name = "Toy device (NumPy underneath)"
 
 
-_DEVICE = ToyDevice()
-
-
-def probe() -> BackendStatus:
-    return BackendStatus(True, "a test backend, NumPy underneath", ("toy",))
-
-
-def open_device(selector: str | None) -> ToyDevice:
-    if selector not in (None, "", "0"):
-        raise ValueError(f"the toy backend has one device, 'toy'; received selector {selector!r}")
-    return _DEVICE
+probe, open_device = one_device(ToyDevice(), "a test backend, NumPy underneath")
