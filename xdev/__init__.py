@@ -6,23 +6,23 @@ Pick the backend with ``XDEV_BACKEND``, :func:`set_backend`, :func:`use_backend`
 
 
 def _map_checkout_backends() -> None:
-    """Make backends/ beside xdev/ the package xdev.backends when nothing else does.
+    """Make backends/ beside xdev/ the package xdev.backends in a source checkout.
 
-    An install maps backends/ to xdev.backends (an editable install's import finder does the
-    same). A source checkout on PYTHONPATH, or a checkout that shadows a non-editable install
-    (running from the repository root), has no such mapping: this maps that one folder, so
-    nothing else of the checkout (tests/, docs/) becomes part of the package.
+    An install puts the backends in xdev/backends/. A checkout keeps them in backends/ beside
+    xdev/, and whether it runs from PYTHONPATH (the GPU scripts), shadows a non-editable
+    install (run from the repository root) or is installed editable, its own backends/ is
+    the one to use: this maps that folder alone, so nothing else of the checkout (tests/,
+    docs/) becomes part of the package.
     """
     import importlib.util
     import os
     import sys
 
-    if importlib.util.find_spec("xdev.backends") is not None:
-        return
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backends")
+    here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(os.path.dirname(here), "backends")
     init = os.path.join(folder, "__init__.py")
-    if not os.path.isfile(init):
-        return
+    if os.path.isdir(os.path.join(here, "backends")) or not os.path.isfile(init):
+        return  # installed (or no backends at all: the import system says so when asked)
     spec = importlib.util.spec_from_file_location("xdev.backends", init, submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["xdev.backends"] = module

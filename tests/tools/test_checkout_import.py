@@ -39,3 +39,15 @@ def test_the_installed_package_has_no_checkout_folders_either():
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).resolve().name == "backends"
+
+
+def test_a_checkout_on_pythonpath_uses_its_own_backends_beside_an_editable_install(tmp_path):
+    """Another checkout's xdev/ on PYTHONPATH (this interpreter's editable install maps elsewhere)."""
+    import shutil
+
+    for folder in ("xdev", "backends"):
+        shutil.copytree(ROOT / folder, tmp_path / "other" / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path / "other")}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == (tmp_path / "other" / "backends").resolve()
