@@ -33,6 +33,11 @@ typedef float out_t;
 #define STORE_OUT(v, p, i) ((p)[(i)] = (float)(v))
 #endif
 
+// a * b + c, fused into one instruction by the compiler where the target has FMA
+// (contraction, not the library's fma(): see realv_u below).
+#pragma OPENCL FP_CONTRACT ON
+#define MADD(a, b, c) ((a) * (b) + (c))
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
@@ -43,9 +48,16 @@ typedef float out_t;
 // ---- CPU family (-DVW vector width; -DMR x -DNV micro-tile of MR rows, NV vectors) -----
 #ifdef VW
 typedef CAT(REAL_T, VW) realv;
-#define VLOAD CAT(vload, VW)
+// The same vector type at element alignment: a dereference is an unaligned vector load
+// or store the compiler emits itself. vloadn/vstoren and fma are kernel-library functions,
+// and pip's PoCL 3.0 (LLVM 14) calls them out of line: every multiply-add of the
+// micro-kernel was a call, with the accumulators spilled around it (0.11x NumPy).
+typedef realv __attribute__((aligned(sizeof(real)))) realv_u;
+#define VLOAD(i, p) (*((const __global realv_u*)(p) + (i)))
 #if OUT_BITS == 16
 #define VSTORE(v, i, p) CAT(CAT(vstore_half, VW), _rte)((v), (i), (p))
+#elif OUT_BITS == REAL_BITS
+#define VSTORE(v, i, p) (*((__global realv_u*)(p) + (i)) = (v))
 #else
 #define VSTORE(v, i, p) CAT(vstore, VW)((v), (i), (p))
 #endif
@@ -62,7 +74,7 @@ typedef CAT(REAL_T, VW) realv;
     _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                  \
         const realv av_ = (realv)((a)[i_]);                              \
         _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_)                \
-            (acc)[i_][v_] = fma(av_, (bv)[v_], (acc)[i_][v_]);           \
+            (acc)[i_][v_] = MADD(av_, (bv)[v_], (acc)[i_][v_]);          \
     }
 #endif
 

@@ -93,7 +93,7 @@ __kernel void direct_grad_x(__global out_t* restrict GX, __global const real* re
             if (wo * sw != wp || wo >= Wo) continue;
             const size_t pix = (size_t)ho * Wo + wo;
             for (int o = 0; o < Og; ++o)
-                acc = fma(gy[(size_t)o * L + pix], wt[((size_t)o * Cg * kh + i) * kw + j], acc);
+                acc = MADD(gy[(size_t)o * L + pix], wt[((size_t)o * Cg * kh + i) * kw + j], acc);
         }
     }
     STORE_OUT(acc, GX, (((size_t)n * C + c) * H + h) * W + w);
@@ -121,7 +121,7 @@ __kernel void direct_grad_w(__global out_t* restrict GW, __global const real* re
         for (int ho = 0; ho < Ho; ++ho) {
             __global const real* xr = x + (size_t)ho * sh * Wp;
             __global const real* gr = gy + (size_t)ho * Wo;
-            for (int wo = 0; wo < Wo; ++wo) acc = fma(gr[wo], xr[(size_t)wo * sw], acc);
+            for (int wo = 0; wo < Wo; ++wo) acc = MADD(gr[wo], xr[(size_t)wo * sw], acc);
         }
     }
     STORE_OUT(acc, GW, ((size_t)o * Cg + cl) * kh * kw + t);
@@ -266,7 +266,7 @@ inline real hsum(const realv v)
             realv xv_ = VLOAD(0, xr + xoff[r_] + (w0));                          \
             if (MASKED) xv_ = select((realv)(0), xv_, tail);                     \
             _Pragma("unroll") for (int m_ = 0; m_ < MR; ++m_)                    \
-                acc[m_][r_] = fma(gv_[m_], xv_, acc[m_][r_]);                    \
+                acc[m_][r_] = MADD(gv_[m_], xv_, acc[m_][r_]);                   \
         }                                                                        \
     }
 

@@ -56,7 +56,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
                 for (int v = 0; v < NV; ++v) {
                     real t[VW];
                     for (int l = 0; l < VW; ++l) t[l] = x[off + lane_off[v * VW + l]];
-                    bv[v] = VLOAD(0, t);
+                    bv[v] = CAT(vload, VW)(0, t);
                 }
 #endif
                 MICRO_STEP(acc, a, bv);

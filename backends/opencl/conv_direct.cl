@@ -32,9 +32,9 @@ __kernel void conv_direct(__global out_t* restrict Y,
                 } else {
                     real t[VW];
                     for (int l = 0; l < VW; ++l) t[l] = row[min(wo0 + l, Wo - 1) * sw + kj * dw];
-                    xv = VLOAD(0, t);
+                    xv = CAT(vload, VW)(0, t);
                 }
-                acc = fma((realv)(wv), xv, acc);
+                acc = MADD((realv)(wv), xv, acc);
             }
         }
     }

@@ -17,7 +17,7 @@ __kernel void gemm_small(__global out_t* restrict C,
     long pb = b_off + i0 * bs0 + i1 * bs1 + i2 * bs2 + n * bcs;
     real acc = 0;
     for (int k = 0; k < K; ++k) {
-        acc = fma(LOAD_IN(A, pa), LOAD_IN(B, pb), acc);
+        acc = MADD(LOAD_IN(A, pa), LOAD_IN(B, pb), acc);
         pa += acs;
         pb += brs;
     }

@@ -9,7 +9,7 @@ __kernel void fma_peak(__global real* restrict out, const int iters, const real 
     for (int j = 0; j < CHAINS; ++j) a[j] = (realv)((real)get_global_id(0) * (real)1e-6 + (real)j);
     for (int i = 0; i < iters; ++i) {
         #pragma unroll
-        for (int j = 0; j < CHAINS; ++j) a[j] = fma(a[j], (realv)(m), (realv)(c));
+        for (int j = 0; j < CHAINS; ++j) a[j] = MADD(a[j], (realv)(m), (realv)(c));
     }
     realv s = a[0];
     #pragma unroll
