@@ -48,12 +48,14 @@ def lines() -> list[str]:
 
 
 def tuned_line(params: dict) -> str:
-    """Whether `python -m xdev.tune` results are in use for this device."""
-    if params.get("tuned"):
-        from xdev._registry import load
+    """Where each kernel family's parameters came from: the shipped database, derived from
+    the device's properties, or `python -m xdev.tune`."""
+    from xdev._registry import load
 
-        return f"tuned (python -m xdev.tune), from {load('opencl').params.cache_file()}"
-    return "built-in defaults (python -m xdev.tune measures and stores better ones, if any)"
+    line = load("opencl").params.summary(params)
+    if not params.get("tuned"):
+        line += " (python -m xdev.tune measures and stores better ones, if any)"
+    return line
 
 
 def width(params: dict) -> str:

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --reset: of every device --device matches (without --device: every OpenCL device)")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not store")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help="time limit of the GPU kernel family's search (default 180)")
+                   help="time limit of the search (default 180 on GPUs, 120 on CPUs)")
     a = p.parse_args(argv)
     if a.all and not a.reset:
         p.error("--all goes with --reset (tuning measures one device at a time)")

@@ -9,8 +9,10 @@ import numpy as np
 
 from xdev.contract import conv_params
 
-from . import params
+from . import isa, params
 from .gemm import xl_valid
+
+CPU_BUDGET_S = 120.0  # screening of the CPU micro-tiles (GEMM 40%, conv the rest)
 
 if TYPE_CHECKING:
     from .device import OpenCLDevice
@@ -72,12 +74,37 @@ def pick(dev: OpenCLDevice, key: str, run: Callable[[], Any], candidates: list[d
     return best[3]
 
 
-def cpu_candidates(vw: int) -> list[tuple[int, int]]:
-    """(rows, vectors) micro-tiles that fit the vector registers (32 with AVX-512, else 16)."""
-    regs = 32 if vw == 16 else 16
-    out = [(mr, nv) for mr in (2, 4, 6, 8, 12, 14) for nv in (1, 2, 3, 4)
-           if mr * nv + nv <= regs - 2 and mr * nv >= regs // 2]
-    return out
+def cpu_candidates(registers: int, lanes: int | None, vw: int) -> list[tuple[int, int]]:
+    """(rows, vectors) micro-tiles whose accumulators, B vectors and A broadcast fit the
+    target's vector registers (counted at the kernel's width) and use at least half of
+    them; the likeliest winners (3/4 of the registers as accumulators) first."""
+    regs = registers * lanes // vw if lanes and lanes < vw else registers
+    out = [(mr, nv) for nv in (1, 2, 3, 4) for mr in range(1, 17)
+           if mr * nv + nv + 1 <= regs and mr * nv >= regs // 2 and (nv > 1 or mr % 2 == 0)]
+    return sorted(out, key=lambda t: (abs(t[0] * t[1] - 0.75 * regs), abs(t[1] - 2)))
+
+
+def screen(dev: OpenCLDevice, key: str, run: Callable[[], Any], candidates: list[dict[str, Any]],
+           default: dict[str, Any], deadline: float, keep: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Time each candidate briefly (best of 3) until `deadline`; the `keep` fastest go on
+    to pick()'s interleaved rounds against the default."""
+    timed = []
+    for cand in candidates:
+        if time.monotonic() > deadline:
+            log(f"{key}: time budget reached after {len(timed)} of {len(candidates)} candidates")
+            break
+        dev.params[key] = {**default, **cand}
+        try:
+            run()
+            dev.synchronize()
+            sec = min(dev.elapsed(run, 3))
+        except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
+            log(f"{key} {_fmt(cand)}: failed ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})")
+            continue
+        log(f"{key} {_fmt(cand)}: {sec * 1e3:8.3f} ms (screening)")
+        timed.append((sec, cand))
+    dev.params[key] = {**default}
+    return [c for _, c in sorted(timed, key=lambda x: x[0])[:keep]]
 
 
 # ---- the GPU (xl) search space -----------------------------------------------------------
@@ -216,11 +243,12 @@ def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = pr
          budget_s: float | None = None) -> dict[str, Any]:
     """Measure candidates for GEMM and conv on `dev` against the built-in defaults; returns
     the parameters to store: only those that beat the default beyond noise.
-    On the GPU family the search stops after `budget_s` seconds (default 180; the best
-    verified candidate so far wins)."""
+    The search stops after `budget_s` seconds (default 180 on the GPU family, 120 on the
+    CPU family, 40 with `quick`; the best verified candidate so far wins); on the CPU the fastest screened
+    tiles then run interleaved rounds against the default."""
     saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dev.params.items()}
     repeat = 3 if quick else 5
-    builtin = params.defaults(dev)
+    builtin = params.untuned(dev)
     rounds = 5 if quick else 7
     found: dict[str, Any] = {}
     rng = np.random.default_rng(0)
@@ -240,9 +268,15 @@ def tune(dev: OpenCLDevice, quick: bool = False, log: Callable[[str], None] = pr
             runs = (("gemm", lambda: dev.matmul(a, b)),
                     ("conv", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in]))
             vw = dev.params["gemm"]["VW"]
-            for key, run in runs:
-                cands = [{"MR": mr, "NV": nv} for mr, nv in cpu_candidates(vw)]
-                choice = pick(dev, key, run, cands, builtin[key], rounds, log)
+            t = dev.target
+            regs, lanes = (t.vector_registers, isa.LANES.get(t.isa)) if t else (isa.DEFAULT_REGISTERS, None)
+            cands = [{"MR": mr, "NV": nv} for mr, nv in cpu_candidates(regs, lanes, vw)]
+            log(f"{len(cands)} micro-tiles fit {regs} vector registers at width {vw}")
+            budget = (CPU_BUDGET_S / 3 if quick else CPU_BUDGET_S) if budget_s is None else budget_s
+            t0 = time.monotonic()
+            for (key, run), share in zip(runs, (0.4, 1.0)):
+                short = screen(dev, key, run, cands, builtin[key], t0 + share * budget, 4, log)
+                choice = pick(dev, key, run, short, builtin[key], rounds, log)
                 if choice is not None:
                     found[key] = choice
         else:
@@ -271,7 +305,7 @@ def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., An
     dev.params["xl_work"] = 0
     gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
                      t0 + 0.55 * budget_s, log)
-    builtin = params.defaults(dev)
+    builtin = params.untuned(dev)
     rounds = 5 if quick else 7
     gemm_run = lambda: dev.matmul(a, b)  # noqa: E731
     if gemm:  # the search's winner against the built-in default, interleaved: kept only beyond noise

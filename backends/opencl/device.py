@@ -17,7 +17,7 @@ from xdev.contract import env, fork
 from xdev.contract.kernel_cache import KernelCache
 from xdev.contract.shapes import round_up
 from . import array as cla
-from . import backward, conv, gemm, params, proof
+from . import backward, conv, gemm, isa, params, proof
 from .array import CLArray
 from .host_memory import HostMemory
 from .kernels import build_program, type_options
@@ -87,10 +87,21 @@ _widths: dict[str, int] = {}  # vector width the proof settled on, per device ke
 
 
 class _Shim:
-    """A device before it is opened, as params.params_for reads it (protocol.DeviceDescription)."""
+    """A device before it is opened, as params.params_for reads it (protocol.DeviceDescription):
+    at vector width `vw`, given what the proof learned of its compiler's target, if anything."""
 
-    def __init__(self, c: Candidate) -> None:
+    def __init__(self, c: Candidate, vw: int | None = None, compiler: dict[str, str] | None = None) -> None:
         self.cand, self.cl_device, self.is_cpu = c, c.device, not c.is_gpu
+        self._vector_width = vw
+        self.target = cpu_target(c, vw, compiler)
+
+
+def cpu_target(c: Candidate, vw: int | None, compiler: dict[str, str] | None = None) -> isa.Target | None:
+    """A CPU device's compiler target (isa.py); None for GPUs."""
+    if c.is_gpu:
+        return None
+    width = vw or int(c.device.preferred_vector_width_float)
+    return isa.target(c.device.name, width, compiler if compiler is not None else proof.compiler_targets.get(c.key))
 
 
 def unusable_reason(c: Candidate) -> str | None:
@@ -109,7 +120,8 @@ def unusable_reason(c: Candidate) -> str | None:
             reason += " -- its compiler is older than this CPU. " + proof.FIX[0].upper() + proof.FIX[1:]
     else:
         family = kernel_family(not c.is_gpu)
-        vw, reason = proof.prove(c, family, params.params_for(_Shim(c)))
+        vw, reason = proof.prove(c, family, params.params_for(_Shim(c, compiler={})),
+                                 lambda vw, compiler: params.params_for(_Shim(c, vw, compiler)))
         if reason is None:
             _contexts[c.key] = ctx
             _widths[c.key] = int(vw)  # type: ignore[arg-type]
@@ -223,10 +235,12 @@ class OpenCLDevice(Device):
         self.conv_offsets: dict[tuple, CLArray] = {}
         self._lock = threading.Lock()
         self._vector_width = vector_width if vector_width is not None else _widths.get(cand.key)
+        # What the CPU compiler targets (instruction set, vector registers): the tile follows it.
+        self.target = cpu_target(cand, self._vector_width)
         self.reload_params()
 
     def reload_params(self) -> None:
-        """Kernel parameters: built-in table, tuning cache, and the proof's vector width."""
+        """Kernel parameters: derived, shipped database, tuning cache, and the proof's vector width."""
         self.params = params.params_for(self)
         # The proof (proof.py) may have found the preferred vector width broken on this
         # device's compiler and settled on a narrower one.
@@ -514,6 +528,13 @@ class OpenCLDevice(Device):
             "fp64": self.has_fp64,
             "fp16_arithmetic": self.has_fp16,
             "pyopencl": cl.VERSION_TEXT,
+            # The instruction set the CPU kernels are compiled for, which can differ from
+            # the host's best (None on GPUs).
+            "isa": self.target.isa if self.target else None,
+            "vector_registers": self.target.vector_registers if self.target else None,
+            "target_cpu": self.target.target_cpu if self.target else None,
+            "isa_source": self.target.source if self.target else None,
+            "params_source": params.summary(self.params),
             "params": self.params,
         }
 

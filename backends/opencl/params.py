@@ -1,8 +1,12 @@
-"""Kernel parameters per device: a small built-in table, overridden by `python -m xdev.tune`.
+"""Kernel parameters per device, from three sources (``source`` in the result says which):
 
-Tuned values are stored per (device name, driver version) in
-``$XDEV_CACHE_DIR/opencl-tuning.json`` (default ``~/.cache/xdev``), an
-xdev.contract.json_store document.
+* derived from the device's properties (``defaults``): on CPUs the micro-tile from the
+  vector registers of the instruction set its compiler targets (isa.py), on GPUs the xl
+  tiles from compute units, local memory, SIMD width and registers;
+* the tuning database shipped with xdev (database.py, ``tuning_db.json``);
+* ``python -m xdev.tune``'s results, stored per (device name, driver version) in
+  ``$XDEV_CACHE_DIR/opencl-tuning.json`` (default ``~/.cache/xdev``), an
+  xdev.contract.json_store document.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 from xdev.contract import env
 from xdev.contract.json_store import JsonStore
 
+from . import database, isa
 from .protocol import DeviceDescription
 
 
@@ -29,31 +34,126 @@ def device_id(dev: DeviceDescription) -> str:
 
 
 GPU_TILE = {"TSM": 64, "TSN": 64, "TSK": 16, "WPTM": 4, "WPTN": 4}
-# The xl GEMM (gemm_xl.cl): 64 x 64 tiles, 8 x 8 per work-item, 64 work-items; on
-# discrete GPUs 128 x 128 tiles of 256 work-items with float4 loads and two local buffers
-# (32 KiB), the shape CLBlast's tuner found best on an H100 (128 x 128, 16 x 16 threads).
+GPU_TILE_BIG = {"TSM": 128, "TSN": 128, "TSK": 16, "WPTM": 8, "WPTN": 8}
+# The xl GEMM (gemm_xl.cl): 64 x 64 tiles, 8 x 8 per work-item, 64 work-items, for small
+# GPUs; derive_xl picks 128 x 128 tiles on large ones.
 GPU_XL = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
-GPU_XL_BIG = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
+
+# Shares of the vector registers the CPU micro-tiles keep as accumulators. GEMM: 3/4
+# (the rest holds the NV vectors of B, the broadcast element of A and the compiler's
+# temporaries), as BLIS's 6x16 AVX2 and 12x32 AVX-512 SGEMM kernels do; measured best
+# at 6 x 2 vectors on AVX2 (16 registers, Zen 4) and 12 x 2 on AVX-512 (32, Zen 5).
+# Conv: its inner loop also keeps the input's tap offsets and loads B unaligned.
+GEMM_ACC_SHARE = 0.75
+CONV_ACC_SHARE = 0.75
+
+
+def cpu_tile(registers: int, lanes: int | None, vw: int, share: float, nv: int = 2) -> dict[str, int]:
+    """MR rows x NV vectors of accumulators that keep `share` of the vector registers busy.
+
+    Registers are counted in vectors of the kernel's width: a 16-wide vector on an AVX2
+    target (8 lanes) takes two of its 16 registers.
+    """
+    regs = registers * lanes // vw if lanes and lanes < vw else registers
+    nv = max(1, min(nv, regs // 4))
+    # ... and never more than fit beside the NV vectors of B and the broadcast of A.
+    mr = max(1, min(16, int(share * regs) // nv, (regs - nv - 1) // nv))
+    return {"MR": mr, "NV": nv}
+
+
+def cpu_width(dev: Any) -> int:
+    """The kernels' vector width in floats: the proof's, else the device's preferred one,
+    no wider than the target's registers (a 16-wide vector on AVX2 is two registers)."""
+    vw = dev._vector_width or int(dev.cl_device.preferred_vector_width_float)
+    vw = vw if vw in (4, 8, 16) else 8
+    lanes = isa.LANES.get(dev.target.isa) if dev.target is not None else None
+    while lanes and vw > max(4, lanes):
+        vw //= 2
+    return vw
+
+
+def derive_cpu(dev: Any) -> tuple[dict[str, Any], str]:
+    """CPU micro-tiles from the vector registers of the compiler's target (isa.py)."""
+    t = dev.target
+    vw = cpu_width(dev)
+    lanes = isa.LANES.get(t.isa)
+    vwd = max(2, vw // 2)
+    gemm = cpu_tile(t.vector_registers, lanes, vw, GEMM_ACC_SHARE)
+    conv = cpu_tile(t.vector_registers, lanes, vw, CONV_ACC_SHARE)
+    why = f"derived: {t.isa}, {t.vector_registers} vector registers ({t.source})"
+    return {"gemm": {**gemm, "VW": vw, "VWD": vwd}, "conv": {**conv, "VW": vw, "VWD": vwd}}, why
+
+
+def gpu_properties(d: Any) -> dict[str, Any]:
+    """What derive_xl reads of an OpenCL GPU: units, local memory, work-group limit, SIMD
+    width (NVIDIA's warp, AMD's wavefront) and registers per block (NVIDIA)."""
+    exts = str(getattr(d, "extensions", "")).split()
+
+    def ext_attr(ext: str, name: str) -> int | None:
+        if ext not in exts:
+            return None
+        try:
+            return int(getattr(d, name))
+        except Exception:  # noqa: BLE001 - a driver that lists the extension but not the query
+            return None
+
+    warp = ext_attr("cl_nv_device_attribute_query", "warp_size_nv") or \
+        ext_attr("cl_amd_device_attribute_query", "wavefront_width_amd")
+    return {
+        "compute_units": int(d.max_compute_units),
+        "local_mem": int(d.local_mem_size),
+        "max_work_group": int(d.max_work_group_size),
+        "simd_width": warp or 32,
+        "registers_per_block": ext_attr("cl_nv_device_attribute_query", "registers_per_block_nv"),
+    }
+
+
+def derive_xl(props: dict[str, Any]) -> dict[str, int]:
+    """xl GEMM/conv parameters from a GPU's properties (a GPU the database does not know).
+
+    * 128 x 128 tiles on GPUs with at least 16 compute units (a 2048^2 product then still
+      has 256 work-groups to spread), 32 KiB of local memory and 256 work-items per group;
+      64 x 64 on smaller ones.
+    * Accumulators per work-item: 128 (16 x 8) where a work-item has 255 registers
+      (NVIDIA's 64 K registers per block, AMD's 256 VGPRs), else 64 (8 x 8); the
+      work-group has tile / accumulators work-items, a multiple of the SIMD width.
+    * Two local buffers (one barrier per K slice) when they fit.
+    """
+    big = props["compute_units"] >= 16 and props["local_mem"] >= 32 * 1024 and props["max_work_group"] >= 256
+    if not big:
+        return dict(GPU_XL)
+    regs = props.get("registers_per_block")
+    many_regs = (regs is not None and regs >= 65536) or props.get("simd_width") == 64
+    acc = 128 if many_regs else 64
+    threads = 128 * 128 // acc
+    if threads % props["simd_width"] or threads > props["max_work_group"]:
+        return dict(GPU_XL)
+    mdimc, ndimc = (8, 16) if threads == 128 else (16, 16)
+    t = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": mdimc, "NDIMC": ndimc, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
+    if 2 * 16 * (128 + 128) * 4 > props["local_mem"]:
+        t["DB"] = 0
+    return t
 
 
 def defaults(dev: DeviceDescription) -> dict[str, Any]:
-    """Parameters of both kernel families, so XDEV_OPENCL_KERNELS can force either."""
+    """Parameters of both kernel families (so XDEV_OPENCL_KERNELS can force either), derived
+    from the device's properties; ``source`` says so per family."""
     d = dev.cl_device
-    tile, xl = dict(GPU_TILE), dict(GPU_XL)
-    vendor = d.vendor.lower()
-    if not dev.is_cpu and ("nvidia" in vendor or "advanced micro" in vendor or "amd" in vendor):
-        tile = {"TSM": 128, "TSN": 128, "TSK": 16, "WPTM": 8, "WPTN": 8}
-        xl = dict(GPU_XL_BIG)
-    vw = int(d.preferred_vector_width_float)
-    vw = vw if vw in (4, 8, 16) else 8
-    vwd = max(2, vw // 2)
-    # 12 rows x 2 vectors: 24 accumulators of the 32 AVX-512 registers (measured best of
-    # 4..14 rows on PoCL/Zen 5); on narrower SIMD, more vectors per row.
-    nv = 2 if vw == 16 else 3
+    props = gpu_properties(d)
+    xl = derive_xl(props) if not dev.is_cpu else dict(GPU_XL)
+    tile = dict(GPU_TILE_BIG) if xl["MWG"] == 128 else dict(GPU_TILE)
+    gpu_why = (f"derived: {props['compute_units']} compute units, {props['local_mem'] // 1024} KiB local "
+               f"memory, SIMD width {props['simd_width']}")
+    if dev.target is not None:
+        cpu, cpu_why = derive_cpu(dev)
+    else:  # a GPU: the CPU family runs only when forced (XDEV_OPENCL_KERNELS=cpu)
+        vw = int(d.preferred_vector_width_float)
+        vw = vw if vw in (4, 8, 16) else 8
+        cpu = {fam: {**cpu_tile(isa.DEFAULT_REGISTERS, None, vw, GEMM_ACC_SHARE), "VW": vw, "VWD": max(2, vw // 2)}
+               for fam in ("gemm", "conv")}
+        cpu_why = f"derived: {isa.DEFAULT_REGISTERS} vector registers assumed"
     return {
-        "gemm": {"MR": 12, "NV": nv, "VW": vw, "VWD": vwd},
-        # Conv: 8 channels x 48 pixels, measured best of 2..14 rows on PoCL/Zen 5.
-        "conv": {"MR": 8, "NV": 3, "VW": vw, "VWD": vwd},
+        **cpu,
         "gemm_gpu": tile,
         "gemm_xl": xl,
         "conv_xl": dict(xl),
@@ -65,6 +165,7 @@ def defaults(dev: DeviceDescription) -> dict[str, Any]:
         # kernel won up to 64^3 (0.22 vs 0.32 ms) and lost from 96^3 (0.41 vs 0.32 ms).
         "small_work": 1 << 19,
         "KB": 64,  # k-block of the packing kernel
+        "source": {"gemm": cpu_why, "conv": cpu_why, "gemm_gpu": gpu_why, "gemm_xl": gpu_why, "conv_xl": gpu_why},
     }
 
 
@@ -127,7 +228,7 @@ def _legacy(doc: object) -> object:
 def tuning_file() -> JsonStore:
     """The cache file; a bad file or entry is ignored with a warning naming the file and the fix."""
     return JsonStore(cache_file(), "opencl-tuning", FILE_VERSION, what="OpenCL tuning cache", check=_check_file,
-                     legacy=_legacy, fix="the built-in parameters are used. Fix: `python -m xdev.tune --reset` "
+                     legacy=_legacy, fix="the untuned parameters (database or derived) are used. Fix: `python -m xdev.tune --reset` "
                                          "(or delete the file), then `python -m xdev.tune` to measure again")
 
 
@@ -137,8 +238,36 @@ def load_all(warn: bool = True) -> dict[str, Any]:
     return data if data is not None else {}
 
 
-def params_for(dev: DeviceDescription) -> dict[str, Any]:
+def database_entry(dev: DeviceDescription) -> dict[str, Any] | None:
+    """The shipped database's entry for `dev` (database.py), or None."""
+    return database.lookup(database.driver_family(dev.cand.platform.name), dev.cl_device.name,
+                           database.architecture(dev.cl_device))
+
+
+def _merge(params: dict[str, Any], entry: dict[str, Any], why: str) -> None:
+    for k, v in entry.items():
+        if isinstance(v, dict) and isinstance(params.get(k), dict):
+            params[k] = {**params[k], **v}
+        elif k in params:
+            params[k] = v
+        else:
+            continue
+        params["source"][k] = why
+
+
+def untuned(dev: DeviceDescription) -> dict[str, Any]:
+    """What `dev` runs without `python -m xdev.tune`: derived defaults, then the database."""
     params = defaults(dev)
+    entry = database_entry(dev)
+    if entry is not None:
+        _merge(params, entry["params"], database.label(entry))
+    return params
+
+
+def params_for(dev: DeviceDescription) -> dict[str, Any]:
+    """Derived defaults, then the shipped database's entry, then `python -m xdev.tune`'s
+    results; ``source`` names where each kernel family's parameters came from."""
+    params = untuned(dev)
     tuned = load_all().get(device_id(dev))
     if tuned is None or tuned == {}:
         return params
@@ -146,13 +275,17 @@ def params_for(dev: DeviceDescription) -> dict[str, Any]:
     if problem is not None:
         tuning_file().warn(f"{problem} in the entry of {device_id(dev)!r}")
         return params
-    for k, v in tuned.items():
-        if isinstance(v, dict) and isinstance(params.get(k), dict):
-            params[k] = {**params[k], **v}
-        elif k in params:
-            params[k] = v
+    _merge(params, tuned, f"xdev.tune: {cache_file()}")
     params["tuned"] = True
     return params
+
+
+def summary(params: dict[str, Any]) -> str:
+    """One line: which source each kernel family's parameters came from."""
+    by: dict[str, list[str]] = {}
+    for fam, why in params.get("source", {}).items():
+        by.setdefault(why, []).append(fam)
+    return "; ".join(f"{', '.join(fams)}: {why}" for why, fams in by.items())
 
 
 def check_writable() -> Path:

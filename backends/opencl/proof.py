@@ -25,7 +25,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from xdev.contract import env
 from xdev.contract.json_store import JsonStore
@@ -44,6 +44,10 @@ FIX = (
     "xdev then picks the working device by itself"
 )
 
+
+# What the child's compiler said it targets, per device key (isa.from_log: the LLVM CPU
+# and the kernel library; {} when the driver logs neither): the CPU tile follows it.
+compiler_targets: dict[str, dict[str, str]] = {}
 
 enabled = env.opencl_proof
 timeout_s = env.opencl_proof_timeout
@@ -97,7 +101,7 @@ def identity(cand, family: str, params: dict[str, Any]) -> dict[str, Any]:
         "driver": d.driver_version.strip(),
         "kernels": sources_hash(),
         "family": family,
-        "params": params,
+        "params": _kernel_params(params),
     }
 
 
@@ -151,25 +155,57 @@ def _write_verdict(ident: dict[str, Any], verdict: dict[str, Any]) -> None:
                 f"tens of seconds). Fix: set XDEV_CACHE_DIR to a writable folder", RuntimeWarning, stacklevel=4)
 
 
-def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | None]:
-    """(vector width to use, None) if the device runs xdev's kernels, else (None, why)."""
+def prove(cand, family: str, params: dict[str, Any],
+          params_at: Callable[[int, dict[str, str]], dict[str, Any]] | None = None
+          ) -> tuple[int | None, str | None]:
+    """(vector width to use, None) if the device runs xdev's kernels, else (None, why).
+
+    With `params_at` (vector width, compiler target -> the parameters the device will
+    use), the child runs exactly those; once the first child has told what its compiler
+    targets (isa.py), a check whose parameters that changes (a tile for another register
+    count) is run again with the device's real ones.
+    """
     if not enabled():
         return params["gemm"]["VW"], None
     vw0 = int(params["gemm"]["VW"])
     ident = identity(cand, family, params)
     cached = _read_verdict(ident)
     if cached is not None:
+        if isinstance(cached.get("compiler"), dict):
+            compiler_targets[cand.key] = cached["compiler"]
         return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
     first_error = None
     verdict: dict[str, Any] | None = None
     transient = False  # a hang or a kill without a compiler error: not worth remembering
-    for i, vw in enumerate(widths(vw0)):
-        err = run_child(cand, vw, first=(i == 0))
-        transient = transient or (err is not None and _transient(err))
+    compiler: dict[str, str] = {}
+    tried: set[int] = set()
+    for vw in widths(vw0):
+        p = None if params_at is None else params_at(vw, compiler)
+        used = vw if p is None else int(p["gemm"]["VW"])  # no wider than the target's registers
+        if used in tried:
+            continue
+        err = _check(cand, used, not tried, p)
+        learned = compiler_targets.get(cand.key, {})
+        if params_at is not None and learned and learned != compiler:
+            # The first child told what its compiler targets: if that changes the parameters
+            # (a tile for another register count), check the ones the device will use.
+            compiler = learned
+            again = params_at(vw, compiler)
+            if _kernel_params(again) != _kernel_params(p):
+                tried.add(used)
+                p, used = again, int(again["gemm"]["VW"])
+                err = _check(cand, used, False, p)
+        tried.add(used)
         if err is None:
-            verdict = {"ok": True, "vw": vw, "reason": "" if vw == vw0 else
-                       f"vector width {vw0} failed ({first_error}); using {vw}"}
+            if used == vw0:
+                reason = ""
+            elif first_error:
+                reason = f"vector width {vw0} failed ({first_error}); using {used}"
+            else:
+                reason = f"vector width {used}: the width of the registers its compiler targets"
+            verdict = {"ok": True, "vw": used, "reason": reason, "compiler": compiler or learned}
             break
+        transient = transient or _transient(err)
         first_error = first_error or err
     if verdict is None:
         verdict = {"ok": False, "vw": None, "reason": (
@@ -181,8 +217,18 @@ def prove(cand, family: str, params: dict[str, Any]) -> tuple[int | None, str | 
     return (verdict["vw"], None) if verdict["ok"] else (None, verdict["reason"])
 
 
-def run_child(cand, vw: int, first: bool) -> str | None:
-    """Run the kernel check for one vector width in a child process; None, or why it failed."""
+def _kernel_params(p: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if p is None else {k: v for k, v in p.items() if k != "source"}
+
+
+def _check(cand, vw: int, first: bool, params: dict[str, Any] | None) -> str | None:
+    # (run_child without `params` when there are none: test doubles take three arguments)
+    return run_child(cand, vw, first) if params is None else run_child(cand, vw, first, params=params)
+
+
+def run_child(cand, vw: int, first: bool, params: dict[str, Any] | None = None) -> str | None:
+    """Run the kernel check for one vector width (and `params`, else the child's own
+    defaults at that width) in a child process; None, or why it failed."""
     # The folder the running `xdev` package was imported from (already imported: this
     # module is part of it), so the child finds the same code.
     root = str(Path(sys.modules["xdev"].__file__).resolve().parent.parent)  # type: ignore[arg-type]
@@ -193,12 +239,18 @@ def run_child(cand, vw: int, first: bool) -> str | None:
     child_env.pop("XDEV_BACKEND", None)
     d = cand.device
     args = [sys.executable, "-m", "xdev.backends.opencl.proof_child", str(cand.p), str(cand.d), str(vw),
-            d.name.strip(), cand.platform.version.strip()]
+            d.name.strip(), cand.platform.version.strip()] + ([json.dumps(params)] if params is not None else [])
     # A private PoCL kernel cache: a child that dies mid-build leaves its half-written
     # entry there, not in the cache the user's processes read.
+    # PoCL's LLVM log names the -target-cpu and the kernel library of each build (isa.py).
+    child_env["POCL_DEBUG"] = "llvm"
     with tempfile.TemporaryDirectory(prefix="xdev-proof-pocl-") as pocl_cache:
         child_env["POCL_CACHE_DIR"] = pocl_cache
         code, out, err, limit = _run(args, child_env, timeout_s())
+    from .isa import from_log, without_log
+
+    compiler_targets[cand.key] = from_log(err)
+    err = without_log(err)
     if limit is not None:
         step = [ln for ln in out.splitlines() if ln.startswith("XDEV-PROOF-STEP ")]
         after = f" after {step[-1][len('XDEV-PROOF-STEP '):]}" if step else ""

@@ -1,7 +1,7 @@
 """The child process of the OpenCL device proof (proof.py): builds and runs xdev's kernels
 on one device at one vector width, checks them against NumPy, and prints one line
 ``XDEV-PROOF {"ok": ...}``. Run as ``python -m xdev.backends.opencl.proof_child P D VW
-NAME PLATFORM_VERSION``; nothing imports this module.
+NAME PLATFORM_VERSION [PARAMS_JSON]``; nothing imports this module.
 """
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def _conv_ref(x, w, b, stride, pad, groups):
 
 def child_main(argv: list[str]) -> int:
     p, d, vw, name, pversion = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4]
+    params = json.loads(argv[5]) if len(argv) > 5 else None
     try:
-        _child(p, d, vw, name, pversion)
+        _child(p, d, vw, name, pversion, params)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
         msg = " ".join(str(e).split())
         print("XDEV-PROOF " + json.dumps({"ok": False, "error": f"{type(e).__name__}: {msg[:600]}"}), flush=True)
@@ -59,7 +60,7 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
+def _child(p: int, d: int, vw: int, name: str, pversion: str, params: dict[str, Any] | None) -> None:
     import numpy as np
 
     from xdev.contract import ConvParams
@@ -70,6 +71,8 @@ def _child(p: int, d: int, vw: int, name: str, pversion: str) -> None:
     if cand is None or cand.device.name.strip() != name or cand.platform.version.strip() != pversion:
         raise RuntimeError(f"device opencl:{p}:{d} is not {name!r} in this process")
     dev = OpenCLDevice(cand, vector_width=vw)
+    if params is not None:  # the parent's, which knows the compiler's target (proof.prove)
+        dev.params = params
     if env.opencl_proof_fault() == "abort":
         dev.program("copy.cl", type_options(np.float32, np.float32))
         os.abort()  # what an LLVM "Cannot select" does to the process

@@ -23,6 +23,8 @@ class DeviceDescription(Protocol):
     cand: Any  # device.Candidate: platform, device and their indexes
     cl_device: cl.Device
     is_cpu: bool
+    target: Any  # isa.Target: what a CPU device's compiler emits (None on GPUs)
+    _vector_width: int | None  # the vector width the proof settled on (None: not proven yet)
 
 
 class KernelDevice(DeviceDescription, Protocol):
