@@ -171,8 +171,9 @@ def prove(cand, family: str, params: dict[str, Any],
     ident = identity(cand, family, params)
     cached = _read_verdict(ident)
     if cached is not None:
-        if isinstance(cached.get("compiler"), dict):
-            compiler_targets[cand.key] = cached["compiler"]
+        comp = cached.get("compiler")
+        if isinstance(comp, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in comp.items()):
+            compiler_targets[cand.key] = comp
         return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
     first_error = None
     verdict: dict[str, Any] | None = None
