@@ -264,7 +264,6 @@ class OpenCLDevice(Device):
 
     def alloc(self, nbytes: int) -> Any:
         fork.check("opencl")  # (so is every call below that reaches the driver: fork.py)
-        self.check_host_memory(nbytes)
         if nbytes > self.max_alloc:
             raise MemoryError(
                 f"{self.key} ({self.name}): cannot allocate {nbytes} bytes in one buffer; the device "
@@ -281,6 +280,7 @@ class OpenCLDevice(Device):
                 f"{pool.active_bytes} bytes are in use by live arrays and the device has "
                 f"{self.global_mem}; free arrays you no longer need (del, or let them go out of scope)"
             )
+        self.check_host_memory(nbytes)
         try:
             buf = pool.allocate(max(nbytes, 1))
         except (cl.MemoryError, cl.RuntimeError) as e:
