@@ -72,3 +72,27 @@ nvidia_opencl_lib() {
       /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 /usr/lib64/libnvidia-opencl.so.1 2>/dev/null | head -n 1)
   echo "$lib"
 }
+
+# use_nvidia_opencl: make NVIDIA's OpenCL driver visible to the ICD loader (writes
+# /etc/OpenCL/vendors/nvidia.icd, or points OCL_ICD_VENDORS at a folder of $WORK when /etc is
+# read-only or in a dry run). Sets OCL_SEL to the selector of its device ("opencl:nvidia"),
+# or to "opencl" (the default device) when the driver is absent; returns 1 then.
+use_nvidia_opencl() {
+  local ocl_lib icd=/etc/OpenCL/vendors/nvidia.icd
+  ocl_lib=$(nvidia_opencl_lib)
+  OCL_SEL=opencl
+  if [ -z "$ocl_lib" ]; then
+    echo "OpenCL: no libnvidia-opencl.so.1 on this machine"
+    return 1
+  fi
+  OCL_SEL=opencl:nvidia
+  if [ -e "$icd" ]; then
+    echo "OpenCL: $icd exists ($(cat "$icd"))"
+  elif [ "$DRY" = 0 ] && mkdir -p /etc/OpenCL/vendors 2>/dev/null && echo "$ocl_lib" >"$icd" 2>/dev/null; then
+    echo "OpenCL: wrote $icd -> $ocl_lib"
+  else  # read-only /etc (or a dry run): the ICD loader also reads OCL_ICD_VENDORS
+    mkdir -p "$WORK/icd" && echo "$ocl_lib" >"$WORK/icd/nvidia.icd"
+    export OCL_ICD_VENDORS=$WORK/icd
+    echo "OpenCL: OCL_ICD_VENDORS=$OCL_ICD_VENDORS -> $ocl_lib"
+  fi
+}

@@ -65,25 +65,15 @@ main() {
   fi
 
   # -- NVIDIA's OpenCL driver: register it with the ICD loader if nobody did ------------------
-  local ocl_lib="" icd=/etc/OpenCL/vendors/nvidia.icd
-  ocl_lib=$(nvidia_opencl_lib)
-  local ocl_sel=opencl
-  if [ -n "$ocl_lib" ]; then
-    ocl_sel=opencl:nvidia
-    if [ -e "$icd" ]; then
-      echo "OpenCL: $icd exists ($(cat "$icd"))"
-    elif [ $DRY = 0 ] && mkdir -p /etc/OpenCL/vendors 2>/dev/null && echo "$ocl_lib" >"$icd" 2>/dev/null; then
-      echo "OpenCL: wrote $icd -> $ocl_lib"
-    else  # read-only /etc (or a dry run): the ICD loader also reads OCL_ICD_VENDORS
-      mkdir -p "$WORK/icd" && echo "$ocl_lib" >"$WORK/icd/nvidia.icd"
-      export OCL_ICD_VENDORS=$WORK/icd
-      echo "OpenCL: OCL_ICD_VENDORS=$OCL_ICD_VENDORS -> $ocl_lib"
-    fi
+  local ocl_sel
+  if use_nvidia_opencl; then
+    ocl_sel=$OCL_SEL
   elif [ $DRY = 1 ]; then
+    ocl_sel=opencl
     echo "dry run: no NVIDIA OpenCL driver; the default OpenCL device with the GPU kernel family forced stands in"
     export XDEV_OPENCL_KERNELS=gpu
   else
-    echo "!!! no libnvidia-opencl.so.1 on this machine: nothing to compare"; return 1
+    echo "!!! nothing to compare"; return 1
   fi
 
   # Tuned parameters are stored with the results (and read from there by every later step).

@@ -9,7 +9,7 @@ import numpy as np
 
 from xdev.contract import conv_params
 
-from . import isa, params
+from . import isa, params, tc
 from .gemm import xl_valid
 
 CPU_BUDGET_S = 120.0  # screening of the CPU micro-tiles (GEMM 40%, conv the rest)
@@ -199,6 +199,71 @@ def verify_conv(dev: OpenCLDevice) -> str | None:
     return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
 
 
+def verify_tc(dev: OpenCLDevice, dtype: np.dtype) -> str | None:
+    """Like verify_gemm for the tensor-core GEMM in the mode of `dtype` (float16, or TF32 for
+    float32): a ragged, batched product with a transposed (packed) and an in-place operand,
+    within the mode's bound (TF32: unit roundoff 2^-11)."""
+    rng = np.random.default_rng(3)
+    dtype = np.dtype(dtype)
+    a = rng.standard_normal((2, 77, 131)).astype(dtype)
+    b = rng.standard_normal((131, 203)).astype(dtype)
+    xa = dev.transpose(dev.upload(np.ascontiguousarray(a.transpose(0, 2, 1))), (0, 2, 1))
+    c = dev.download(dev.matmul(xa, dev.upload(b))).astype(np.float64)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    u_acc = 2.0**-11 if dtype == np.float32 else 2.0**-24
+    u_out = 2.0**-24 if dtype == np.float32 else 2.0**-11
+    bound = 133 * u_acc * (np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)) + u_out * np.abs(ref)
+    bad = ~(np.abs(c - ref) <= bound)
+    return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
+
+
+def search_tc(dev: OpenCLDevice, mode: int, run: Callable[[], Any], repeat: int, deadline: float,
+              log: Callable[[str], None]) -> dict[str, int] | None:
+    """The tensor-core GEMM's tiles in one mode: stage 1 (tc.shapes) then stage 2
+    (tc.neighbours from the best), each candidate verified first; the fastest, or None."""
+    key = tc.KEYS[mode]
+    d = dev.cl_device
+    limits = (int(d.max_work_group_size), int(d.local_mem_size))
+    dtype = np.dtype(np.float32 if mode == 32 else np.float16)
+    seen: dict[tuple, float] = {}
+    best: tuple[float, dict[str, int]] | None = None
+
+    def measure(t: dict[str, int]) -> None:
+        nonlocal best
+        k = tuple(sorted(t.items()))
+        if k in seen or time.monotonic() > deadline:
+            return
+        seen[k] = float("inf")
+        dev.params[key] = t
+        try:
+            why = verify_tc(dev, dtype)
+            if dev.tc_reason is not None:  # the build failed: candidate and family switched off
+                log(f"{key} {_fmt(t)}: failed ({dev.tc_reason[:160]})")
+                dev.tc_reason = None
+                return
+            if why:
+                log(f"{key} {_fmt(t)}: wrong results ({why}); skipped")
+                return
+            sec = _time(dev, run, repeat)
+        except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
+            log(f"{key} {_fmt(t)}: failed ({str(e).strip().splitlines()[0][:120]})")
+            return
+        seen[k] = sec
+        log(f"{key} {_fmt(t)}: {sec * 1e3:8.3f} ms")
+        if best is None or sec < best[0]:
+            best = (sec, t)
+
+    for t in [dict(params.defaults(dev)[key]), *tc.shapes(mode, *limits)]:
+        measure(t)
+    if best is not None:
+        for step in tc.TC_STEPS:
+            for t in tc.neighbours(mode, best[1], step, *limits):
+                measure(t)
+    if time.monotonic() > deadline:
+        log(f"{key}: time budget reached after {len(seen)} candidates")
+    return None if best is None else dict(best[1])
+
+
 def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
               repeat: int, deadline: float, log: Callable[[str], None],
               first: list[dict[str, int]] = ()) -> dict[str, int] | None:
@@ -303,10 +368,13 @@ def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., An
         conv_in.append((rand(*xs), rand(*ws), conv_params(xs, ws, None, 1, 1, 1, 1)))
     found: dict[str, Any] = {}
     dev.params["xl_work"] = 0
+    has_tc = dev.tc_reason is None
     gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
-                     t0 + 0.55 * budget_s, log)
+                     t0 + (0.35 if has_tc else 0.55) * budget_s, log)
     builtin = params.untuned(dev)
     rounds = 5 if quick else 7
+    if has_tc:  # the tensor-core GEMM in both modes (NVIDIA, compute capability 8.0+)
+        found.update(tune_tc(dev, n, repeat, rounds, t0, budget_s, log))
     gemm_run = lambda: dev.matmul(a, b)  # noqa: E731
     if gemm:  # the search's winner against the built-in default, interleaved: kept only beyond noise
         gemm = pick(dev, "gemm_xl", gemm_run, [gemm], builtin["gemm_xl"], rounds, log)
@@ -333,6 +401,33 @@ def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., An
             found["xl_work"] = m**3
             break
     log(f"GPU search took {time.monotonic() - t0:.0f} s (budget {budget_s:.0f} s)")
+    return found
+
+
+def tune_tc(dev: OpenCLDevice, n: int, repeat: int, rounds: int, t0: float, budget_s: float,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """search_tc for float16 then TF32 at n^3, each winner kept only beyond noise against
+    the built-in default (pick). The float32 mode is forced for the search and restored."""
+    found: dict[str, Any] = {}
+    builtin = params.defaults(dev)
+    rng = np.random.default_rng(4)
+    saved = dev.force_tf32
+    try:
+        for mode, share in ((16, 0.45), (32, 0.55)):
+            dtype = np.float32 if mode == 32 else np.float16
+            a = dev.upload(rng.standard_normal((n, n)).astype(dtype))
+            b = dev.upload(rng.standard_normal((n, n)).astype(dtype))
+            dev.force_tf32 = True if mode == 32 else saved
+            key = tc.KEYS[mode]
+            run = lambda a=a, b=b: dev.matmul(a, b)  # noqa: E731
+            best = search_tc(dev, mode, run, repeat, t0 + share * budget_s, log)
+            if best:
+                best = pick(dev, key, run, [best], builtin[key], rounds, log)
+            dev.params[key] = {**builtin[key], **(best or {})}
+            if best:
+                found[key] = best
+    finally:
+        dev.force_tf32 = saved
     return found
 
 

@@ -17,7 +17,7 @@ from xdev.contract import env, fork
 from xdev.contract.kernel_cache import KernelCache
 from xdev.contract.shapes import round_up
 from . import array as cla
-from . import backward, conv, gemm, isa, params, proof
+from . import backward, conv, gemm, isa, params, proof, tc
 from .array import CLArray
 from .host_memory import HostMemory
 from .kernels import build_program, type_options
@@ -84,6 +84,7 @@ def _candidates() -> tuple[Candidate, ...]:
 _usable: dict[str, str | None] = {}
 _contexts: dict[str, cl.Context] = {}  # the probe's context, kept for the device to use
 _widths: dict[str, int] = {}  # vector width the proof settled on, per device key
+_tc_failures: dict[str, str] = {}  # why the proof turned a device's tensor-core GEMM off
 
 
 class _Shim:
@@ -125,6 +126,9 @@ def unusable_reason(c: Candidate) -> str | None:
         if reason is None:
             _contexts[c.key] = ctx
             _widths[c.key] = int(vw)  # type: ignore[arg-type]
+            tc_failure = proof.tc_failure(c)
+            if tc_failure:
+                _tc_failures[c.key] = tc_failure
     _usable[c.key] = reason
     return reason
 
@@ -237,6 +241,13 @@ class OpenCLDevice(Device):
         self._vector_width = vector_width if vector_width is not None else _widths.get(cand.key)
         # What the CPU compiler targets (instruction set, vector registers): the tile follows it.
         self.target = cpu_target(cand, self._vector_width)
+        # The tensor-core GEMM (tc.py): None where it runs, else why not. force_tf32 (None:
+        # the user's switch) lets the proof and the tuner pick the float32 mode themselves.
+        self.tc_reason: str | None = tc.support(cand.platform.name, cand.device) if not self.is_cpu else \
+            "not a GPU"
+        if self.tc_reason is None and cand.key in _tc_failures:
+            self.tc_reason = _tc_failures[cand.key]
+        self.force_tf32: bool | None = None
         self.reload_params()
 
     def reload_params(self) -> None:
@@ -260,7 +271,30 @@ class OpenCLDevice(Device):
                             f"(integer and bool data compute exactly on the numpy backend: backend='numpy')")
 
     def acc_dtype(self, dtype: np.dtype) -> np.dtype:
-        return F64 if dtype == F64 else F32  # float16 is storage only: kernels compute in float
+        """float16 is storage only (kernels compute in float). With TF32 on (tc.mode), float32
+        products use TF32 inputs (10-bit mantissa): the reported float16 has TF32's unit
+        roundoff (2^-11), as on the CUDA backend, so error bounds stay honest."""
+        if dtype == F32 and tc.mode(self, dtype) == 32:
+            return np.dtype(np.float16)
+        return F64 if dtype == F64 else F32
+
+    def disable_tc(self, reason: str) -> None:
+        """Stop using the tensor-core GEMM on this device (its kernel failed to build)."""
+        import warnings
+
+        self.tc_reason = reason
+        warnings.warn(f"xdev: {self.key} ({self.name}): tensor-core GEMM off, the other GPU kernels "
+                      f"run instead: {reason}", RuntimeWarning, stacklevel=3)
+
+    def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
+        """What a large matmul of `dtype` runs as here (the benchmark's numerics column)."""
+        dtype = np.dtype(dtype)
+        m = tc.mode(self, dtype)
+        if m is not None:
+            mode = "tf32" if m == 32 else "fp16"
+            return {"numeric_mode": mode, "numerics": f"{mode}, tensor cores (mma.sync through inline PTX)"}
+        mode = {np.dtype(np.float16): "fp16-storage-fp32-compute", F64: "fp64"}.get(dtype, "strict-fp32")
+        return {"numeric_mode": mode, "numerics": f"{mode}, FMA units"}
 
     def alloc(self, nbytes: int) -> Any:
         fork.check("opencl")  # (so is every call below that reaches the driver: fork.py)
@@ -527,6 +561,9 @@ class OpenCLDevice(Device):
             "global_mem_bytes": self.global_mem,
             "fp64": self.has_fp64,
             "fp16_arithmetic": self.has_fp16,
+            "tensor_cores": self.tc_reason is None and self.family == "gpu",
+            "tensor_core_reason": self.tc_reason or "",
+            "tf32": tc.mode(self, F32) == 32,
             "pyopencl": cl.VERSION_TEXT,
             # The instruction set the CPU kernels are compiled for, which can differ from
             # the host's best (None on GPUs).

@@ -10,7 +10,11 @@
   multiply-adds, where two packing passes would not pay): local-memory tiles read
   straight from the strided operands;
 * ``small``: one work-item per output, for problems too small to repay either
-  (fewer than ``params["small_work"]`` multiply-adds per matrix).
+  (fewer than ``params["small_work"]`` multiply-adds per matrix);
+* ``tc`` (NVIDIA GPUs of compute capability 8.0+, float16 and, when asked for, TF32):
+  the tensor cores through inline PTX (``gemm_tc.cl``, see ``tc.py``); operands are read
+  in place when their rows are 16-byte aligned and k- (A) or n-contiguous (B), else
+  packed into that form first.
 """
 from __future__ import annotations
 
@@ -18,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from xdev.contract import F32, F64, broadcast_batch, matmul_shape
+from xdev.contract import F32, F64, KernelBuildError, broadcast_batch, matmul_shape
 from xdev.contract.shapes import cdiv, check_int32, round_up
 
 from . import array as cla
+from . import tc
 from .array import CLArray
 from .kernels import type_options
 from .protocol import KernelDevice
@@ -34,11 +39,13 @@ Strides = tuple[int, ...]
 INDEX_HINT = "split the problem (e.g. a smaller batch or image), or run it on the numpy or cuda backend"
 
 
-def family(dev: KernelDevice, M: int, N: int, K: int) -> str:
+def family(dev: KernelDevice, M: int, N: int, K: int, dtype: np.dtype | None = None) -> str:
     if M * N * K < dev.params["small_work"]:
         return "small"
     if dev.family == "cpu":
         return "packed"
+    if dtype is not None and tc.mode(dev, dtype) is not None:
+        return "tc"
     return "xl" if M * N * K >= dev.params["xl_work"] else "tiled"
 
 
@@ -82,8 +89,12 @@ def matmul(dev: KernelDevice, a: CLArray, b: CLArray) -> CLArray:
                 shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
             check_int32("matmul on OpenCL", INDEX_HINT, M=M, N=N, K=K, **{
                 "M*N": M * N, "M*K": M * K, "K*N": K * N, "batch": int(np.prod(shape, dtype=np.int64))})
-            run = {"packed": _packed, "tiled": _tiled, "small": _small, "xl": _xl}[family(dev, M, N, K)]
-            run(dev, a, b, out, M, N, K, shape, astr, bstr)
+            fam = family(dev, M, N, K, dt)
+            if fam == "tc" and not _tc(dev, a, b, out, M, N, K, shape, astr, bstr):
+                fam = family(dev, M, N, K, dt)  # its build failed: the device has no tc family now
+            if fam != "tc":
+                run = {"packed": _packed, "tiled": _tiled, "small": _small, "xl": _xl}[fam]
+                run(dev, a, b, out, M, N, K, shape, astr, bstr)
     return out.with_view(0, out_shape, cla.c_strides(out_shape))
 
 
@@ -216,17 +227,19 @@ def xl_options(dev: KernelDevice, t: dict, dtype: np.dtype) -> dict[str, int]:
     return t
 
 
-def pack_gpu(dev: KernelDevice, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int, Rp: int, Kp: int):
+def pack_gpu(dev: KernelDevice, src: CLArray, shape, strides, rs: int, ks: int, R: int, K: int, Rp: int, Kp: int,
+             keep: bool = False):
     """src's R x K matrices (r stride rs, k stride ks) as zero-padded [Kp][Rp] panels in the
-    compute type; returns (buffer, packed strides per batch dim)."""
-    real = F64 if src.dtype == F64 else np.dtype(np.float32)
+    compute type (`keep`: in src's own type); returns (buffer, packed strides per batch dim)."""
+    real = src.dtype if keep else F64 if src.dtype == F64 else np.dtype(np.float32)
     own = [(n, s) for n, s in zip(shape, strides) if s != 0]
     own_shape, (own_str,) = pad3(tuple(n for n, _ in own), tuple(s for _, s in own))
     PB = int(np.prod(own_shape))
     panel = Kp * Rp
     buf = dev.alloc(PB * panel * real.itemsize)
     i64, i32 = np.int64, np.int32
-    dev.launch("pack_gpu.cl", "pack_kr", type_options(src.dtype, src.dtype),
+    opts = {**type_options(src.dtype, src.dtype), **({"PACK_KEEP": 1} if keep else {})}
+    dev.launch("pack_gpu.cl", "pack_kr", opts,
                (cdiv(Rp, 32) * 32, cdiv(Kp, 32) * 8, PB), (32, 8, 1), buf, src.buf, i64(src.offset),
                i32(own_shape[1]), i32(own_shape[2]), *(i64(s) for s in own_str),
                i64(rs), i64(ks), i32(R), i32(K), i32(Rp), i32(Kp))
@@ -245,3 +258,44 @@ def _xl(dev: KernelDevice, a, b, out, M, N, K, shape, astr, bstr) -> None:
                (Np // t["NWG"] * t["NDIMC"], Mp // t["MWG"] * t["MDIMC"], B), (t["NDIMC"], t["MDIMC"], 1),
                out.buf, pa, pb, i32(M), i32(N), i32(Mp), i32(Np), i32(Kp),
                i32(shape3[1]), i32(shape3[2]), *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+
+
+def _tc_operand(x: CLArray, strides: Strides, inner: int, outer: int, ce: int) -> bool:
+    """Can gemm_tc.cl read x in place: unit stride along the contiguous axis, and the start,
+    the row stride and every batch stride whole 16-byte chunks (ce elements)?"""
+    return (inner == 1 and outer > 0 and outer % ce == 0 and x.offset % ce == 0
+            and all(s % ce == 0 for s in strides))
+
+
+def _tc(dev: KernelDevice, a, b, out, M, N, K, shape, astr, bstr) -> bool:
+    """C = A @ B on the tensor cores (gemm_tc.cl); False, with the device's tc family switched
+    off and a warning, when the kernel does not build on this device."""
+    mode = tc.mode(dev, a.dtype)
+    t = dev.params[tc.KEYS[mode]]
+    opts = tc.options(mode, t)
+    try:
+        dev.kernel("gemm_tc.cl", "gemm_tc", opts)
+    except KernelBuildError as e:
+        dev.disable_tc(f"gemm_tc.cl does not build with {opts}: {str(e).strip().splitlines()[0]}")
+        return False
+    ce = 16 // a.dtype.itemsize
+    if _tc_operand(a, astr, a.strides[-1], a.strides[-2], ce):
+        pa, a_off, lda, pa_str = a.buf, a.offset, a.strides[-2], astr
+    else:  # rows of K elements, padded to whole chunks: [M][Kc]
+        lda = round_up(K, ce)
+        pa, pa_str = pack_gpu(dev, a, shape, astr, a.strides[-1], a.strides[-2], K, M, lda, M, keep=True)
+        a_off = 0
+    if _tc_operand(b, bstr, b.strides[-1], b.strides[-2], ce):
+        pb, b_off, ldb, pb_str = b.buf, b.offset, b.strides[-2], bstr
+    else:  # [K][Nc]
+        ldb = round_up(N, ce)
+        pb, pb_str = pack_gpu(dev, b, shape, bstr, b.strides[-1], b.strides[-2], N, K, ldb, K, keep=True)
+        b_off = 0
+    shape3, (pa3, pb3) = pad3(shape, pa_str, pb_str)
+    B = int(np.prod(shape3))
+    nthr = t["WM"] * t["WN"] * 32
+    i64, i32 = np.int64, np.int32
+    dev.launch("gemm_tc.cl", "gemm_tc", opts, (cdiv(N, t["BN"]) * nthr, cdiv(M, t["BM"]), B), (nthr, 1, 1),
+               out.buf, pa, i64(a_off), pb, i64(b_off), i32(M), i32(N), i32(K), i64(lda), i64(ldb),
+               i32(shape3[1]), i32(shape3[2]), *(i64(s) for s in pa3), *(i64(s) for s in pb3))
+    return True

@@ -14,10 +14,15 @@ _HERE = Path(__file__).resolve().parent
 BITS = {F16: 16, F32: 32, F64: 64}
 
 
+# Files assembled in front of a kernel file: common.cl, except for the tensor-core GEMM,
+# which stands alone (it is also compiled as CUDA and host C++) behind its PTX helpers.
+_FRONT = {"gemm_tc.cl": ("tc_ptx.cl",)}
+
+
 @lru_cache(maxsize=None)
 def source(name: str) -> KernelSource:
-    """Kernel file `name` with common.cl in front (compiler line numbers map back to each)."""
-    return KernelSource([_HERE / "common.cl", _HERE / name])
+    """Kernel file `name` with the files it needs in front (compiler line numbers map back to each)."""
+    return KernelSource([_HERE / f for f in _FRONT.get(name, ("common.cl",))] + [_HERE / name])
 
 
 def type_options(in_dtype: np.dtype, out_dtype: np.dtype) -> dict[str, int]:

@@ -4,8 +4,18 @@
 // A 32 x 32 tile goes through local memory so both the strided read (along whichever
 // source axis is more contiguous) and the write (along r) are coalesced.
 // Batches: pb = ((i0 * n1) + i1) * n2 + i2 with source strides s0, s1, s2.
+// -DPACK_KEEP=1 writes the storage type instead (float16 stays float16: the tensor-core GEMM
+// reads its operands as stored).
+#if defined(PACK_KEEP) && IN_BITS == 16
+typedef half pack_t;
+#define PACK_STORE(v, p, i) vstore_half((v), (i), (p))
+#else
+typedef real pack_t;
+#define PACK_STORE(v, p, i) ((p)[(i)] = (v))
+#endif
+
 __kernel __attribute__((reqd_work_group_size(32, 8, 1)))
-void pack_kr(__global real* restrict dst,
+void pack_kr(__global pack_t* restrict dst,
              __global const in_t* restrict src, const long off,
              const int n1, const int n2, const long s0, const long s1, const long s2,
              const long rs, const long ks, const int R, const int K, const int Rp, const int Kp)
@@ -23,9 +33,9 @@ void pack_kr(__global real* restrict dst,
         if (rfast) t[i][lx] = v; else t[lx][i] = v;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global real* d = dst + (size_t)pb * Kp * Rp;
+    __global pack_t* d = dst + (size_t)pb * Kp * Rp;
     for (int i = ly; i < 32; i += 8) {
         const int k = k0 + i, r = r0 + lx;
-        if (k < Kp && r < Rp) d[(size_t)k * Rp + r] = t[i][lx];
+        if (k < Kp && r < Rp) PACK_STORE(t[i][lx], d, (size_t)k * Rp + r);
     }
 }

@@ -16,7 +16,7 @@ from typing import Any
 from xdev.contract import env
 from xdev.contract.json_store import JsonStore
 
-from . import database, isa
+from . import database, isa, tc
 from .protocol import DeviceDescription
 
 
@@ -165,7 +165,10 @@ def defaults(dev: DeviceDescription) -> dict[str, Any]:
         # kernel won up to 64^3 (0.22 vs 0.32 ms) and lost from 96^3 (0.41 vs 0.32 ms).
         "small_work": 1 << 19,
         "KB": 64,  # k-block of the packing kernel
-        "source": {"gemm": cpu_why, "conv": cpu_why, "gemm_gpu": gpu_why, "gemm_xl": gpu_why, "conv_xl": gpu_why},
+        "source": {"gemm": cpu_why, "conv": cpu_why, "gemm_gpu": gpu_why, "gemm_xl": gpu_why, "conv_xl": gpu_why,
+                   **{k: "built-in: backends/opencl/tc.py" for k in tc.DEFAULTS}},
+        # The tensor-core GEMM (tc.py; used only where tc.support allows): TF32 and float16.
+        **{k: dict(v) for k, v in tc.DEFAULTS.items()},
     }
 
 
@@ -181,6 +184,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
                 "VWM": (1, 16), "VWN": (1, 16), "PAD": (0, 16), "DB": (0, 1)},
     "conv_xl": {"MWG": (4, 512), "NWG": (4, 512), "KWG": (1, 128), "MDIMC": (1, 64), "NDIMC": (1, 64),
                 "VWM": (1, 16), "VWN": (1, 16), "PAD": (0, 16), "DB": (0, 1)},
+    **{k: dict(tc.RANGES) for k in tc.DEFAULTS},
 }
 _SCALARS: dict[str, tuple[int, int]] = {"small_work": (0, 1 << 40), "xl_work": (0, 1 << 50), "KB": (1, 4096)}
 
@@ -204,6 +208,8 @@ def validate_entry(entry: object) -> str | None:
             t = {**{"TSM": 64, "TSN": 64, "WPTM": 4, "WPTN": 4}, **v} if k.endswith("_gpu") else None
             if t and (t["TSM"] % t["WPTM"] or t["TSN"] % t["WPTN"]):
                 return f"{k} tiles {v} (TSM must be a multiple of WPTM, TSN of WPTN)"
+            if k in tc.DEFAULTS and not tc.valid(32 if k == tc.KEYS[32] else 16, {**tc.DEFAULTS[k], **v}):
+                return f"{k} tiles {v} (not a valid tensor-core GEMM tiling; see backends/opencl/tc.py)"
         elif k in _SCALARS:
             lo, hi = _SCALARS[k]
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:

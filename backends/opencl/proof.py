@@ -11,6 +11,12 @@ the device is used with the first that works. The verdict is cached in
 ``$XDEV_CACHE_DIR/opencl-proof/`` per (platform, device, driver, kernel sources,
 parameters), so only the first use of a device pays for it (a few seconds).
 
+On a device that can run the tensor-core GEMM (tc.py: NVIDIA, compute capability 8.0+),
+a second child then runs that family in both numeric modes (float16, TF32) on ragged,
+batched and transposed operands; if it fails (a build error, a wrong result, a crash or a
+hang) the device stays usable and only that family is switched off, with the reason kept
+in the verdict (``tc_failure``, shown by ``xdev.info``).
+
 Test hook: ``XDEV_OPENCL_PROOF_FAULT=abort`` makes every proof child call ``abort()``
 (what an LLVM crash does); ``abort-first`` only the first vector width tried.
 """
@@ -30,11 +36,13 @@ from typing import Any, Callable
 from xdev.contract import env
 from xdev.contract.json_store import JsonStore
 
+from . import tc
+
 ENV_TIMEOUT = env.OPENCL_PROOF_TIMEOUT
 ENV_FAULT = env.OPENCL_PROOF_FAULT
 # Bump when the set of kernels checked below, or the verdict file's document, changes: cached
 # verdicts expire (their files are named by a digest of the identity, VERSION included).
-VERSION = 3
+VERSION = 4  # 4: the tensor-core GEMM's check (a second child on NVIDIA GPUs)
 FILE_VERSION = 1  # of a verdict file's document (xdev.contract.json_store)
 _HERE = Path(__file__).resolve().parent
 
@@ -118,6 +126,8 @@ def _verdict_problem(ident: dict[str, Any], v: Any) -> str | None:
         return "a verdict for another device, driver or kernel source"
     if v["ok"] and not (isinstance(v.get("vw"), int) and v["vw"] in (2, 4, 8, 16)):
         return f"a passing verdict with vector width {v.get('vw')!r}"
+    if not isinstance(v.get("tc", ""), str):
+        return "a verdict whose tensor-core entry is not text"
     return None
 
 
@@ -136,6 +146,14 @@ def _read_verdict(ident: dict[str, Any]) -> dict[str, Any] | None:
     """A cached verdict, or None if absent or not for this identity (a damaged file warns)."""
     store = _verdict_file(ident)
     return _unwritten.get(str(store.path)) or store.read()
+
+
+_tc_failures: dict[str, str] = {}  # device key -> why its tensor-core GEMM failed the proof
+
+
+def tc_failure(cand) -> str | None:
+    """Why the proof switched `cand`'s tensor-core GEMM off, or None (passed, or not tried)."""
+    return _tc_failures.get(cand.key)
 
 
 def _write_verdict(ident: dict[str, Any], verdict: dict[str, Any]) -> None:
@@ -174,12 +192,17 @@ def prove(cand, family: str, params: dict[str, Any],
         comp = cached.get("compiler")
         if isinstance(comp, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in comp.items()):
             compiler_targets[cand.key] = comp
+        if cached.get("tc"):
+            _tc_failures[cand.key] = cached["tc"]
+        else:
+            _tc_failures.pop(cand.key, None)
         return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
     first_error = None
     verdict: dict[str, Any] | None = None
     transient = False  # a hang or a kill without a compiler error: not worth remembering
     compiler: dict[str, str] = {}
     tried: set[int] = set()
+    proven: dict[str, Any] | None = None  # the parameters of the passing check
     for vw in widths(vw0):
         p = None if params_at is None else params_at(vw, compiler)
         used = vw if p is None else int(p["gemm"]["VW"])  # no wider than the target's registers
@@ -205,15 +228,25 @@ def prove(cand, family: str, params: dict[str, Any],
             else:
                 reason = f"vector width {used}: the width of the registers its compiler targets"
             verdict = {"ok": True, "vw": used, "reason": reason, "compiler": compiler or learned}
+            proven = p
             break
         transient = transient or _transient(err)
         first_error = first_error or err
     if verdict is None:
         verdict = {"ok": False, "vw": None, "reason": (
             f"{cand.key} {cand.label} failed xdev's kernel check: {first_error} -- {FIX}")}
+    tc_transient = False
+    if verdict["ok"] and family == "gpu" and tc.support(cand.platform.name, cand.device) is None:
+        err = run_tc_child(cand, verdict["vw"], proven)
+        verdict["tc"] = "" if err is None else f"the tensor-core GEMM failed the device proof: {err}"
+        tc_transient = err is not None and _transient(err)
+        if err is None:
+            _tc_failures.pop(cand.key, None)
+        else:
+            _tc_failures[cand.key] = verdict["tc"]
     # A failure caused by a busy machine or a killed child is retried by the next process,
     # not cached until the driver changes; a passing width (or a compiler error) is kept.
-    if verdict["ok"] or not transient:
+    if (verdict["ok"] and not tc_transient) or not transient:
         _write_verdict(ident, verdict)
     return (verdict["vw"], None) if verdict["ok"] else (None, verdict["reason"])
 
@@ -230,6 +263,15 @@ def _check(cand, vw: int, first: bool, params: dict[str, Any] | None) -> str | N
 def run_child(cand, vw: int, first: bool, params: dict[str, Any] | None = None) -> str | None:
     """Run the kernel check for one vector width (and `params`, else the child's own
     defaults at that width) in a child process; None, or why it failed."""
+    return _spawn(cand, vw, first, params, tc_only=False)
+
+
+def run_tc_child(cand, vw: int, params: dict[str, Any] | None = None) -> str | None:
+    """Run the tensor-core GEMM check in a child process; None, or why it failed."""
+    return _spawn(cand, vw, False, params, tc_only=True)
+
+
+def _spawn(cand, vw: int, first: bool, params: dict[str, Any] | None, tc_only: bool) -> str | None:
     # The folder the running `xdev` package was imported from (already imported: this
     # module is part of it), so the child finds the same code.
     root = str(Path(sys.modules["xdev"].__file__).resolve().parent.parent)  # type: ignore[arg-type]
@@ -240,7 +282,11 @@ def run_child(cand, vw: int, first: bool, params: dict[str, Any] | None = None) 
     child_env.pop("XDEV_BACKEND", None)
     d = cand.device
     args = [sys.executable, "-m", "xdev.backends.opencl.proof_child", str(cand.p), str(cand.d), str(vw),
-            d.name.strip(), cand.platform.version.strip()] + ([json.dumps(params)] if params is not None else [])
+            d.name.strip(), cand.platform.version.strip()]
+    if params is not None or tc_only:
+        args.append(json.dumps(params) if params is not None else "-")
+    if tc_only:
+        args.append("tc")
     # A private PoCL kernel cache: a child that dies mid-build leaves its half-written
     # entry there, not in the cache the user's processes read.
     # PoCL's LLVM log names the -target-cpu and the kernel library of each build (isa.py).
@@ -250,7 +296,8 @@ def run_child(cand, vw: int, first: bool, params: dict[str, Any] | None = None) 
         code, out, err, limit = _run(args, child_env, timeout_s())
     from .isa import from_log, without_log
 
-    compiler_targets[cand.key] = from_log(err)
+    if not tc_only:  # (the tensor-core child runs on an NVIDIA GPU: no CPU target to learn)
+        compiler_targets[cand.key] = from_log(err)
     err = without_log(err)
     if limit is not None:
         step = [ln for ln in out.splitlines() if ln.startswith("XDEV-PROOF-STEP ")]

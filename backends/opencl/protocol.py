@@ -38,6 +38,12 @@ class KernelDevice(DeviceDescription, Protocol):
     queue: cl.CommandQueue
     max_alloc: int
     conv_offsets: dict[tuple, CLArray]  # conv.tap_offsets' tables, living with the device
+    tc_reason: str | None  # None where the tensor-core GEMM runs (tc.py), else why not
+    force_tf32: bool | None  # the float32 mode of the tensor-core GEMM, None: the user's switch
+
+    def kernel(self, file: str, name: str, options: dict[str, int]) -> cl.Kernel: ...
+
+    def disable_tc(self, reason: str) -> None: ...
 
     def alloc(self, nbytes: int) -> Any: ...
 

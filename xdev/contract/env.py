@@ -15,6 +15,7 @@ BACKEND = "XDEV_BACKEND"
 CACHE_DIR = "XDEV_CACHE_DIR"
 OPENCL_KERNELS = "XDEV_OPENCL_KERNELS"
 CUDA_TF32 = "XDEV_CUDA_TF32"
+OPENCL_TF32 = "XDEV_OPENCL_TF32"
 CUDNN_FAST = "XDEV_CUDNN_FAST"
 CLBLAST_LIB = "XDEV_CLBLAST_LIB"
 CUDNN_AUTOTUNE = "XDEV_CUDNN_AUTOTUNE"
@@ -71,6 +72,19 @@ def cudnn_fast() -> bool | None:
         return False
     raise ValueError(f"{CUDNN_FAST}={v!r} is not valid; expected 1 (always allow cuDNN's Winograd/FFT engines), "
                      f"0 (never), or leave it unset (allowed in TF32 and float16, not in strict float32)")
+
+
+def opencl_tf32() -> bool:
+    """``XDEV_OPENCL_TF32``: on (``1``) lets float32 matmul on OpenCL use TF32 tensor cores
+    (NVIDIA, compute capability 8.0+), off (``0``) keeps it strict; unset, it follows
+    ``XDEV_CUDA_TF32``. ``on``/``off``, ``true``/``false``, ``yes``/``no`` work too."""
+    v = _get(OPENCL_TF32).lower()
+    if not v:
+        return cuda_tf32()
+    if v in _ON or v in _OFF:
+        return v in _ON
+    raise ValueError(f"{OPENCL_TF32}={v!r} is not valid; expected 1 (TF32 allowed) or 0 (strict float32), "
+                     f"or unset it to follow {CUDA_TF32}")
 
 
 def clblast_lib() -> str:
