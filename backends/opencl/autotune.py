@@ -219,49 +219,22 @@ def verify_tc(dev: OpenCLDevice, dtype: np.dtype) -> str | None:
 
 def search_tc(dev: OpenCLDevice, mode: int, run: Callable[[], Any], repeat: int, deadline: float,
               log: Callable[[str], None]) -> dict[str, int] | None:
-    """The tensor-core GEMM's tiles in one mode: stage 1 (tc.shapes) then stage 2
-    (tc.neighbours from the best), each candidate verified first; the fastest, or None."""
-    key = tc.KEYS[mode]
+    """The tensor-core GEMM's tiles in one mode: the built-in default, stage 1 (tc.shapes),
+    then stage 2 (tc.neighbours from the best), each candidate verified first."""
     d = dev.cl_device
     limits = (int(d.max_work_group_size), int(d.local_mem_size))
     dtype = np.dtype(np.float32 if mode == 32 else np.float16)
-    seen: dict[tuple, float] = {}
-    best: tuple[float, dict[str, int]] | None = None
 
-    def measure(t: dict[str, int]) -> None:
-        nonlocal best
-        k = tuple(sorted(t.items()))
-        if k in seen or time.monotonic() > deadline:
-            return
-        seen[k] = float("inf")
-        dev.params[key] = t
-        try:
-            why = verify_tc(dev, dtype)
-            if dev.tc_reason is not None:  # the build failed: candidate and family switched off
-                log(f"{key} {_fmt(t)}: failed ({dev.tc_reason[:160]})")
-                dev.tc_reason = None
-                return
-            if why:
-                log(f"{key} {_fmt(t)}: wrong results ({why}); skipped")
-                return
-            sec = _time(dev, run, repeat)
-        except Exception as e:  # noqa: BLE001 - a candidate the driver rejects is skipped
-            log(f"{key} {_fmt(t)}: failed ({str(e).strip().splitlines()[0][:120]})")
-            return
-        seen[k] = sec
-        log(f"{key} {_fmt(t)}: {sec * 1e3:8.3f} ms")
-        if best is None or sec < best[0]:
-            best = (sec, t)
+    def verify(dev: OpenCLDevice) -> str | None:
+        why = verify_tc(dev, dtype)
+        if dev.tc_reason is not None:  # the build failed (the family was switched off): skip it
+            reason, dev.tc_reason = dev.tc_reason, None
+            raise RuntimeError(reason)
+        return why
 
-    for t in [dict(params.defaults(dev)[key]), *tc.shapes(mode, *limits)]:
-        measure(t)
-    if best is not None:
-        for step in tc.TC_STEPS:
-            for t in tc.neighbours(mode, best[1], step, *limits):
-                measure(t)
-    if time.monotonic() > deadline:
-        log(f"{key}: time budget reached after {len(seen)} candidates")
-    return None if best is None else dict(best[1])
+    return search(dev, tc.KEYS[mode], run, verify, repeat, deadline, log,
+                  [dict(params.defaults(dev)[tc.KEYS[mode]]), *tc.shapes(mode, *limits)],
+                  lambda best, step: tc.neighbours(mode, best, step, *limits), tc.TC_STEPS)
 
 
 def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
@@ -269,6 +242,16 @@ def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Calla
               first: list[dict[str, int]] = ()) -> dict[str, int] | None:
     """Stage 1 (after the candidates in `first`) then stage 2 over dev.params[key];
     returns the fastest verified candidate."""
+    return search(dev, key, run, verify, repeat, deadline, log, [*first, *xl_shapes(dev)],
+                  lambda best, step: xl_neighbours(dev, best, step), XL_STEPS)
+
+
+def search(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Callable[[Any], str | None],
+           repeat: int, deadline: float, log: Callable[[str], None], stage1: list[dict[str, int]],
+           neighbours: Callable[[dict[str, int], Any], list[dict[str, int]]], steps: list) -> dict[str, int] | None:
+    """Time every stage-1 candidate for dev.params[key], then walk `steps` from the best one
+    (neighbours(best, step)) until `deadline`; each candidate must pass `verify` first (a fast
+    but miscompiled variant cannot win). Returns the fastest, or None."""
     seen: dict[tuple, float] = {}
     best: tuple[float, dict[str, int]] | None = None
 
@@ -293,11 +276,11 @@ def search_xl(dev: OpenCLDevice, key: str, run: Callable[[], Any], verify: Calla
         if best is None or sec < best[0]:
             best = (sec, t)
 
-    for t in [*first, *xl_shapes(dev)]:
+    for t in stage1:
         measure(t)
     if best is not None:
-        for step in XL_STEPS:
-            for t in xl_neighbours(dev, best[1], step):
+        for step in steps:
+            for t in neighbours(best[1], step):
                 measure(t)
     if time.monotonic() > deadline:
         log(f"{key}: time budget reached after {len(seen)} candidates")

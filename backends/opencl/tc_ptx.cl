@@ -19,24 +19,21 @@
 #define TC_SADDR(p) ((uint)(size_t)(p))
 #endif
 
-// d (4 floats, the C/D fragment) += a * b on the tensor cores of one warp.
+// d (4 floats, the C/D fragment) += a * b on the tensor cores of one warp (not volatile:
+// registers in, registers out, so the compiler may schedule it among the fragment loads).
 // TC_MODE 32: m16n8k8, A and B in TF32 (the low 13 bits of each float are not used);
 // TC_MODE 16: m16n8k16, A and B as pairs of float16 in each 32-bit register.
+#if TC_MODE == 32
+#define TC_MMA_OP "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+#else
+#define TC_MMA_OP "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
 TC_FN void tc_mma(float* d, const uint* a, const uint* b)
 {
-#if TC_MODE == 32
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+    asm(TC_MMA_OP "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
                    "f"(d[0]), "f"(d[1]), "f"(d[2]), "f"(d[3]));
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-                   "f"(d[0]), "f"(d[1]), "f"(d[2]), "f"(d[3]));
-#endif
 }
 
 // Four 8x8 matrices of 16-bit elements from shared memory; lane 8j+i gives the address of
