@@ -233,7 +233,7 @@ def search_tc(dev: OpenCLDevice, mode: int, run: Callable[[], Any], repeat: int,
         return why
 
     return search(dev, tc.KEYS[mode], run, verify, repeat, deadline, log,
-                  [dict(params.defaults(dev)[tc.KEYS[mode]]), *tc.shapes(mode, *limits)],
+                  [dict(params.untuned(dev)[tc.KEYS[mode]]), *tc.shapes(mode, *limits)],
                   lambda best, step: tc.neighbours(mode, best, step, *limits), tc.TC_STEPS)
 
 
@@ -392,7 +392,7 @@ def tune_tc(dev: OpenCLDevice, n: int, repeat: int, rounds: int, t0: float, budg
     """search_tc for float16 then TF32 at n^3, each winner kept only beyond noise against
     the built-in default (pick). The float32 mode is forced for the search and restored."""
     found: dict[str, Any] = {}
-    builtin = params.defaults(dev)
+    builtin = params.untuned(dev)
     rng = np.random.default_rng(4)
     saved = dev.force_tf32
     try:
