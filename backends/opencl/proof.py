@@ -245,8 +245,9 @@ def prove(cand, family: str, params: dict[str, Any],
         else:
             _tc_failures[cand.key] = verdict["tc"]
     # A failure caused by a busy machine or a killed child is retried by the next process,
-    # not cached until the driver changes; a passing width (or a compiler error) is kept.
-    if (verdict["ok"] and not tc_transient) or not transient:
+    # not cached until the driver changes; a passing width (or a compiler error) is kept,
+    # unless the tensor-core check hung or was killed (then all of it is proven again).
+    if (verdict["ok"] and not tc_transient) or (not verdict["ok"] and not transient):
         _write_verdict(ident, verdict)
     return (verdict["vw"], None) if verdict["ok"] else (None, verdict["reason"])
 

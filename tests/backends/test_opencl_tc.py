@@ -463,3 +463,160 @@ def test_backend_tc_path_follows_the_numeric_mode(tc_on_pocl, monkeypatch):
     a = np.ones((24, 24), np.float32)
     xdev.matmul(xdev.asarray(a, backend=dev.key), xdev.asarray(a, backend=dev.key)).numpy()
     assert launches and launches[-1]["options"]["TC_MODE"] == 32
+
+
+# ---- selection: which devices, which modes ---------------------------------------------------
+class _FakeCLDevice:
+    """What tc.support reads of a pyopencl.Device (NVIDIA's attribute names)."""
+
+    def __init__(self, extensions="cl_khr_fp64 cl_nv_device_attribute_query", cc=(9, 0), fails=False):
+        self.extensions = extensions
+        self._cc, self._fails = cc, fails
+
+    @property
+    def compute_capability_major_nv(self):
+        if self._fails:
+            raise RuntimeError("CL_INVALID_VALUE")
+        return self._cc[0]
+
+    @property
+    def compute_capability_minor_nv(self):
+        return self._cc[1]
+
+
+@pytest.mark.parametrize("platform, device, ok, why", [
+    ("NVIDIA CUDA", _FakeCLDevice(cc=(9, 0)), True, ""),                 # H100/H200
+    ("NVIDIA CUDA", _FakeCLDevice(cc=(8, 0)), True, ""),                 # A100
+    ("NVIDIA CUDA", _FakeCLDevice(cc=(8, 9)), True, ""),                 # RTX 40xx
+    ("NVIDIA CUDA", _FakeCLDevice(cc=(7, 5)), False, "compute capability 7.5"),
+    ("NVIDIA CUDA", _FakeCLDevice(extensions="cl_khr_fp64"), False, "cl_nv_device_attribute_query"),
+    ("NVIDIA CUDA", _FakeCLDevice(fails=True), False, "query failed"),
+    ("AMD Accelerated Parallel Processing", _FakeCLDevice(), False, "NVIDIA's OpenCL platform"),
+    ("Portable Computing Language", _FakeCLDevice(), False, "NVIDIA's OpenCL platform"),
+])
+def test_support_needs_nvidia_and_compute_capability_8(platform, device, ok, why):
+    reason = tc.support(platform, device)
+    assert (reason is None) == ok
+    if not ok:
+        assert why in reason
+
+
+class _FakeDev:
+    def __init__(self, tc_reason=None, family="gpu", force_tf32=None):
+        self.tc_reason, self.family, self.force_tf32 = tc_reason, family, force_tf32
+
+
+def test_mode_follows_the_cuda_backends_rules(monkeypatch):
+    monkeypatch.delenv("XDEV_OPENCL_TF32", raising=False)
+    monkeypatch.delenv("XDEV_CUDA_TF32", raising=False)
+    dev = _FakeDev()
+    assert tc.mode(dev, F16) == 16                      # float16: always, fp32 accumulation
+    assert tc.mode(dev, F32) is None                    # float32: strict unless asked
+    assert tc.mode(dev, np.dtype(np.float64)) is None
+    monkeypatch.setenv("XDEV_CUDA_TF32", "1")           # the CUDA switch covers OpenCL too ...
+    assert tc.mode(dev, F32) == 32
+    monkeypatch.setenv("XDEV_OPENCL_TF32", "off")       # ... unless the OpenCL twin says otherwise
+    assert tc.mode(dev, F32) is None
+    monkeypatch.delenv("XDEV_CUDA_TF32")
+    monkeypatch.setenv("XDEV_OPENCL_TF32", "1")
+    assert tc.mode(dev, F32) == 32
+    assert tc.mode(_FakeDev(force_tf32=False), F32) is None  # the proof and tuner choose for themselves
+    assert tc.mode(_FakeDev(tc_reason="compute capability 7.5 ..."), F16) is None
+    assert tc.mode(_FakeDev(family="cpu"), F16) is None     # XDEV_OPENCL_KERNELS=cpu: never
+    monkeypatch.setenv("XDEV_OPENCL_TF32", "maybe")
+    with pytest.raises(ValueError, match="XDEV_OPENCL_TF32='maybe' is not valid"):
+        tc.mode(dev, F32)
+
+
+def _fake_nvidia_cand(cc=(9, 0)):
+    class Plat:
+        name = "NVIDIA CUDA"
+        version = "OpenCL 3.0 CUDA 13.0.0"
+
+    class Dev(_FakeCLDevice):
+        name = "NVIDIA H200"
+        driver_version = "580.00"
+
+    class Cand:
+        p, d, key, label = 0, 0, "opencl:0:0", "NVIDIA H200 (CUDA 13.0.0)"
+        platform = Plat()
+        device = Dev(cc=cc)
+
+    return Cand()
+
+
+def test_proof_checks_the_tc_family_on_a_faked_nvidia_device(tmp_path, monkeypatch):
+    """A device that passes the main check but whose tensor-core check fails stays usable,
+    with the tc family off and the reason cached; a passing one keeps it; a device below
+    compute capability 8.0 never runs the tc check."""
+    pytest.importorskip("pyopencl")
+    from xdev.backends.opencl import proof
+
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    params = {"gemm": {"VW": 4, "VWD": 2}, "conv": {"VW": 4, "VWD": 2}}
+    monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: None)
+    tc_runs = []
+
+    def tc_child(cand, vw, params=None):
+        tc_runs.append(vw)
+        return "vector width 4: AssertionError: tensor-core matmul in place, ragged (float16) gave wrong results"
+
+    monkeypatch.setattr(proof, "run_tc_child", tc_child)
+    cand = _fake_nvidia_cand()
+    assert proof.prove(cand, "gpu", params) == (4, None)
+    assert tc_runs == [4] and "wrong results" in proof.tc_failure(cand)
+    proof._tc_failures.clear()
+    assert proof.prove(cand, "gpu", params) == (4, None)  # cached: no child, the failure remembered
+    assert tc_runs == [4] and "wrong results" in proof.tc_failure(cand)
+    # a hang is not worth remembering: proven again by the next process
+    for f in (tmp_path / "opencl-proof").glob("*.json"):
+        f.unlink()
+    monkeypatch.setattr(proof, "run_tc_child", lambda cand, vw, params=None: "vector width 4: hung (no progress for 40 s)")
+    proof.prove(cand, "gpu", params)
+    assert not list((tmp_path / "opencl-proof").glob("*.json"))
+    monkeypatch.setattr(proof, "run_tc_child", lambda cand, vw, params=None: tc_runs.append(vw))  # passes
+    assert proof.prove(cand, "gpu", params) == (4, None) and proof.tc_failure(cand) is None
+    tc_runs.clear()
+    for f in (tmp_path / "opencl-proof").glob("*.json"):
+        f.unlink()
+    proof.prove(_fake_nvidia_cand(cc=(7, 5)), "gpu", params)
+    proof.prove(cand, "cpu", params)  # the CPU family forced (XDEV_OPENCL_KERNELS=cpu)
+    assert tc_runs == []
+
+
+# ---- the tuner's search space ---------------------------------------------------------------
+@pytest.mark.parametrize("mode", [32, 16])
+@pytest.mark.parametrize("limits", [(1024, 48 * 1024), (256, 32 * 1024)], ids=["nvidia-48k", "small"])
+def test_tuner_search_space(mode, limits):
+    """Every candidate compiles by gemm_tc.cl's #error rules and fits the device (work-group
+    size, local memory, at most 128 accumulators); stage 1 starts with the built-in
+    default's shape; stage 2 changes one parameter (BK keeps the deepest ring that fits)."""
+    first = tc.shapes(mode, *limits)
+    assert first and len({tuple(sorted(t.items())) for t in first}) == len(first)
+    assert all(tc.valid(mode, t, *limits) for t in first)
+    d = tc.DEFAULTS[tc.KEYS[mode]]
+    if tc.valid(mode, d, *limits):
+        assert {k: first[0][k] for k in ("BM", "BN", "WM", "WN")} == {k: d[k] for k in ("BM", "BN", "WM", "WN")}
+    for t in first:
+        assert tc.local_bytes(mode, t) <= limits[1] and t["WM"] * t["WN"] * 32 <= limits[0]
+        assert t["BM"] // t["WM"] // 16 * (t["BN"] // t["WN"] // 8) * 4 <= 128
+    best = first[0]
+    for step in tc.TC_STEPS:
+        for t in tc.neighbours(mode, best, step, *limits):
+            assert tc.valid(mode, t, *limits) and t != best
+            changed = {k for k in t if t[k] != best[k]}
+            assert changed <= {step[0], "STAGES"}, (step, changed)
+    # invalid tilings are refused, by the kernel's own rules
+    assert not tc.valid(mode, {**d, "BK": 12})
+    assert not tc.valid(mode, {**d, "ASYNC": 0, "STAGES": 3})
+    assert not tc.valid(mode, {**d, "BM": 256, "BN": 256})  # 48 KiB exceeded, 256 accumulators
+
+
+def test_tuned_tc_entries_are_validated():
+    pytest.importorskip("pyopencl")
+    from xdev.backends.opencl import params
+
+    assert params.validate_entry({"gemm_tc16": {"BN": 256, "STAGES": 2}}) is None
+    assert "not a valid tensor-core GEMM tiling" in params.validate_entry({"gemm_tc32": {"BK": 12}})
+    assert "expected an int in" in params.validate_entry({"gemm_tc16": {"STAGES": 9}})
+    assert "unknown parameter" in params.validate_entry({"gemm_tc16": {"XYZ": 1}})
