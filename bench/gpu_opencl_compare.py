@@ -4,7 +4,8 @@
     python bench/gpu_opencl_compare.py --sizes 256 --image 32 --batch 1 --repeat 2   # any machine
 
 Rows: float32 GEMM n^3 by cuBLAS, by xdev's OpenCL kernels and by CLBlast (when its library
-loads); VGG-16's 13 convolutions at batch B by cuDNN (strict float32: XDEV_CUDA_TF32 and
+loads); TF32 and float16 GEMM at the largest n by cuBLAS and by xdev's OpenCL in the same
+mode (the tensor cores on both sides where xdev's tc family runs; the row says what ran); VGG-16's 13 convolutions at batch B by cuDNN (strict float32: XDEV_CUDA_TF32 and
 XDEV_CUDNN_FAST unset), by xdev's OpenCL gemm and direct kernels, and what OpenCL `auto`
 picks per layer. Each round times every side once (ABAB...), the reported time is the
 median over rounds. A side that cannot run (no CUDA, no CLBlast) is listed with its reason.
@@ -112,6 +113,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gemm {n:5d}^3  {name:15s} " + (f"{r['median_s'] * 1e3:9.3f} ms  {r['tflops']:6.2f} TFLOP/s"
                                                    if "median_s" in r else r["error"]))
         del oa, ob
+    # -- TF32 and float16 GEMM: tensor cores on both sides, in the same mode -----------------
+    nmax = max(int(s) for s in a.sizes.split(","))
+    report["gemm_tc"] = []
+    for mode in ("tf32", "fp16"):
+        dt = np.float32 if mode == "tf32" else np.float16
+        # TF32 on: XDEV_CUDA_TF32=1 for cuBLAS, which OpenCL follows (XDEV_OPENCL_TF32 unset).
+        saved = {k: os.environ.pop(k, None) for k in ("XDEV_CUDA_TF32", "XDEV_OPENCL_TF32")}
+        if mode == "tf32":
+            os.environ["XDEV_CUDA_TF32"] = "1"
+        try:
+            ha = rng.uniform(-1, 1, (nmax, nmax)).astype(dt)
+            hb = rng.uniform(-1, 1, (nmax, nmax)).astype(dt)
+            oa, ob = xdev.asarray(ha, backend=ocl.key), xdev.asarray(hb, backend=ocl.key)
+            numerics = ocl.matmul_numerics(np.dtype(dt))["numerics"]
+            sides = {"opencl xdev": (ocl, lambda: xdev.matmul(oa, ob))}
+            if cuda:
+                ca, cb = xdev.asarray(ha, backend=cuda.key), xdev.asarray(hb, backend=cuda.key)
+                sides["cuda cublas"] = (cuda, lambda: xdev.matmul(ca, cb))
+            res = interleave(sides, a.rounds, a.repeat)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
+        for name, r in res.items():
+            if "median_s" in r:
+                r["tflops"] = 2 * nmax**3 / r["median_s"] / 1e12
+            row = {"n": nmax, "mode": mode, "side": name, **r,
+                   **({"numerics": numerics} if name.startswith("opencl") else {})}
+            report["gemm_tc"].append(row)
+            print(f"gemm {nmax:5d}^3 {mode:4s} {name:12s} " + (
+                f"{r['median_s'] * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s" if "median_s" in r else r["error"])
+                + (f"  ({numerics})" if name.startswith("opencl") else ""))
+        del oa, ob
+
     # -- VGG-16 convolutions ------------------------------------------------------------------
     layers = vgg16(a.batch, a.image)
     totals: dict[str, float] = {}
@@ -152,12 +188,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print("targets:")
     g = {(r["n"], r["side"]): r for r in report["gemm"]}
-    nmax = max(int(s) for s in a.sizes.split(","))
     ours, cub, clb = (g.get((nmax, k), {}).get("median_s") for k in ("opencl xdev", "cuda cublas", "opencl clblast"))
     r = cub / ours if ours and cub else None
     target(f"GEMM {nmax}^3 xdev OpenCL / cuBLAS", r, ">= 0.70", None if r is None else r >= 0.7)
     r2 = clb / ours if ours and clb else None
     target(f"GEMM {nmax}^3 xdev OpenCL / CLBlast (speed ratio)", r2, ">= 1 beats CLBlast", None if r2 is None else r2 >= 1.0)
+    t = {(r["mode"], r["side"]): r.get("median_s") for r in report["gemm_tc"]}
+    for mode in ("tf32", "fp16"):
+        o, c = t.get((mode, "opencl xdev")), t.get((mode, "cuda cublas"))
+        r5 = c / o if o and c else None
+        target(f"GEMM {nmax}^3 {mode}: xdev OpenCL / cuBLAS {mode}", r5, ">= 0.50 (moonshot 0.80)",
+               None if r5 is None else r5 >= 0.5)
     tg, td, tc = (totals.get(k) for k in ("opencl gemm", "opencl direct", "cuda cudnn"))
     r3 = tc / tg if tg and tc and tg == tg and tc == tc else None
     target(f"VGG-16 batch {a.batch}: cuDNN time / OpenCL gemm time", r3, ">= 0.60", None if r3 is None else r3 >= 0.6)
