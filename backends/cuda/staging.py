@@ -15,24 +15,23 @@ import cupy
 import cupyx
 import numpy as np
 
+from xdev.contract.staging import Slot, SlotPool
+
 # Downloads of at least this many bytes go through the chunked pinned path.
 STAGED_DOWNLOAD_MIN_BYTES = 1 << 20
 # Two pinned chunks of this size per device: pinned memory stays bounded (8 MiB).
 CHUNK_BYTES = 4 << 20
 
 
-class _Slot:
-    __slots__ = ("buf", "event")
-
-    def __init__(self, nbytes: int) -> None:
-        self.buf = cupyx.empty_pinned((nbytes,), np.uint8)
-        self.event: cupy.cuda.Event | None = None  # the last copy out of this slot
-
-
 class CudaStager:
-    """xdev.prefetch's uploader: pageable batch -> reused pinned slot (CPU copy, on the
-    background thread) -> device on a dedicated non-blocking copy stream; the consumer's
-    stream waits on an event, so neither the consumer nor the GPU's compute waits on the host."""
+    """xdev.prefetch's uploader: a batch in a reused pinned buffer -> device, on a dedicated
+    non-blocking copy stream; the consumer's stream waits on an event, so neither the
+    consumer nor the GPU's compute waits on the host.
+
+    The pinned buffer is filled either here (``upload``: a CPU copy from pageable memory, in
+    chunks that overlap their DMA) or by npy_batches' readers (``stage``: read from disk
+    straight into it; ``upload_staged`` is then one DMA from pinned memory).
+    """
 
     def __init__(self, dev: Any, slots: int) -> None:
         self.dev = dev
@@ -40,55 +39,82 @@ class CudaStager:
             self.stream = cupy.cuda.Stream(non_blocking=True)
             # Created in the consumer's thread: its current stream is the one that computes.
             self.compute = cupy.cuda.get_current_stream()
-        self.slots: list[_Slot | None] = [None] * max(2, slots)
-        self.next = 0
-        self.pinned_error: str | None = None  # why a slot fell back to pageable memory, if one did
+        self.pool = SlotPool(slots, self._alloc, lambda ev: ev.synchronize())
+
+    @property
+    def pinned_error(self) -> str | None:
+        """Why a staging buffer fell back to pageable memory, if one did."""
+        return self.pool.alloc_error
+
+    def _alloc(self, nbytes: int) -> np.ndarray:
+        with self.dev._cp:  # may run in a reader thread
+            return cupyx.empty_pinned((nbytes,), np.uint8)
+
+    def _device_array(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        # Allocate from the compute stream's pool, and order the copy after the compute
+        # stream's earlier work: the block may have been freed by a kernel still queued
+        # there (CuPy's pool reuses memory per stream).
+        with self.compute:
+            out = cupy.empty(shape, dtype)
+        self.stream.wait_event(self.compute.record())
+        return out
 
     def upload(self, host: np.ndarray) -> tuple[Any, Any]:
         n = host.nbytes
         with self.dev._guard(f"prefetching a batch of {n:,} bytes"):
-            # Allocate from the compute stream's pool, and order the copy after the compute
-            # stream's earlier work: the block may have been freed by a kernel still queued
-            # there (CuPy's pool reuses memory per stream).
-            with self.compute:
-                out = cupy.empty(host.shape, host.dtype)
             if n == 0:
-                return out, None
-            self.stream.wait_event(self.compute.record())
-            i = self.next
-            self.next = (i + 1) % len(self.slots)
-            s = self.slots[i]
-            if s is not None and s.event is not None:
-                s.event.synchronize()  # this background thread waits for the slot, nobody else
-            if s is None or s.buf.nbytes < n:
-                self.slots[i] = None  # let the old slot's pinned memory go before asking for more
-                try:
-                    s = self.slots[i] = _Slot(n)
-                except Exception as e:  # page-locked memory is a limited OS resource
-                    self.pinned_error = f"{type(e).__name__}: {e}"
-                    s = None
-            if s is None:
+                with self.compute:
+                    return cupy.empty(host.shape, host.dtype), None
+            out = self._device_array(host.shape, host.dtype)
+            s = self.pool.take(n)
+            if s.buf is None:
                 # Documented fallback: a pageable copy on the copy stream (slower, synchronous
                 # for the host, but still off the consumer's thread). `pinned_error` says why.
+                self.pool.give_back(s)
                 src = np.ascontiguousarray(host)
                 out.data.copy_from_host_async(ctypes.c_void_p(src.ctypes.data), n, stream=self.stream)
                 self.stream.synchronize()
                 return out, self.stream.record()
-            stage = s.buf[:n]
-            if host.flags.c_contiguous:
-                # In chunks: the DMA of one chunk runs while the CPU copies the next into
-                # pinned memory, so the upload costs about the larger of the two, not the sum.
-                src = host.reshape(-1).view(np.uint8)
-                for off in range(0, n, CHUNK_BYTES):
-                    end = min(off + CHUNK_BYTES, n)
-                    stage[off:end] = src[off:end]  # pageable -> pinned, off the consumer's thread
-                    (out.data + off).copy_from_host_async(
-                        ctypes.c_void_p(stage.ctypes.data + off), end - off, stream=self.stream)
-            else:
-                np.copyto(stage.view(host.dtype).reshape(host.shape), host)
-                out.data.copy_from_host_async(ctypes.c_void_p(stage.ctypes.data), n, stream=self.stream)
-            s.event = self.stream.record()
-            return out, s.event
+            try:
+                stage = s.buf[:n]
+                if host.flags.c_contiguous:
+                    # In chunks: the DMA of one chunk runs while the CPU copies the next into
+                    # pinned memory, so the upload costs about the larger of the two, not the sum.
+                    src = host.reshape(-1).view(np.uint8)
+                    for off in range(0, n, CHUNK_BYTES):
+                        end = min(off + CHUNK_BYTES, n)
+                        stage[off:end] = src[off:end]  # pageable -> pinned, off the consumer's thread
+                        (out.data + off).copy_from_host_async(
+                            ctypes.c_void_p(stage.ctypes.data + off), end - off, stream=self.stream)
+                else:
+                    np.copyto(stage.view(host.dtype).reshape(host.shape), host)
+                    out.data.copy_from_host_async(ctypes.c_void_p(stage.ctypes.data), n, stream=self.stream)
+            finally:
+                # Also after a failure: a chunk's DMA may be queued, so the buffer waits for it.
+                ev = self.stream.record()
+                self.pool.copying(s, ev)
+            return out, ev
+
+    def stage(self, shape: tuple[int, ...], dtype: np.dtype) -> Slot | None:
+        """A pinned buffer for one batch (None: no pinned memory, read into a new array)."""
+        return self.pool.lend(shape, dtype)
+
+    def upload_staged(self, s: Slot) -> tuple[Any, Any]:
+        host = s.host
+        assert host is not None
+        try:
+            with self.dev._guard(f"prefetching a batch of {host.nbytes:,} bytes"):
+                out = self._device_array(host.shape, host.dtype)
+                out.data.copy_from_host_async(ctypes.c_void_p(host.ctypes.data), host.nbytes, stream=self.stream)
+        except BaseException:
+            self.pool.copying(s, self.stream.record())
+            raise
+        ev = self.stream.record()
+        self.pool.copying(s, ev)
+        return out, ev
+
+    def give_back(self, s: Slot) -> None:
+        self.pool.give_back(s)
 
     def ready(self, event: Any) -> None:
         # The stream current in the consumer's thread (on this device) when it takes the batch.
@@ -97,7 +123,7 @@ class CudaStager:
 
     def close(self) -> None:
         self.stream.synchronize()
-        self.slots = [None] * len(self.slots)  # pinned memory goes back with the last reference
+        self.pool.close()  # pinned memory goes back with the last reference
 
 
 class _Chunks:

@@ -51,6 +51,9 @@ class NumpyDevice(Device):
     def borrow(self, host: np.ndarray) -> np.ndarray:
         return host
 
+    def stager(self, slots: int) -> HostStager:
+        return HostStager()
+
     def download(self, data: np.ndarray) -> np.ndarray:
         return np.array(data, copy=True)
 
@@ -114,6 +117,36 @@ class NumpyDevice(Device):
         if advice:
             out["advice"] = advice
         return out
+
+
+class _Batch:
+    __slots__ = ("host",)
+
+    def __init__(self, host: np.ndarray) -> None:
+        self.host = host
+
+
+class HostStager:
+    """xdev.prefetch's uploader for host memory: a batch read from disk into a new array
+    (``stage``) is already on this device, so its upload is no copy."""
+
+    def upload(self, host: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.array(host, copy=True), None
+
+    def stage(self, shape: tuple[int, ...], dtype: np.dtype) -> _Batch:
+        return _Batch(np.empty(shape, dtype))
+
+    def upload_staged(self, slot: _Batch) -> tuple[np.ndarray, None]:
+        return slot.host, None  # the pipeline's own new array: nobody else holds it
+
+    def give_back(self, slot: _Batch) -> None:
+        pass
+
+    def ready(self, token: None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def ndarray_dlpack(a: np.ndarray, max_version: tuple[int, int] | None) -> Any:

@@ -109,12 +109,12 @@ def test_cuda_stager_logic(fake_cuda_staging, monkeypatch):
         outs.append(d)
     for d, x in zip(outs, xs):
         np.testing.assert_array_equal(d.host, x)  # each batch its own device array
-    assert len([s for s in st.slots if s is not None]) == 3  # the pinned slots are reused
+    assert st.pool.allocated == 3  # the pinned slots are reused
     assert st.stream.waits == 7 and compute.waits == 7  # copy after compute's frees; compute after copy
     empty, ev = st.upload(np.zeros((0, 4), np.float32))
     assert ev is None and empty.shape == (0, 4)
     st.close()
-    assert st.slots == [None] * 3
+    assert st.pool.closed and not st.pool._idle and not st.pool._busy
 
 
 def test_cuda_stager_falls_back_when_pinned_memory_runs_out(fake_cuda_staging, monkeypatch):
@@ -129,3 +129,82 @@ def test_cuda_stager_falls_back_when_pinned_memory_runs_out(fake_cuda_staging, m
     d, ev = st.upload(x)
     np.testing.assert_array_equal(d.host, x)
     assert ev is not None and "page-locked memory exhausted" in st.pinned_error
+
+
+def test_cuda_stager_allocates_lazily(fake_cuda_staging):
+    mod, dev, _ = fake_cuda_staging
+    st = mod.CudaStager(dev, 10**8)  # issue 20 item 11: nothing in proportion to the slot count
+    assert st.pool.allocated == 0
+    d, _ = st.upload(values(0, (2, 2), np.float32))
+    assert st.pool.allocated == 1
+    st.close()
+
+
+def _npy_files(tmp_path):
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((3, 4, 5)).astype(np.float32) for _ in range(5)]
+    paths = []
+    for i, x in enumerate(xs):
+        p = tmp_path / f"b{i}.npy"
+        np.save(p, x.astype(">f4") if i == 2 else x)  # one big-endian file: swapped in the pinned buffer
+        paths.append(p)
+    return xs, paths
+
+
+def test_cuda_reads_go_straight_into_pinned_buffers(fake_cuda_staging, tmp_path):
+    """npy_batches' readers read each batch into a pinned slot; upload_staged is one DMA from it."""
+    import types
+
+    from xdev._disk import Staged, npy_batches
+    from xdev._prefetch import _Staging
+
+    mod, dev, compute = fake_cuda_staging
+    xs, paths = _npy_files(tmp_path)
+    src = npy_batches(paths, workers=2)
+    st = mod.CudaStager(dev, src.workers + 2)
+    staging = _Staging(types.SimpleNamespace(check_dtype=lambda dt: None), st)
+    got = []
+    for item in src._batches(staging):
+        assert isinstance(item, Staged)
+        assert item.slot.buf is not None and item.slot.host.ctypes.data == item.slot.buf.ctypes.data
+        d, ev = st.upload_staged(item.slot)
+        st.ready(ev)
+        got.append(d.host.copy())
+    for g, x in zip(got, xs):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, x)
+    assert 1 <= st.pool.allocated <= src.workers + 2
+    st.close()
+
+
+def test_cuda_reads_fall_back_to_new_arrays_without_pinned_memory(fake_cuda_staging, tmp_path, monkeypatch):
+    import types
+
+    from xdev._disk import Staged, npy_batches
+    from xdev._prefetch import _Staging
+
+    mod, dev, _ = fake_cuda_staging
+
+    def refuse(shape, dtype):
+        raise MemoryError("page-locked memory exhausted")
+
+    monkeypatch.setattr(mod.cupyx, "empty_pinned", refuse)
+    xs, paths = _npy_files(tmp_path)
+    st = mod.CudaStager(dev, 4)
+    staging = _Staging(types.SimpleNamespace(check_dtype=lambda dt: None), st)
+    got = list(npy_batches(paths)._batches(staging))
+    assert not any(isinstance(g, Staged) for g in got) and "page-locked" in st.pinned_error
+    for g, x in zip(got, xs):
+        np.testing.assert_array_equal(g, x)  # read into new arrays: the ordinary upload takes them
+
+
+def test_cuda_staged_slot_survives_close_while_a_reader_holds_it(fake_cuda_staging):
+    mod, dev, _ = fake_cuda_staging
+    st = mod.CudaStager(dev, 3)
+    slot = st.stage((4, 4), np.dtype(np.float32))
+    st.close()  # the consumer stopped while a reader was still reading into `slot`
+    slot.host[:] = 1.0  # its memory is still the reader's
+    st.give_back(slot)
+    assert slot.buf is None
+    with pytest.raises(RuntimeError, match="closed"):
+        st.stage((4, 4), np.dtype(np.float32))

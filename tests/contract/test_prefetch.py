@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import xdev
+from stagers import SpyStager
 from xdev._disk import resident_fraction
 
 Pair = namedtuple("Pair", "x y")
@@ -231,7 +232,7 @@ def test_npy_batches_break_stops_readers(tmp_path):
 def test_npy_batches_bad_input(tmp_path):
     bad = tmp_path / "x.npy"
     bad.write_bytes(b"not an npy file")
-    with pytest.raises(ValueError, match="cannot memory-map"):
+    with pytest.raises(ValueError, match="x.npy' is not a readable .npy array"):
         xdev.npy_batches([bad])
     npz = tmp_path / "x.npz"
     np.savez(npz, a=np.ones(3))
@@ -291,3 +292,20 @@ def test_interpreter_exit_does_not_wait_for_a_blocked_source():
             "print(next(it).shape)\n")
     r = run_child(code, timeout=60)
     assert r.returncode == 0 and "(2, 2)" in r.stdout, r.stderr[-2000:]
+
+
+def test_npy_reads_land_in_staging_buffers(tmp_path, device, monkeypatch):
+    """With an npy_batches source the readers read into the stager's buffers and the upload
+    is upload_staged (no pageable copy first); integer files pass through as host arrays."""
+    xs, paths = _files(tmp_path, n=5)
+    np.save(tmp_path / "labels.npy", np.arange(6))
+    calls: list[str] = []
+    make = device.stager
+    monkeypatch.setattr(device, "stager", lambda slots: SpyStager(make(slots), ("stage", "upload_staged", "upload"),
+                                                                  calls))
+    got = list(xdev.prefetch(xdev.npy_batches([*paths, tmp_path / "labels.npy"], workers=3), backend=device.key))
+    for g, x in zip(got, xs):
+        assert isinstance(g, xdev.Array) and g.device == device.key
+        np.testing.assert_array_equal(g.numpy(), x)
+    assert isinstance(got[-1], np.ndarray) and got[-1].tolist() == list(range(6))
+    assert sorted(calls) == ["stage"] * 5 + ["upload_staged"] * 5, calls
