@@ -58,7 +58,7 @@ def _in_fork_child(backend: str, parent: str, checks: str, *, fake_cupy: bool = 
         fake="import fake_cupy; fake_cupy.install()" if fake_cupy else "",
         parent=f"BACKEND = {backend!r}\n" + textwrap.dedent(parent) + "\n" + textwrap.dedent(checks),
     )
-    out = run_child(code, timeout=alarm + 120)
+    out = run_child(code, timeout=alarm + 300)  # (the parent part may prove a device: tens of seconds)
     assert out.returncode == 0, f"the fork child hung or failed:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -60,5 +60,5 @@ def test_arrays_round_trip_through_spawned_processes():
         "np.testing.assert_allclose((r @ a).numpy(), h @ h.T @ h)\n"
         "print('ok')\n"
     )
-    out = run_child(code, timeout=120)
+    out = run_child(code, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
