@@ -64,14 +64,20 @@ def test_cli_quick_runs_and_prints_tables(quick_run):
         assert title in r.stdout
     assert (out / "r.png").stat().st_size > 10_000
     assert (out / "r-pipeline.png").stat().st_size > 10_000
-    # Piped output: one plain progress line per finished section.
-    for section in ("matmul", "conv2d", "transfer", "pipeline"):
-        assert f"finished {section}:" in r.stdout
+    # Piped output: one plain line per finished workload: seconds so far, workload, devices.
+    import re
+
+    done = re.findall(r"^\[ *(\d+) s\] (.+): done \((.+)\)$", r.stdout, flags=re.M)
+    assert [w for _, w, _ in done][:2] == ["matmul 16", "matmul 33"], r.stdout[:3000]
+    assert "conv2d conv5_3" in [w for _, w, _ in done] and "pipeline" in [w for _, w, _ in done]
+    assert [int(s) for s, _, _ in done] == sorted(int(s) for s, _, _ in done)
+    assert all(devs.split(", ")[0] == "numpy" for _, w, devs in done if w.startswith("matmul"))
     if "opencl" in backends:  # first use of the OpenCL device is announced
         assert "first use of opencl" in r.stdout and "s building kernels for" in r.stdout
     # Verdicts come last, after the summary line and its explanation of "vs NumPy".
-    assert "above 1 = faster" in r.stdout
-    tail = r.stdout[r.stdout.index("The lecture's claims, measured here"):]
+    flat = " ".join(r.stdout.split())  # piped output is 80 columns wide: long lines wrap
+    assert "above 1 = faster" in flat
+    tail = flat[flat.index("The lecture's claims, measured here"):]
     assert all(f"claim {n}" in tail for n in (1, 2, 3, 4)) and "wrote" in tail
 
 
@@ -84,6 +90,12 @@ def test_cli_json_is_complete_and_consistent(quick_run):
         r_ for r_ in dict.fromkeys(x["device"] for x in doc["results"])]
     # named but unavailable: reported, skipped
     assert any(s["backend"] == "opencl:99:0" and s["reason"] for s in doc["skipped"])
+    # present but not measured (a second OpenCL device): said, with how to include it
+    others = [k for k in backend_status("opencl").devices if k != "opencl:0:0"] if "opencl" in backends else []
+    for k in others:
+        entry = next(s for s in doc["skipped"] if s["backend"] == k)
+        assert entry["present"] is True and f"--backends numpy,opencl:0:0,{k}" in entry["reason"]
+        assert f"{k} skipped: present but not measured" in " ".join(r.stdout.split())
     rows = [x for x in doc["results"] if not x["reference"]]
     for row in rows:
         for key, typ in REQUIRED_KEYS.items():
@@ -136,7 +148,8 @@ def test_cli_json_records_run_metadata_and_verdicts(quick_run):
     claims = {v["claim"]: v for v in doc["verdicts"]}
     assert sorted(claims) == [1, 2, 3, 4]
     for v in claims.values():
-        assert v["status"] in ("supported", "contradicted", "within noise", "mixed", "untested")
+        assert v["status"] in ("supported", "contradicted", "within noise", "mixed", "untested",
+                               "inconclusive (busy machine)")
         assert v["says"] and (v["summary"] or v["reason"])
     # CPU devices only in this run, whatever the machine has:
     assert claims[1]["status"] == "untested" and "no GPU here" in claims[1]["reason"]
@@ -477,3 +490,175 @@ def test_compare_refuses_deep_or_malformed_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "xdev.bench", "compare", str(deep), str(deep)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "too deeply" in r.stderr and "Traceback" not in r.stderr
+
+
+def _render(width: int, draw) -> str:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    draw(Console(width=width, file=out, color_system=None, force_terminal=False))
+    return out.getvalue()
+
+
+def _wide_rows() -> list[dict]:
+    """Rows with the longest labels and values a real run prints (GPU numerics, torch, skinny)."""
+    base = {"dtype": "float32", "repeats": 9, "peak_fraction": 0.912, "peak_error": None, "build_s": 12.345,
+            "first_call_s": 13.0, "speedup_vs_numpy": 123.456, "speedup_spread": 10.987, "within_noise": True,
+            "reference": False}
+    rows = []
+    for dev, algo in (("numpy", "numpy"), ("opencl:1:0", "opencl"), ("cuda:0", "cuBLAS"),
+                      ("torch:cuda:0", "torch (reference)")):
+        for shape, (M, K, N) in (("4096x4096x4096", (4096,) * 3), ("32x4096x4096", (32, 4096, 4096))):
+            rows.append({**base, "op": "matmul", "device": dev, "backend": dev.split(":")[0], "algorithm": algo,
+                         "shape": shape, "M": M, "K": K, "N": N, "kind": "square" if M == N else "skinny",
+                         "median_s": 1.23456, "spread_s": 0.98765, "gflops": 123456.7})
+    for dev, algo, num in (("cuda:0", "cudnn", "strict-fp32, no Winograd/FFT, nchw->nhwc"),
+                           ("opencl:1:0", "direct", None)):
+        for layer in ("conv5_3", "total"):
+            rows.append({**base, "op": "conv2d", "device": dev, "backend": dev.split(":")[0], "algorithm": algo,
+                         "layer": layer, "geometry": "512>512@14", "batch": 16, "shape": "s",
+                         "median_s": 12.3456, "spread_s": 1.2345, "gflops": 98765.4,
+                         **({"numerics": num, "numeric_mode": "strict-fp32"} if num else {})})
+    for alg in ("host-to-device pageable, staged", "device-to-host pinned"):
+        rows.append({**base, "op": "transfer", "device": "opencl:1:0", "backend": "opencl", "algorithm": alg,
+                     "shape": "67108864 B", "bytes": 1 << 26, "median_s": 0.0123, "spread_s": 0.00456,
+                     "gbps": 5.4321, "gflops": None})
+    for alg in ("compute only", "upload+compute+download"):
+        rows.append({**base, "op": "roundtrip", "device": "opencl:1:0", "backend": "opencl", "algorithm": alg,
+                     "shape": "2048x2048x2048", "median_s": 0.5678, "spread_s": 0.1234, "gflops": 31.2,
+                     "transfer_share": -0.123, "transfer_share_spread": 0.456, "transfer_within_noise": True})
+    return rows
+
+
+def test_tables_fit_80_columns_without_cutting_values():
+    from xdev.bench import report
+
+    rows = _wide_rows()
+    narrow = _render(80, lambda c: report.tables(c, rows))
+    assert max(len(line) for line in narrow.splitlines()) <= 80, narrow
+    assert "…" not in narrow
+    assert "(reference)" not in narrow and "(published)" not in narrow  # abbreviated: "torch ref", "(pub.)"
+    for value in ("1234.6", "12345.6", "123456.7", "98765.4", "123.46", "torch ref", "cuda:0",
+                  "torch:cuda:0", "opencl:1:0", "conv5_3", "5.43", "-12%"):
+        assert value in narrow, (value, narrow)
+    assert "build s" not in narrow and "% peak" not in narrow  # the first columns to go
+    assert "4096^3" in narrow and "32x4096x4096" in narrow  # square shapes abbreviated, others kept
+    wide = _render(200, lambda c: report.tables(c, rows))
+    assert "build s" in wide and "% peak" in wide and "12.35" in wide and "4096x4096x4096" in wide
+    assert "123.46±10.99 ~" in wide and "strict-fp32, no Winograd/FFT, nchw->nhwc" in wide
+    assert "torch (reference)" in wide and "dual Xeon E5-2630 v3 (published)" in wide
+
+
+def test_lecture_table_names_the_torch_row_once():
+    from xdev.bench import report
+
+    totals = [{"device": "torch:cpu", "backend": "torch", "algorithm": "torch (reference)", "reference": True,
+               "batch": 1, "median_s": 0.5}, {"device": "numpy", "backend": "numpy", "algorithm": "gemm",
+                                              "reference": False, "batch": 1, "median_s": 0.6}]
+    text = _render(80, lambda c: report.lecture(c, totals))
+    assert "torch (reference)" in text and "torch torch" not in text and "xdev numpy gemm" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_busy_machine_makes_measured_verdicts_inconclusive():
+    before = {"time": 0.0, "cpus": 2, "loadavg": [0.1, 0.1, 0.1], "self_cpu_s": 0.0,
+              "stat": {"busy": 0, "idle": 0, "steal": 0}}
+    quiet = noise.summarize_load(before, dict(before, time=10.0, self_cpu_s=10.0,
+                                              stat={"busy": 1100, "idle": 900, "steal": 0}))
+    assert quiet["busy"] is False and quiet["busy_share_limit"] == noise.BUSY_SHARE
+    busy = noise.summarize_load(before, dict(before, time=10.0, self_cpu_s=10.0,
+                                             stat={"busy": 1700, "idle": 300, "steal": 0}))
+    assert busy["busy"] is True and "35% of the 2 CPUs" in busy["busy_reason"]
+    found = [{"claim": 3, "status": "supported"}, {"claim": 1, "status": "untested"}]
+    verdict.judge_load(found, quiet)
+    assert [v["status"] for v in found] == ["supported", "untested"]
+    verdict.judge_load(found, busy)
+    assert found[0]["status"] == "inconclusive (busy machine)" and found[0]["measured_status"] == "supported"
+    assert found[1]["status"] == "untested" and "measured_status" not in found[1]
+
+
+def test_a_busy_loop_beside_the_run_makes_it_inconclusive(tmp_path):
+    """Busy loops on half the CPUs (another process at 100% of one of two cores, ~50% of the
+    machine): the load sampling sees them, and the JSON and the printed verdicts say so."""
+    from test_bench_backends import fake_env
+
+    n = max(1, (os.cpu_count() or 1) // 2)
+    loops = [subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 120\nwhile time.time() < t: pass"])
+             for _ in range(n)]
+    try:
+        r = subprocess.run([sys.executable, "-m", "xdev.bench", "--backends", "numpy,toy", "--ops", "matmul",
+                            "--sizes", "256,512", "--repeat", "5", "--json", str(tmp_path / "r.json")],
+                           capture_output=True, text=True, timeout=300, env=fake_env("toy"))
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    load = doc["run"]["load"]
+    assert load["busy"] is True and load["others_share"] > noise.BUSY_SHARE, load
+    claim3 = next(v for v in doc["verdicts"] if v["claim"] == 3)
+    assert claim3["status"] == "inconclusive (busy machine)" and claim3["numbers"], claim3
+    assert claim3["measured_status"] in ("supported", "contradicted", "within noise", "mixed")
+    assert "claim 3 inconclusive (busy machine)" in r.stdout and "rerun on a quiet machine" in r.stdout
+
+
+def test_compare_plot_is_a_log_axis_around_one_with_positive_bars():
+    import matplotlib.pyplot as plt
+
+    key = ("matmul", "", "1024x1024x1024", "float32", "numpy", "numpy")
+    shared = [{"key": key, "rows": [], "ratios": [(0.5, 0.9, False)]},   # spread larger than the ratio
+              {"key": key[:2] + ("2048x2048x2048",) + key[3:], "rows": [], "ratios": [(2.0, 0.1, False)]}]
+    fig = compare.figure(shared, ["A", "B"], ["a.json", "b.json"])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    lo, hi = ax.get_xlim()
+    assert 0 < lo < 0.5 and hi > 2.0 and lo * hi == pytest.approx(1.0)  # symmetric around 1
+    bars = [b for b in ax.patches]
+    assert len(bars) == 2 and all(min(b.get_x(), b.get_x() + b.get_width()) > 0 for b in bars)
+    assert {round(b.get_x() + b.get_width(), 6) for b in bars} == {0.5, 2.0}  # from 1 to each ratio
+    import numpy as np
+
+    ends = [np.asarray(seg)[:, 0] for c in ax.collections for seg in c.get_segments()]
+    assert ends and all((x > 0).all() for x in ends)  # error bars stay positive
+    assert min(x.min() for x in ends) == pytest.approx(0.5 / (1 + 0.9 / 0.5))
+    plt.close(fig)
+
+
+def test_plot_is_a_grid_a_person_can_read():
+    import matplotlib.pyplot as plt
+
+    from xdev.bench import report
+
+    rows = [r for r in _wide_rows() if r["op"] in ("matmul", "conv2d", "transfer", "roundtrip")]
+    fig = report.figure(rows, None)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4
+    w, h = fig.get_size_inches() * 110
+    assert w <= 1600 and h <= 1200 and w / h < 2  # 2x2, not four panels in one 2860x550 row
+    plt.close(fig)
+
+
+def test_progress_lines_and_heartbeats():
+    import threading
+    import time
+
+    from xdev.bench.progress import Ticker, with_notice
+
+    lines: list[str] = []
+    t = Ticker(write=lines.append, every_s=0.2)
+    with t.running():
+        t.doing("conv2d conv1_1 on opencl:0:0, round 3")
+        time.sleep(0.75)  # a long workload: heartbeats every 0.2 s
+        t.finished("conv2d conv1_1", ["numpy", "opencl:0:0"])
+    beats = [ln for ln in lines if "still measuring conv2d conv1_1 on opencl:0:0, round 3" in ln]
+    assert len(beats) >= 2 and lines[-1].endswith("conv2d conv1_1: done (numpy, opencl:0:0)")
+    assert all(ln.startswith("[") and " s] " in ln for ln in lines)
+    assert not any(th.name == "xdev-bench-ticker" for th in threading.enumerate())  # stopped
+
+    said: list[str] = []
+    assert with_notice(lambda: time.sleep(0.3) or 7, said.append, "proving devices", after_s=0.05) == 7
+    assert said == ["proving devices"]  # once, while it ran
+    assert with_notice(lambda: 8, said.append, "proving devices", after_s=1.0) == 8 and len(said) == 1

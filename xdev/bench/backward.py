@@ -99,39 +99,43 @@ def steps(dev, s: Settings, layers: list[ConvLayer], algorithms: list[str]) -> l
 
 
 def tables(console, results: list[dict[str, Any]]) -> None:
-    """The per-layer pass table, the totals with backward/forward, and the lecture's table."""
-    from rich.table import Table
+    """The per-layer pass table, the totals with backward/forward, and the lecture's table
+    (narrowed to the terminal as report.fit does: build s first, then the spread into ±)."""
+    from rich.markup import escape
+
+    from .report import Column, _f, _time_cell, fit
 
     rows = [r for r in results if r["op"] == OP]
     if not rows:
         return
 
-    def ms(v: float | None) -> str:
-        return "" if v is None else f"{v * 1e3:.1f}"
+    def text(key: str) -> Any:
+        return lambda r, st: escape(str(r[key]))
 
-    t = Table(title="conv2d forward and backward: VGG-16 convolution layers (passes timed interleaved)",
-              title_justify="left", header_style="bold")
-    for c in ("device", "algorithm", "layer", "pass", "ms", "spread", "GFLOP/s", "build s"):
-        t.add_column(c, justify="left" if c in ("device", "algorithm", "layer", "pass") else "right")
-    for r in rows:
-        if r["layer"] == "total" and r["pass"] == "forward+backward":
-            continue
-        t.add_row(r["device"], r["algorithm"], r["layer"], r["pass"], ms(r["median_s"]), ms(r["spread_s"]),
-                  "" if r["gflops"] is None else f"{r['gflops']:.1f}", f"{r['build_s']:.2f}",
-                  style="bold" if r["layer"] == "total" else None)
-    console.print(t)
+    fit(console, "conv2d forward and backward: VGG-16 convolution layers (passes timed interleaved)", [
+        Column("device", text("device"), left=True), Column("algorithm", text("algorithm"), left=True),
+        Column("layer", text("layer"), left=True), Column("pass", text("pass"), left=True),
+        Column("ms", _time_cell("median_s"), head_short="ms ±spread"),
+        Column("spread", lambda r, st: _f(r["spread_s"] * 1e3, ".1f"), drop="spread"),
+        Column("GFLOP/s", lambda r, st: _f(r["gflops"], ".1f")),
+        Column("build s", lambda r, st: f"{r['build_s']:.2f}", drop="build")],
+        [r for r in rows if not (r["layer"] == "total" and r["pass"] == "forward+backward")],
+        style=lambda r: "bold" if r["layer"] == "total" else None)
     both = [r for r in rows if r["layer"] == "total" and r["pass"] == "forward+backward"]
-    lt = Table(title="The lecture's forward + backward table beside yours (milliseconds per image)",
-               title_justify="left", header_style="bold",
-               caption=PUBLISHED_TRAIN["source"] + "; published times are the whole network's forward and "
-               "backward pass, yours the 13 convolutions only", caption_justify="left")
-    for c in ("machine", "what", "batch", "ms / image", "backward / forward"):
-        lt.add_column(c, justify="left" if c in ("machine", "what") else "right")
-    for p in PUBLISHED_TRAIN["rows"]:
-        lt.add_row(p["device"] + " (published)", p["what"], str(p["batch"]), f"{p['ms'] / p['batch']:.1f}", "")
-    for r in both:
-        ratio = r.get("backward_over_forward")
-        lt.add_row(f"this machine, {r['device']}", f"xdev {r['backend']} {r['algorithm']}", str(r["batch"]),
-                   f"{r['median_s'] * 1e3 / r['batch']:.1f}", "" if ratio is None else f"{ratio:.2f}x",
-                   style="bold")
-    console.print(lt)
+    lecture = [{"machine": p["device"], "what": p["what"], "batch": p["batch"], "ms": p["ms"] / p["batch"],
+                "ratio": None, "mine": False} for p in PUBLISHED_TRAIN["rows"]]
+    lecture += [{"machine": r["device"], "what": f"xdev {r['backend']} {r['algorithm']}", "batch": r["batch"],
+                 "ms": r["median_s"] * 1e3 / r["batch"], "ratio": r.get("backward_over_forward"), "mine": True}
+                for r in both]
+
+    def machine(r: dict[str, Any], steps: set[str]) -> str:
+        if r["mine"]:
+            return escape(f"{r['machine']} (here)" if "short" in steps else f"this machine, {r['machine']}")
+        return escape(r["machine"] + (" (pub.)" if "short" in steps else " (published)"))
+    fit(console, "The lecture's forward + backward table beside yours (milliseconds per image)", [
+        Column("machine", machine, left=True), Column("what", text("what"), left=True),
+        Column("batch", lambda r, st: str(r["batch"])), Column("ms / image", lambda r, st: f"{r['ms']:.1f}"),
+        Column("backward / forward", lambda r, st: "" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+               head_short="bwd/fwd")], lecture, style=lambda r: "bold" if r["mine"] else None,
+        caption=PUBLISHED_TRAIN["source"] + "; published times are the whole network's forward and backward "
+        "pass, yours the 13 convolutions only")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -11,17 +12,19 @@ import numpy as np
 
 import xdev
 from xdev._registry import BACKEND_NAMES, get_device
+from xdev.contract import env
 
 from . import machine as mach
 from . import pipeline
 from . import workloads as wl
 from .meta import SCHEMA, run_block
 from .noise import sample_load, summarize_load
+from .progress import STARTUP_NOTICE, Ticker, with_notice
 from .reference import REFERENCES
 from .run import (Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case, run_workload,
                   transfer_case)
 from .sides import DeviceSide, Side
-from .verdict import verdicts
+from .verdict import judge_load, verdicts
 
 
 
@@ -196,6 +199,42 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _devices(a: argparse.Namespace, status: dict[str, Any], dtype: np.dtype
+             ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The devices to measure, and the skipped: unavailable backends, devices that cannot do
+    ``dtype``, and devices present but not measured (``present: true``, with how to add them)."""
+    # By default every backend: the unavailable ones are listed with their reasons, so a
+    # missing backend is never just absent from the report.
+    wanted = [s.strip() for s in a.backends.split(",")] if a.backends else list(status)
+    devices, skipped = [], []
+    for spec in wanted:
+        name = spec.split(":")[0].lower()
+        if name in status and not status[name].available:
+            skipped.append({"backend": spec, "reason": status[name].reason})
+            continue
+        try:
+            devices.append(get_device(spec))
+        except (xdev.BackendUnavailable, ValueError) as e:
+            skipped.append({"backend": spec, "reason": str(e)})
+    supported = []
+    for dev in devices:
+        try:
+            dev.check_dtype(dtype)
+            supported.append(dev)
+        except TypeError as e:
+            skipped.append({"backend": dev.key, "reason": str(e)})
+    keys = [d.key for d in supported]
+    present = [k for name in dict.fromkeys(d.backend for d in supported) if name in status
+               for k in status[name].devices if k not in keys and not any(s["backend"] == k for s in skipped)]
+    if present:
+        every = ",".join(keys + present)
+        for k in present:
+            skipped.append({"backend": k, "present": True, "reason": (
+                f"present but not measured (a backend named without a device runs its first one); "
+                f"include it with --backends {every}")})
+    return supported, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["compare"]:
@@ -217,31 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     from . import report
 
     load_before = sample_load()
+    t_main = time.perf_counter()
     tty = Console().is_terminal
-    console = Console() if tty else Console(width=120)
-    status = xdev.available_backends()
-    # By default every backend: the unavailable ones are listed with their reasons, so a
-    # missing backend is never just absent from the report.
-    wanted = [s.strip() for s in a.backends.split(",")] if a.backends else list(status)
-    devices, skipped = [], []
-    for spec in wanted:
-        name = spec.split(":")[0].lower()
-        if name in status and not status[name].available:
-            skipped.append({"backend": spec, "reason": status[name].reason})
-            continue
-        try:
-            devices.append(get_device(spec))
-        except (xdev.BackendUnavailable, ValueError) as e:
-            skipped.append({"backend": spec, "reason": str(e)})
+    console = Console() if tty else Console(width=report.PIPED_WIDTH)
+    say = (lambda text: console.print(f"[dim]{escape(text)}[/dim]"))
+    status = with_notice(xdev.available_backends, say, STARTUP_NOTICE.format(cache=env.cache_dir()))
     dtype = np.dtype(a.dtype)
-    supported = []
-    for dev in devices:
-        try:
-            dev.check_dtype(dtype)
-            supported.append(dev)
-        except TypeError as e:
-            skipped.append({"backend": dev.key, "reason": str(e)})
-    devices = supported
+    devices, skipped = _devices(a, status, dtype)
     if not devices:
         # Asked for backends none of which can run: say why and fail, never "0 results".
         for s in skipped:
@@ -263,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if calibrated is not None:  # a device that calibrates the CPU (OpenCL on the CPU)
             break
     a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
-    a.settings.announce = lambda msg: console.print(f"[dim]{escape(msg)}[/dim]")
+    a.settings.announce = say
     for dev, info in zip(devices, doc_machine["devices"]):
         peak, how = mach.peak_gflops(dev, a.dtype, cpu, calibrated)
         a.settings.peak[dev.key] = (peak, how)
@@ -277,34 +298,32 @@ def main(argv: list[str] | None = None) -> int:
 
     a.devices = devices
     workloads = [w for op in a.ops for w in OPS[op](a)]
-    sections = {}
-    for w in workloads:
-        sections[w.section] = sections.get(w.section, 0) + 1
+    # The load during the run is sampled from here: startup work (device proofs in child
+    # processes, torch's import) is this run's, not another process's.
+    load_start = sample_load()
     results: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     everyone = sides + refs
+    ticker = None if tty else Ticker(t0=t_main)  # piped: plain progress lines instead of the bar
+    a.settings.activity = ticker.doing if ticker else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not tty) as progress:
+                  console=console, transient=True, disable=not tty) as progress, \
+            (ticker.running() if ticker else contextlib.nullcontext()):
         task = progress.add_task("starting", total=len(workloads))
-        done: dict[str, int] = {}
-        t_section = time.perf_counter()
         for w in workloads:
             progress.update(task, description=f"{w.label} ({', '.join(d.key for d in everyone)}, interleaved)")
-            results.extend(run_workload(w, everyone, a.settings))
+            rows = run_workload(w, everyone, a.settings)
+            results.extend(rows)
             progress.advance(task)
-            done[w.section] = done.get(w.section, 0) + 1
-            if not tty and done[w.section] == sections[w.section]:
-                # Piped output: one plain line per finished section, so a log shows progress.
-                print(f"finished {w.section}: {sections[w.section]} workloads in "
-                      f"{time.perf_counter() - t_section:.0f} s", flush=True)
-                t_section = time.perf_counter()
+            if ticker:
+                ticker.finished(w.label, list(dict.fromkeys(r["device"] for r in rows)))
     results = arrange(results, a.settings, by_key)
     for r in results:
         if r["op"] == "conv2d":
             r.setdefault("pass", "forward")
     add_speedups(results)
-    load = summarize_load(load_before, sample_load())
-    found = verdicts(results, doc_machine["devices"], skipped)
+    load = summarize_load(load_start, sample_load(), load_before.get("loadavg"))
+    found = judge_load(verdicts(results, doc_machine["devices"], skipped), load)
     report.tables(console, results)
     pipeline.table(console, results)
     if "backward" in a.ops:
@@ -314,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[dim]{len(results)} results in {time.perf_counter() - t_start:.0f} s[/dim]")
     report.summary(console, results, load)
     report.verdicts(console, found, load)
-    doc = {"schema": SCHEMA, "run": run_block(args, load), "machine": doc_machine,
+    run = run_block(args, load)
+    run["settle"] = a.settings.settle.summary()
+    doc = {"schema": SCHEMA, "run": run, "machine": doc_machine,
            "config": {k: v for k, v in vars(a).items() if k not in ("settings", "devices")},
            "skipped": skipped, "published": wl.PUBLISHED, "verdicts": found, "results": results}
     if "backward" in a.ops:

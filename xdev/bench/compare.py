@@ -115,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(path: str, shared: list[dict[str, Any]], names: list[str], files: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(shared, names, files)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(shared: list[dict[str, Any]], names: list[str], files: list[str]) -> Any:
+    """Each shared row's throughput over the first file's, as bars from 1 on a log axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,18 +132,31 @@ def plot(path: str, shared: list[dict[str, Any]], names: list[str], files: list[
     labels = [f"{k[4]} {k[0]} {k[1] or k[2]} {k[5]}" for k in (s["key"] for s in shared)]
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.28 * len(shared) + 1.5)))
     height = 0.8 / max(1, len(names) - 1)
+    lo_all, hi_all = [1.0], [1.0]
     for j, n in enumerate(names[1:]):
         ys = [i + j * height for i in range(len(shared))]
-        ax.barh(ys, [s["ratios"][j][0] for s in shared], height, xerr=[s["ratios"][j][1] for s in shared],
+        ratios = [s["ratios"][j][0] for s in shared]
+        # On a log axis a ratio's interval is multiplicative, r / (1 + e) .. r * (1 + e) with e its
+        # relative spread, so it stays positive (a linear r - spread went below zero).
+        rel = [s["ratios"][j][1] / s["ratios"][j][0] for s in shared]
+        lo = [r / (1 + e) for r, e in zip(ratios, rel)]
+        hi = [r * (1 + e) for r, e in zip(ratios, rel)]
+        lo_all += lo
+        hi_all += hi
+        # Bars grow from 1 (no change) towards the ratio: right = faster than A, left = slower.
+        ax.barh(ys, [r - 1.0 for r in ratios], height, left=1.0,
+                xerr=[[r - a for r, a in zip(ratios, lo)], [b - r for r, b in zip(ratios, hi)]],
                 capsize=2, label=f"{n}: {Path(files[j + 1]).name}")
+    ax.set_xscale("log")
+    span = max(max(hi_all), 1.0 / min(lo_all), 1.25)
+    ax.set_xlim(1.0 / (span * 1.1), span * 1.1)  # symmetric around 1 in log space
     ax.axvline(1.0, color="k", lw=1)
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(shared))])
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"throughput relative to A ({Path(files[0]).name}); above 1 = faster")
-    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_xlabel(f"throughput relative to A ({Path(files[0]).name}), log scale; right of 1 = faster")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("xdev.bench compare", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

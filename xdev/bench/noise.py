@@ -35,6 +35,10 @@ MAX_ROUNDS = 40
 OTHERS_WARN = 0.10
 STEAL_WARN = 0.03
 LOADAVG_WARN = 0.5
+# Above this share of all CPUs taken from the run (other processes plus steal), the lecture
+# claims' verdicts read "inconclusive (busy machine)": with another process at ~80% of one of
+# two cores, claim 3 came out "mixed", "supported", "mixed" across four runs.
+BUSY_SHARE = 0.25
 
 
 @dataclass
@@ -71,16 +75,60 @@ def first_call(case: Case) -> float:
     return min(dev.elapsed(case.fn, 1))
 
 
+class Settler:
+    """Waits, between blocks of two CPU sides, until this process's worker threads are idle.
+
+    OpenBLAS's threads spin for about 2^28 cycles after a call (~0.1 s), libgomp's (torch)
+    and PoCL's for less; a block started while they spin shares the cores with them (a PoCL
+    block started 50 ms after NumPy's measured 0.61x NumPy, one started after 200 ms 0.95x).
+    How long they spin depends on the library, the machine and the load, so it is measured:
+    the process's CPU time (all threads) is read every WINDOW_S, and the wait ends after
+    QUIET windows in a row in which it used less than IDLE_CORES, or at MAX_S. The waits are
+    kept (``summary()``) for the JSON, so a run shows what its pauses cost.
+    """
+
+    WINDOW_S = 0.003
+    QUIET = 2  # windows in a row: a spinning thread descheduled for one window is not idle
+    IDLE_CORES = 0.05  # an idle process (this loop's own wake-ups) uses well under 1%
+    MAX_S = 0.5
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.capped = 0
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        c0, w0, quiet = time.process_time(), t0, 0
+        while True:
+            time.sleep(self.WINDOW_S)
+            c1, w1 = time.process_time(), time.perf_counter()
+            quiet = quiet + 1 if c1 - c0 <= self.IDLE_CORES * (w1 - w0) else 0
+            if quiet >= self.QUIET or w1 - t0 >= self.MAX_S:
+                break
+            c0, w0 = c1, w1
+        waited = w1 - t0
+        self.waits.append(waited)
+        self.capped += quiet < self.QUIET
+        return waited
+
+    def summary(self) -> dict[str, Any]:
+        w = self.waits
+        return {"waits": len(w), "total_s": float(sum(w)), "median_s": float(np.median(w)) if w else None,
+                "max_s": max(w) if w else None, "capped": self.capped, "max_allowed_s": self.MAX_S}
+
+
 def measure_interleaved(cases: list[Case], target_s: float, repeat: int | None = None,
-                        spread_target: float = SPREAD_TARGET, settle_s: float = 0.0) -> list[Timing]:
+                        spread_target: float = SPREAD_TARGET, settle: Callable[[], float] | None = None,
+                        on_block: Callable[[Case, int], None] | None = None) -> list[Timing]:
     """Time every case in rounds; within a round each case runs one block of calls.
 
     The order within a round alternates (A B, then B A) so neither case always follows
     the other. With ``repeat``: exactly that many rounds of one call each. Otherwise each
     block is sized to about target_s / 4, and rounds stop once every case's spread is
     within ``spread_target`` (after MIN_ROUNDS) or ``target_s`` per case is spent.
-    ``settle_s`` is slept between blocks of different devices: BLAS and PoCL worker
+    ``settle()`` (a Settler) runs between blocks of different devices: BLAS and PoCL worker
     threads spin after a call and would slow the next device's block down.
+    ``on_block(case, round)`` is told before each block (progress reports).
     """
     for c in cases:
         est = first_call(c)
@@ -92,9 +140,11 @@ def measure_interleaved(cases: list[Case], target_s: float, repeat: int | None =
         order = cases if r % 2 == 0 else cases[::-1]
         prev = None
         for c in order:
-            if settle_s and prev is not None and c.dev is not prev:
-                time.sleep(settle_s)
+            if settle is not None and prev is not None and c.dev is not prev:
+                settle()
             prev = c.dev
+            if on_block is not None:
+                on_block(c, r)
             t = c.dev.elapsed(c.fn, c.block)
             c.samples.extend(t)
             spent += sum(t)
@@ -137,11 +187,13 @@ def sample_load() -> dict[str, Any]:
     return machine.load_sample()
 
 
-def summarize_load(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Shares of all CPUs during the run: ours, other processes', stolen; and warnings."""
+def summarize_load(before: dict[str, Any], after: dict[str, Any],
+                   loadavg_before: list[float] | None = None) -> dict[str, Any]:
+    """Shares of all CPUs during the run: ours, other processes', stolen; and warnings.
+    ``loadavg_before``: the load average when the run started, if ``before`` was sampled later."""
     cpus = before["cpus"]
     wall = max(after["time"] - before["time"], 1e-9)
-    s: dict[str, Any] = {"cpus": cpus, "wall_s": wall, "loadavg_before": before.get("loadavg"),
+    s: dict[str, Any] = {"cpus": cpus, "wall_s": wall, "loadavg_before": loadavg_before or before.get("loadavg"),
                          "loadavg_after": after.get("loadavg"), "self_share": None, "others_share": None,
                          "steal_share": None, "warnings": []}
     s["self_share"] = (after["self_cpu_s"] - before["self_cpu_s"]) / (wall * cpus)
@@ -159,4 +211,9 @@ def summarize_load(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
                              "during the run")
     if s["steal_share"] is not None and s["steal_share"] > STEAL_WARN:
         s["warnings"].append(f"the hypervisor took {100 * s['steal_share']:.0f}% of CPU time (steal)")
+    taken = (s["others_share"] or 0.0) + (s["steal_share"] or 0.0)
+    s["busy_share_limit"] = BUSY_SHARE
+    s["busy"] = taken > BUSY_SHARE
+    s["busy_reason"] = (f"other processes and the hypervisor took {100 * taken:.0f}% of the {cpus} CPUs during "
+                        f"the run (above {100 * BUSY_SHARE:.0f}%)") if s["busy"] else None
     return s

@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .noise import fmt_ratio
 from .sides import BASELINE
+from .verdict import INCONCLUSIVE
 from .workloads import PUBLISHED
+
+
+# Width of the tables when output is piped (no terminal to ask): they fit a classic terminal.
+PIPED_WIDTH = 80
 
 
 def _ms(s: float | None) -> str:
@@ -64,72 +71,173 @@ def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, st
         console.print(f"  before the run: {load_line(load)}")
 
 
-def tables(console: Console, results: list[dict[str, Any]]) -> None:
-    def table(title: str, cols: list[str]) -> Table:
-        t = Table(title=title, title_justify="left", header_style="bold")
-        for c in cols:
-            t.add_column(c, justify="left" if c in ("device", "algorithm", "layer", "shape") else "right")
-        return t
+# -- tables that fit the terminal ----------------------------------------------------------
+#
+# The numbers are the product: on a narrow terminal (80 columns is the classic) a table is
+# made narrower a step at a time, in this order, until it fits, and values are never cut:
+STEPS = (
+    "rules",    # 1. no vertical rules or outer border (nothing lost)
+    "build",    # 2. drop "build s" (compile time; in the JSON)
+    "peak",     # 3. drop "% peak" (in the JSON)
+    "spread",   # 4. the spread goes into the median's cell: "12.3±0.4"
+    "short",    # 5. short labels: n^3 for square shapes, the layer's geometry dropped, numerics abbreviated
+    "ratio",    # 6. "vs NumPy" without its ± (the ~ for "within noise" stays)
+    "wrap",     # 7. last resort: long cells wrap onto a second line
+)
 
+
+@dataclass
+class Column:
+    """One column: its header, how a row's cell reads at a given narrowing step, and the step
+    from which it is left out (None: always shown)."""
+    head: str
+    cell: Callable[[dict[str, Any], set[str]], str]
+    left: bool = False
+    drop: str | None = None
+    head_short: str | None = None  # the header once "spread" is merged in, etc.
+
+
+def render(title: str, columns: list[Column], rows: list[dict[str, Any]], steps: set[str],
+           style: Callable[[dict[str, Any]], str | None] = lambda r: None, caption: str | None = None) -> Table:
+    cols = [c for c in columns if c.drop is None or c.drop not in steps]
+    compact = "rules" in steps
+    t = Table(title=title, title_justify="left", header_style="bold", caption=caption, caption_justify="left",
+              box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, show_edge=not compact, pad_edge=not compact)
+    wrap = "wrap" in steps
+    for c in cols:
+        head = c.head_short if (c.head_short and "spread" in steps) else c.head
+        t.add_column(head, justify="left" if c.left else "right", no_wrap=not wrap, overflow="fold")
+    for r in rows:
+        t.add_row(*(c.cell(r, steps) for c in cols), style=style(r))
+    return t
+
+
+def fit(console: Console, title: str, columns: list[Column], rows: list[dict[str, Any]],
+        **kw: Any) -> set[str]:
+    """Print the widest rendering of the table that fits the console; returns the steps taken."""
+    steps: set[str] = set()
+    for step in (None, *STEPS):
+        if step:
+            steps.add(step)
+        t = render(title, columns, rows, steps, **kw)
+        natural = console.measure(t, options=console.options.update_width(100_000)).maximum
+        if natural <= console.width or step == "wrap":
+            break
+    console.print(t)
+    return steps
+
+
+def _time_cell(key: str, spread_key: str = "spread_s") -> Callable[[dict[str, Any], set[str]], str]:
+    def cell(r: dict[str, Any], steps: set[str]) -> str:
+        if "spread" in steps and r.get(spread_key) is not None:
+            return f"{_ms(r[key])}±{_ms(r[spread_key])}"
+        return _ms(r[key])
+    return cell
+
+
+def _shape(r: dict[str, Any], steps: set[str]) -> str:
+    """The row's shape; shortened: n^3 for a square product, MiB for a transfer size."""
+    shape = r["shape"]
+    if "short" not in steps:
+        return shape
+    dims = shape.split("x")
+    if len(dims) == 3 and len(set(dims)) == 1 and dims[0].isdigit():
+        return f"{dims[0]}^3"
+    if r.get("bytes") and r["bytes"] % (1 << 20) == 0:
+        return f"{r['bytes'] >> 20} MiB"
+    if r.get("bytes") and r["bytes"] % (1 << 10) == 0:
+        return f"{r['bytes'] >> 10} KiB"
+    return shape
+
+
+def _ratio(r: dict[str, Any], steps: set[str]) -> str:
+    if "ratio" in steps:
+        return escape(fmt_ratio(r.get("speedup_vs_numpy"), None, r.get("within_noise")))
+    return _vs(r)
+
+
+SHORT_ALGORITHMS = {"upload+compute+download": "with transfers", "host-to-device pageable": "h2d pageable",
+                    "host-to-device pinned": "h2d pinned", "device-to-host pageable": "d2h pageable",
+                    "device-to-host pinned": "d2h pinned", "host-to-device pageable, staged": "h2d staged",
+                    "torch (reference)": "torch ref"}
+
+
+def _algo(r: dict[str, Any], steps: set[str]) -> str:
+    if not r.get("numerics"):
+        return escape(SHORT_ALGORITHMS.get(r["algorithm"], r["algorithm"]) if "short" in steps else r["algorithm"])
+    text = r["numerics"] if "short" not in steps else r.get("numeric_mode") or r["numerics"]
+    return escape(f"{r['algorithm']} ({text})")
+
+
+def _spread_col(head: str = "spread ms") -> Column:
+    return Column(head, lambda r, st: _ms(r["spread_s"]), drop="spread")
+
+
+def _numbers(median_head: str = "median ms") -> list[Column]:
+    """The columns every timing table ends with."""
+    return [Column(median_head, _time_cell("median_s"), head_short="ms ±spread"), _spread_col(),
+            Column("GFLOP/s", lambda r, st: _f(r["gflops"], ".1f")),
+            Column("% peak", lambda r, st: _peak(r), drop="peak"),
+            Column("vs NumPy", _ratio),
+            Column("build s", lambda r, st: _f(r["build_s"], ".2f"), drop="build")]
+
+
+def tables(console: Console, results: list[dict[str, Any]]) -> None:
+    dev = Column("device", lambda r, st: escape(r["device"]), left=True)
     mm = [r for r in results if r["op"] == "matmul"]
     if mm:
-        t = table("matmul (C = A @ B; shape MxKxN)", ["device", "algorithm", "shape", "median ms", "spread ms", "GFLOP/s",
-                                                       "% peak", "vs NumPy", "build s"])
-        for r in mm:
-            t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _ms(r["spread_s"]),
-                      _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"))
-        console.print(t)
+        fit(console, "matmul (C = A @ B; shape MxKxN)", [
+            dev, Column("algorithm", _algo, left=True), Column("shape", _shape, left=True), *_numbers()], mm)
     conv = [r for r in results if r["op"] == "conv2d"]
     if conv:
         batches = sorted({r["batch"] for r in conv})
-        t = table(f"conv2d: VGG-16 convolution layers (3x3, stride 1, pad 1; batch {'/'.join(map(str, batches))})",
-                  ["device", "algorithm", "layer", "C>O @HxW", "ms", "spread", "GFLOP/s", "% peak",
-                   "vs NumPy", "build s"])
-        for r in conv:
-            style = "bold" if r["layer"] == "total" else None
-            algo = r["algorithm"] + (f" ({r['numerics']})" if r.get("numerics") else "")
-            t.add_row(r["device"], escape(algo), r["layer"], r.get("geometry", ""),
-                      _ms(r["median_s"]), _ms(r["spread_s"]),
-                      _f(r["gflops"], ".1f"), _peak(r), _vs(r), _f(r["build_s"], ".2f"), style=style)
-        console.print(t)
+        fit(console, f"conv2d: VGG-16 convolution layers (3x3, stride 1, pad 1; batch {'/'.join(map(str, batches))})",
+            [dev, Column("algorithm", _algo, left=True), Column("layer", lambda r, st: r["layer"], left=True),
+             Column("C>O @HxW", lambda r, st: r.get("geometry", ""), drop="short"), *_numbers("ms")],
+            conv, style=lambda r: "bold" if r["layer"] == "total" else None)
         lecture(console, [r for r in conv if r["layer"] == "total"])
     tr = [r for r in results if r["op"] == "transfer"]
     if tr:
-        t = table("transfers (claim 4: data must reach the device)",
-                  ["device", "algorithm", "shape", "median ms", "GB/s"])
-        for r in tr:
-            t.add_row(r["device"], r["algorithm"], r["shape"], _ms(r["median_s"]), _f(r["gbps"], ".2f"))
-        console.print(t)
+        fit(console, "transfers (claim 4: data must reach the device)", [
+            dev, Column("algorithm", _algo, left=True), Column("shape", _shape, left=True),
+            Column("median ms", _time_cell("median_s"), head_short="ms ±spread"), _spread_col(),
+            Column("GB/s", lambda r, st: _f(r["gbps"], ".2f"))], tr)
     rt = [r for r in results if r["op"] == "roundtrip"]
     if rt:
-        t = table("matmul with and without the transfers", ["device", "shape", "algorithm", "median ms",
-                                                            "spread ms", "GFLOP/s", "time in transfers"])
-        for r in rt:
-            share = ""
-            if r["algorithm"] != "compute only":
-                # Not clamped: negative means the round trip measured faster than compute alone.
-                sp = 100 * (r.get("transfer_share_spread") or 0)
-                share = f"{100 * r['transfer_share']:.0f}%±" + (f"{sp:.0f}" if sp < 100 else ">100")
-                if r.get("transfer_within_noise"):
-                    share += " ~"
-            t.add_row(r["device"], r["shape"], r["algorithm"], _ms(r["median_s"]), _ms(r["spread_s"]),
-                      _f(r["gflops"], ".1f"), share)
-        console.print(t)
+        def share(r: dict[str, Any], steps: set[str]) -> str:
+            if r["algorithm"] == "compute only":
+                return ""
+            # Not clamped: negative means the round trip measured faster than compute alone.
+            sp = 100 * (r.get("transfer_share_spread") or 0)
+            text = f"{100 * r['transfer_share']:.0f}%±" + (f"{sp:.0f}" if sp < 100 else ">100")
+            return text + (" ~" if r.get("transfer_within_noise") else "")
+        fit(console, "matmul with and without the transfers", [
+            dev, Column("shape", _shape, left=True), Column("algorithm", _algo, left=True),
+            Column("median ms", _time_cell("median_s"), head_short="ms ±spread"), _spread_col(),
+            Column("GFLOP/s", lambda r, st: _f(r["gflops"], ".1f")),
+            Column("time in transfers", share, head_short="in transfers")], rt)
 
 
 def lecture(console: Console, totals: list[dict[str, Any]]) -> None:
     """The lecture's published VGG-16 numbers beside this machine's, per image."""
-    t = Table(title="The lecture's table beside yours (milliseconds per image)", title_justify="left",
-              header_style="bold", caption=PUBLISHED["source"] + "; published times are the whole "
-              "network's forward pass, yours the 13 convolutions only", caption_justify="left")
-    for c in ("machine", "what", "batch", "ms / image"):
-        t.add_column(c, justify="right" if c in ("batch", "ms / image") else "left")
-    for p in PUBLISHED["rows"]:
-        t.add_row(p["device"] + " (published)", p["what"], str(p["batch"]), f"{p['ms'] / p['batch']:.1f}")
-    for r in totals:
-        t.add_row(f"this machine, {r['device']}", f"xdev {r['backend']} {r['algorithm']}", str(r["batch"]),
-                  f"{r['median_s'] * 1e3 / r['batch']:.1f}", style="bold")
-    console.print(t)
+    rows = [{"machine": p["device"], "what": p["what"], "batch": p["batch"],
+             "ms": p["ms"] / p["batch"], "mine": False} for p in PUBLISHED["rows"]]
+    rows += [{"machine": r["device"], "batch": r["batch"], "ms": r["median_s"] * 1e3 / r["batch"],
+              "what": r["algorithm"] if r.get("reference") else f"xdev {r['backend']} {r['algorithm']}", "mine": True}
+             for r in totals]
+
+    def machine(r: dict[str, Any], steps: set[str]) -> str:
+        if r["mine"]:
+            return escape(f"{r['machine']} (here)" if "short" in steps else f"this machine, {r['machine']}")
+        return escape(r["machine"] + (" (pub.)" if "short" in steps else " (published)"))
+    fit(console, "The lecture's table beside yours (milliseconds per image)", [
+        Column("machine", machine, left=True),
+        Column("what", lambda r, st: escape(r["what"]), left=True),
+        Column("batch", lambda r, st: str(r["batch"])),
+        Column("ms / image", lambda r, st: f"{r['ms']:.1f}")], rows,
+        style=lambda r: "bold" if r["mine"] else None,
+        caption=PUBLISHED["source"] + "; published times are the whole network's forward pass, yours the "
+        "13 convolutions only")
 
 
 def summary(console: Console, results: list[dict[str, Any]], load: dict[str, Any]) -> None:
@@ -169,7 +277,7 @@ def verdicts(console: Console, found: list[dict[str, Any]], load: dict[str, Any]
     busy = " [yellow](on a busy machine: see the warnings above)[/yellow]" if load and load.get("warnings") else ""
     console.print(f"[bold]The lecture's claims, measured here[/bold] (docs/lecture.md){busy}")
     colour = {"supported": "green", "contradicted": "red", "within noise": "yellow", "mixed": "yellow",
-              "untested": "dim"}
+              "untested": "dim", INCONCLUSIVE: "yellow"}
     for v in found:
         c = colour.get(v["status"], "white")
         console.print(f"  claim {v['claim']} [{c}]{v['status']}[/{c}]: {escape(v['says'])}")
@@ -177,6 +285,9 @@ def verdicts(console: Console, found: list[dict[str, Any]], load: dict[str, Any]
             console.print(f"      {escape(v['summary'])}")
         if v.get("reason") and v["reason"] != v["summary"]:
             console.print(f"      [dim]{escape(v['reason'])}[/dim]")
+        if v.get("busy"):
+            console.print(f"      [yellow]{escape(v['busy'])}: the numbers alone said {v['measured_status']}; "
+                          "rerun on a quiet machine[/yellow]")
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -197,6 +308,15 @@ def plot_title(doc: dict[str, Any] | None) -> str:
 
 def plot(path: str, results: list[dict[str, Any]], doc: dict[str, Any] | None = None) -> None:
     """Every row the run measured, with error bars (spread) and each device's peak line."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(results, doc)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(results: list[dict[str, Any]], doc: dict[str, Any] | None = None) -> Any:
+    """The figure plot() saves: one panel per op, two panels a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,7 +325,12 @@ def plot(path: str, results: list[dict[str, Any]], doc: dict[str, Any] | None = 
     peaks = {d["device"]: d.get("peak_gflops") for d in (doc or {}).get("machine", {}).get("devices", [])}
     panels = [op for op in ("matmul", "conv2d", "transfer", "roundtrip") if any(r["op"] == op for r in results)]
     panels += [op for op in dict.fromkeys(r["op"] for r in results) if op not in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False)
+    # A grid of at most two panels per row: four panels in one row were 2860x550 pixels.
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.0 * ncols, 5.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
 
     def rate_err(rs: list[dict[str, Any]], key: str) -> list[list[float]]:
         """Asymmetric bars for a rate (GFLOP/s, GB/s): the rate at median -+ spread/2."""
@@ -222,7 +347,7 @@ def plot(path: str, results: list[dict[str, Any]], doc: dict[str, Any] | None = 
         lo = [min(r["spread_s"] / 2, r["median_s"] * 0.98) * 1e3 if r else 0 for r in rs]
         return [lo, [r["spread_s"] / 2 * 1e3 if r else 0 for r in rs]]
 
-    for ax, op in zip(axes[0], panels):
+    for ax, op in zip(axes.flat, panels):
         rows = [r for r in results if r["op"] == op]
         if op == "matmul":
             for dev in dict.fromkeys(r["device"] for r in rows):
@@ -297,5 +422,4 @@ def plot(path: str, results: list[dict[str, Any]], doc: dict[str, Any] | None = 
             ax.legend(fontsize=7)
     fig.suptitle(plot_title(doc), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

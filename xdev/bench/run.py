@@ -1,7 +1,6 @@
 """Running the workloads on one device and turning timings into result rows."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -9,7 +8,7 @@ import numpy as np
 
 import xdev
 
-from .noise import Case, measure_interleaved, overlaps, ratio
+from .noise import Case, Settler, measure_interleaved, overlaps, ratio
 from .sides import BASELINE, Side
 from .timing import Timing
 from .workloads import ConvLayer, matmul_flops
@@ -21,12 +20,11 @@ class Settings:
     target_s: float  # measured time to aim for per workload (more repeats for short calls)
     repeat: int | None  # fixed repeats instead (--repeat)
     peak: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # device key -> peak
-    # Pause between blocks of two CPU devices: OpenBLAS's idle threads spin for ~2^28 cycles
-    # (~0.1 s) after a call; a PoCL block started inside that window measured 0.61x instead
-    # of 0.95x NumPy (matmul 1024, 50 ms vs 200 ms pause, same machine, back to back).
-    settle_s: float = 0.2
+    # Waits between blocks of two CPU sides until their worker threads stop spinning (noise.Settler).
+    settle: Settler = field(default_factory=Settler)
     announce: Callable[[str], None] | None = None  # prints "building kernels ..." once per device
     announced: set[str] = field(default_factory=set)
+    activity: Callable[[str], None] | None = None  # told what is being measured now (progress lines)
 
 
 def _rand(shape, dtype, seed) -> np.ndarray:
@@ -91,19 +89,22 @@ class Workload:
 def run_workload(w: Workload, sides: list[Side], s: Settings) -> list[dict[str, Any]]:
     built = {side.key: side.build_seconds for side in sides if side.key not in s.announced}
     rows: list[dict[str, Any]] = []
+    tell = s.activity or (lambda what: None)
     if w.direct is not None:
         for i, side in enumerate(x for x in sides if x.device is not None):
-            if i:
-                time.sleep(s.settle_s)  # the previous device's worker threads go idle first
+            if i and side.is_cpu:
+                s.settle()  # the previous device's worker threads go idle first
+            tell(f"{w.label} on {side.key}")
             rows.extend(w.direct(side.device))
     else:
         assert w.prepare is not None
+        tell(f"{w.label}: preparing")
         prepared = [(side, w.prepare(side)) for side in sides]
         prepared = [(side, p) for side, p in prepared if p is not None]
         cases = [Case(side, fn, w.label) for side, (fns, _) in prepared for fn in fns]
         cpu_sides = {id(c.dev) for c in cases if c.dev.is_cpu}
-        timings = measure_interleaved(cases, s.target_s, s.repeat,
-                                      settle_s=s.settle_s if len(cpu_sides) > 1 else 0.0)
+        timings = measure_interleaved(cases, s.target_s, s.repeat, settle=s.settle if len(cpu_sides) > 1 else None,
+                                      on_block=lambda c, r: tell(f"{w.label} on {c.dev.key}, round {r + 1}"))
         i = 0
         for side, (fns, finish) in prepared:
             rows.extend(finish(timings[i:i + len(fns)]))

@@ -2,8 +2,9 @@
 
 Each verdict: ``{"claim", "says", "status", "summary", "numbers", "reason"}``; status is
 "supported", "contradicted", "within noise", "mixed" or "untested" (with the reason,
-e.g. "no GPU here"). Every number carries its spread; a ratio whose spread covers the
-difference is "within noise", never a win.
+e.g. "no GPU here"), or on a busy machine "inconclusive (busy machine)" (with
+``measured_status``, what the numbers alone said). Every number carries its spread; a ratio
+whose spread covers the difference is "within noise", never a win.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
     libs = {d["device"] for d in mine if d.get("library_algorithms")}
     tuned = {d["device"] for d in mine if d.get("matmul_library") or d.get("backend") == BASELINE}
     own_gpu, own_cpu = gpus - tuned, cpus - tuned
-    why_no_gpu = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped if "reference" not in s["backend"])
+    why_no_gpu = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped
+                           if "reference" not in s["backend"] and not s.get("present"))
     out: list[dict[str, Any]] = []
 
     def verdict(claim: int, nums: list[dict[str, Any]], reason: str | None, extra: str = "") -> None:
@@ -184,3 +186,17 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
         out.append({"claim": 4, "says": CLAIMS[4], "status": status, "summary": text, "numbers": nums,
                     "reason": reason})
     return out
+
+
+INCONCLUSIVE = "inconclusive (busy machine)"
+
+
+def judge_load(found: list[dict[str, Any]], load: dict[str, Any]) -> list[dict[str, Any]]:
+    """On a busy machine (noise.summarize_load's ``busy``) every measured verdict becomes
+    "inconclusive (busy machine)", keeping what the numbers said as ``measured_status``."""
+    if load.get("busy"):
+        for v in found:
+            if v["status"] != "untested":
+                v["measured_status"], v["status"] = v["status"], INCONCLUSIVE
+                v["busy"] = load["busy_reason"]
+    return found
