@@ -103,7 +103,7 @@ def tables(console, results: list[dict[str, Any]]) -> None:
     (narrowed to the terminal as report.fit does: build s first, then the spread into ±)."""
     from rich.markup import escape
 
-    from .report import Column, _f, _time_cell, fit
+    from .report import Column, _f, _time_cell, fit, lecture_machine
 
     rows = [r for r in results if r["op"] == OP]
     if not rows:
@@ -127,13 +127,8 @@ def tables(console, results: list[dict[str, Any]]) -> None:
     lecture += [{"machine": r["device"], "what": f"xdev {r['backend']} {r['algorithm']}", "batch": r["batch"],
                  "ms": r["median_s"] * 1e3 / r["batch"], "ratio": r.get("backward_over_forward"), "mine": True}
                 for r in both]
-
-    def machine(r: dict[str, Any], steps: set[str]) -> str:
-        if r["mine"]:
-            return escape(f"{r['machine']} (here)" if "short" in steps else f"this machine, {r['machine']}")
-        return escape(r["machine"] + (" (pub.)" if "short" in steps else " (published)"))
     fit(console, "The lecture's forward + backward table beside yours (milliseconds per image)", [
-        Column("machine", machine, left=True), Column("what", text("what"), left=True),
+        Column("machine", lecture_machine, left=True), Column("what", text("what"), left=True),
         Column("batch", lambda r, st: str(r["batch"])), Column("ms / image", lambda r, st: f"{r['ms']:.1f}"),
         Column("backward / forward", lambda r, st: "" if r["ratio"] is None else f"{r['ratio']:.2f}x",
                head_short="bwd/fwd")], lecture, style=lambda r: "bold" if r["mine"] else None,

@@ -218,6 +218,13 @@ def tables(console: Console, results: list[dict[str, Any]]) -> None:
             Column("time in transfers", share, head_short="in transfers")], rt)
 
 
+def lecture_machine(r: dict[str, Any], steps: set[str]) -> str:
+    """The machine cell of a lecture table row: a published one, or this machine's ("mine")."""
+    if r["mine"]:
+        return escape(f"{r['machine']} (here)" if "short" in steps else f"this machine, {r['machine']}")
+    return escape(r["machine"] + (" (pub.)" if "short" in steps else " (published)"))
+
+
 def lecture(console: Console, totals: list[dict[str, Any]]) -> None:
     """The lecture's published VGG-16 numbers beside this machine's, per image."""
     rows = [{"machine": p["device"], "what": p["what"], "batch": p["batch"],
@@ -225,13 +232,8 @@ def lecture(console: Console, totals: list[dict[str, Any]]) -> None:
     rows += [{"machine": r["device"], "batch": r["batch"], "ms": r["median_s"] * 1e3 / r["batch"],
               "what": r["algorithm"] if r.get("reference") else f"xdev {r['backend']} {r['algorithm']}", "mine": True}
              for r in totals]
-
-    def machine(r: dict[str, Any], steps: set[str]) -> str:
-        if r["mine"]:
-            return escape(f"{r['machine']} (here)" if "short" in steps else f"this machine, {r['machine']}")
-        return escape(r["machine"] + (" (pub.)" if "short" in steps else " (published)"))
     fit(console, "The lecture's table beside yours (milliseconds per image)", [
-        Column("machine", machine, left=True),
+        Column("machine", lecture_machine, left=True),
         Column("what", lambda r, st: escape(r["what"]), left=True),
         Column("batch", lambda r, st: str(r["batch"])),
         Column("ms / image", lambda r, st: f"{r['ms']:.1f}")], rows,
