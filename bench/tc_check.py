@@ -41,8 +41,10 @@ VARIANTS = {  # in priority order: the budget may stop the list early
     "tf32": {
         "default": {},
         "regstage-plain": {"ASYNC": 0, "STAGES": 2, "LDSM": 0},  # no ldmatrix, no cp.async: mma only
+        "round-smem-int": {"RS": 2},  # TF32 rounding once per element, integer ops
         "s2": {"STAGES": 2},
         "128x256": {"BN": 256, "STAGES": 2},
+        "round-smem-cvt": {"RS": 1},
         "regstage": {"ASYNC": 0, "STAGES": 2},
         "w2x2": {"WM": 2, "WN": 2},
         "64x128-s4": {"BM": 64, "BN": 128, "WM": 2, "WN": 2, "STAGES": 4},

@@ -17,11 +17,13 @@
 // Fragments: LDSM=1 loads them with ldmatrix (A, and B in float16 transposed on the fly),
 // LDSM=0 with plain 32-/16-bit shared loads (same addresses). TF32 B is always loaded
 // with plain loads (ldmatrix.trans moves 16-bit elements only).
-// TF32 inputs are rounded to nearest (cvt.rna) once: when stored to shared memory (ASYNC=0)
-// or when loaded into fragments (ASYNC=1: cp.async copies the raw bits).
+// TF32 inputs are rounded to nearest (ties away, as cvt.rna): when stored to shared memory
+// (ASYNC=0), or (ASYNC=1: cp.async copies the raw bits) when loaded into fragments (RS=0) or
+// in shared memory once landed (RS=1, RS=2: integer operations).
 // Options: TC_MODE (32: float32 data, TF32 m16n8k8; 16: float16 data as ushort, m16n8k16,
 // float accumulation, float16 result), BM BN BK WM WN STAGES ASYNC LDSM, GM (block rows per
-// group of the launch order, so that consecutive work-groups share B slices in L2).
+// group of the launch order, so that consecutive work-groups share B slices in L2), RS
+// (where TF32 inputs are rounded, below).
 
 #ifndef TC_KERNEL
 #define TC_KERNEL __kernel __attribute__((reqd_work_group_size(TC_NTHR, 1, 1))) void
@@ -65,8 +67,8 @@ typedef ushort tc_in; /* float16 bits */
 
 #if BM % (16 * WM) || BN % (8 * WN) || BK % TC_KS || TC_ACH % TC_NTHR || TC_BCH % TC_NTHR \
     || TC_LA < 1 || TC_LB < 1 || (TC_RA & (TC_RA - 1)) || TC_RB % 8 \
-    || (TC_MODE == 16 && TC_NT % 2) || STAGES < 2 || (ASYNC == 0 && STAGES != 2) || GM < 1
-#error "tc tile parameters: need BM % (16*WM) == 0, BN % (8*WN) == 0, BK a multiple of the mma's k, whole chunks per work-item, BK/chunk a power of two, BN/chunk a multiple of 8, an even number of n-tiles per warp for float16, STAGES >= 2 (exactly 2 without ASYNC)"
+    || (TC_MODE == 16 && TC_NT % 2) || STAGES < 2 || (ASYNC == 0 && STAGES != 2) || GM < 1 || RS < 0 || RS > 2
+#error "tc tile parameters: need BM % (16*WM) == 0, BN % (8*WN) == 0, BK a multiple of the mma's k, whole chunks per work-item, BK/chunk a power of two, BN/chunk a multiple of 8, an even number of n-tiles per warp for float16, STAGES >= 2 (exactly 2 without ASYNC), RS 0..2"
 #endif
 
 // Swizzled chunk index of (row r, chunk c) in an A slice: over any 8 consecutive rows the
@@ -83,7 +85,12 @@ typedef ushort tc_in; /* float16 bits */
 #endif
 #define TC_BIDX(s, k, c) ((s) * TC_BCH + (k) * TC_RB + ((c) ^ TC_SWB(k)))
 
-#define TC_ROUND_IN_FRAG (TC_MODE == 32 && ASYNC)
+// Where TF32 inputs are rounded (RS): 0 in the fragments (cvt.rna per register, each
+// element once per warp that reads it), 1 in shared memory once a slice has landed (cvt.rna
+// per element, once), 2 likewise with integer operations instead of cvt. The register path
+// (ASYNC=0) always rounds as it stores to shared memory.
+#define TC_ROUND_IN_FRAG (TC_MODE == 32 && ASYNC && RS == 0)
+#define TC_ROUND_LANDED (TC_MODE == 32 && ASYNC && RS != 0)
 #define TC_ROUND_AT_STORE (TC_MODE == 32 && !ASYNC)
 #define TC_CLAMP(x) ((x) < 0 ? 0 : (x) > TC_CE ? TC_CE : (x))
 // cp.async.wait_group's operand (STAGES - 2) as a literal.
@@ -185,10 +192,23 @@ TC_FN uint4 tc_load_chunk(__global const tc_in* p, int n)
     return TC_UINT4(w[0], w[1], w[2], w[3]);
 }
 
-#if TC_ROUND_AT_STORE
-#define TC_ROUND4(v) TC_UINT4(tc_tf32((v).x), tc_tf32((v).y), tc_tf32((v).z), tc_tf32((v).w))
+// float bits -> TF32 bits with integer operations: round to nearest, ties away from zero
+// (as cvt.rna), NaN kept a NaN (its quiet bit survives the truncation).
+TC_FN uint tc_tf32_int(uint x)
+{
+    return ((x & 0x7fffffffu) > 0x7f800000u ? (x | 0x00400000u) : x + 0x1000u) & 0xffffe000u;
+}
+
+#if TC_MODE == 32 && RS == 2
+#define TC_RND(x) tc_tf32_int(x)
 #else
-#define TC_ROUND4(v) (v)
+#define TC_RND(x) tc_tf32(x)
+#endif
+#define TC_ROUND4(v) TC_UINT4(TC_RND((v).x), TC_RND((v).y), TC_RND((v).z), TC_RND((v).w))
+#if TC_ROUND_AT_STORE
+#define TC_STORED(v) TC_ROUND4(v)
+#else
+#define TC_STORED(v) (v)
 #endif
 
 TC_KERNEL gemm_tc(__global tc_in* restrict C, __global const tc_in* restrict A, const long a_off,
@@ -272,9 +292,9 @@ TC_KERNEL gemm_tc(__global tc_in* restrict C, __global const tc_in* restrict A, 
 #define TC_STORE(s)                                                                      \
     do {                                                                                 \
         _Pragma("unroll") for (int j = 0; j < TC_LA; ++j)                                \
-            As[TC_AIDX(s, ar[j], ac[j])] = TC_ROUND4(ra[j]);                             \
+            As[TC_AIDX(s, ar[j], ac[j])] = TC_STORED(ra[j]);                              \
         _Pragma("unroll") for (int j = 0; j < TC_LB; ++j)                                \
-            Bs[TC_BIDX(s, bk[j], bc[j])] = TC_ROUND4(rb[j]);                             \
+            Bs[TC_BIDX(s, bk[j], bc[j])] = TC_STORED(rb[j]);                              \
     } while (0)
 #endif
 
@@ -296,6 +316,15 @@ TC_KERNEL gemm_tc(__global tc_in* restrict C, __global const tc_in* restrict A, 
     }
     for (int kt = 0; kt < KT; ++kt) {
         TC_CP_WAIT(TC_WAITN);    // slice kt has landed (this work-item's part) ...
+#if TC_ROUND_LANDED
+        {   // ... round this work-item's part of it to TF32 in place ...
+            const int s = kt % STAGES;
+            _Pragma("unroll") for (int j = 0; j < TC_LA; ++j)
+                As[TC_AIDX(s, ar[j], ac[j])] = TC_ROUND4(As[TC_AIDX(s, ar[j], ac[j])]);
+            _Pragma("unroll") for (int j = 0; j < TC_LB; ++j)
+                Bs[TC_BIDX(s, bk[j], bc[j])] = TC_ROUND4(Bs[TC_BIDX(s, bk[j], bc[j])]);
+        }
+#endif
         TC_BARRIER();            // ... everyone's, and stage (kt-1) % STAGES is free again
         const int nk = kt + STAGES - 1;
         if (nk < KT) TC_LOAD_SLICE(nk % STAGES, nk);

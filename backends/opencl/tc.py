@@ -19,17 +19,20 @@ from xdev.contract import env
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
 MIN_CC = (8, 0)  # mma.sync m16n8k8 .tf32, cp.async, ldmatrix: sm_80
 KEYS = {32: "gemm_tc32", 16: "gemm_tc16"}  # params key per TC_MODE
-NAMES = ("BM", "BN", "BK", "WM", "WN", "STAGES", "ASYNC", "LDSM", "GM")
+NAMES = ("BM", "BN", "BK", "WM", "WN", "STAGES", "ASYNC", "LDSM", "GM", "RS")
 
 # 128 x 128 tiles of 8 warps (64 x 32 each), three cp.async stages of 16 KiB: 48 KiB, what
 # NVIDIA's OpenCL gives a work-group. TF32 slices are 16 deep (2 mma k-steps), float16 32.
 DEFAULTS: dict[str, dict[str, int]] = {
-    "gemm_tc32": {"BM": 128, "BN": 128, "BK": 16, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1, "GM": 8},
-    "gemm_tc16": {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1, "GM": 8},
+    "gemm_tc32": {"BM": 128, "BN": 128, "BK": 16, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1, "GM": 8,
+                  "RS": 0},
+    "gemm_tc16": {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1, "GM": 8,
+                  "RS": 0},
 }
 # Valid ranges of each value (params.validate_entry checks tuned entries against them).
 RANGES: dict[str, tuple[int, int]] = {"BM": (16, 256), "BN": (16, 256), "BK": (8, 128), "WM": (1, 8), "WN": (1, 8),
-                                      "STAGES": (2, 5), "ASYNC": (0, 1), "LDSM": (0, 1), "GM": (1, 64)}
+                                      "STAGES": (2, 5), "ASYNC": (0, 1), "LDSM": (0, 1), "GM": (1, 64),
+                                      "RS": (0, 2)}
 
 
 def support(platform_name: str, device: Any) -> str | None:
@@ -97,6 +100,7 @@ def valid(mode_: int, t: dict[str, int], max_threads: int = 1024, local_mem: int
     mt, nt = t["BM"] // t["WM"] // 16, t["BN"] // t["WN"] // 8
     achunks, bchunks = t["BM"] * ra, t["BK"] * rb
     return (achunks % nthr == 0 and bchunks % nthr == 0 and achunks >= nthr and bchunks >= nthr
+            and (mode_ == 32 or t["RS"] == 0)
             and ra & (ra - 1) == 0 and rb % 8 == 0 and not (mode_ == 16 and nt % 2)
             and (t["ASYNC"] or t["STAGES"] == 2) and nthr <= max_threads
             and mt * nt * 4 <= 128 and local_bytes(mode_, t) <= local_mem)
@@ -111,7 +115,8 @@ TC_SHAPES = [  # (BM, BN, WM, WN)
     (128, 128, 2, 4), (128, 128, 2, 2), (128, 128, 4, 2), (128, 256, 2, 4), (256, 128, 4, 2),
     (128, 64, 2, 2), (64, 128, 2, 2), (64, 64, 2, 2), (128, 256, 4, 2), (256, 64, 4, 1),
 ]
-TC_STEPS = [("BK", None), ("STAGES", (2, 3, 4, 5)), ("LDSM", (1, 0)), ("ASYNC", (1, 0)), ("GM", (8, 1, 4, 16))]
+TC_STEPS = [("BK", None), ("STAGES", (2, 3, 4, 5)), ("RS", (0, 1, 2)), ("LDSM", (1, 0)), ("ASYNC", (1, 0)),
+            ("GM", (8, 1, 4, 16))]
 
 
 def _deepest(mode_: int, t: dict[str, int], max_threads: int, local_mem: int) -> dict[str, int] | None:
@@ -128,7 +133,7 @@ def shapes(mode_: int, max_threads: int, local_mem: int) -> list[dict[str, int]]
     out = []
     for bm, bn, wm, wn in TC_SHAPES:
         t = _deepest(mode_, {"BM": bm, "BN": bn, "BK": bk, "WM": wm, "WN": wn, "STAGES": 2, "ASYNC": 1,
-                             "LDSM": 1, "GM": 8}, max_threads, local_mem)
+                             "LDSM": 1, "GM": 8, "RS": 0}, max_threads, local_mem)
         if t is not None:
             out.append(t)
     return out

@@ -102,13 +102,16 @@ def test_kernel_fragment_scheme_gives_the_mma_layouts():
 
 
 # ---- the kernel, emulated -----------------------------------------------------------------
-def _variant(mode, BM, BN, BK, WM, WN, STAGES, ASYNC, LDSM, GM=1):
-    return dict(TC_MODE=mode, BM=BM, BN=BN, BK=BK, WM=WM, WN=WN, STAGES=STAGES, ASYNC=ASYNC, LDSM=LDSM, GM=GM)
+def _variant(mode, BM, BN, BK, WM, WN, STAGES, ASYNC, LDSM, GM=1, RS=0):
+    return dict(TC_MODE=mode, BM=BM, BN=BN, BK=BK, WM=WM, WN=WN, STAGES=STAGES, ASYNC=ASYNC, LDSM=LDSM, GM=GM,
+                RS=RS)
 
 
 VARIANTS = [
     _variant(32, 64, 64, 16, 2, 2, 3, 1, 1, GM=2),    # TF32, cp.async ring of 3, ldmatrix A
     _variant(32, 32, 64, 8, 1, 2, 2, 0, 0),           # TF32, register-staged, plain loads, 2-chunk rows
+    _variant(32, 64, 64, 16, 2, 2, 2, 1, 0, RS=1),    # TF32 rounded in shared memory once landed (cvt)
+    _variant(32, 32, 64, 16, 1, 2, 4, 1, 1, RS=2),    # ... with integer operations
     _variant(16, 64, 64, 32, 2, 2, 4, 1, 1),          # float16, ring of 4, ldmatrix A and B.trans
     _variant(16, 32, 64, 16, 1, 2, 2, 0, 0, GM=3),    # float16, register-staged, plain loads
     _variant(16, 64, 128, 32, 1, 4, 2, 1, 1),         # float16, 8 threads' worth of chunks per row
@@ -116,9 +119,9 @@ VARIANTS = [
 
 
 def _vid(v):
-    return "{}-{}x{}x{}-w{}x{}-s{}-a{}-l{}-g{}".format(
+    return "{}-{}x{}x{}-w{}x{}-s{}-a{}-l{}-g{}-r{}".format(
         "tf32" if v["TC_MODE"] == 32 else "f16", v["BM"], v["BN"], v["BK"], v["WM"], v["WN"],
-        v["STAGES"], v["ASYNC"], v["LDSM"], v["GM"])
+        v["STAGES"], v["ASYNC"], v["LDSM"], v["GM"], v["RS"])
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +221,11 @@ def test_emulated_tc_default_tiles(emu_dir):
 def test_emulated_tc_rounds_tf32_to_nearest(emu_dir):
     """Inputs whose low 13 bits are all ones: truncation (what the tensor cores do to an
     unrounded float) is 2^-10 relative off; round-to-nearest is within 2^-11."""
-    options = VARIANTS[0]
+    for options in (v for v in VARIANTS if v["TC_MODE"] == 32):
+        _rounds_to_nearest(emu_dir, options)
+
+
+def _rounds_to_nearest(emu_dir, options):
     M, N, K = 16, 8, 1
     c, a, b = emulate(emu_dir, options, M, N, K, seed=5)
     ones = np.float32(1 + 2.0**-10 - 2.0**-23)  # 1.000...0111...1: 13 low bits set
