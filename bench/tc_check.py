@@ -69,6 +69,39 @@ ODD_SHAPES = [  # (batch A, M, K, N, A transposed?)
 ]
 
 
+# Tiny kernels, one inline-asm construct each: which of them NVIDIA's OpenCL compiler takes
+# (printed when the kernel itself does not build).
+PROBES = {
+    "asm, =r output": 'uint x; asm("mov.u32 %0, %%laneid;" : "=r"(x)); o[0] = x;',
+    "__asm__ volatile": 'uint x; __asm__ volatile("mov.u32 %0, %%laneid;" : "=r"(x)); o[0] = x;',
+    "asm volatile, memory clobber": 'uint x; asm volatile("mov.u32 %0, %%laneid;" : "=r"(x) :: "memory"); o[0] = x;',
+    "f constraints": 'float y; asm("add.f32 %0, %1, %2;" : "=f"(y) : "f"((float)o[1]), "f"(1.0f)); o[0] = (uint)y;',
+    "cvt.rna.tf32 on r": 'uint x; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(x) : "r"(o[1])); o[0] = x;',
+    "local address as r": '__local uint4 s[64]; s[get_local_id(0)] = (uint4)(1, 2, 3, 4); barrier(CLK_LOCAL_MEM_FENCE);'
+                          ' uint r0, r1, r2, r3; asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"'
+                          ' : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"((uint)(size_t)&s[get_local_id(0) % 32]) : "memory");'
+                          ' o[get_local_id(0)] = r0 + r1 + r2 + r3;',
+    "cp.async": '__local uint4 s[64]; asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: '
+                '"r"((uint)(size_t)&s[get_local_id(0)]), "l"(o + 4 * get_local_id(0)), "r"(16) : "memory");'
+                ' asm volatile("cp.async.commit_group;" ::: "memory"); asm volatile("cp.async.wait_group 0;" ::: "memory");'
+                ' barrier(CLK_LOCAL_MEM_FENCE); o[get_local_id(0)] = s[(get_local_id(0) + 1) % 64].x;',
+}
+
+
+def probe_asm(ocl) -> dict[str, str]:
+    import pyopencl as cl
+
+    out = {}
+    for name, body in PROBES.items():
+        src = "__kernel void probe(__global uint* o) { " + body + " }"
+        try:
+            cl.Program(ocl.ctx, src).build()
+            out[name] = "builds"
+        except Exception as e:  # noqa: BLE001
+            out[name] = "FAILS: " + " ".join(str(e).split())[-300:]
+    return out
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -283,6 +316,9 @@ def main(argv=None) -> int:
                 if side == "opencl" and name == "default":
                     report["default_build_log"] = str(e)[:6000]
                     log(str(e)[:3000])
+                    report["probe"] = probe_asm(ocl)
+                    for k, v in report["probe"].items():
+                        log(f"  inline-asm probe {k:30s} {v}")
         save()
 
     # -- what NVIDIA's compiler made of the default variant: ptxas's report, and the PTX ----------

@@ -338,8 +338,7 @@ def test_tc_kernel_compiles_as_opencl_c_through_clang_and_ptxas(tmp_path, key):
     mode = 32 if key == "gemm_tc32" else 16
     for extra in ({}, {"ASYNC": 0, "LDSM": 0, "STAGES": 2}):
         opts = [f"-D{k}={v}" for k, v in {"TC_MODE": mode, **tc.DEFAULTS[key], **extra}.items()]
-        # -fgnu-keywords: clang's OpenCL mode knows only __asm__; NVIDIA's compiler takes `asm`.
-        r = subprocess.run([clang, "-x", "cl", "-cl-std=CL1.2", "-fgnu-keywords", "-target", "nvptx64-nvidia-nvcl",
+        r = subprocess.run([clang, "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl",
                             "-O3", "-S", "-emit-llvm", "-Xclang", "-finclude-default-header", *opts, str(src),
                             "-o", str(tmp_path / "k.ll")], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"clang {opts}:\n{r.stderr}"
