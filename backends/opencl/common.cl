@@ -3,6 +3,130 @@
 //   -DREAL_BITS=32|64   compute type (float16 data computes in float)
 //   -DIN_BITS=16|32|64  storage type of the inputs, -DOUT_BITS=... of the output
 // float16 is storage only: vload_half/vstore_half need no cl_khr_fp16.
+// Or, for integer and bool data (gemm_small.cl, conv_int.cl), -DXT_BITS=8|16|32|64 and
+// -DXT_BOOL=0|1: exact arithmetic modulo 2^XT_BITS, NumPy's wrap-around. Every integer type
+// is handled as the unsigned type of its width: unsigned arithmetic wraps by definition
+// (signed overflow is undefined in OpenCL C), and the low bits of a sum of products are the
+// same whether the operands were signed or not (two's complement). Sums run in 32 bits (64
+// for 64-bit data) and are truncated on store. Bool data (bytes) counts nonzero as 1 and
+// stores sum != 0: NumPy's logical matmul, or of ands. `real`, `in_t`, `out_t`, LOAD_IN,
+// STORE_OUT and MADD (multiply-add) mean the same in both.
+// Or, for copy.cl's copy_cast between types one of which is an integer or bool (between
+// float types it uses the options above), -DSRC_KIND and -DDST_KIND (0 float, 1 signed
+// integer, 2 unsigned integer, 3 bool) with -DSRC_BITS and -DDST_BITS (8-64; float: 16
+// storage only, 32, 64), converting as NumPy's astype: integer -> integer: the value modulo
+// 2^bits of the destination (sign-extended when widened from a signed type); -> bool:
+// nonzero (NaN too); bool -> anything: 0 or 1; integer -> float: round to nearest even
+// (float16: through float, exact below 2^24, so one rounding); float -> integer: truncated
+// toward zero, saturated at the type's range, NaN -> 0 (NumPy leaves out-of-range values
+// undefined).
+#ifdef XT_BITS
+#if XT_BITS == 8
+typedef uchar xt;
+#elif XT_BITS == 16
+typedef ushort xt;
+#elif XT_BITS == 32
+typedef uint xt;
+#else
+typedef ulong xt;
+#endif
+#if XT_BITS == 64
+typedef ulong real;
+#else
+typedef uint real;
+#endif
+typedef xt in_t;
+typedef xt out_t;
+#if XT_BOOL
+#define LOAD_IN(p, i) ((real)((p)[(i)] != 0))
+#define STORE_OUT(v, p, i) ((p)[(i)] = (xt)((v) != 0))
+#else
+#define LOAD_IN(p, i) ((real)(p)[(i)])
+#define STORE_OUT(v, p, i) ((p)[(i)] = (xt)(v))
+#endif
+
+#elif defined(SRC_KIND)
+#if SRC_KIND == 0 && SRC_BITS == 64 || DST_KIND == 0 && DST_BITS == 64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+// The storage type of each side (unsigned for integers: stores wrap by definition) and the
+// type a source value is read as (its true type: signed types sign-extend when widened).
+#if SRC_KIND == 0
+#  if SRC_BITS == 16
+typedef half src_store;
+#    define LOAD_SRC(p, i) vload_half((i), (p))
+#  elif SRC_BITS == 32
+typedef float src_store;
+#    define LOAD_SRC(p, i) ((p)[(i)])
+#  else
+typedef double src_store;
+#    define LOAD_SRC(p, i) ((p)[(i)])
+#  endif
+#else
+#  if SRC_BITS == 8
+typedef uchar src_store;
+typedef char src_signed;
+#  elif SRC_BITS == 16
+typedef ushort src_store;
+typedef short src_signed;
+#  elif SRC_BITS == 32
+typedef uint src_store;
+typedef int src_signed;
+#  else
+typedef ulong src_store;
+typedef long src_signed;
+#  endif
+#  if SRC_KIND == 1
+#    define LOAD_SRC(p, i) ((src_signed)(p)[(i)])
+#  elif SRC_KIND == 2
+#    define LOAD_SRC(p, i) ((p)[(i)])
+#  else
+#    define LOAD_SRC(p, i) ((uchar)((p)[(i)] != 0))
+#  endif
+#endif
+
+#if DST_KIND == 0
+#  if DST_BITS == 16
+typedef half dst_store;
+#    define STORE_DST(v, p, i) vstore_half_rte((float)(v), (i), (p))
+#  elif DST_BITS == 32
+typedef float dst_store;
+#    define STORE_DST(v, p, i) ((p)[(i)] = (float)(v))
+#  else
+typedef double dst_store;
+#    define STORE_DST(v, p, i) ((p)[(i)] = (double)(v))
+#  endif
+#elif DST_KIND == 3
+typedef uchar dst_store;
+#  define STORE_DST(v, p, i) ((p)[(i)] = (uchar)((v) != 0))
+#else
+#  if DST_BITS == 8
+typedef uchar dst_store;
+#    define SAT(v) (DST_KIND == 1 ? (uchar)convert_char_sat_rtz(v) : convert_uchar_sat_rtz(v))
+#  elif DST_BITS == 16
+typedef ushort dst_store;
+#    define SAT(v) (DST_KIND == 1 ? (ushort)convert_short_sat_rtz(v) : convert_ushort_sat_rtz(v))
+#  elif DST_BITS == 32
+typedef uint dst_store;
+#    define SAT(v) (DST_KIND == 1 ? (uint)convert_int_sat_rtz(v) : convert_uint_sat_rtz(v))
+#  else
+typedef ulong dst_store;
+#    define SAT(v) (DST_KIND == 1 ? (ulong)convert_long_sat_rtz(v) : convert_ulong_sat_rtz(v))
+#  endif
+#  if SRC_KIND == 0
+#    define STORE_DST(v, p, i) ((p)[(i)] = SAT(v))
+#  else
+#    define STORE_DST(v, p, i) ((p)[(i)] = (dst_store)(v))
+#  endif
+#endif
+typedef src_store in_t;
+typedef dst_store out_t;
+typedef float real;  // (copy.cl's fill is not used with these options)
+#define LOAD_IN(p, i) LOAD_SRC(p, i)
+#define STORE_OUT(v, p, i) STORE_DST(v, p, i)
+
+#else
 #if REAL_BITS == 64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #define REAL_T double
@@ -32,6 +156,7 @@ typedef double out_t;
 typedef float out_t;
 #define STORE_OUT(v, p, i) ((p)[(i)] = (float)(v))
 #endif
+#endif
 
 // a * b + c, fused into one instruction by the compiler where the target has FMA
 // (contraction, not the library's fma(): see realv_u below).
@@ -44,6 +169,17 @@ typedef float out_t;
 // Batch index bt -> (i0, i1, i2) over dims (n0, n1, n2).
 #define BATCH3(bt, n1, n2) \
     const int i2 = (bt) % (n2), i1 = ((bt) / (n2)) % (n1), i0 = (bt) / ((n1) * (n2))
+
+// Element offset of contiguous element i of a view of up to 4 dims: sizes (n0,) n1, n2, n3
+// and element strides s0..s3 (copy.cl).
+inline long view4_offset(long i, const long n1, const long n2, const long n3,
+                         const long s0, const long s1, const long s2, const long s3)
+{
+    const long i3 = i % n3; i /= n3;
+    const long i2 = i % n2; i /= n2;
+    const long i1 = i % n1; i /= n1;
+    return i * s0 + i1 * s1 + i2 * s2 + i3 * s3;
+}
 
 // ---- CPU family (-DVW vector width; -DMR x -DNV micro-tile of MR rows, NV vectors) -----
 #ifdef VW

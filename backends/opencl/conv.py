@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from xdev.contract import F32, F64, ConvParams
+from xdev.contract import F32, F64, ConvParams, is_exact
 from xdev.contract.shapes import cdiv, check_int32, round_up
 
 from . import array as cla
 from .array import CLArray
 from .gemm import INDEX_HINT, pack, pack_gpu, xl_options, xl_valid
-from .kernels import type_options
+from .kernels import exact_options, type_options
 from .protocol import KernelDevice
 
 
@@ -50,7 +50,8 @@ def bias_args(bias: CLArray | None) -> tuple[Any, np.int64, np.int64]:
 
 def conv2d(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams,
            algorithm: str) -> tuple[CLArray, str]:
-    algo = choose(p, algorithm)
+    exact = is_exact(x.dtype)
+    algo = "direct" if exact else choose(p, algorithm)  # integers and bool: conv_int.cl only
     out = dev.empty(p.out_shape, x.dtype)
     if out.size == 0:
         return out, algo
@@ -63,7 +64,9 @@ def conv2d(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: C
     check_int32("conv2d on OpenCL", INDEX_HINT, **{
         "padded H*W": Hp * Wp, "Ho*Wo": p.Ho * p.Wo, "Ho*Wp": p.Ho * Wp, "N*C": p.N * p.C, "N*O": p.N * p.O,
         "C/groups*kH*kW": p.K, "stride": max(p.stride), "dilation": max(p.dilation), "padding": max(p.pad)})
-    if algo == "direct" or p.K == 0:
+    if exact:
+        _exact(dev, x, w, bias, p, out)
+    elif algo == "direct" or p.K == 0:
         # (An empty reduction is the bias alone, whichever algorithm was asked for.)
         _direct(dev, x, w, bias, p, out)
     elif dev.family == "cpu":
@@ -71,6 +74,19 @@ def conv2d(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: C
     else:
         _xl(dev, x, w, bias, p, out)
     return out, algo
+
+
+def _exact(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: ConvParams, out: CLArray) -> None:
+    """Integer and bool conv2d (conv_int.cl: direct, exact modulo 2**bits), x and w as views."""
+    i32, i64 = np.int32, np.int64
+    b, b_off, b_st = bias_args(bias)
+    dev.launch("conv_int.cl", "conv_int", exact_options(x.dtype), (round_up(p.Ho * p.Wo, 64), p.O, p.N), None,
+               out.buf, x.buf, i64(x.offset), *(i64(s) for s in x.strides),
+               w.buf, i64(w.offset), *(i64(s) for s in w.strides),
+               x.buf if b is None else b, b_off, b_st, i32(bias is not None),
+               i32(p.Cg), i32(p.H), i32(p.W), i32(p.O), i32(p.Og), i32(p.kh), i32(p.kw),
+               i32(p.stride[0]), i32(p.stride[1]), i32(p.dilation[0]), i32(p.dilation[1]),
+               i32(p.pad[0]), i32(p.pad[2]), i32(p.Ho), i32(p.Wo))
 
 
 def _geometry(p: ConvParams, Hp: int, Wp: int) -> tuple[np.int32, ...]:

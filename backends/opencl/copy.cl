@@ -1,4 +1,4 @@
-// Strided copy with type conversion: dst (contiguous) = convert(src viewed through
+// Strided copy with type conversion (any two dtypes: common.cl): dst (contiguous) = convert(src viewed through
 // up to 4 dims of sizes n0..n3 and element strides s0..s3). Also makes views contiguous.
 __kernel void copy_cast(__global out_t* restrict dst, const long dst_off,
                         __global const in_t* restrict src, const long src_off,
@@ -8,13 +8,7 @@ __kernel void copy_cast(__global out_t* restrict dst, const long dst_off,
 {
     const long i = get_global_id(0);
     if (i >= total) return;
-    long r = i;
-    const long i3 = r % n3; r /= n3;
-    const long i2 = r % n2; r /= n2;
-    const long i1 = r % n1; r /= n1;
-    const long i0 = r;
-    const long s = src_off + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3;
-    STORE_OUT(LOAD_IN(src, s), dst, dst_off + i);
+    STORE_OUT(LOAD_IN(src, src_off + view4_offset(i, n1, n2, n3, s0, s1, s2, s3)), dst, dst_off + i);
 }
 
 // dst[i] = value for a contiguous output (zeros of an empty reduction, and bias fills).

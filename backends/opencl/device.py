@@ -12,7 +12,8 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.tools
 
-from xdev.contract import F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device
+from xdev.contract import (F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device,
+                           EXACT_DTYPES, is_exact)
 from xdev.contract import env, fork
 from xdev.contract.kernel_cache import KernelCache
 from xdev.contract.shapes import round_up
@@ -20,7 +21,7 @@ from . import array as cla
 from . import backward, conv, gemm, isa, params, proof, tc
 from .array import CLArray
 from .host_memory import HostMemory
-from .kernels import build_program, type_options
+from .kernels import build_program, convert_options, type_options
 from .staging import OpenCLStager, map_host_buffer
 
 PROBE_SOURCE = "__kernel void probe(__global float* a) { a[get_global_id(0)] *= 2.0f; }"
@@ -209,6 +210,7 @@ def probe() -> BackendStatus:
 class OpenCLDevice(Device):
     backend = "opencl"
     conv_algorithms = ("gemm", "direct")
+    exact_conv_algorithms = ("direct",)  # conv_int.cl
 
     def __init__(self, cand: Candidate, vector_width: int | None = None) -> None:
         self.cand = cand
@@ -229,6 +231,8 @@ class OpenCLDevice(Device):
         exts = cand.device.extensions.split()
         self.has_fp64 = "cl_khr_fp64" in exts
         self.has_fp16 = "cl_khr_fp16" in exts
+        # 64-bit integers are optional only in OpenCL's embedded profile.
+        self.has_int64 = "EMBEDDED" not in cand.device.profile or "cles_khr_int64" in exts
         self.max_alloc = int(cand.device.max_mem_alloc_size)
         self.global_mem = int(cand.device.global_mem_size)
         self.pool_cap = env.opencl_pool_cap(self.global_mem)
@@ -266,14 +270,20 @@ class OpenCLDevice(Device):
                 f"{self.key} ({self.name}) has no cl_khr_fp64: float64 is not supported there; "
                 f"use float32, or a device with double precision (see xdev.available_backends())"
             )
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{self.key} computes in float16 (storage), float32 or float64; received {dtype} "
-                            f"(integer and bool data compute exactly on the numpy backend: backend='numpy')")
+        if dtype.itemsize == 8 and dtype.kind in "iu" and not self.has_int64:
+            raise TypeError(
+                f"{self.key} ({self.name}) is an embedded-profile device without cles_khr_int64: "
+                f"{dtype} is not supported there; use a 32-bit integer type, or backend='numpy'")
+        if dtype not in FLOAT_DTYPES and dtype not in EXACT_DTYPES:
+            raise TypeError(f"{self.key} computes in float16 (storage), float32, float64, signed and "
+                            f"unsigned integers of 8 to 64 bits, or bool; received {dtype}")
 
     def acc_dtype(self, dtype: np.dtype) -> np.dtype:
         """float16 is storage only (kernels compute in float). With TF32 on (tc.mode), float32
         products use TF32 inputs (10-bit mantissa): the reported float16 has TF32's unit
         roundoff (2^-11), as on the CUDA backend, so error bounds stay honest."""
+        if is_exact(dtype):
+            return np.dtype(dtype)  # integers and bool: exact, modulo 2**bits (common.cl's XT types)
         if dtype == F32 and tc.mode(self, dtype) == 32:
             return np.dtype(np.float16)
         return F64 if dtype == F64 else F32
@@ -454,9 +464,13 @@ class OpenCLDevice(Device):
         tail = (1,) * (4 - len(tail)) + tuple(tail)
         tstr = (0,) * (4 - len(tstr)) + tuple(tstr)
         n = int(np.prod(tail))
+        # Between float types the float options; with an integer or bool side, NumPy's astype
+        # conversions (common.cl's SRC_KIND/DST_KIND).
+        opts = (type_options(a.dtype, dtype) if a.dtype.kind == "f" and dtype.kind == "f"
+                else convert_options(a.dtype, dtype))
         for j, idx in enumerate(np.ndindex(*lead) if lead else [()]):
             off = a.offset + sum(i * s for i, s in zip(idx, strides[: len(lead)]))
-            self.launch("copy.cl", "copy_cast", type_options(a.dtype, dtype),
+            self.launch("copy.cl", "copy_cast", opts,
                         (round_up(n, 64),), None, out.buf, np.int64(j * n), a.buf, np.int64(off),
                         np.int64(tail[1]), np.int64(tail[2]), np.int64(tail[3]),
                         *(np.int64(s) for s in tstr), np.int64(n))

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from xdev.contract import F32, F64, KernelBuildError, broadcast_batch, matmul_shape
+from xdev.contract import F32, F64, KernelBuildError, broadcast_batch, is_exact, matmul_shape
 from xdev.contract.shapes import cdiv, check_int32, round_up
 
 from . import array as cla
 from . import tc
 from .array import CLArray
-from .kernels import type_options
+from .kernels import exact_options, type_options
 from .protocol import KernelDevice
 
 Strides = tuple[int, ...]
@@ -73,8 +73,9 @@ def matmul(dev: KernelDevice, a: CLArray, b: CLArray) -> CLArray:
         return tuple(0 if n == 1 else s for n, s in zip(shp, st))
 
     out = dev.empty(batch + (M, N), dt)
+    exact = is_exact(dt)
     if out.size:
-        if K == 0:
+        if K == 0 and not exact:
             dev.fill(out, 0.0)
         else:
             astr, bstr = batch_strides(a), batch_strides(b)
@@ -89,7 +90,8 @@ def matmul(dev: KernelDevice, a: CLArray, b: CLArray) -> CLArray:
                 shape, (astr, bstr, _) = cla.collapse(batch, batch_strides(a), batch_strides(b), ostr)
             check_int32("matmul on OpenCL", INDEX_HINT, M=M, N=N, K=K, **{
                 "M*N": M * N, "M*K": M * K, "K*N": K * N, "batch": int(np.prod(shape, dtype=np.int64))})
-            fam = family(dev, M, N, K, dt)
+            # Integer and bool data: the small kernel at every size, exact (common.cl's XT types).
+            fam = "small" if exact else family(dev, M, N, K, dt)
             if fam == "tc" and not _tc(dev, a, b, out, M, N, K, shape, astr, bstr):
                 fam = family(dev, M, N, K, dt)  # its build failed: the device has no tc family now
             if fam != "tc":
@@ -111,7 +113,9 @@ def _small(dev: KernelDevice, a: CLArray, b: CLArray, out: CLArray, M: int, N: i
     shape3, (as3, bs3) = pad3(shape, astr, bstr)
     B = int(np.prod(shape3))
     i64 = np.int64
-    dev.launch("gemm_small.cl", "gemm_small", type_options(a.dtype, out.dtype),
+    # Integer and bool data: exact, modulo 2**bits (common.cl's XT types), any size, K = 0 too.
+    opts = exact_options(a.dtype) if is_exact(a.dtype) else type_options(a.dtype, out.dtype)
+    dev.launch("gemm_small.cl", "gemm_small", opts,
                (N, M, B), None, out.buf, a.buf, i64(a.offset), b.buf, i64(b.offset),
                np.int32(M), np.int32(N), np.int32(K), np.int32(shape3[1]), np.int32(shape3[2]),
                *(i64(s) for s in as3), i64(a.strides[-2]), i64(a.strides[-1]),

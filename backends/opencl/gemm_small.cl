@@ -1,5 +1,6 @@
 // One work-item per output element, operands read in place through their strides.
-// For small problems, where packing and tiling cost more than they save.
+// For small problems, where packing and tiling cost more than they save, and for every
+// integer and bool matmul (common.cl's XT_BITS types: exact; correctness first, no tiling).
 __kernel void gemm_small(__global out_t* restrict C,
                          __global const in_t* restrict A, const long a_off,
                          __global const in_t* restrict B, const long b_off,

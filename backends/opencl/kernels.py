@@ -31,6 +31,23 @@ def type_options(in_dtype: np.dtype, out_dtype: np.dtype) -> dict[str, int]:
     return {"REAL_BITS": real, "IN_BITS": BITS[np.dtype(in_dtype)], "OUT_BITS": BITS[np.dtype(out_dtype)]}
 
 
+def exact_options(dtype: np.dtype) -> dict[str, int]:
+    """-D options of the integer and bool kernels (common.cl: XT_BITS, XT_BOOL)."""
+    dtype = np.dtype(dtype)
+    return {"XT_BITS": 8 * dtype.itemsize, "XT_BOOL": int(dtype.kind == "b")}
+
+
+KINDS = {"f": 0, "i": 1, "u": 2, "b": 3}
+
+
+def convert_options(src: np.dtype, dst: np.dtype) -> dict[str, int]:
+    """-D options of copy.cl's copy_cast for a conversion that involves an integer or bool
+    (common.cl's SRC_KIND/DST_KIND)."""
+    src, dst = np.dtype(src), np.dtype(dst)
+    return {"SRC_KIND": KINDS[src.kind], "SRC_BITS": 8 * src.itemsize,
+            "DST_KIND": KINDS[dst.kind], "DST_BITS": 8 * dst.itemsize}
+
+
 def build_program(ctx: cl.Context, label: str, name: str, options: dict[str, int]) -> cl.Program:
     """Compile kernel file `name` with `-D` options; KernelBuildError carries the mapped log."""
     opts = [f"-D{k}={v}" for k, v in sorted(options.items())]

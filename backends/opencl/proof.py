@@ -42,7 +42,7 @@ ENV_TIMEOUT = env.OPENCL_PROOF_TIMEOUT
 ENV_FAULT = env.OPENCL_PROOF_FAULT
 # Bump when the set of kernels checked below, or the verdict file's document, changes: cached
 # verdicts expire (their files are named by a digest of the identity, VERSION included).
-VERSION = 4  # 4: the tensor-core GEMM's check (a second child on NVIDIA GPUs)
+VERSION = 5  # 4: the tensor-core GEMM's check (a second child on NVIDIA GPUs); 5: the integer kernels
 FILE_VERSION = 1  # of a verdict file's document (xdev.contract.json_store)
 _HERE = Path(__file__).resolve().parent
 

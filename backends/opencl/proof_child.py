@@ -184,6 +184,29 @@ def _child(p: int, d: int, vw: int, name: str, pversion: str, params: dict[str, 
         # The benchmark's peak calibration kernel, a few iterations.
         dev.peak_gflops(dt, iters=4, repeat=1)
         print(f"XDEV-PROOF-STEP peak ({dt})", flush=True)
+    _exact_kernels(dev, rng)
+
+
+def _exact_kernels(dev: OpenCLDevice, rng: Any) -> None:
+    """The integer kernels (int32: matmul, direct conv2d with bias, a widening conversion),
+    with values small enough that float64 computes the same sums exactly."""
+    import numpy as np
+
+    from xdev.contract import ConvParams
+
+    def same(name: str, got: Any, ref: Any) -> None:
+        print(f"XDEV-PROOF-STEP {name} (int32)", flush=True)
+        if got.shape != ref.shape or not np.array_equal(got, ref):
+            raise AssertionError(f"{name} (int32) gave wrong results")
+
+    a, b = rng.integers(-99, 99, (13, 9)), rng.integers(-99, 99, (9, 37))
+    up = dev.upload
+    same("matmul", dev.download(dev.matmul(up(a.astype(np.int32)), up(b.astype(np.int32)))), (a @ b).astype(np.int32))
+    x, w, bias = rng.integers(-9, 9, (2, 4, 7, 9)), rng.integers(-9, 9, (4, 2, 3, 3)), rng.integers(-9, 9, 4)
+    cp = ConvParams(2, 4, 7, 9, 4, 3, 3, 2, (2, 2), (1, 1), (1, 1, 1, 1), 4, 5)
+    y, _ = dev.conv2d(up(x.astype(np.int32)), up(w.astype(np.int32)), up(bias.astype(np.int32)), cp, "direct")
+    same("conv2d direct stride 2 groups 2", dev.download(y), _conv_ref(x, w, bias, 2, 1, 2).astype(np.int32))
+    same("int8 to int32", dev.download(dev.astype(up(x.astype(np.int8)), np.dtype(np.int32))), x.astype(np.int32))
 
 
 if __name__ == "__main__":
