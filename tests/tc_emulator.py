@@ -43,6 +43,7 @@ def tables() -> str:
 
 
 HARNESS = textwrap.dedent(r'''
+    #include <atomic>
     #include <barrier>
     #include <cstdint>
     #include <cstdio>
@@ -78,6 +79,7 @@ HARNESS = textwrap.dedent(r'''
     struct Warp { std::barrier<>* bar; uint a[32][4]; uint b[32][2]; float c[32][4]; const void* p[32]; };
     static Warp* g_warps;
     static int g_late;                         // cp.async lands at the wait that covers it
+    static std::atomic<long> g_ldsm_conflicts{0};  // ldmatrix matrices whose rows share a bank group
     static const unsigned char *g_a0, *g_a1, *g_b0, *g_b1;  // the input buffers' bounds
 
     static size_t get_local_id(int) { return (size_t)t_lid; }
@@ -134,6 +136,12 @@ HARNESS = textwrap.dedent(r'''
         if ((uintptr_t)p % 16) die("ldmatrix row address not 16-byte aligned");
         w.p[lane] = p;
         w.bar->arrive_and_wait();
+        if (lane == 0)  // the 8 rows of each matrix: in 8 different 16-byte bank groups?
+            for (int j = 0; j < 4; ++j) {
+                unsigned seen = 0;
+                for (int i = 0; i < 8; ++i) seen |= 1u << (((uintptr_t)w.p[8 * j + i] / 16) % 8);
+                if (seen != 0xffu) g_ldsm_conflicts.fetch_add(1);
+            }
         for (int j = 0; j < 4; ++j) {
             uint v = 0;
             for (int h = 0; h < 2; ++h) {
@@ -216,6 +224,7 @@ HARNESS = textwrap.dedent(r'''
         FILE* f = std::fopen(argv[22], "wb");
         if (!f || std::fwrite(c.data(), 1, c.size(), f) != c.size()) die("cannot write output");
         std::fclose(f);
+        std::printf("ldmatrix-bank-conflicts %ld\n", g_ldsm_conflicts.load());
         return 0;
     }
 ''')
@@ -257,7 +266,13 @@ def run(exe: Path, workdir: Path, a_buf: np.ndarray, b_buf: np.ndarray, *, M: in
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"emulated gemm_tc failed ({r.returncode}): {r.stderr[-2000:]}")
+    for line in r.stdout.splitlines():
+        if line.startswith("ldmatrix-bank-conflicts "):
+            stats["ldmatrix_bank_conflicts"] = int(line.split()[1])
     return np.fromfile(fc, dtype=out_dtype).reshape(int(np.prod(batch)), M, N)
+
+
+stats: dict[str, int] = {}  # of the last run: ldmatrix_bank_conflicts (matrices whose 8 rows share a bank group)
 
 
 def load_tc():
