@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xdev.contract import F16, F32, F64, ConvParams, env
+from xdev.contract import F16, F32, F64, ConvParams, env, is_exact
 
 from .cudnn_tune import CudnnUnsupported
 from .launch import COLS_BUDGET_BYTES, direct_launch, elem_strides, gemm_blocks, im2col_launch
@@ -33,7 +33,8 @@ def refusal(dev: Any, x: Any, w: Any, p: ConvParams, what: str, e: Exception) ->
 def conv2d(dev: Any, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm: str) -> tuple[Any, str]:
     """y = conv2d(x, w, bias) on CudaDevice ``dev`` (current), and the algorithm that ran."""
     xp = dev.xp
-    algo = default_algorithm(dev) if algorithm == "auto" else algorithm  # checked by xdev._ops
+    exact = is_exact(x.dtype)  # integers and bool: im2col + CuPy's integer matmul, exact
+    algo = "gemm" if exact else default_algorithm(dev) if algorithm == "auto" else algorithm  # checked by xdev._ops
     if p.N * p.O * p.Ho * p.Wo == 0:
         return xp.empty(p.out_shape, x.dtype), algo
     if p.K == 0:  # no input channels: only the bias remains
@@ -50,7 +51,7 @@ def conv2d(dev: Any, x: Any, w: Any, bias: Any | None, p: ConvParams, algorithm:
             algo = "gemm"
     y = xp.empty(p.out_shape, x.dtype)
     if algo == "gemm":
-        run_gemm(xp, dev.launch, x, w, bias, p, y, matmul=dev.gemm_into)
+        run_gemm(xp, dev.launch, x, w, bias, p, y, matmul=matmul_copy(xp) if exact else dev.gemm_into)
     else:
         run_direct(xp, dev.launch, x, w, bias, p, y)
     return y, algo
@@ -93,6 +94,16 @@ def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
         out = y4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * p.Wo : blk.h0 * p.Wo + L]
         mm(wm, cols, out=out)
         del cols
+
+
+def matmul_copy(xp: Any) -> Any:
+    """matmul(a, b, out=...) as ``out[...] = xp.matmul(a, b)``: CuPy's integer and bool matmul
+    (exact, wrapping as NumPy's), into an output that may be a strided view."""
+    def mm(a: Any, b: Any, out: Any) -> Any:
+        out[...] = xp.matmul(a, b)
+        return out
+
+    return mm
 
 
 def run_direct(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any) -> None:

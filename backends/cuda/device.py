@@ -11,7 +11,8 @@ from typing import Any, Callable
 import cupy
 import numpy as np
 
-from xdev.contract import F16, F32, F64, FLOAT_DTYPES, BackendStatus, BackendUnavailable, ConvParams, Device, env, fork
+from xdev.contract import (DTYPES, DTYPES_TEXT, F16, F32, F64, BackendStatus, BackendUnavailable, ConvParams,
+                           Device, env, fork, is_exact)
 from xdev.contract.device import DL_CUDA
 from xdev.contract.machine import cuda_peak_estimate
 
@@ -101,6 +102,7 @@ class CudaDevice(Device):
     """One CUDA GPU. Native arrays are cupy.ndarray (any strides); work runs on CuPy's current stream."""
 
     backend = "cuda"
+    exact_conv_algorithms = ("gemm",)  # im2col + CuPy's integer matmul (conv.py)
     is_cpu = False
     xp = cupy  # the array module conv.py and backward.py allocate with
     matmul_library = "cuBLAS"
@@ -139,10 +141,8 @@ class CudaDevice(Device):
 
     # -- dtypes ---------------------------------------------------------------------------------
     def check_dtype(self, dtype: np.dtype) -> None:
-        if np.dtype(dtype) not in FLOAT_DTYPES:
-            raise TypeError(
-                f"{self.key} ({self.name}) computes in float16, float32 or float64; received {np.dtype(dtype)}"
-            )
+        if np.dtype(dtype) not in DTYPES:
+            raise TypeError(f"{self.key} ({self.name}) computes in {DTYPES_TEXT}; received {np.dtype(dtype)}")
 
     def acc_dtype(self, dtype: np.dtype) -> np.dtype:
         """float16 accumulates in float32 (cuBLAS CUBLAS_COMPUTE_32F, cuDNN FLOAT compute, own kernels).
@@ -153,6 +153,8 @@ class CudaDevice(Device):
         dtype = np.dtype(dtype)
         if dtype == F16:
             return F32
+        if is_exact(dtype):
+            return dtype  # integers and bool: exact, modulo 2**bits (CuPy's integer matmul)
         if dtype == F32 and env.cuda_tf32() and self.cc >= (8, 0):
             return F16
         return dtype

@@ -6,7 +6,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from xdev.contract import F32, F64, env
+from xdev.contract import F32, F64, env, is_exact
 
 from . import cublas
 from .gemm_plan import plan_arrays
@@ -16,6 +16,10 @@ _PLANS_MAX = 4096  # plans kept per device before the table starts over
 
 def matmul(dev: Any, a: Any, b: Any) -> Any:
     """a @ b on CudaDevice ``dev`` (current), with numpy.matmul's 1-D and broadcasting rules."""
+    if is_exact(a.dtype):
+        # cuBLAS has no exact integer GEMM for every width; CuPy's own kernels compute integers
+        # and bool as NumPy does (wrapping modulo 2**bits; bool: or of ands).
+        return cupy.matmul(a, b)
     A = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
     B = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
     if A.ndim < 2 or B.ndim < 2:

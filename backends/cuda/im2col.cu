@@ -9,7 +9,8 @@
 // with k = (c*kh + i)*kw + j < K = Cg*kh*kw, oh = ho0 + l / Wo, ow = l % Wo.  Rows k >= K
 // (Kp = K + 1 when the host folds the bias into the GEMM) hold ones.  x is read through
 // element strides (any sign), so transposed or sliced views need no copy.  Data is copied,
-// never computed on: float16 travels as its raw 16-bit pattern.
+// never computed on: float16 travels as its raw 16-bit pattern, and integer and bool data as
+// the signed integer of its width (the _i8 ... _i64 kernels; their ones row holds 1).
 //
 // Launch: block (256, 1, 1); grid (any, <= 65535, <= 65535); grid-stride loops cover
 // l (x), the G*Kp rows (y) and the nb images (z).  hb*Wo must stay below 2^31.
@@ -18,6 +19,10 @@ template <typename T> __device__ __forceinline__ T xdev_one();
 template <> __device__ __forceinline__ xdev_half xdev_one<xdev_half>() { return (xdev_half)0x3C00u; }
 template <> __device__ __forceinline__ float xdev_one<float>() { return 1.0f; }
 template <> __device__ __forceinline__ double xdev_one<double>() { return 1.0; }
+template <> __device__ __forceinline__ signed char xdev_one<signed char>() { return 1; }
+template <> __device__ __forceinline__ short xdev_one<short>() { return 1; }
+template <> __device__ __forceinline__ int xdev_one<int>() { return 1; }
+template <> __device__ __forceinline__ long long xdev_one<long long>() { return 1; }
 
 template <typename T>
 __device__ __forceinline__ void xdev_im2col(
@@ -77,3 +82,7 @@ __device__ __forceinline__ void xdev_im2col(
 XDEV_IM2COL(xdev_im2col_f16, xdev_half)
 XDEV_IM2COL(xdev_im2col_f32, float)
 XDEV_IM2COL(xdev_im2col_f64, double)
+XDEV_IM2COL(xdev_im2col_i8, signed char)
+XDEV_IM2COL(xdev_im2col_i16, short)
+XDEV_IM2COL(xdev_im2col_i32, int)
+XDEV_IM2COL(xdev_im2col_i64, long long)

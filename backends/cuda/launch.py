@@ -35,6 +35,9 @@ INDEX_HINT = "split the problem (e.g. a smaller batch or image), or use algorith
 COLS_BUDGET_BYTES = 256 << 20
 
 DTYPE_SUFFIX = {"float16": "f16", "float32": "f32", "float64": "f64"}
+# im2col copies bits: integer and bool data travel as the signed integer of their width.
+IM2COL_SUFFIX = {**DTYPE_SUFFIX, "bool": "i8", "int8": "i8", "uint8": "i8", "int16": "i16", "uint16": "i16",
+                 "int32": "i32", "uint32": "i32", "int64": "i64", "uint64": "i64"}
 ACC_ITEMSIZE = {"float16": 4, "float32": 4, "float64": 8}  # float16 accumulates in float
 
 
@@ -144,7 +147,7 @@ def im2col_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], blk: 
         ("i32", g["dw"]), ("i32", g["pt"]), ("i32", g["pl"]), ("i32", p.Wo), ("i32", blk.h0),
         ("i32", blk.hb), ("i32", Kp),
     ]
-    return Launch("im2col.cu", f"xdev_im2col_{DTYPE_SUFFIX[dtype]}", grid, (256, 1, 1), 0, tuple(args))
+    return Launch("im2col.cu", f"xdev_im2col_{IM2COL_SUFFIX[dtype]}", grid, (256, 1, 1), 0, tuple(args))
 
 
 def elem_strides(a: Any) -> tuple[int, ...]:

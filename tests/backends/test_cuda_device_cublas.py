@@ -71,6 +71,7 @@ def fake_device(monkeypatch):
     cp = types.ModuleType("cupy")
     cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(FA)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FA)
+    cp.matmul = lambda a, b: np.matmul(a, b).view(FA)  # CuPy's own kernels (integers and bool)
 
     class Err(Exception):
         pass
@@ -191,3 +192,26 @@ def test_gpu_matmul_leaves_cupys_global_state_alone(cuda, monkeypatch):
                     backend="cuda")
         after = (rl.get_compute_type(np.dtype(np.float32)), cublas.getMathMode(cupy.cuda.device.get_cublas_handle()))
         assert after == before
+
+
+@pytest.mark.parametrize("dt", [np.int8, np.uint8, np.int16, np.int32, np.uint32, np.int64, np.uint64, np.bool_],
+                         ids=lambda t: np.dtype(t).name)
+def test_device_matmul_of_integers_is_cupys_exact_matmul_not_cublas(fake_device, dt):
+    """Integer and bool matmul on CUDA is exact (CuPy's integer kernels wrap as NumPy's do);
+    cuBLAS, whose GEMMs round, is not called; the device reports the dtype as its own
+    accumulation and checks it in."""
+    from reference import matmul_exact
+    from strategies import int_values
+
+    dev, cublas = fake_device
+    dev.check_dtype(np.dtype(dt))
+    assert dev.acc_dtype(np.dtype(dt)) == np.dtype(dt) and "gemm" in dev.exact_conv_algorithms
+    for ashape, bshape in [((5, 7), (7, 3)), ((7,), (7,)), ((2, 1, 4, 3), (5, 3, 6))]:
+        a, b = int_values(1, ashape, dt), int_values(2, bshape, dt)
+        got = np.asarray(dev.matmul(as_fa(a), as_fa(b)))
+        want = matmul_exact(a, b, dt)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert cublas.calls == []
+    with pytest.raises(TypeError, match=r"cuda:0 \(Fake H100\) computes in float16/32/64, signed and unsigned integers "
+                                        r"of 8 to 64 bits, or bool; received complex64"):
+        dev.check_dtype(np.dtype(np.complex64))

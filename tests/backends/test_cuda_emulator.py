@@ -292,6 +292,28 @@ def test_emulated_gemm_algorithm(emulator, tmp_path, case, budget):
         assert_conv_agrees(y, x, w, b, case, dt, f"gemm {case} {dt} {layout} budget {budget}")
 
 
+@pytest.mark.parametrize("dt", [np.int8, np.uint16, np.int32, np.uint32, np.int64, np.bool_],
+                         ids=lambda t: np.dtype(t).name)
+def test_emulated_gemm_algorithm_integers(emulator, tmp_path, dt):
+    """Integer and bool conv2d on CUDA: im2col's integer kernels (bits copied, a ones row of 1
+    for the bias) + an exact integer GEMM (CuPy's on a GPU, NumPy's here, both wrapping as
+    NumPy does), through conv.matmul_copy into strided output blocks; exact results."""
+    from reference import conv2d_exact
+    from strategies import int_values
+
+    for case, budget in [(EMU_CASES[0], 4000), (EMU_CASES[2], 1 << 30), (((2, 3, 5, 5), (4, 3, 1, 1), 1, 0, 1, 1), 700)]:
+        xs, ws, stride, padding, dilation, groups = case
+        p = P(xs, ws, stride, padding, dilation, groups)
+        seed = sum(xs) + sum(ws)
+        x, w, b = int_values(seed, xs, dt), int_values(seed + 1, ws, dt), int_values(seed + 2, (ws[0],), dt)
+        y = np.zeros(p.out_shape, dt)
+        emu = Emulator(emulator, tmp_path, grid_cap=2)
+        conv.run_gemm(np, emu, _place_x(x, "nhwc", seed), w, b, p, y, budget=budget, matmul=conv.matmul_copy(np))
+        want = conv2d_exact(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        assert y.dtype == want.dtype and np.array_equal(y, want), f"{case} {np.dtype(dt)} budget {budget}"
+        assert all(lp.kernel == f"xdev_im2col_i{8 * np.dtype(dt).itemsize}" for lp in emu.launches)
+
+
 def test_gemm_blocks_cover_the_output_once():
     p = P((5, 3, 20, 7), (4, 3, 3, 3), 1, 1, 1, 1)
     for budget in (1 << 30, 20000, 3000, 1):
