@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from xdev.contract import DTYPES, DTYPES_TEXT, F16, F32, BackendStatus, ConvParams, Device
 from xdev.contract.device import DL_CPU, DL_CUDA_HOST, DL_CUDA_MANAGED, DL_ROCM_HOST
-from xdev.contract.machine import blas_advice, blas_name, cpu_name
+from xdev.contract.machine import blas_advice, blas_isa, blas_name, cpu_name
 
 # DLPack memory NumPy can read in place: host memory, pinned host memory, CUDA managed memory.
 HOST_DLPACK = (DL_CPU, DL_CUDA_HOST, DL_ROCM_HOST, DL_CUDA_MANAGED)
@@ -112,7 +112,9 @@ class NumpyDevice(Device):
         return (*conv2d_backward(grad_y, x, w, p, needs, conv2d_im2col), "gemm")
 
     def info(self) -> dict[str, Any]:
-        out = {**super().info(), "numpy": np.__version__, "blas": blas_name()}
+        isa = blas_isa()
+        out = {**super().info(), "numpy": np.__version__, "blas": blas_name(),
+               "isa": isa["isa"], "isa_source": isa["source"]}  # what matmul's kernels are written in
         advice = blas_advice()
         if advice:
             out["advice"] = advice

@@ -131,7 +131,7 @@ def test_cli_json_is_complete_and_consistent(quick_run):
 def test_cli_json_records_run_metadata_and_verdicts(quick_run):
     r, out, backends = quick_run
     doc = json.loads((out / "r.json").read_text())
-    assert doc["schema"] == {"name": "xdev.bench", "version": 2}
+    assert doc["schema"] == {"name": "xdev.bench", "version": 3}
     run = doc["run"]
     assert run["xdev_version"] == __import__("xdev").__version__
     assert run["timestamp_utc"].endswith("Z") and run["timestamp_utc"][:2] == "20"
@@ -154,9 +154,15 @@ def test_cli_json_records_run_metadata_and_verdicts(quick_run):
     # CPU devices only in this run, whatever the machine has:
     assert claims[1]["status"] == "untested" and "no GPU here" in claims[1]["reason"]
     assert claims[2]["status"] == "untested" and "no GPU with a convolution library here" in claims[2]["reason"]
-    if "opencl" in backends:  # OpenCL vs NumPy on the CPU: measured, with spreads
+    if "opencl" in backends:  # OpenCL vs NumPy on the CPU: measured, with spreads and both ISAs
         nums = [n for n in claims[3]["numbers"] if "CPU" in n["what"]]
         assert nums and all(n["spread"] >= 0 and isinstance(n["within_noise"], bool) for n in nums)
+        assert all(n["isa_a"] and n["isa_b"] and isinstance(n["like_for_like"], bool) for n in nums)
+    # every CPU row names the instruction set its code ran (OpenBLAS's kernels, PoCL's target)
+    cpu_rows = [x for x in doc["results"] if x["op"] in ("matmul", "conv2d", "transfer", "pipeline")]
+    assert cpu_rows and all(x.get("isa") and x.get("isa_source") for x in cpu_rows)
+    numpy_dev = next(d for d in doc["machine"]["devices"] if d["device"] == "numpy")
+    assert numpy_dev["isa"] in ("AVX2", "AVX-512", "AVX", "SSE", "NEON") and "kernels" in numpy_dev["isa_source"]
     assert claims[4]["numbers"] and all("share" in n for n in claims[4]["numbers"])
     for x in doc["results"]:
         assert {"speedup_spread", "within_noise", "peak_error", "reference"} <= set(x)
@@ -213,7 +219,7 @@ def test_compare_cli_with_a_new_file(quick_run):
     cmd = [sys.executable, "-m", "xdev.bench", "compare", str(out / "r.json"), str(out / "r.json")]
     c = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert c.returncode == 0, c.stderr
-    assert "schema 2" in c.stdout and "1.00±" in c.stdout and "~" in c.stdout  # itself: within noise
+    assert "schema 3" in c.stdout and "1.00±" in c.stdout and "~" in c.stdout  # itself: within noise
 
 
 def test_compare_rejects_bad_files(tmp_path):
@@ -293,7 +299,8 @@ def test_load_summary_warns_when_others_are_busy():
 
 
 def _dev(key="numpy", backend="numpy"):
-    return type("D", (), {"key": key, "backend": backend, "name": key, "is_cpu": True})()
+    return type("D", (), {"key": key, "backend": backend, "name": key, "is_cpu": True,
+                          "info": lambda self: {"isa": "AVX2", "isa_source": "test"}})()
 
 
 def test_peak_above_100_is_flagged():
@@ -662,3 +669,86 @@ def test_progress_lines_and_heartbeats():
     assert with_notice(lambda: time.sleep(0.3) or 7, said.append, "proving devices", after_s=0.05) == 7
     assert said == ["proving devices"]  # once, while it ran
     assert with_notice(lambda: 8, said.append, "proving devices", after_s=1.0) == 8 and len(said) == 1
+
+
+def _mm(dev, algo, med, n=4096, kind="square", mode=None, numerics=None, **kw):
+    row = {"device": dev, "op": "matmul", "algorithm": algo, "median_s": med, "spread_s": med * 0.01,
+           "shape": f"{n}x{n}x{n}", "M": n, "K": n, "N": n, "kind": kind, "gflops": 2 * n**3 / med / 1e9,
+           "reference": False, "dtype": "float16" if mode == "fp16" else "float32", **kw}
+    if mode:
+        row["numeric_mode"] = mode
+    if numerics:
+        row["numerics"] = numerics
+    return row
+
+
+GPU_DEVICES = [{"device": "cuda:0", "backend": "cuda", "is_cpu": False, "matmul_library": "cuBLAS",
+                "library_algorithms": ["cudnn"]}]
+
+
+def test_claim3_on_a_gpu_shows_both_halves_with_opencl_tensor_core_rows():
+    rows = [_mm("cuda:0", "cuBLAS", 0.0025, mode="strict-fp32"), _mm("opencl:0:0", "opencl", 0.0030),
+            _mm("cuda:0", "cuBLAS tf32", 0.0005, kind="tensor-cores", mode="tf32"),
+            _mm("opencl:0:0", "opencl tf32", 0.0008, kind="tensor-cores", mode="tf32",
+                numerics="tf32, tensor cores (mma.sync through inline PTX)"),
+            _mm("cuda:0", "cuBLAS fp16", 0.0002, kind="tensor-cores", mode="fp16"),
+            _mm("opencl:0:0", "opencl fp16", 0.0004, kind="tensor-cores", mode="fp16",
+                numerics="fp16, tensor cores (mma.sync through inline PTX)")]
+    devices = GPU_DEVICES + [{"device": "opencl:0:0", "backend": "opencl", "is_cpu": False, "tensor_cores": True}]
+    v = {x["claim"]: x for x in verdict.verdicts(rows, devices, [])}[3]
+    nums = v["numbers"]
+    assert [n["mode"] for n in nums] == ["strict-fp32", "tf32", "fp16"]
+    assert all(n["like_for_like"] for n in nums) and v["status"] == "supported"
+    assert nums[0]["ratio"] == pytest.approx(1.2) and "units against units" in nums[0]["what"]
+    assert nums[1]["ratio"] == pytest.approx(1.6) and "tensor cores on both" in nums[1]["what"]
+    assert "inline PTX" in v["summary"] and "not like-for-like" not in v["summary"]
+
+
+def test_claim3_on_a_gpu_without_opencl_tensor_cores_says_why():
+    rows = [_mm("cuda:0", "cuBLAS", 0.0025, mode="strict-fp32"),
+            _mm("opencl:0:0", "opencl", 0.0030, mode="strict-fp32", numerics="strict-fp32, FMA units"),
+            _mm("cuda:0", "cuBLAS tf32", 0.0005, kind="tensor-cores", mode="tf32"),
+            _mm("opencl:0:0", "opencl tf32", 0.0029, kind="tensor-cores", mode="strict-fp32",
+                numerics="strict-fp32, FMA units"),
+            _mm("cuda:0", "cuBLAS fp16", 0.0002, kind="tensor-cores", mode="fp16")]
+    devices = GPU_DEVICES + [{"device": "opencl:0:0", "backend": "opencl", "is_cpu": False,
+                              "tensor_core_reason": "the driver does not accept inline PTX"}]
+    v = {x["claim"]: x for x in verdict.verdicts(rows, devices, [])}[3]
+    nums = v["numbers"]
+    assert [n["mode"] for n in nums] == ["strict-fp32", "tf32", "fp16"]
+    assert nums[0]["like_for_like"] and not nums[1]["like_for_like"] and not nums[2]["like_for_like"]
+    # TF32 and float16 stand beside OpenCL's best row (0.0029 s), with the reason
+    assert nums[1]["ratio"] == pytest.approx(0.0029 / 0.0005) and nums[1]["a"] == "opencl:0:0 opencl tf32"
+    assert "no standard way to reach the tensor cores" in nums[1]["why_not"]
+    assert "strict-fp32, FMA units" in nums[1]["why_not"] and "inline PTX" in nums[1]["why_not"]
+    assert v["status"] == "supported"  # from the float32 half alone: 1.2x, beyond noise
+    assert "not like-for-like" in v["summary"]
+
+
+def test_claim3_on_the_cpu_flags_different_instruction_sets():
+    rows = [_mm("numpy", "numpy", 0.10, n=2048, isa="AVX2", isa_source="openblas Haswell kernels"),
+            _mm("opencl:0:0", "opencl", 0.08, n=2048, isa="AVX-512", isa_source="compiler target")]
+    devices = [{"device": "numpy", "backend": "numpy", "is_cpu": True},
+               {"device": "opencl:0:0", "backend": "opencl", "is_cpu": True}]
+    v = {x["claim"]: x for x in verdict.verdicts(rows, devices, [])}[3]
+    n = v["numbers"][0]
+    assert n["like_for_like"] is False and n["isa_a"] == "AVX-512" and n["isa_b"] == "AVX2"
+    assert "different instruction sets" in n["why_not"] and "Haswell" in n["why_not"]
+    assert v["status"] == "untested" and "no like-for-like comparison" in v["reason"]
+    rows[1]["isa"] = "AVX2"
+    v = {x["claim"]: x for x in verdict.verdicts(rows, devices, [])}[3]
+    assert v["numbers"][0]["like_for_like"] is True and v["status"] == "contradicted"
+
+
+def test_numeric_mode_block_sets_and_restores_tf32(monkeypatch):
+    from xdev.contract import env
+
+    monkeypatch.delenv("XDEV_CUDA_TF32", raising=False)
+    monkeypatch.setenv("XDEV_OPENCL_TF32", "0")
+    with env.numeric_mode(True):
+        assert env.cuda_tf32() and env.opencl_tf32()  # OpenCL follows CUDA's switch inside
+    assert not env.cuda_tf32() and os.environ["XDEV_OPENCL_TF32"] == "0"
+    monkeypatch.setenv("XDEV_CUDA_TF32", "1")
+    with env.numeric_mode(False):
+        assert not env.cuda_tf32() and not env.opencl_tf32()
+    assert env.cuda_tf32()

@@ -77,7 +77,16 @@ def test_the_benchmark_on_a_machine_with_a_gpu(tmp_path):
     conv = [x for x in doc["results"] if x["device"] == "cuda:0" and x["op"] == "conv2d"]
     assert conv and all(x["batch"] == 16 for x in conv)
     assert {x["batch"] for x in doc["results"] if x["device"] == "numpy" and x["op"] == "conv2d"} == {1}
-    assert {x["algorithm"] for x in doc["results"] if x["device"] == "cuda:0" and x["op"] == "matmul"} == {"cuBLAS"}
+    mm = [x for x in doc["results"] if x["device"] == "cuda:0" and x["op"] == "matmul"]
+    assert {x["algorithm"] for x in mm if x["kind"] == "square"} == {"cuBLAS"}
+    assert all(x["numeric_mode"] == "strict-fp32" for x in mm if x["kind"] == "square")
+    # the largest size again in TF32 and float16 (tensor cores), on the GPU only
+    tensor = {x["algorithm"]: x for x in doc["results"] if x.get("kind") == "tensor-cores"}
+    assert set(tensor) == {"cuBLAS tf32", "cuBLAS fp16"} and tensor["cuBLAS tf32"]["shape"] == "32x32x32"
+    assert tensor["cuBLAS tf32"]["numeric_mode"] == "tf32" and tensor["cuBLAS fp16"]["dtype"] == "float16"
+    assert tensor["cuBLAS fp16"]["numeric_mode"] == "fp16" and tensor["cuBLAS fp16"]["peak_fraction"] is None
+    assert all(x["isa"] for x in doc["results"] if x["device"] in ("numpy", "torch:cpu"))  # CPU rows name it
+    assert not any("isa" in x for x in doc["results"] if x["device"] == "cuda:0")
     claims = {v["claim"]: v for v in doc["verdicts"]}
     assert claims[1]["status"] != "untested" and len(claims[1]["numbers"]) == 2
     # --quick runs the device's auto algorithm only: no hand-written totals to set cuDNN against

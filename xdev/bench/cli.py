@@ -21,8 +21,8 @@ from .meta import SCHEMA, run_block
 from .noise import sample_load, summarize_load
 from .progress import STARTUP_NOTICE, Ticker, with_notice
 from .reference import REFERENCES
-from .run import (Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case, run_workload,
-                  transfer_case)
+from .run import (TENSOR_MODES, Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case,
+                  run_workload, tensor_case, transfer_case)
 from .sides import DeviceSide, Side
 from .verdict import judge_load, verdicts
 
@@ -41,6 +41,13 @@ def _matmul(a: argparse.Namespace) -> list[Workload]:
     if not a.sizes:  # --sizes names exactly the sizes to run; the skinny row comes with the default sweep
         M, K, N = wl.SKINNY_QUICK if a.quick else wl.SKINNY
         out.append(Workload("matmul", f"matmul {M}x{K}x{N}", matmul_case(a.settings, M, K, N, "skinny")))
+    if a.settings.dtype == np.float32 and any(not d.is_cpu for d in a.devices):
+        # On GPUs also the largest size in TF32 and float16, where cuBLAS uses tensor cores: claim 3
+        # sets them beside OpenCL's rows in the same mode (or its best, saying what that ran on).
+        n = max(sizes)
+        for mode, dtype, tf32 in TENSOR_MODES:
+            out.append(Workload("matmul", f"matmul {n} {mode}", tensor_case(a.settings, n, mode, dtype),
+                                scope=lambda tf32=tf32: env.numeric_mode(tf32)))
     return out
 
 
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_workload(w, everyone, a.settings)
             results.extend(rows)
             progress.advance(task)
-            if ticker:
+            if ticker and rows:
                 ticker.finished(w.label, list(dict.fromkeys(r["device"] for r in rows)))
     results = arrange(results, a.settings, by_key)
     for r in results:

@@ -5,6 +5,11 @@ Schema history (docs/bench.md, "JSON schema"):
   2  + schema, run (xdev version, git commit, UTC time, argv, environment, threads,
        load), verdicts; rows gain speedup_spread, within_noise, peak_error, reference,
        and round trips transfer_share_spread / transfer_within_noise (share unclamped)
+  3  + run.settle, run.load busy/busy_reason/busy_share_limit; machine devices is_cpu,
+       matmul_library, library_algorithms, isa, isa_source; CPU rows isa/isa_source; matmul
+       rows numeric_mode (and "tensor-cores" rows: TF32/float16 on GPUs); skipped entries
+       present; verdict status "inconclusive (busy machine)" with measured_status, claim-3
+       numbers like_for_like/why_not/mode/isa_a/isa_b
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any
 
 from xdev.contract import env
 
-SCHEMA = {"name": "xdev.bench", "version": 2}
+SCHEMA = {"name": "xdev.bench", "version": 3}
 
 # Environment that changes what a benchmark measures: xdev's own switches, PoCL's and
 # OpenBLAS's, the usual thread-count variables, and glibc malloc's tunables (Dask's workers

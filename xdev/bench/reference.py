@@ -44,13 +44,13 @@ class TorchSide(Side):
         self.beside = beside  # the xdev device key these rows stand beside
         self.is_cpu = device == "cpu"
         self.name = f"PyTorch {getattr(torch, '__version__', '?')} on {device}"
-        tf32 = env.cuda_tf32()
+        if self.is_cpu:
+            self.isa, self.isa_source = _torch_isa(torch)
         try:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True
         except AttributeError:  # a torch without CUDA parts: nothing to set
             pass
+        self._numeric_mode()
 
     def synchronize(self) -> None:
         if not self.is_cpu:
@@ -62,11 +62,22 @@ class TorchSide(Side):
     def _t(self, host: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(host)).to(self.where)
 
+    def _numeric_mode(self) -> None:
+        """TF32 as xdev's is now (XDEV_CUDA_TF32, or a benchmark workload's numeric mode)."""
+        tf32 = env.cuda_tf32()
+        try:
+            self.torch.backends.cuda.matmul.allow_tf32 = tf32
+            self.torch.backends.cudnn.allow_tf32 = tf32
+        except AttributeError:
+            pass
+
     def matmul_fn(self, ha: np.ndarray, hb: np.ndarray) -> Callable[[], Any]:
+        self._numeric_mode()
         a, b = self._t(ha), self._t(hb)
         return lambda: self.torch.matmul(a, b)
 
     def conv_calls(self, hx: np.ndarray, hw: np.ndarray, hb: np.ndarray, algorithms: list[str]) -> list[ConvCall]:
+        self._numeric_mode()
         x, w, b = self._t(hx), self._t(hw), self._t(hb)
         conv = self.torch.nn.functional.conv2d
         t0 = time.perf_counter()
@@ -95,12 +106,28 @@ class TorchSide(Side):
 
     def info(self) -> dict[str, Any]:
         out = {"backend": "torch", "device": self.key, "name": self.name, "reference": True,
-               "beside": self.beside, "torch": getattr(self.torch, "__version__", None), "is_cpu": self.is_cpu}
+               "beside": self.beside, "torch": getattr(self.torch, "__version__", None), "is_cpu": self.is_cpu,
+               "isa": self.isa, "isa_source": self.isa_source}
         try:
             out["threads"] = self.torch.get_num_threads()
         except AttributeError:
             pass
         return out
+
+
+# torch.backends.cpu.get_cpu_capability() -> the instruction set names xdev uses
+_CAPABILITY = {"AVX512": "AVX-512", "AVX512_BF16": "AVX-512", "AVX512_VNNI": "AVX-512", "AVX2": "AVX2",
+               "DEFAULT": "SSE", "NEON": "NEON", "SVE256": "SVE"}
+
+
+def _torch_isa(torch) -> tuple[str | None, str | None]:
+    """The instruction set of torch's CPU kernels: ATen's vectorized ones (its cpu capability);
+    MKL (matmul) and oneDNN (conv2d) choose theirs at run time from the same CPU flags."""
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:
+        return None, None
+    return _CAPABILITY.get(cap.upper()), f"torch cpu capability {cap} (ATen; MKL and oneDNN dispatch at run time)"
 
 
 def _torch_place(torch, dev: Side) -> tuple[str | None, str | None]:

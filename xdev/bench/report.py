@@ -61,6 +61,9 @@ def header(console: Console, machine: dict[str, Any], skipped: list[dict[str, st
         extra = ", ".join(f"{k} {d[k]}" for k in ("driver", "pyopencl", "cupy", "cuda_runtime", "cudnn",
                                                       "compute_units", "multiprocessors") if d.get(k))
         console.print(escape(f"  {d['device']}: {d['name']}" + (f"  [{extra}]" if extra else "")))
+        if d.get("is_cpu") and "isa" in d:  # what its code runs in: OpenBLAS's kernels, PoCL's target
+            console.print(escape(f"    instruction set {d['isa'] or 'unknown'}"
+                                 + (f" ({d['isa_source']})" if d.get("isa_source") else "")))
         if d.get("peak_gflops"):
             console.print(f"    peak {d['peak_gflops']:.0f} GFLOP/s ({d['peak_method']})")
         if d.get("advice"):

@@ -1,6 +1,7 @@
 """Running the workloads on one device and turning timings into result rows."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -9,7 +10,7 @@ import numpy as np
 import xdev
 
 from .noise import Case, Settler, measure_interleaved, overlaps, ratio
-from .sides import BASELINE, Side
+from .sides import BASELINE, Side, isa_of
 from .timing import Timing
 from .workloads import ConvLayer, matmul_flops
 
@@ -41,6 +42,7 @@ def _row(dev: Side | Any, s: Settings, op: str, shape: str, algorithm: str, t: T
     """A result row of ``dev`` (a Side, or an xdev Device for workloads that measure one)."""
     peak, _ = s.peak.get(dev.key, (None, ""))
     gflops = flops / t.median_s / 1e9 if flops else None
+    isa, isa_source = isa_of(dev)  # every CPU row names the instruction set its code ran
     return {
         "backend": dev.backend,
         "device": dev.key,
@@ -65,6 +67,7 @@ def _row(dev: Side | Any, s: Settings, op: str, shape: str, algorithm: str, t: T
         "speedup_spread": None,
         "within_noise": None,
         "reference": isinstance(dev, Side) and dev.reference,
+        **({"isa": isa, "isa_source": isa_source} if dev.is_cpu else {}),
         **extra,
     }
 
@@ -84,9 +87,15 @@ class Workload:
     label: str
     prepare: Callable[[Side], tuple[list[Callable[[], Any]], Finish] | None] | None = None
     direct: Callable[[Any], list[dict[str, Any]]] | None = None  # measures one xdev Device itself
+    scope: Callable[[], AbstractContextManager[Any]] | None = None  # held while it is prepared and timed
 
 
 def run_workload(w: Workload, sides: list[Side], s: Settings) -> list[dict[str, Any]]:
+    with (w.scope() if w.scope else nullcontext()):
+        return _run_workload(w, sides, s)
+
+
+def _run_workload(w: Workload, sides: list[Side], s: Settings) -> list[dict[str, Any]]:
     built = {side.key: side.build_seconds for side in sides if side.key not in s.announced}
     rows: list[dict[str, Any]] = []
     tell = s.activity or (lambda what: None)
@@ -126,6 +135,35 @@ def matmul_case(s: Settings, M: int, K: int, N: int, kind: str):
         def finish(t: list[Timing]):
             return [_row(side, s, "matmul", f"{M}x{K}x{N}", side.matmul_label, t[0], matmul_flops(M, N, K),
                          M=M, K=K, N=N, kind=kind, **side.matmul_numerics(s.dtype))]
+        return [fn], finish
+    return prepare
+
+
+# The GPU's reduced-precision modes, where cuBLAS and cuDNN use tensor cores: (mode, dtype,
+# whether float32 may run as TF32).
+TENSOR_MODES = (("tf32", np.dtype(np.float32), True), ("fp16", np.dtype(np.float16), False))
+
+
+def tensor_case(s: Settings, n: int, mode: str, dtype: np.dtype):
+    """n^3 matmul in a reduced-precision mode on the GPU sides (CPU sides: none). Its rows'
+    algorithm is "<matmul label> <mode>" (e.g. "cuBLAS tf32"), kind "tensor-cores", with the
+    numerics each side really ran (an OpenCL device without tensor cores says FMA units)."""
+    t = Settings(dtype, s.target_s, s.repeat)  # no peaks: the tables hold FMA-unit (float32) rates only
+
+    def prepare(side: Side):
+        if side.is_cpu:
+            return None
+        if side.device is not None:
+            try:
+                side.device.check_dtype(dtype)
+            except TypeError:
+                return None
+        fn = side.matmul_fn(_rand((n, n), dtype, 1), _rand((n, n), dtype, 2))
+        numerics = side.matmul_numerics(dtype)  # in the workload's numeric mode
+
+        def finish(times: list[Timing]):
+            return [_row(side, t, "matmul", f"{n}x{n}x{n}", f"{side.matmul_label} {mode}", times[0],
+                         matmul_flops(n, n, n), M=n, K=n, N=n, kind="tensor-cores", mode=mode, **numerics)]
         return [fn], finish
     return prepare
 

@@ -37,6 +37,10 @@ class Side(abc.ABC):
     reference: bool = False  # a yardstick beside xdev, not xdev
     device: Device | None = None  # the xdev device; workloads that measure xdev itself need one
     conv_algorithms: tuple[str, ...] = ()
+    # CPU sides: the instruction set their code runs in ("AVX2", "AVX-512", ...; None: unknown)
+    # and where that comes from (OpenBLAS's kernel set, PoCL's target CPU, torch's capability).
+    isa: str | None = None
+    isa_source: str | None = None
 
     @property
     def build_seconds(self) -> float:
@@ -82,6 +86,7 @@ class DeviceSide(Side):
         self.device = dev
         self.key, self.name, self.backend, self.is_cpu = dev.key, dev.name, dev.backend, dev.is_cpu
         self.conv_algorithms = tuple(dev.conv_algorithms)
+        self.isa, self.isa_source = isa_of(dev)
 
     @property
     def build_seconds(self) -> float:
@@ -125,3 +130,19 @@ class DeviceSide(Side):
         dev = self.device
         return {**dev.info(), "is_cpu": dev.is_cpu, "matmul_library": dev.matmul_library,
                 "library_algorithms": list(dev.library_algorithms)}
+
+
+_ISA: dict[str, tuple[str | None, str | None]] = {}
+
+
+def isa_of(dev: Device | Side) -> tuple[str | None, str | None]:
+    """(instruction set, where it comes from) of a CPU device's code, from its info()
+    ("isa", "isa_source"); (None, None) for GPUs. Asked once per device."""
+    if isinstance(dev, Side):
+        return dev.isa, dev.isa_source
+    if not dev.is_cpu:
+        return None, None
+    if dev.key not in _ISA:
+        info = dev.info()
+        _ISA[dev.key] = (info.get("isa"), info.get("isa_source"))
+    return _ISA[dev.key]

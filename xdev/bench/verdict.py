@@ -38,6 +38,9 @@ def _num(what: str, base: dict[str, Any], other: dict[str, Any], per: str = "") 
 
 
 def _status(nums: list[dict[str, Any]], expect_above_one: bool = True) -> str:
+    """From the numbers that compare like with like: a ratio across instruction sets or numeric
+    modes (``like_for_like`` false) is shown with its reason but does not vote."""
+    nums = [n for n in nums if n.get("like_for_like", True)]
     if not nums:
         return "untested"
     votes = set()
@@ -51,7 +54,82 @@ def _status(nums: list[dict[str, Any]], expect_above_one: bool = True) -> str:
 
 def _fmt(n: dict[str, Any]) -> str:
     noise = ", within noise" if n["within_noise"] else ""
-    return f"{n['what']}: {n['ratio']:.2f}x±{n['spread']:.2f} ({n['b']} over {n['a']}){noise}"
+    unlike = f" [not like-for-like: {n['why_not']}]" if n.get("why_not") else ""
+    return f"{n['what']}: {n['ratio']:.2f}x±{n['spread']:.2f} ({n['b']} over {n['a']}){noise}{unlike}"
+
+
+def _same_isa(n: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Marks a CPU number whose two sides ran different instruction sets (AVX2 vs AVX-512):
+    then it compares code generators as much as libraries, and does not vote."""
+    isa = {}
+    for side in ("a", "b"):
+        dev = n[side].split(" ")[0]
+        r = next((r for r in rows if r["device"] == dev and "isa" in r), {})
+        isa[side] = (r.get("isa"), r.get("isa_source"))
+    n["isa_a"], n["isa_b"] = isa["a"][0], isa["b"][0]
+    if isa["a"][0] and isa["b"][0] and isa["a"][0] != isa["b"][0]:
+        n["like_for_like"] = False
+        n["why_not"] = (f"different instruction sets, {n['a']} {isa['a'][0]} ({isa['a'][1]}) and "
+                        f"{n['b']} {isa['b'][0]} ({isa['b'][1]})")
+    else:
+        n["like_for_like"] = True
+    return n
+
+
+# Why a reduced-precision library row stands beside OpenCL's best instead of a row in its mode.
+NO_TENSOR_CORES = ("OpenCL C has no standard way to reach the tensor cores cuBLAS uses in {mode}, so "
+                   "{dev}'s best ran {how}")
+
+
+def _mode(r: dict[str, Any]) -> str:
+    """The arithmetic a row ran in: its numeric_mode, else its dtype's own."""
+    return r.get("numeric_mode") or {"float32": "strict-fp32", "float16": "fp16", "float64": "fp64"}.get(
+        r.get("dtype", ""), r.get("dtype", ""))
+
+
+def _gpu_halves(rows, devices, own, lib) -> list[dict[str, Any]]:
+    """Claim 3 on a GPU, both halves: the float32 rows on FMA units on both sides (units
+    against units); then each reduced-precision mode (TF32, float16) of the library beside the
+    own kernels' row in the same mode, or, where they have none, beside their best row, saying
+    what that ran on (voting only when both sides ran the mode)."""
+    fma = [r for r in rows if _mode(r) in ("strict-fp32", "fp64", "fp16-storage-fp32-compute")]
+    nums = []
+    mm = _largest_common_matmul(fma, own, lib)
+    if mm:
+        n = _num(f"GPU matmul {mm[0]['shape']}, {_mode(mm[0])} on FMA units (units against units)", *mm)
+        nums.append({**n, "like_for_like": _mode(mm[0]) == _mode(mm[1]), "mode": _mode(mm[1]),
+                     **({} if _mode(mm[0]) == _mode(mm[1]) else {"why_not": f"{_mode(mm[0])} against {_mode(mm[1])}"})})
+    a, b = _best_total(fma, own), _best_total(fma, lib)
+    if a and b:
+        nums.append({**_num(f"GPU VGG-16 conv layers, {_mode(b)} (units against units)", a, b),
+                     "like_for_like": True, "mode": _mode(b)})
+    info = {d["device"]: d for d in devices}
+    for mode in ("tf32", "fp16"):
+        mine = [r for r in rows if r["op"] == "matmul" and r["device"] in lib and _mode(r) == mode]
+        if not mine:
+            continue
+        top = max(mine, key=lambda r: (r.get("M") or 0, r["gflops"] or 0))
+        same = [r for r in rows if r["op"] == "matmul" and r["device"] in own and _mode(r) == mode
+                and r["shape"] == top["shape"]]
+        if same:
+            other = max(same, key=lambda r: r["gflops"] or 0)
+            how = other.get("numerics") or mode
+            nums.append({**_num(f"GPU matmul {top['shape']} {mode}, tensor cores on both ({other['device']}: {how})",
+                                other, top), "like_for_like": True, "mode": mode})
+            continue
+        theirs = [r for r in rows if r["op"] == "matmul" and r["device"] in own and r["shape"] == top["shape"]
+                  and r.get("gflops")]
+        if not theirs:
+            continue
+        best = max(theirs, key=lambda r: r["gflops"])
+        how = best.get("numerics") or _mode(best)
+        why = NO_TENSOR_CORES.format(mode=mode, dev=best["device"], how=how)
+        reason = info.get(best["device"], {}).get("tensor_core_reason")
+        if reason:
+            why += f" ({reason})"
+        nums.append({**_num(f"GPU matmul {top['shape']}, {top['algorithm']} beside {best['device']}'s best",
+                            best, top), "like_for_like": False, "mode": mode, "why_not": why})
+    return nums
 
 
 def _largest_common_matmul(rows, a_devs, b_devs):
@@ -144,20 +222,22 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
         reason = "the run has no library and hand-written conv totals on the same GPU (run without --quick)"
     verdict(2, nums, reason)
 
-    # 3: tuned libraries vs xdev's own kernels, on the GPU and on the CPU
+    # 3: tuned libraries vs xdev's own kernels, on the GPU (both halves) and on the CPU
     nums, notes = [], []
     gpu_lib = tuned & gpus
     if gpu_lib and own_gpu:
-        nums += _head_to_head(rows, own_gpu, gpu_lib, "GPU")
+        nums += _gpu_halves(rows, mine, own_gpu, gpu_lib)
     else:
         notes.append("the GPU's libraries vs OpenCL on one GPU: untested, " + (
             "no GPU here" if not gpus else "the run lacks a library-backed or an own-kernel device on the GPU"))
     cpu_lib = tuned & cpus
     if cpu_lib and own_cpu:
-        nums += _head_to_head(rows, own_cpu, cpu_lib, "CPU")
+        nums += [_same_isa(n, rows) for n in _head_to_head(rows, own_cpu, cpu_lib, "CPU")]
     else:
         notes.append("OpenCL vs NumPy on the CPU: untested, the run lacks one of them")
     reason = None if nums else "; ".join(notes)
+    if nums and not any(n.get("like_for_like", True) for n in nums):
+        reason = "no like-for-like comparison in this run: " + "; ".join(n["why_not"] for n in nums)
     verdict(3, nums, reason, extra="; ".join(notes) if nums else "")
 
     # 4: the share of time spent moving data

@@ -225,3 +225,11 @@ def for_children(values: Mapping[str, str | None], restore: Iterable[str] = ()) 
         yield
     finally:
         put(saved)
+
+
+def numeric_mode(tf32: bool) -> contextlib.AbstractContextManager[None]:
+    """A block in which float32 matmul and convolution may use TF32 (``tf32``) or stay
+    strict float32, on CUDA and OpenCL alike (``XDEV_CUDA_TF32`` set or unset,
+    ``XDEV_OPENCL_TF32`` following it), whatever the environment says; restored afterwards.
+    The benchmark's tensor-core rows run in one. Process-wide: the caller serializes blocks."""
+    return for_children({CUDA_TF32: "1" if tf32 else None, OPENCL_TF32: None})

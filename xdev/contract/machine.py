@@ -79,6 +79,42 @@ def openblas_core() -> str | None:
     return None
 
 
+# OpenBLAS's kernel sets (its core names, as threadpoolctl's `architecture` and
+# openblas_get_corename report them) by the instruction set they are written in.
+_OPENBLAS_ISA = {
+    **dict.fromkeys(("skylakex", "cooperlake", "sapphirerapids"), "AVX-512"),
+    **dict.fromkeys(("haswell", "zen"), "AVX2"),
+    **dict.fromkeys(("sandybridge", "bulldozer", "piledriver", "steamroller", "excavator"), "AVX"),
+    **dict.fromkeys(("nehalem", "prescott", "core2", "penryn", "dunnington", "atom", "barcelona", "opteron",
+                     "opteron_sse3", "nano", "katmai", "coppermine", "northwood", "banias"), "SSE"),
+    **dict.fromkeys(("armv8", "cortexa53", "cortexa55", "cortexa57", "cortexa72", "cortexa73", "cortexa76",
+                     "neoversen1", "neoversen2", "neoversev1", "neoversev2", "thunderx", "thunderx2t99",
+                     "thunderx3t110", "tsv110", "emag8180", "falkor", "vortex", "a64fx", "armv8sve"), "NEON"),
+}
+
+
+def blas_isa() -> dict[str, str | None]:
+    """The instruction set NumPy's BLAS runs its kernels in: ``{"isa", "core", "source"}``.
+
+    The kernel set comes from threadpoolctl's ``architecture`` (when threadpoolctl is
+    installed) or OpenBLAS's own corename; ``isa`` is None for a BLAS that names none (MKL)."""
+    core, source = None, None
+    try:
+        from threadpoolctl import threadpool_info
+
+        for p in threadpool_info():
+            if p.get("user_api") == "blas" and p.get("architecture"):
+                core, source = p["architecture"], f"{p.get('internal_api')} {p['architecture']} kernels (threadpoolctl)"
+                break
+    except Exception:  # noqa: BLE001 - optional; fall back to OpenBLAS's own answer
+        pass
+    if core is None:
+        core = openblas_core()
+        source = f"OpenBLAS {core} kernels" if core else None
+    isa = _OPENBLAS_ISA.get(core.lower()) if core else None
+    return {"isa": isa, "core": core, "source": source}
+
+
 def blas_advice() -> str | None:
     """A hint when OpenBLAS runs AVX2 kernels on an AVX-512 CPU (it misdetects AMD Zen 5)."""
     core = openblas_core()

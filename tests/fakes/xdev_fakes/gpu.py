@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from xdev.backends.numpy.device import NumpyDevice
-from xdev.contract import ConvParams
+from xdev.contract import ConvParams, env
 from xdev.contract.device import DL_CUDA
 
 from . import one_device
@@ -34,7 +34,11 @@ class FakeGpuDevice(NumpyDevice):
         return (DL_CUDA, 0)
 
     def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
-        return {"numeric_mode": "strict-fp32"}
+        """As cuBLAS reports its compute type: TF32 when asked for, float16 on tensor cores."""
+        dtype = np.dtype(dtype)
+        if dtype == np.float16:
+            return {"numeric_mode": "fp16"}
+        return {"numeric_mode": "tf32" if dtype == np.float32 and env.cuda_tf32() else "strict-fp32"}
 
 
 probe, open_device = one_device(FakeGpuDevice(), "a fake GPU for tests, NumPy underneath")

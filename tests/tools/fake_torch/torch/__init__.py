@@ -39,6 +39,7 @@ def get_num_threads() -> int:
 
 
 nn = SimpleNamespace(functional=SimpleNamespace(conv2d=_conv2d))
-backends = SimpleNamespace(cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=True)),
+backends = SimpleNamespace(cpu=SimpleNamespace(get_cpu_capability=lambda: "AVX2"),
+                           cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=True)),
                            cudnn=SimpleNamespace(allow_tf32=True, benchmark=False))
 cuda = SimpleNamespace(is_available=lambda: False, synchronize=lambda device=None: None)
