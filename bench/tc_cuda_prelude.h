@@ -8,6 +8,7 @@ typedef unsigned short ushort;
 #define __local
 #define restrict __restrict__
 #define TC_FN static __device__ __forceinline__
+#define TC_ASM asm  // NVRTC knows no __asm__
 #define TC_KERNEL extern "C" __global__ void __launch_bounds__(TC_NTHR)
 #define TC_SHARED __shared__
 #define TC_BARRIER() __syncthreads()

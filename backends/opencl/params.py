@@ -142,6 +142,7 @@ def defaults(dev: DeviceDescription) -> dict[str, Any]:
     props = gpu_properties(d)
     xl = derive_xl(props) if not dev.is_cpu else dict(GPU_XL)
     tile = dict(GPU_TILE_BIG) if xl["MWG"] == 128 else dict(GPU_TILE)
+    tc_params, tc_why = tc.derive(props)
     gpu_why = (f"derived: {props['compute_units']} compute units, {props['local_mem'] // 1024} KiB local "
                f"memory, SIMD width {props['simd_width']}")
     if dev.target is not None:
@@ -166,9 +167,9 @@ def defaults(dev: DeviceDescription) -> dict[str, Any]:
         "small_work": 1 << 19,
         "KB": 64,  # k-block of the packing kernel
         "source": {"gemm": cpu_why, "conv": cpu_why, "gemm_gpu": gpu_why, "gemm_xl": gpu_why, "conv_xl": gpu_why,
-                   **{k: "built-in: backends/opencl/tc.py" for k in tc.DEFAULTS}},
+                   **{k: tc_why for k in tc_params}},
         # The tensor-core GEMM (tc.py; used only where tc.support allows): TF32 and float16.
-        **{k: dict(v) for k, v in tc.DEFAULTS.items()},
+        **tc_params,
     }
 
 

@@ -29,6 +29,27 @@ DEFAULTS: dict[str, dict[str, int]] = {
     "gemm_tc16": {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1, "GM": 8,
                   "RS": 0},
 }
+
+
+def derive(props: dict[str, Any]) -> tuple[dict[str, dict[str, int]], str]:
+    """Both modes' parameters from a GPU's properties (params.gpu_properties): the DEFAULTS
+    tiling with as many cp.async stages (up to 3) as its local memory holds, else 64 x 64
+    tiles of 4 warps; and the line that says so (params' ``source``)."""
+    out = {}
+    for mode_, key in KEYS.items():
+        base = DEFAULTS[key]
+        t = next((c for c in ({**base, "STAGES": st} for st in (3, 2))
+                  if valid(mode_, c, props["max_work_group"], props["local_mem"])), None)
+        if t is None:
+            small = {**base, "BM": 64, "BN": 64, "WM": 2, "WN": 2}
+            t = _deepest(mode_, small, props["max_work_group"], props["local_mem"]) or small
+        out[key] = t
+    st = out[KEYS[16]]
+    why = (f"derived: {props['local_mem'] // 1024} KiB local memory -> {st['BM']} x {st['BN']} tiles, "
+           f"{st['STAGES']} cp.async stages")
+    return out, why
+
+
 # Valid ranges of each value (params.validate_entry checks tuned entries against them).
 RANGES: dict[str, tuple[int, int]] = {"BM": (16, 256), "BN": (16, 256), "BK": (8, 128), "WM": (1, 8), "WN": (1, 8),
                                       "STAGES": (2, 5), "ASYNC": (0, 1), "LDSM": (0, 1), "GM": (1, 64),

@@ -307,6 +307,36 @@ def test_tc_kernel_compiles_as_cuda_for_sm80_and_sm90(tmp_path, key):
             assert " 0 bytes spill stores" in r.stderr, f"{arch} {opts} spills:\n{r.stderr}"
 
 
+def _nvrtc():
+    """NVRTC through tests/backends/test_cuda.py's ctypes binding (CuPy compiles with it)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("test_cuda_nvrtc", Path(__file__).with_name("test_cuda.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)
+    spec.loader.exec_module(mod)
+    lib, where = mod.find_nvrtc()
+    if lib is None:
+        pytest.skip(where)
+    return lambda src, opts: mod.nvrtc_compile(lib, src, "gemm_tc.cu", opts)
+
+
+@pytest.mark.parametrize("key", ["gemm_tc32", "gemm_tc16"])
+def test_tc_kernel_compiles_with_nvrtc_as_cupy_does(key):
+    """bench/tc_check.py builds the CUDA twin with CuPy's RawModule, i.e. NVRTC, whose
+    front end differs from nvcc's (it knows no __asm__)."""
+    compile_ = _nvrtc()
+    src = "\n".join(p.read_text() for p in (PRELUDE, OPENCL_DIR / "tc_ptx.cl", OPENCL_DIR / "gemm_tc.cl"))
+    mode = 32 if key == "gemm_tc32" else 16
+    for arch in ("compute_80", "compute_90"):
+        opts = [f"--gpu-architecture={arch}", "-std=c++17",
+                *(f"-D{k}={v}" for k, v in {"TC_MODE": mode, **tc.DEFAULTS[key]}.items())]
+        status, log, ptx = compile_(src, opts)
+        assert status == 0, f"NVRTC {arch}: {log}"
+        assert "mma.sync.aligned" in ptx and "cp.async" in ptx
+
+
 CLANG_SHIM = r"""
 void __syncthreads(void) __asm("llvm.nvvm.barrier0");
 #define AI __attribute__((overloadable, always_inline))
@@ -628,3 +658,43 @@ def test_tuned_tc_entries_are_validated():
     assert "not a valid tensor-core GEMM tiling" in params.validate_entry({"gemm_tc32": {"BK": 12}})
     assert "expected an int in" in params.validate_entry({"gemm_tc16": {"STAGES": 9}})
     assert "unknown parameter" in params.validate_entry({"gemm_tc16": {"XYZ": 1}})
+
+
+# ---- bench/tc_check.py on the H200's parameters -----------------------------------------------
+# What python -m xdev.info reported for NVIDIA's OpenCL on the H200 (run of 2026-12-04): the
+# numbers gemm.family reads. tc_check once left small_work there, so its odd shapes ran
+# gemm_small.cl instead of the tc family.
+H200_PARAMS = {"xl_work": 4194304, "small_work": 524288, "KB": 64,
+               "gemm_tc16": {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1,
+                             "GM": 8, "RS": 0},
+               "gemm_tc32": {"BM": 128, "BN": 128, "BK": 16, "WM": 2, "WN": 4, "STAGES": 3, "ASYNC": 1, "LDSM": 1,
+                             "GM": 8, "RS": 0}}
+
+
+@pytest.mark.parametrize("mode", ["f16", "tf32"])
+def test_tc_check_selects_the_tc_family_for_every_shape_it_checks(mode, monkeypatch):
+    pytest.importorskip("pyopencl")
+    import copy
+    import importlib.util
+    import sys
+    from types import SimpleNamespace
+
+    from xdev.backends.opencl import gemm
+
+    spec = importlib.util.spec_from_file_location("tc_check_under_test", REPO / "bench" / "tc_check.py")
+    tc_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, tc_check)
+    spec.loader.exec_module(tc_check)
+    monkeypatch.delenv("XDEV_OPENCL_TF32", raising=False)
+    monkeypatch.delenv("XDEV_CUDA_TF32", raising=False)
+    dev = SimpleNamespace(family="gpu", tc_reason="the tensor-core GEMM failed the device proof: ...",
+                          force_tf32=None, params=copy.deepcopy(H200_PARAMS))
+    dt = F32 if mode == "tf32" else F16
+    for name, v in tc_check.VARIANTS[mode].items():
+        key = tc.KEYS[32 if mode == "tf32" else 16]
+        t = {**tc.DEFAULTS[key], **v}
+        assert tc.valid(32 if mode == "tf32" else 16, t), name
+        tc_check.select_tc(dev, mode, t)
+        assert dev.params[key] == t
+        for batch, M, K, N, _ in tc_check.ODD_SHAPES + [((), 4096, 4096, 4096, False)]:
+            assert gemm.family(dev, M, N, K, dt) == "tc", (name, M, N, K)
