@@ -16,6 +16,11 @@ typedef unsigned short ushort;
 // float -> float16 bits, round to nearest even (no cuda_fp16.h: NVRTC need not find it)
 static __device__ __forceinline__ ushort tc_f2h(float v) { ushort u; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(u) : "f"(v)); return u; }
 #define TC_STORE_F16(v, p, i) ((p)[(i)] = tc_f2h(v))
+#if TC_MODE == 32
+#define TC_STORE2(a, b, p, i) (*(float2*)((float*)(p) + (i)) = make_float2((a), (b)))
+#else
+#define TC_STORE2(a, b, p, i) (*(uint*)((p) + (i)) = (uint)tc_f2h(a) | (uint)tc_f2h(b) << 16)
+#endif
 static __device__ __forceinline__ unsigned get_local_id(int d) { return d == 0 ? threadIdx.x : d == 1 ? threadIdx.y : threadIdx.z; }
 static __device__ __forceinline__ unsigned get_group_id(int d) { return d == 0 ? blockIdx.x : d == 1 ? blockIdx.y : blockIdx.z; }
 static __device__ __forceinline__ unsigned get_num_groups(int d) { return d == 0 ? gridDim.x : d == 1 ? gridDim.y : gridDim.z; }

@@ -67,6 +67,21 @@ HARNESS = textwrap.dedent(r'''
     #define TC_BARRIER() g_bar->arrive_and_wait()
     #define TC_UINT4(a, b, c, d) (uint4{(uint)(a), (uint)(b), (uint)(c), (uint)(d)})
     #define TC_STORE_F16(v, p, i) ((p)[(i)] = emu_f2h(v))
+    // the pair store, with the alignment the hardware needs checked
+    #if TC_MODE == 32
+    #define TC_STORE2(a, b, p, i) emu_store2((float*)(p) + (i), (a), (b))
+    static void emu_store2(float* q, float a, float b) {
+        if ((uintptr_t)q % 8) { std::fprintf(stderr, "emulator: misaligned float2 store\n"); std::exit(3); }
+        q[0] = a; q[1] = b;
+    }
+    #else
+    #define TC_STORE2(a, b, p, i) emu_store2h((p) + (i), (a), (b))
+    static ushort emu_f2h(float f);
+    static void emu_store2h(ushort* q, float a, float b) {
+        if ((uintptr_t)q % 4) { std::fprintf(stderr, "emulator: misaligned half2 store\n"); std::exit(3); }
+        q[0] = emu_f2h(a); q[1] = emu_f2h(b);
+    }
+    #endif
     #define TC_CP_WAIT(n) emu_cp_wait(n)
 
     @TABLES@

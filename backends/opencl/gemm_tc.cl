@@ -37,6 +37,18 @@
 #ifndef TC_STORE_F16
 #define TC_STORE_F16(v, p, i) vstore_half_rte((v), (i), (__global half*)(p))
 #endif
+// Stores of C: one element, or an aligned pair (OpenCL vector types; overridden for CUDA).
+#if TC_MODE == 32
+#ifndef TC_STORE2
+#define TC_STORE2(a, b, p, i) (*(__global float2*)((__global float*)(p) + (i)) = (float2)((a), (b)))
+#endif
+#define TC_STORE1(a, p, i) (((__global float*)(p))[(i)] = (a))
+#else
+#ifndef TC_STORE2
+#define TC_STORE2(a, b, p, i) vstore_half2_rte((float2)((a), (b)), 0, (__global half*)(p) + (i))
+#endif
+#define TC_STORE1(a, p, i) TC_STORE_F16((a), (p), (i))
+#endif
 #ifndef TC_UINT4
 #define TC_UINT4(a, b, c, d) ((uint4)((a), (b), (c), (d)))
 #endif
@@ -347,7 +359,9 @@ TC_KERNEL gemm_tc(__global tc_in* restrict C, __global const tc_in* restrict A, 
     }
 #endif
 
-    // Accumulator (i, j, e) of this lane is C[row g + 8*(e/2)][col 2t + e%2] of mma tile (i, j).
+    // Accumulator (i, j, e) of this lane is C[row g + 8*(e/2)][col 2t + e%2] of mma tile (i, j):
+    // two neighbours of a row, stored as one 8-byte (float) or 4-byte (float16) word where
+    // both lie inside C and the row length keeps the pair aligned (N even).
     const int g = lane / 4, t = lane % 4;
     _Pragma("unroll") for (int i = 0; i < TC_MT; ++i) {
         _Pragma("unroll") for (int h = 0; h < 2; ++h) {
@@ -355,14 +369,13 @@ TC_KERNEL gemm_tc(__global tc_in* restrict C, __global const tc_in* restrict A, 
             if (m < M) {
                 _Pragma("unroll") for (int j = 0; j < TC_NT; ++j) {
                     const int n = bn0 + wn0 + j * 8 + 2 * t;
-                    _Pragma("unroll") for (int e = 0; e < 2; ++e) {
-                        if (n + e < N) {
-#if TC_MODE == 32
-                            ((__global float*)C)[(size_t)m * N + n + e] = acc[i][j][2 * h + e];
-#else
-                            TC_STORE_F16(acc[i][j][2 * h + e], C, (size_t)m * N + n + e);
-#endif
-                        }
+                    const size_t o = (size_t)m * N + n;
+                    const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                    if (n + 1 < N && N % 2 == 0) {
+                        TC_STORE2(v0, v1, C, o);
+                    } else {
+                        if (n < N) TC_STORE1(v0, C, o);
+                        if (n + 1 < N) TC_STORE1(v1, C, o + 1);
                     }
                 }
             }

@@ -346,6 +346,9 @@ size_t AI get_num_groups(uint d) { return d == 0 ? __nvvm_read_ptx_sreg_nctaid_x
 void AI barrier(cl_mem_fence_flags f) { __syncthreads(); }
 // (no OpenCL built-in library here: the float16 epilogue store is replaced by a plain one)
 #define TC_STORE_F16(v, p, i) ((p)[(i)] = (ushort)(as_uint(v) >> 16))
+#if TC_MODE == 16
+#define TC_STORE2(a, b, p, i) (*(__global uint*)((p) + (i)) = as_uint(a) >> 16 | (as_uint(b) & 0xffff0000u))
+#endif
 """
 
 
