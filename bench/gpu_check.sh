@@ -38,22 +38,8 @@ main() {
   fi
   "$PY" -c 'import sys, platform; print("python", sys.version.split()[0], platform.machine())'
 
-  # -- Python packages: carried wheels, and xdev from the checkout ------------------------------
-  local site=$WORK/site
-  install_wheels "$site" "OpenCL and cuDNN may be missing"
-  # xdev runs from the checkout: xdev/__init__.py finds backends/ beside it.
-  export PYTHONPATH="$REPO:$site${PYTHONPATH:+:$PYTHONPATH}"
-  export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-
-  # cuDNN: the frontend looks on LD_LIBRARY_PATH first; point it at the pip-installed library.
-  local cudnn_dir
-  cudnn_dir=$(pip_cudnn_dir)
-  if [ -n "$cudnn_dir" ]; then
-    export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    echo "cuDNN library: $cudnn_dir"
-  else
-    echo "cuDNN library: no pip-installed libcudnn.so.9 found (the frontend will try the loader path)"
-  fi
+  # -- Python packages: carried wheels, xdev from the checkout, the pip-installed cuDNN ----------
+  python_env "$WORK/site" "OpenCL and cuDNN may be missing"
 
   # -- NVIDIA's OpenCL driver: register it with the ICD loader if nobody did -------------------
   local ocl_lib="" icd=/etc/OpenCL/vendors/nvidia.icd

@@ -53,6 +53,24 @@ install_wheels() {
   fi
 }
 
+# python_env SITE MISSING_HINT: the carried wheels into SITE, xdev from the checkout on
+# PYTHONPATH (xdev/__init__.py finds backends/ beside it), unbuffered output, and the cuDNN
+# frontend pointed at the pip-installed libcudnn.so.9 (it looks on LD_LIBRARY_PATH first).
+python_env() {
+  local site=$1 hint=$2
+  install_wheels "$site" "$hint"
+  export PYTHONPATH="$REPO:$site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+  local cudnn_dir
+  cudnn_dir=$(pip_cudnn_dir)
+  if [ -n "$cudnn_dir" ]; then
+    export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuDNN library: $cudnn_dir"
+  else
+    echo "cuDNN library: no pip-installed libcudnn.so.9 found (the frontend will try the loader path)"
+  fi
+}
+
 # The folder of the pip-installed libcudnn.so.9 that $PY sees, or nothing.
 pip_cudnn_dir() {
   "$PY" - <<'PYEOF'

@@ -1,5 +1,13 @@
-"""The one numeric-agreement check of the suite (design: worst-case bound, never tuned)."""
+"""The one numeric-agreement check of the suite (design: worst-case bound, never tuned).
+
+With ``XDEV_TEST_ERROR_LOG=FILE`` every check also appends one JSON line to FILE (what was
+checked, K, the dtypes, and its worst error / bound): how close the suite's results come to
+the bound, per numeric mode (bench/cuda_targets.py summarizes it for docs/cuda.md).
+"""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 
@@ -26,6 +34,7 @@ def assert_agrees(y, ref, ref_abs, K: int, acc_dtype, out_dtype, what: str = "")
     err = np.abs(y.astype(np.float64) - ref)
     lim = bound(ref_abs, ref, K, acc_dtype, out_dtype)
     bad = ~(err <= lim)  # NaN and inf fail too
+    _log(what, K, acc_dtype, out_dtype, err, lim)
     if bad.any():
         idx = np.argwhere(bad)
         first = tuple(int(i) for i in idx[0])
@@ -60,3 +69,15 @@ def assert_conv_agrees(y, x, w, b, case, out_dtype, what: str = "") -> None:
     K = ws[1] * ws[2] * ws[3] + (1 if b is not None else 0)
     acc = np.dtype(np.float32) if out_dtype == np.float16 else out_dtype
     assert_agrees(y, ref, ref_abs, K, acc, out_dtype, what)
+
+
+def _log(what: str, K: int, acc_dtype, out_dtype, err: np.ndarray, lim: np.ndarray) -> None:
+    path = os.environ.get("XDEV_TEST_ERROR_LOG")
+    if not path or err.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        ratio = float(np.nanmax(err / lim)) if np.isfinite(err).all() else float("inf")
+    line = json.dumps({"what": what[:300], "K": int(K), "acc": np.dtype(acc_dtype).name,
+                       "out": np.dtype(out_dtype).name, "ratio": ratio, "size": int(err.size)})
+    with open(path, "a") as f:  # one short line per write: appends from xdist workers stay whole
+        f.write(line + "\n")

@@ -28,7 +28,7 @@ def conv2d_backward(dev: Any, grad_y: Any, x: Any, w: Any, p: ConvParams, needs:
         return (*(trivial or (None, None)), gb, algo)
     if algo == "cudnn":
         try:
-            return (*dev.cudnn_backward().backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
+            return (*dev.cudnn.backward(grad_y, x, w, p, need_x, need_w), gb, "cudnn")
         except CudnnUnsupported as e:
             if algorithm != "auto":
                 raise refusal(dev, x, w, p, "this convolution's backward pass", e) from None

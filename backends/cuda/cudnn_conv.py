@@ -1,12 +1,14 @@
-"""conv2d through cuDNN's official Python frontend (``nvidia-cudnn-frontend``, module ``cudnn``).
+"""conv2d and its gradients through cuDNN's official Python frontend (``nvidia-cudnn-frontend``, module ``cudnn``).
 
-Per convolution key (dtype, shape, input layout, parameters, bias, switches) xdev builds the
-candidate graphs and plans once, times them on the call's own operands and keeps the fastest
-(``cudnn_tune.py`` holds that logic and the disk cache). What stays per key is an ``_Exec``:
-the graph, the plan index, the tensor uids, the workspace. A call then only makes its output,
-converts layouts where the chosen variant needs it, and passes raw device pointers to the
-frontend's execute-by-index: no graph validation, no DLPack export, no stream re-binding
-unless the stream changed.
+Per key (operation, dtype, shapes, operand layouts, parameters, bias, numeric switches) xdev
+builds the candidate graphs and plans once, times them on the call's own operands and keeps
+the fastest (``cudnn_tune.py`` holds that logic and the disk cache); the forward pass, grad_x
+(dgrad) and grad_w (wgrad) are searched alike. What stays per key is an ``_Exec``: the graph,
+the plan index, the tensor uids, the workspace. A call then only makes its output, converts
+layouts where the chosen variant needs it, and passes raw device pointers to the frontend's
+execute-by-index: no graph validation, no DLPack export, no stream re-binding unless the
+stream changed. A forward call whose operands are usable as they are finds its state in one
+dictionary keyed by shapes and strides (``CudnnConv._hot``): no layout analysis per call.
 
 Numerics: engines whose notes say they round inputs down (TF32 tensor cores for float32,
 DOWN_CONVERT_INPUTS) or reduce in lower precision are deselected unless ``XDEV_CUDA_TF32=1``
@@ -32,7 +34,7 @@ from . import cudnn_tune as tune
 from .cudnn_tune import CudnnUnsupported
 
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
-_CACHE_SIZE = 256
+_CACHE_SIZE = 256  # per-key states kept (forward and gradients together), least recently used dropped
 
 _frontend_state: tuple[Any, str | None] | None = None
 
@@ -76,28 +78,38 @@ class _Failure:
     message: str
 
 
+def _stream_ptr_function() -> Any:
+    """CuPy's current stream pointer, by the cheapest call this CuPy has (found once)."""
+    try:
+        from cupy_backends.cuda.stream import get_current_stream_ptr  # noqa: PLC0415
+
+        if int(get_current_stream_ptr()) == int(cupy.cuda.get_current_stream().ptr):
+            return get_current_stream_ptr
+    except Exception:  # an older or newer CuPy, or a fake one
+        pass
+    return lambda: cupy.cuda.get_current_stream().ptr
+
+
 class _Exec:
     """Per-key execution state: everything a call needs that does not depend on the operands."""
 
-    __slots__ = ("graph", "index", "ux", "uw", "ub", "uy", "uids", "workspace", "ws_ptr", "nhwc", "fused",
-                 "bias_after", "yshape", "spec", "choice", "call", "form")
+    __slots__ = ("graph", "index", "uids", "decl", "workspace", "ws_ptr", "nhwc", "fused", "bias_after",
+                 "out_store", "spec", "choice", "call", "form")
 
     def __init__(self, g: tune.Graph, index: int, spec: tune.ConvSpec, choice: tune.Choice | None) -> None:
         self.graph = g.graph
         self.index = index
-        self.ux, self.uw, self.uy = g.uids["x"], g.uids["w"], g.uids["y"]
-        self.ub = g.uids.get("bias")
+        roles = tuple(g.uids)  # operands, then the output (cudnn_tune.declared)
+        self.uids = tuple(g.uids[r] for r in roles)
+        self.decl = tuple(g.decl[r] for r in roles)
         ws = max(1, g.workspace.get(index, 0))
         self.workspace = cupy.empty(ws, dtype=np.uint8)
         self.ws_ptr = int(self.workspace.data.ptr)
         self.nhwc = g.variant.layout == "nhwc"
         self.fused = g.variant.kind == "fused"
-        self.bias_after = spec.has_bias and not self.fused
-        self.uids = (self.ux, self.uw, self.ub, self.uy) if self.fused else (self.ux, self.uw, self.uy)
-        n = spec.xshape[0]
-        o = spec.wshape[0]
-        ho, wo = spec.out_hw
-        self.yshape = (n, ho, wo, o) if self.nhwc else (n, o, ho, wo)
+        self.bias_after = spec.op == "fprop" and spec.has_bias and not self.fused
+        n, c, h, w = self.decl[-1][0]
+        self.out_store = (n, h, w, c) if self.nhwc else (n, c, h, w)  # the output's memory order
         self.spec = spec
         self.choice = choice
         # Until pick_form runs (the plan search's timed calls): the form every frontend has.
@@ -107,55 +119,48 @@ class _Exec:
     # Frontends differ: up to 1.2x the graph is a pybind class whose _execute_plan_at_index takes
     # {uid: pointer}; 1.3x is a Python class whose execute_plan_at_index has an ordered form
     # (a tuple of buffers + tensor_uids) that stays in C++. Which ones exist, and which is
-    # cheapest, is found out once per key (pick_form), never per call.
-    def _pointers(self, xin: Any, win: Any, b: Any, y: Any) -> dict[int, int]:
-        pack = {self.ux: xin.data.ptr, self.uw: win.data.ptr, self.uy: y.data.ptr}
-        if self.fused:
-            pack[self.ub] = b.data.ptr
-        return pack
+    # cheapest, is found out once per key (pick_form), never per call. ``arrays`` are the
+    # graph's tensors in declared order.
+    def _classic(self, h: Any, arrays: tuple[Any, ...]) -> None:
+        pack = {u: a.data.ptr for u, a in zip(self.uids, arrays)}
+        self.graph._execute_plan_at_index(pack, self.ws_ptr, self.index, h)
 
-    def _classic(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
-        self.graph._execute_plan_at_index(self._pointers(xin, win, b, y), self.ws_ptr, self.index, h)
-
-    def _ordered(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
-        bufs = (xin.data.ptr, win.data.ptr, b.data.ptr, y.data.ptr) if self.fused else (
-            xin.data.ptr, win.data.ptr, y.data.ptr)
+    def _ordered(self, h: Any, arrays: tuple[Any, ...]) -> None:
+        bufs = tuple([a.data.ptr for a in arrays])
         self.graph.execute_plan_at_index(bufs, self.ws_ptr, self.index, h, tensor_uids=self.uids)
 
-    def _ptr_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
-        self.graph.execute_plan_at_index(self._pointers(xin, win, b, y), self.ws_ptr, self.index, h)
+    def _ptr_dict(self, h: Any, arrays: tuple[Any, ...]) -> None:
+        pack = {u: a.data.ptr for u, a in zip(self.uids, arrays)}
+        self.graph.execute_plan_at_index(pack, self.ws_ptr, self.index, h)
 
-    def _array_dict(self, h: Any, xin: Any, win: Any, b: Any, y: Any) -> None:
+    def _array_dict(self, h: Any, arrays: tuple[Any, ...]) -> None:
         # Arrays are described to the frontend through DLPack: give each exactly the dims and
         # strides its tensor declares (size-1 dimensions may carry any stride in CuPy).
-        sp, lay = self.spec, "nhwc" if self.nhwc else "nchw"
-        n, o, (ho, wo) = sp.xshape[0], sp.wshape[0], sp.out_hw
-        pack = {self.ux: _declared(xin, sp.xshape, tune.strides(sp.xshape, lay)),
-                self.uw: _declared(win, sp.wshape, tune.strides(sp.wshape, lay)),
-                self.uy: _declared(y, (n, o, ho, wo), tune.strides((n, o, ho, wo), lay))}
-        if self.fused:
-            pack[self.ub] = _declared(b, (1, o, 1, 1), [o, 1, 1, 1])
+        pack = {u: _declared(a, dims, st) for u, a, (dims, st) in zip(self.uids, arrays, self.decl)}
         self.graph.execute_plan_at_index(pack, self.workspace, self.index, h)
 
-    def run(self, x: Any, x_nhwc: bool, w: Any, w_nhwc: bool, bias: Any | None, handle: Any) -> Any:
-        """y = conv(x, w) (+ bias); x and w packed NCHW or NHWC (the flags say which) and aligned.
-
-        A layout the chosen graph does not declare is converted here, inside the call the
-        autotuner timed.
-        """
-        # Every array keeps the (N, C, H, W) / (O, C, kH, kW) indexing; NHWC is in the strides.
+    def run(self, handle: Any, a: Any, a_nhwc: bool, b: Any, b_nhwc: bool, bias: Any | None = None) -> Any:
+        """Execute on operands a, b (x and w; or grad_y and w / x) packed NCHW or NHWC (the flags
+        say which) and aligned; returns the new output, (N, C, H, W)-indexed, channels-last
+        strides when the graph is NHWC. A layout the graph does not declare is converted here,
+        inside the call the autotuner timed; a bias the graph does not fuse is added after."""
         if self.nhwc:
-            xin = x if x_nhwc else cupy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-            win = w if w_nhwc else cupy.ascontiguousarray(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # KRSC
-            out = cupy.empty(self.yshape, x.dtype).transpose(0, 3, 1, 2)  # channels-last strides
+            if not a_nhwc:
+                a = _to_nhwc(a)
+            if not b_nhwc:
+                b = _to_nhwc(b)
         else:
-            xin = cupy.ascontiguousarray(x) if x_nhwc else x
-            win = cupy.ascontiguousarray(w) if w_nhwc else w
-            out = cupy.empty(self.yshape, x.dtype)
+            if a_nhwc:
+                a = cupy.ascontiguousarray(a)
+            if b_nhwc:
+                b = cupy.ascontiguousarray(b)
+        out = cupy.empty(self.out_store, a.dtype)
+        if self.nhwc:
+            out = out.transpose(0, 3, 1, 2)  # every array keeps the (N, C, H, W) indexing
         call = self.call
         if call is None:
             call = self.call = getattr(self, self.form)
-        call(handle, xin, win, bias, out)
+        call(handle, (a, b, bias, out) if self.fused else (a, b, out))
         if self.bias_after:
             out += bias.reshape(1, -1, 1, 1)
         return out
@@ -213,17 +218,32 @@ class CudnnConv:
     compute_capability: tuple[int, int] = (0, 0)
     gpu_name: str = "?"
     build_seconds: float = 0.0  # graph building and plan search so far (the benchmark's build time)
-    last: _Exec | None = None  # the state the latest call ran (the benchmark reports its choice)
+    last: _Exec | None = None  # the state the latest forward call ran (the benchmark reports its choice)
     _handle: Any = None
     _stream: int = -1  # the stream the handle is bound to
     _cache: OrderedDict = field(default_factory=OrderedDict)
+    # Forward calls whose operands need no copy or analysis: (x shape, x strides, w shape, w strides,
+    # dtype, bias strides or None, params, switches) -> (_Exec, x is NHWC, w is NHWC).
+    _hot: dict = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _disk: tune.DiskCache | None = None
     _events: tuple[Any, Any] | None = None
+    _stream_ptr: Any = None
+    _switch_memo: dict = field(default_factory=dict)  # (raw switches, dtype) -> _switches()
 
-    def _tf32(self) -> bool:
-        """TF32 asked for, on a GPU that has it (compute capability 8.0+)."""
-        return self.compute_capability >= (8, 0) and env.cuda_tf32()
+    def _switches(self, dtype: Any) -> tuple[bool, bool, bool]:
+        """(TF32, Winograd/FFT allowed, autotune) for a call of ``dtype``, as the environment says now.
+
+        TF32 is asked for and the GPU has it (compute capability 8.0+)."""
+        raw = env.cuda_switches()
+        hit = self._switch_memo.get((raw, dtype))
+        if hit is None:
+            tf32 = raw[0] and self.compute_capability >= (8, 0)
+            hit = (tf32, tune.winograd_fft_allowed(np.dtype(dtype).name, tf32, raw[1]), raw[2])
+            if len(self._switch_memo) > 64:
+                self._switch_memo.clear()
+            self._switch_memo[(raw, dtype)] = hit
+        return hit
 
     def _handle_for_device(self, mod: Any) -> Any:
         if self._handle is None:
@@ -238,7 +258,7 @@ class CudnnConv:
             self._disk = tune.DiskCache(self.gpu_name, str(v))
         return self._disk
 
-    # -- the hot path --------------------------------------------------------------------------
+    # -- the forward pass -----------------------------------------------------------------------
     def conv2d(self, x: Any, w: Any, bias: Any | None, p: Any) -> Any:
         """conv(x, w) + bias as a new (N, O, Ho, Wo) array (strides may be channels-last).
 
@@ -247,61 +267,129 @@ class CudnnConv:
         mod, why = frontend()
         if mod is None:
             raise CudnnUnsupported(why or "cuDNN unavailable")
-        if x.dtype == _F16 and bias is not None:
+        dt = x.dtype
+        sw = self._switches(dt)
+        hot = self._hot.get((x.shape, x.strides, w.shape, w.strides, dt, None if bias is None else bias.strides, p,
+                             sw))
+        if hot is not None and (x.data.ptr | w.data.ptr | (0 if bias is None else bias.data.ptr)) % 16 == 0:
+            ex, x_nhwc, w_nhwc = hot
+            return self._execute(mod, ex, x, x_nhwc, w, w_nhwc, bias)
+        if dt == _F16 and bias is not None:
             # Prefer the fused graph (one rounding); if cuDNN has none, compute in float32 and round once.
             try:
-                return self._run(mod, x, w, bias, p)
+                return self._forward(mod, x, w, bias, p, sw)
             except CudnnUnsupported:
-                return self._run(mod, x.astype(_F32), w.astype(_F32), bias.astype(_F32), p).astype(_F16)
-        return self._run(mod, x, w, bias, p)
+                x32, w32, b32 = x.astype(_F32), w.astype(_F32), bias.astype(_F32)
+                return self._forward(mod, x32, w32, b32, p, self._switches(_F32)).astype(_F16)
+        return self._forward(mod, x, w, bias, p, sw)
 
-    def _run(self, mod: Any, x: Any, w: Any, bias: Any | None, p: Any) -> Any:
+    def _forward(self, mod: Any, x: Any, w: Any, bias: Any | None, p: Any, sw: tuple[bool, bool, bool]) -> Any:
+        hot_key = (x.shape, x.strides, w.shape, w.strides, x.dtype, None if bias is None else bias.strides, p, sw)
+        x0, w0, b0 = x, w, bias
         x, x_nhwc = _cudnn_ready(x)
         w, w_nhwc = _cudnn_ready(w)  # a channels-last (KRSC) weight is taken as it is too
         if bias is not None and not (bias.flags.c_contiguous and bias.data.ptr % 16 == 0):
             bias = bias.copy()
-        tf32 = self._tf32()
-        key = (x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, tf32,
-               tune.winograd_fft_allowed(x.dtype.name, tf32, env.cudnn_fast()), env.cudnn_autotune())
+        packed = x is x0 and w is w0 and bias is b0  # usable as they are: no copy was needed
+        key = ("fprop", x.dtype.char, x.shape, x_nhwc, w.shape, w_nhwc, p, bias is not None, *sw)
         ex = self._cache.get(key)
         if ex is None:
-            ex = self._prepare(mod, key, x, x_nhwc, w, w_nhwc, bias, p)
+            spec = tune.ConvSpec(
+                dtype=x.dtype.name, xshape=tuple(int(v) for v in x.shape), x_layout="nhwc" if x_nhwc else "nchw",
+                wshape=tuple(int(v) for v in w.shape), stride=tuple(p.stride), dilation=tuple(p.dilation),
+                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=bias is not None, tf32=sw[0], fast=sw[1],
+                w_layout="nhwc" if w_nhwc else "nchw")
+            ex = self._prepare(mod, key, spec, sw[2], lambda e, h: e.run(h, x, x_nhwc, w, w_nhwc, bias))
         else:
             self._cache.move_to_end(key)  # least recently used goes first, not first built
         if type(ex) is _Failure:
             raise CudnnUnsupported(ex.message)
+        if packed:
+            if len(self._hot) >= _CACHE_SIZE:
+                self._hot.clear()
+            self._hot[hot_key] = (ex, x_nhwc, w_nhwc)
+        return self._execute(mod, ex, x, x_nhwc, w, w_nhwc, bias)
+
+    def _execute(self, mod: Any, ex: _Exec, *operands: Any) -> Any:
+        """``ex.run(handle, *operands)`` with the handle bound to CuPy's current stream; an execution
+        failure is remembered for the state's key (then "auto" goes straight to another algorithm)."""
         handle = self._handle
-        stream = cupy.cuda.get_current_stream().ptr
+        stream = self._stream_ptr()
         # One handle per device: threads on different streams take turns binding it.
         with self._lock:
             if stream != self._stream:
                 mod.set_stream(handle=handle, stream=stream)
                 self._stream = stream
             try:
-                y = ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
+                out = ex.run(handle, *operands)
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
             except Exception as e:
-                # Remember it: "auto" then goes straight to gemm for this geometry.
-                self._cache[key] = _Failure(f"execution failed: {type(e).__name__}: {e}")
-                raise CudnnUnsupported(self._cache[key].message) from e
-            self.last = ex
-        return y
+                failure = _Failure(f"execution failed: {type(e).__name__}: {e}")
+                for k, v in list(self._cache.items()):
+                    if v is ex:
+                        self._cache[k] = failure
+                self._hot.clear()
+                raise CudnnUnsupported(failure.message) from e
+            if ex.spec.op == "fprop":
+                self.last = ex
+        return out
+
+    # -- the gradients ------------------------------------------------------------------------------
+    def backward(self, gy: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool) -> tuple[Any, Any]:
+        """(grad_x, grad_w) through cuDNN's dgrad and wgrad graphs; None where not needed.
+
+        float16 that cuDNN cannot run with float accumulation is computed in float32 and rounded
+        once. Raises CudnnUnsupported."""
+        mod, why = frontend()
+        if mod is None:
+            raise CudnnUnsupported(why or "cuDNN unavailable")
+        out = []
+        for op, need, other in (("dgrad", need_x, w), ("wgrad", need_w, x)):
+            if not need:
+                out.append(None)
+                continue
+            try:
+                out.append(self._gradient(mod, op, gy, other, p))
+            except CudnnUnsupported:
+                if gy.dtype != _F16:
+                    raise
+                out.append(self._gradient(mod, op, gy.astype(_F32), other.astype(_F32), p).astype(_F16))
+        return out[0], out[1]
+
+    def _gradient(self, mod: Any, op: str, gy: Any, other: Any, p: Any) -> Any:
+        """grad_x (op "dgrad", other = w) or grad_w ("wgrad", other = x)."""
+        gy, gy_nhwc = _cudnn_ready(gy)
+        other, o_nhwc = _cudnn_ready(other)
+        sw = self._switches(gy.dtype)
+        key = (op, gy.dtype.char, gy_nhwc, o_nhwc, p, *sw)
+        ex = self._cache.get(key)
+        if ex is None:
+            spec = tune.ConvSpec(
+                dtype=gy.dtype.name, xshape=(p.N, p.C, p.H, p.W), x_layout="nhwc" if gy_nhwc else "nchw",
+                wshape=(p.O, p.C // p.groups, p.kh, p.kw), stride=tuple(p.stride), dilation=tuple(p.dilation),
+                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=False, tf32=sw[0], fast=sw[1],
+                w_layout="nhwc" if o_nhwc else "nchw", op=op)
+            ex = self._prepare(mod, key, spec, sw[2], lambda e, h: e.run(h, gy, gy_nhwc, other, o_nhwc))
+        else:
+            self._cache.move_to_end(key)
+        if type(ex) is _Failure:
+            raise CudnnUnsupported(ex.message)
+        return self._execute(mod, ex, gy, gy_nhwc, other, o_nhwc)
 
     # -- building and tuning (once per key) ---------------------------------------------------------
-    def _prepare(self, mod, key, x, x_nhwc, w, w_nhwc, bias, p) -> _Exec | _Failure:
+    def _prepare(self, mod: Any, key: Any, spec: tune.ConvSpec, autotune: bool,
+                 run_once: Any) -> _Exec | _Failure:
+        """The state for ``key``: from the disk cache, or the plan search (``run_once(exec, handle)``
+        makes one whole call on the call's own operands)."""
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
             handle = self._handle_for_device(mod)
-            spec = tune.ConvSpec(
-                dtype=x.dtype.name, xshape=tuple(int(v) for v in x.shape), x_layout="nhwc" if x_nhwc else "nchw",
-                wshape=tuple(int(v) for v in w.shape), stride=tuple(p.stride), dilation=tuple(p.dilation),
-                pad=tuple(p.pad), out_hw=(p.Ho, p.Wo), has_bias=bias is not None, tf32=key[7], fast=key[8],
-                w_layout="nhwc" if w_nhwc else "nchw",
-            )
+            if self._stream_ptr is None:
+                self._stream_ptr = _stream_ptr_function()
             stream = cupy.cuda.get_current_stream()
             mod.set_stream(handle=handle, stream=stream.ptr)
             self._stream = stream.ptr
@@ -310,17 +398,18 @@ class CudnnConv:
                 ex = _Exec(g, index, spec, None)
                 start, end = self._timing_events()
                 start.record(stream)
-                ex.run(x, x_nhwc, w, w_nhwc, bias, handle)
+                run_once(ex, handle)
                 end.record(stream)
                 end.synchronize()
                 return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
             try:
-                g, choice = tune.select(mod, handle, spec, time_call, autotune=key[9], limit=env.cudnn_autotune_limit(),
-                                        disk=self._disk_cache() if key[9] else None,
+                g, choice = tune.select(mod, handle, spec, time_call, autotune=autotune,
+                                        limit=env.cudnn_autotune_limit(),
+                                        disk=self._disk_cache() if autotune else None,
                                         budget_s=env.cudnn_autotune_budget_s())
                 ex: _Exec | _Failure = _Exec(g, choice.index, spec, choice)
-                ex.pick_form(lambda: ex.run(x, x_nhwc, w, w_nhwc, bias, handle), stream.synchronize)
+                ex.pick_form(lambda: run_once(ex, handle), stream.synchronize)
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
             except Exception as e:
@@ -330,6 +419,7 @@ class CudnnConv:
             self._cache[key] = ex
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
+                self._hot.clear()  # it may hold the state just dropped
             return ex
 
     def _timing_events(self) -> tuple[Any, Any]:
@@ -338,10 +428,15 @@ class CudnnConv:
         return self._events
 
 
-def _declared(a: Any, shape: tuple[int, ...], elem_strides: list[int]) -> Any:
+def _declared(a: Any, shape: tuple[int, ...] | list[int], elem_strides: list[int]) -> Any:
     """A view of a's memory with exactly these dims and element strides (same elements)."""
     isz = a.dtype.itemsize
     return cupy.ndarray(tuple(shape), a.dtype, memptr=a.data, strides=tuple(v * isz for v in elem_strides))
+
+
+def _to_nhwc(a: Any) -> Any:
+    """A packed channels-last copy of a (N, C, H, W)-indexed array, indexed the same way."""
+    return cupy.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def _cudnn_ready(x: Any) -> tuple[Any, bool]:

@@ -88,6 +88,9 @@ class ConvSpec:
     tf32: bool  # float32 may use TF32 tensor cores (asked for, and the GPU has them)
     fast: bool  # Winograd / FFT allowed
     w_layout: str = "nchw"  # the weight's layout: "nchw" (OIHW) | "nhwc" (KRSC, channels-last)
+    # "fprop": y = conv(x, w); "dgrad": grad_x from (grad_y, w); "wgrad": grad_w from (grad_y, x).
+    # For the gradients, x_layout is grad_y's layout and w_layout that of the other operand.
+    op: str = "fprop"
 
     @property
     def mode(self) -> str:
@@ -102,7 +105,8 @@ class ConvSpec:
         """A stable text form: the disk cache's key."""
         n, c, h, w = self.xshape
         o, cg, kh, kw = self.wshape
-        return (f"{self.dtype} x{n}x{c}x{h}x{w}:{self.x_layout} w{o}x{cg}x{kh}x{kw} s{self.stride[0]},{self.stride[1]} "
+        return (("" if self.op == "fprop" else f"{self.op} ")
+                + f"{self.dtype} x{n}x{c}x{h}x{w}:{self.x_layout} w{o}x{cg}x{kh}x{kw} s{self.stride[0]},{self.stride[1]} "
                 f"d{self.dilation[0]},{self.dilation[1]} p{','.join(map(str, self.pad))} "
                 f"bias{int(self.has_bias)} {self.mode} fast{int(self.fast)}"
                 + (" w:nhwc" if self.w_layout == "nhwc" else ""))
@@ -126,7 +130,7 @@ def variants(spec: ConvSpec, autotune: bool = True) -> list[Variant]:
     if spec.x_layout == "nhwc":
         layouts.reverse()  # no conversion first
     kinds = ["conv"]
-    if spec.has_bias:
+    if spec.has_bias and spec.op == "fprop":
         kinds = ["fused", "conv"] if spec.dtype != "float16" else ["fused"]
     return [Variant(lay, kind) for lay in layouts for kind in kinds]
 
@@ -160,34 +164,60 @@ class Graph:
 
     variant: Variant
     graph: Any
-    uids: dict[str, int]  # role ("x", "w", "bias", "y") -> tensor uid
+    uids: dict[str, int]  # role -> tensor uid, in the order a call passes the arrays (ROLES)
     plans: list[tuple[int, str]]  # (heuristic index, engine config name) of built plans, in order
     workspace: dict[int, int]  # plan index -> workspace bytes
+    decl: dict[str, tuple[list[int], list[int]]]  # role -> (dims, element strides), as declared()
+
+
+def declared(spec: ConvSpec, variant: Variant) -> dict[str, tuple[list[int], list[int]]]:
+    """Role -> (dims, element strides) of each tensor of the variant's graph, in the order a call
+    passes their arrays: the operands, then the output. fprop: x, w, (bias), y; dgrad: gy, w,
+    out (grad_x); wgrad: gy, x, out (grad_w). NHWC variants are channels-last throughout."""
+    o, cg, kh, kw = spec.wshape
+    ho, wo = spec.out_hw
+    xs, ws, ys = spec.xshape, (o, cg, kh, kw), (spec.xshape[0], o, ho, wo)
+    lay = variant.layout
+    shapes = {"fprop": (("x", xs), ("w", ws), ("y", ys)), "dgrad": (("gy", ys), ("w", ws), ("out", xs)),
+              "wgrad": (("gy", ys), ("x", xs), ("out", ws))}[spec.op]
+    out = {role: (list(shape), strides(shape, lay)) for role, shape in shapes}
+    if spec.op == "fprop" and variant.kind == "fused":
+        out = {"x": out["x"], "w": out["w"], "bias": ([1, o, 1, 1], [o, 1, 1, 1]), "y": out["y"]}
+    return out
 
 
 def build_graph(mod: Any, handle: Any, spec: ConvSpec, variant: Variant) -> tuple[Any, dict[str, Any]]:
-    """The frontend graph for one variant, through create_execution_plans and deselection."""
+    """The frontend graph for one variant, through create_execution_plans and deselection;
+    its tensors by role, as ``declared`` describes them."""
     dts = {"float16": mod.data_type.HALF, "float32": mod.data_type.FLOAT, "float64": mod.data_type.DOUBLE}
     cd = dts[spec.dtype]
     acc = mod.data_type.DOUBLE if spec.dtype == "float64" else mod.data_type.FLOAT
     g = mod.pygraph(io_data_type=cd, intermediate_data_type=acc, compute_data_type=acc, handle=handle)
-    o, cg, kh, kw = spec.wshape
-    n = spec.xshape[0]
-    ho, wo = spec.out_hw
-    lay = variant.layout
-    X = g.tensor(name="X", dim=list(spec.xshape), stride=strides(spec.xshape, lay), data_type=cd)
-    W = g.tensor(name="W", dim=[o, cg, kh, kw], stride=strides((o, cg, kh, kw), lay), data_type=cd)
+    decl = declared(spec, variant)
     pt, pb, pl, pr = spec.pad
-    Y = g.conv_fprop(image=X, weight=W, pre_padding=[pt, pl], post_padding=[pb, pr], stride=list(spec.stride),
-                     dilation=list(spec.dilation), compute_data_type=acc, name="conv")
-    tensors = {"x": X, "w": W}
-    if variant.kind == "fused":
-        B = g.tensor(name="B", dim=[1, o, 1, 1], stride=[o, 1, 1, 1], data_type=cd)
-        Y = g.bias(name="bias", input=Y, bias=B)
-        tensors["bias"] = B
+    geo = dict(pre_padding=[pt, pl], post_padding=[pb, pr], stride=list(spec.stride),
+               dilation=list(spec.dilation), compute_data_type=acc)
+
+    def tensor(name: str, role: str) -> Any:
+        dim, stride = decl[role]
+        return g.tensor(name=name, dim=dim, stride=stride, data_type=cd)
+
+    if spec.op == "dgrad":
+        tensors = {"gy": tensor("DY", "gy"), "w": tensor("W", "w")}
+        out = g.conv_dgrad(loss=tensors["gy"], filter=tensors["w"], name="dgrad", **geo)
+    elif spec.op == "wgrad":
+        tensors = {"gy": tensor("DY", "gy"), "x": tensor("X", "x")}
+        out = g.conv_wgrad(image=tensors["x"], loss=tensors["gy"], name="wgrad", **geo)
+    else:
+        tensors = {"x": tensor("X", "x"), "w": tensor("W", "w")}
+        out = g.conv_fprop(image=tensors["x"], weight=tensors["w"], name="conv", **geo)
+        if variant.kind == "fused":
+            tensors["bias"] = tensor("B", "bias")
+            out = g.bias(name="bias", input=out, bias=tensors["bias"])
     # Explicit output dims and strides: the frontend would otherwise pick channels-last.
-    Y.set_output(True).set_dim([n, o, ho, wo]).set_stride(strides((n, o, ho, wo), lay)).set_data_type(cd)
-    tensors["y"] = Y
+    role = "y" if spec.op == "fprop" else "out"
+    out.set_output(True).set_dim(decl[role][0]).set_stride(decl[role][1]).set_data_type(cd)
+    tensors[role] = out
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([mod.heur_mode.A, mod.heur_mode.FALLBACK])
@@ -231,10 +261,12 @@ def make_graph(mod: Any, handle: Any, spec: ConvSpec, variant: Variant, limit: i
     g, tensors = build_graph(mod, handle, spec, variant)
     plans = build_plans(g, limit, only, deadline)
     if not plans:
-        raise LookupError(f"no cuDNN plan for the {variant.layout} {variant.kind} graph under xdev's numeric rules "
+        what = variant.kind if spec.op == "fprop" else spec.op
+        raise LookupError(f"no cuDNN plan for the {variant.layout} {what} graph under xdev's numeric rules "
                           f"({spec.mode}, Winograd/FFT {'allowed' if spec.fast else 'off'})")
     ws = {i: int(g.get_workspace_size_plan_at_index(i)) for i, _ in plans}
-    return Graph(variant, g, {role: int(t.get_uid()) for role, t in tensors.items()}, plans, ws)
+    return Graph(variant, g, {role: int(t.get_uid()) for role, t in tensors.items()}, plans, ws,
+                 declared(spec, variant))
 
 
 # ---- the choice ---------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from xdev.contract.device import DL_CUDA
 from xdev.contract.machine import cuda_peak_estimate
 
 from . import backward, conv, dlpack, errors, gemm, kernels, staging, timing
-from .cudnn_backward import CudnnBackward
 from .cudnn_conv import CudnnConv, frontend, versions
 from .launch import Launch
 
@@ -118,8 +117,7 @@ class CudaDevice(Device):
         self._cudnn_reason = why
         self.conv_algorithms = ALGORITHMS if mod is not None else ALGORITHMS[1:]
         self.library_algorithms = ("cudnn",) if mod is not None else ()
-        self.cudnn = CudnnConv(index, self.cc, self.name)
-        self._cudnn_bwd: CudnnBackward | None = None  # made on first use
+        self.cudnn = CudnnConv(index, self.cc, self.name)  # forward and gradients
         self._tls = threading.local()  # this thread's cuBLAS handle (cublas.handle)
         self._gemm_plans: dict[tuple, Any] = {}  # gemm.gemm_into's plans by operand layout
         self.kernels = kernels.Kernels(f"{self.key} {self.name}")
@@ -127,13 +125,7 @@ class CudaDevice(Device):
     @property
     def build_seconds(self) -> float:  # type: ignore[override]
         """Seconds spent so far compiling xdev's kernels (NVRTC) and building cuDNN plans."""
-        bwd = self._cudnn_bwd.build_seconds if self._cudnn_bwd is not None else 0.0
-        return self.kernels.build_seconds + self.cudnn.build_seconds + bwd
-
-    def cudnn_backward(self) -> CudnnBackward:
-        if self._cudnn_bwd is None:
-            self._cudnn_bwd = CudnnBackward(self.index, self.cc)
-        return self._cudnn_bwd
+        return self.kernels.build_seconds + self.cudnn.build_seconds
 
     def _guard(self, what: str) -> Any:
         """Run on this device; out-of-memory surfaces as MemoryError naming ``what`` (errors.guard)."""

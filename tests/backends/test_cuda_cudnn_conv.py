@@ -62,17 +62,17 @@ class ComputingGraph(FakeGraph):
                 assert tuple(s // v.itemsize for s in v.strides) == tuple(t.stride), (t.name, v.strides, t.stride)
         pack = {k: (v if type(v) is int else v.data.ptr) for k, v in tensor_dict.items()}
         self.fe.forms.append("ordered" if tensor_uids is not None else "dict")
-        ComputingGraph._compute(self, pack, index)
+        self._compute(pack, index)
 
     def _execute_plan_at_index(self, pack, ws, index, handle):
         if self.fe.api != "classic":
             raise AttributeError("'pygraph' object has no attribute '_execute_plan_at_index'")
         self.fe.forms.append("classic")
-        ComputingGraph._compute(self, pack, index)
+        self._compute(pack, index)
 
     def _compute(self, pack, index):
         FakeGraph._execute_plan_at_index(self, pack, 0, index, None)
-        ComputingGraph._conv(self, pack, index)
+        self._conv(pack, index)
 
 
 class ComputingFrontend(FakeFrontend):

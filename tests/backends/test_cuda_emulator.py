@@ -354,7 +354,7 @@ def _fake_device(emu):
     unsupported = load("cudnn_tune").CudnnUnsupported
     cudnn = _NoCudnn(unsupported)
     return SimpleNamespace(xp=np, key="cuda:0", conv_algorithms=("cudnn", "gemm", "direct"), cudnn=cudnn,
-                           cudnn_backward=lambda: cudnn, launch=emu,
+                           launch=emu,
                            gemm_into=lambda a, b, out: np.matmul(a, b, out=out))
 
 

@@ -106,3 +106,21 @@ def test_the_switch_is_part_of_the_key(fake_cuda, monkeypatch):
     monkeypatch.setenv("XDEV_CUDNN_FAST", "maybe")
     with pytest.raises(ValueError, match="XDEV_CUDNN_FAST"):
         conv.conv2d(x, w, None, _params(xs, ws))
+
+
+def test_cuda_switches_follow_the_environment_at_every_call(monkeypatch):
+    """env.cuda_switches() reads os.environ's own mapping and parses once per set of values."""
+    for name in ("XDEV_CUDA_TF32", "XDEV_CUDNN_FAST", "XDEV_CUDNN_AUTOTUNE"):
+        monkeypatch.delenv(name, raising=False)
+    assert env.cuda_switches() == (False, None, True)
+    monkeypatch.setenv("XDEV_CUDA_TF32", "1")
+    monkeypatch.setenv("XDEV_CUDNN_FAST", "0")
+    assert env.cuda_switches() == (True, False, True)
+    monkeypatch.setenv("XDEV_CUDNN_AUTOTUNE", "off")
+    assert env.cuda_switches() == (True, False, False)
+    monkeypatch.setenv("XDEV_CUDNN_FAST", "sometimes")
+    for _ in range(2):  # refused every time, never remembered as valid
+        with pytest.raises(ValueError, match="XDEV_CUDNN_FAST='sometimes'"):
+            env.cuda_switches()
+    monkeypatch.delenv("XDEV_CUDNN_FAST")
+    assert env.cuda_switches() == (True, None, False)
