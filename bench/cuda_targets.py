@@ -61,6 +61,8 @@ import xdev  # noqa: E402
 
 from xdev.bench.workloads import vgg16  # noqa: E402
 
+from cuda_host_cost import cuda_status, per_call as host_cost  # noqa: E402  (bench/, on sys.path above)
+
 TARGETS = {
     "vgg16-fp32-strict": (">=", 0.95),
     "vgg16-tf32": (">=", 0.95),
@@ -123,15 +125,6 @@ def cuda_timer() -> Callable[[Callable[[], Any], int], float]:
         return cupy.cuda.get_elapsed_time(start, end) / 1e3 / n
 
     return t
-
-
-def host_cost(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2000) -> float:
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / calls
 
 
 def interleaved(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -475,8 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"xdev {xdev.__version__}, Python {platform.python_version()}")
     for k, (op, bound) in TARGETS.items():
         print(f"  target {k:28s} {op} {bound}" + (f" (moonshot {MOONSHOT[k]})" if k in MOONSHOT else ""))
-    from cuda_host_cost import cuda_status  # noqa: PLC0415
-
     status = cuda_status()
     if a.dry_run or not status.available:
         print(f"cuda: {status.reason}")
