@@ -35,25 +35,23 @@ def lines() -> list[str]:
             continue
         info = dev.info()
         details = ", ".join(f"{k}={v}" for k, v in info.items()
-                            if k not in ("backend", "device", "name", "params", "advice"))
+                            if k not in ("backend", "device", "name", "params", "params_source", "advice"))
         out.append(f"{'':8s}default device {dev.key}: {dev.name}")
         if details:
             out.append(f"{'':8s}  {details}")
         out.append(f"{'':8s}  conv2d algorithms: {', '.join(dev.conv_algorithms)}")
         if isinstance(info.get("params"), dict):
-            out.append(f"{'':8s}  kernel parameters: " + tuned_line(info["params"]) + width(info["params"]))
+            out.append(f"{'':8s}  kernel parameters: " + tuned_line(info) + width(info["params"]))
         if info.get("advice"):
             out.append(f"{'':8s}  note: {info['advice']}")
     return out
 
 
-def tuned_line(params: dict) -> str:
-    """Where each kernel family's parameters came from: the shipped database, derived from
-    the device's properties, or `python -m xdev.tune`."""
-    from xdev._registry import load
-
-    line = load("opencl").params.summary(params)
-    if not params.get("tuned"):
+def tuned_line(info: dict) -> str:
+    """Where the parameters of the kernels the device runs came from: the shipped database,
+    derived from the device's properties, or `python -m xdev.tune`."""
+    line = info.get("params_source") or "?"
+    if not info["params"].get("tuned"):
         line += " (python -m xdev.tune measures and stores better ones, if any)"
     return line
 

@@ -352,9 +352,11 @@ def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., An
     found: dict[str, Any] = {}
     dev.params["xl_work"] = 0
     has_tc = dev.tc_reason is None
-    gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
-                     t0 + (0.35 if has_tc else 0.55) * budget_s, log)
+    # The untuned parameters (the database's entry, or derived) first: stage 2 then walks
+    # from them when no other shape beats them.
     builtin = params.untuned(dev)
+    gemm = search_xl(dev, "gemm_xl", lambda: dev.matmul(a, b), verify_gemm, repeat,
+                     t0 + (0.35 if has_tc else 0.55) * budget_s, log, first=[builtin["gemm_xl"]])
     rounds = 5 if quick else 7
     if has_tc:  # the tensor-core GEMM in both modes (NVIDIA, compute capability 8.0+)
         found.update(tune_tc(dev, n, repeat, rounds, t0, budget_s, log))
@@ -364,7 +366,8 @@ def tune_gpu(dev: OpenCLDevice, quick: bool, repeat: int, rand: Callable[..., An
     if gemm:
         found["gemm_xl"] = dev.params["gemm_xl"] = gemm
     conv = search_xl(dev, "conv_xl", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in],
-                     verify_conv, repeat, t0 + 0.9 * budget_s, log, first=[gemm] if gemm else [])
+                     verify_conv, repeat, t0 + 0.9 * budget_s, log,
+                     first=[builtin["conv_xl"]] + ([gemm] if gemm else []))
     if conv:
         conv = pick(dev, "conv_xl", lambda: [dev.conv2d(x, w, None, p, "gemm") for x, w, p in conv_in], [conv],
                     builtin["conv_xl"], rounds, log)

@@ -585,7 +585,7 @@ class OpenCLDevice(Device):
             "vector_registers": self.target.vector_registers if self.target else None,
             "target_cpu": self.target.target_cpu if self.target else None,
             "isa_source": self.target.source if self.target else None,
-            "params_source": params.summary(self.params),
+            "params_source": params.summary(self.params, self.family),
             "params": self.params,
         }
 

@@ -39,13 +39,15 @@ GPU_TILE_BIG = {"TSM": 128, "TSN": 128, "TSK": 16, "WPTM": 8, "WPTN": 8}
 # GPUs; derive_xl picks 128 x 128 tiles on large ones.
 GPU_XL = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}
 
-# Shares of the vector registers the CPU micro-tiles keep as accumulators. GEMM: 3/4
-# (the rest holds the NV vectors of B, the broadcast element of A and the compiler's
-# temporaries), as BLIS's 6x16 AVX2 and 12x32 AVX-512 SGEMM kernels do; measured best
-# at 6 x 2 vectors on AVX2 (16 registers, Zen 4) and 12 x 2 on AVX-512 (32, Zen 5).
-# Conv: its inner loop also keeps the input's tap offsets and loads B unaligned.
-GEMM_ACC_SHARE = 0.75
-CONV_ACC_SHARE = 0.75
+# Shares of the vector registers the CPU micro-tiles keep as accumulators, and vectors
+# per row. GEMM: 3/4 (the rest holds the NV vectors of B, the broadcast element of A and
+# the compiler's temporaries) in rows of 2 vectors, as BLIS's 6x16 AVX2 and 12x32 AVX-512
+# SGEMM kernels do; measured best at 6 x 2 on AVX2 (16 registers, Zen 4) and 12 x 2 on
+# AVX-512 (32, Zen 5). Conv: 3/4 in rows of 3 vectors (wider pixel tiles, fewer
+# re-reads of the unaligned input rows): 4 x 3 on AVX2 (tied with 6 x 2 on Zen 4), 8 x 3
+# on AVX-512 (best of 2..14 rows on Zen 5).
+GEMM_ACC_SHARE, GEMM_NV = 0.75, 2
+CONV_ACC_SHARE, CONV_NV = 0.75, 3
 
 
 def cpu_tile(registers: int, lanes: int | None, vw: int, share: float, nv: int = 2) -> dict[str, int]:
@@ -78,8 +80,8 @@ def derive_cpu(dev: Any) -> tuple[dict[str, Any], str]:
     vw = cpu_width(dev)
     lanes = isa.LANES.get(t.isa)
     vwd = max(2, vw // 2)
-    gemm = cpu_tile(t.vector_registers, lanes, vw, GEMM_ACC_SHARE)
-    conv = cpu_tile(t.vector_registers, lanes, vw, CONV_ACC_SHARE)
+    gemm = cpu_tile(t.vector_registers, lanes, vw, GEMM_ACC_SHARE, GEMM_NV)
+    conv = cpu_tile(t.vector_registers, lanes, vw, CONV_ACC_SHARE, CONV_NV)
     why = f"derived: {t.isa}, {t.vector_registers} vector registers ({t.source})"
     return {"gemm": {**gemm, "VW": vw, "VWD": vwd}, "conv": {**conv, "VW": vw, "VWD": vwd}}, why
 
@@ -150,8 +152,8 @@ def defaults(dev: DeviceDescription) -> dict[str, Any]:
     else:  # a GPU: the CPU family runs only when forced (XDEV_OPENCL_KERNELS=cpu)
         vw = int(d.preferred_vector_width_float)
         vw = vw if vw in (4, 8, 16) else 8
-        cpu = {fam: {**cpu_tile(isa.DEFAULT_REGISTERS, None, vw, GEMM_ACC_SHARE), "VW": vw, "VWD": max(2, vw // 2)}
-               for fam in ("gemm", "conv")}
+        cpu = {fam: {**cpu_tile(isa.DEFAULT_REGISTERS, None, vw, share, nv), "VW": vw, "VWD": max(2, vw // 2)}
+               for fam, share, nv in (("gemm", GEMM_ACC_SHARE, GEMM_NV), ("conv", CONV_ACC_SHARE, CONV_NV))}
         cpu_why = f"derived: {isa.DEFAULT_REGISTERS} vector registers assumed"
     return {
         **cpu,
@@ -287,11 +289,16 @@ def params_for(dev: DeviceDescription) -> dict[str, Any]:
     return params
 
 
-def summary(params: dict[str, Any]) -> str:
-    """One line: which source each kernel family's parameters came from."""
+CPU_KEYS = ("gemm", "conv")  # the parameters the cpu kernel family runs with; the gpu family: the rest
+
+
+def summary(params: dict[str, Any], family: str | None = None) -> str:
+    """One line: which source each kernel's parameters came from (only those the `family`
+    runs with, when given)."""
     by: dict[str, list[str]] = {}
     for fam, why in params.get("source", {}).items():
-        by.setdefault(why, []).append(fam)
+        if family is None or (fam in CPU_KEYS) == (family == "cpu"):
+            by.setdefault(why, []).append(fam)
     return "; ".join(f"{', '.join(fams)}: {why}" for why, fams in by.items())
 
 

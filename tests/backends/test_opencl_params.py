@@ -100,24 +100,27 @@ def test_cpu_tile_keeps_three_quarters_of_the_registers_as_accumulators():
     # 16-wide vectors on AVX2 take two registers each: 8 of them, 4 for accumulators.
     assert params.cpu_tile(16, 8, 16, params.GEMM_ACC_SHARE) == {"MR": 2, "NV": 2}
     for regs, lanes, vw in ((16, 8, 8), (32, 16, 16), (16, 4, 4), (32, 4, 4), (16, 8, 16)):
-        for share in (params.GEMM_ACC_SHARE, params.CONV_ACC_SHARE):
-            t = params.cpu_tile(regs, lanes, vw, share)
+        for share, nv in ((params.GEMM_ACC_SHARE, params.GEMM_NV), (params.CONV_ACC_SHARE, params.CONV_NV)):
+            t = params.cpu_tile(regs, lanes, vw, share, nv)
             eff = regs * lanes // vw if lanes < vw else regs
             assert t["MR"] * t["NV"] + t["NV"] + 1 <= eff, (regs, lanes, vw, t)
 
 
-@pytest.mark.parametrize("name, vw, compiler, want_vw, want_tile, want_isa", [
-    ("pthread-haswell-AMD EPYC", 8, {}, 8, (6, 2), "AVX2"),
-    ("pthread-AMD EPYC", 8, {"cpu": "znver3"}, 8, (6, 2), "AVX2"),
-    ("pthread-AMD Ryzen 9 9950X", 16, {"cpu": "znver3"}, 8, (6, 2), "AVX2"),  # capped to the target's width
-    ("cpu-znver4-AMD Ryzen 9 7950X", 16, {}, 16, (12, 2), "AVX-512"),
-    ("pthread-skylake-avx512-Intel Xeon", 16, {"cpu": "skylake-avx512"}, 16, (12, 2), "AVX-512"),
+AVX2_TILES, AVX512_TILES = ((6, 2), (4, 3)), ((12, 2), (8, 3))  # (GEMM, conv) MR x NV
+
+
+@pytest.mark.parametrize("name, vw, compiler, want_vw, want_tiles, want_isa", [
+    ("pthread-haswell-AMD EPYC", 8, {}, 8, AVX2_TILES, "AVX2"),
+    ("pthread-AMD EPYC", 8, {"cpu": "znver3"}, 8, AVX2_TILES, "AVX2"),
+    ("pthread-AMD Ryzen 9 9950X", 16, {"cpu": "znver3"}, 8, AVX2_TILES, "AVX2"),  # capped to the target's width
+    ("cpu-znver4-AMD Ryzen 9 7950X", 16, {}, 16, AVX512_TILES, "AVX-512"),
+    ("pthread-skylake-avx512-Intel Xeon", 16, {"cpu": "skylake-avx512"}, 16, AVX512_TILES, "AVX-512"),
 ])
-def test_cpu_defaults_are_derived_from_the_target(name, vw, compiler, want_vw, want_tile, want_isa):
+def test_cpu_defaults_are_derived_from_the_target(name, vw, compiler, want_vw, want_tiles, want_isa):
     dev = shim(name, vw=vw, compiler=compiler)
     p = params.params_for(dev)
-    assert p["gemm"]["VW"] == want_vw and (p["gemm"]["MR"], p["gemm"]["NV"]) == want_tile
-    assert p["conv"]["VW"] == want_vw
+    assert p["gemm"]["VW"] == want_vw and (p["gemm"]["MR"], p["gemm"]["NV"]) == want_tiles[0]
+    assert p["conv"]["VW"] == want_vw and (p["conv"]["MR"], p["conv"]["NV"]) == want_tiles[1]
     assert p["source"]["gemm"].startswith(f"derived: {want_isa}, ")
     assert "tuned" not in p
 
@@ -259,10 +262,11 @@ def test_device_info_names_its_isa_and_parameter_sources(monkeypatch):
         t = dev.params["gemm"]
         lanes = isa.LANES.get(info["isa"])
         assert t["VW"] <= max(4, lanes or 16)
-        assert t == {**t, **params.cpu_tile(info["vector_registers"], lanes, t["VW"], params.GEMM_ACC_SHARE)} \
+        assert t == {**t, **params.cpu_tile(info["vector_registers"], lanes, t["VW"], params.GEMM_ACC_SHARE,
+                                            params.GEMM_NV)} \
             or dev.params["source"]["gemm"].startswith(("database", "xdev.tune"))
     else:
         assert info["isa"] is None
-    for why in dev.params["source"].values():
-        assert why.startswith(("derived: ", "database: ", "xdev.tune: ")), why
+    for fam in ("gemm", "conv", "gemm_gpu", "gemm_xl", "conv_xl"):
+        assert dev.params["source"][fam].startswith(("derived: ", "database: ", "xdev.tune: ")), fam
     json.dumps(info)  # the benchmark writes it into its JSON
