@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A short look at the CUDA defaults on one NVIDIA GPU (about 3 minutes): where the host
-# microseconds of a small call go (bench/cuda_host_cost.py), the numeric modes' errors and
-# speed with no flags (bench/cuda_targets.py --only host,tf32,fp16 with the test suite's
-# error logs), and forward + backward per part on the layers that matter for item 3b
+# microseconds of a small call go (bench/cuda_host_cost.py, beside torch and cupy.matmul), the
+# numeric modes' errors and speed with no flags (bench/cuda_targets.py --only tf32,fp16 with
+# the test suite's error logs), and forward + backward per part on the layers that matter for item 3b
 # (bench/gpu_backward.py --parts). The full check is bench/gpu_check.sh.
 #
 #   there:  bash bench/gpu_cuda_probe.sh            # from the repository root, .whl/ beside it
@@ -14,7 +14,7 @@
 . "$(dirname "$0")/gpu_common.sh"
 RES=${OUT:-$REPO/bench/results}
 WORK=${GPU_PROBE_WORK:-/tmp/xdev_gpu_probe}
-BUDGET=${GPU_PROBE_BUDGET_S:-200}
+BUDGET=${GPU_PROBE_BUDGET_S:-220}
 START=$(date +%s)
 mkdir -p "$RES" "$WORK"
 LOG=$RES/gpu_cuda_probe.log
@@ -25,14 +25,14 @@ main() {
   command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
   python_env "$WORK/site" "cuDNN's frontend may be missing"
   unset XDEV_CUDA_TF32 XDEV_CUDNN_FAST XDEV_CUDNN_AUTOTUNE XDEV_CUDNN_AUTOTUNE_LIMIT
-  local fake=() cache=$WORK/cache calls=(--calls 1000 --rounds 5) host_calls=2000
+  local fake=() cache=$WORK/cache calls=(--calls 1000 --rounds 5) sections=tf32,fp16
   rm -rf "$cache" "$RES"/errors_*.jsonl
   if [ $DRY = 1 ]; then
-    fake=(--fake) calls=(--calls 100 --rounds 2) host_calls=50
+    fake=(--fake) calls=(--calls 100 --rounds 2) sections=tf32  # NumPy-backed fakes: one mode is enough
     echo "dry run: CuPy, cuBLAS and cuDNN replaced by bench/cuda_host_cost.py's do-nothing fakes (figures meaningless)"
   fi
 
-  step "host cost per call, layer by layer" 35 "$PY" bench/cuda_host_cost.py "${fake[@]}" "${calls[@]}" \
+  step "host cost per call, layer by layer" 25 "$PY" bench/cuda_host_cost.py "${fake[@]}" "${calls[@]}" \
     --profile --json "$RES/host_cost.json"
 
   # The shared numeric tests on CUDA in its default modes (strict float32, float16 with
@@ -50,14 +50,13 @@ main() {
 
   local logs=()
   [ -e "$RES/errors_default.jsonl" ] && logs=(--error-log "$RES/errors_default.jsonl")
-  step "targets: host costs, TF32 and float16 VGG-16 with no flags" 80 env XDEV_CACHE_DIR="$cache" \
-    "$PY" bench/cuda_targets.py "${fake[@]}" --only host,tf32,fp16 --host-calls $host_calls --budget-s 75 \
-    --out "$RES" "${logs[@]}"
+  step "targets: TF32 and float16 VGG-16 with no flags" 90 env XDEV_CACHE_DIR="$cache" \
+    "$PY" bench/cuda_targets.py "${fake[@]}" --only $sections --budget-s 85 --out "$RES" "${logs[@]}"
 
   if [ $DRY = 1 ]; then
     echo "dry run: the GPU run is: $PY bench/gpu_backward.py --layers conv1_1,conv1_2,conv2_1,conv4_2 --parts --repeat 5"
   else
-    step "forward + backward by part" 50 env XDEV_CACHE_DIR="$cache" "$PY" bench/gpu_backward.py \
+    step "forward + backward by part" 45 env XDEV_CACHE_DIR="$cache" "$PY" bench/gpu_backward.py \
       --layers conv1_1,conv1_2,conv2_1,conv4_2 --parts --repeat 5 --json "$RES/backward_parts.json"
   fi
   echo
