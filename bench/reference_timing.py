@@ -78,26 +78,26 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((name, r))
     ok = all(r["rc"] == 0 for _, r in runs)
     lines: list[str] = []
-    print = lines.append  # noqa: A001 - the table goes to the terminal and to summary.txt
-    print("")
-    print(f"python -m xdev.bench {' '.join(bench_args)} [--reference torch]  ({a.rounds} pair(s), alternating)")
-    print(f"{'run':12s} {'wall s':>8s} {'pauses':>8s} {'waits':>6s} {'longest':>8s}")
+    say = lines.append  # the table goes to the terminal and to summary.txt
+    say("")
+    say(f"python -m xdev.bench {' '.join(bench_args)} [--reference torch]  ({a.rounds} pair(s), alternating)")
+    say(f"{'run':12s} {'wall s':>8s} {'pauses':>8s} {'waits':>6s} {'longest':>8s}")
     for name, r in runs:
         st = (r["doc"] or {}).get("run", {}).get("settle") or {}
-        print(f"{name:12s} {r['wall_s']:8.1f} {st.get('total_s', 0):7.1f}s {st.get('waits', 0):6d} "
+        say(f"{name:12s} {r['wall_s']:8.1f} {st.get('total_s', 0):7.1f}s {st.get('waits', 0):6d} "
               f"{(st.get('max_s') or 0) * 1e3:6.0f}ms")
     walls = {n: [r["wall_s"] for m, r in runs if m == n] for n in ("without", "with torch")}
     if all(walls.values()):
         x = sum(walls["with torch"]) / sum(walls["without"])
-        print(f"with/without: {x:.2f}x (target <= 1.5x) -> {'met' if x <= 1.5 else 'NOT met'}")
+        say(f"with/without: {x:.2f}x (target <= 1.5x) -> {'met' if x <= 1.5 else 'NOT met'}")
     docs = {n: [r["doc"] for m, r in runs if m == n and r["doc"]] for n in ("without", "with torch")}
     if all(docs.values()):
-        print("NumPy's time beside torch over its time alone (± spread; ~ = within noise):")
+        say("NumPy's time beside torch over its time alone (± spread; ~ = within noise):")
         for what, base in numpy_figures(docs["without"][0]).items():
             beside = numpy_figures(docs["with torch"][0]).get(what)
             if beside:
                 r, sp, noise = ratio(beside["median_s"], beside["spread_s"], base["median_s"], base["spread_s"])
-                print(f"  {what:28s} alone {base['median_s'] * 1e3:9.2f}±{base['spread_s'] * 1e3:.2f} ms, beside torch "
+                say(f"  {what:28s} alone {base['median_s'] * 1e3:9.2f}±{base['spread_s'] * 1e3:.2f} ms, beside torch "
                       f"{beside['median_s'] * 1e3:9.2f}±{beside['spread_s'] * 1e3:.2f} ms: {r:.3f}x±{sp:.3f}"
                       f"{' ~' if noise else ''}  ({beside.get('isa') or ''})")
     text = "\n".join(lines)
