@@ -1,6 +1,7 @@
 """OpenCL devices: discovery, the selector, and the Device implementation."""
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 import time
@@ -207,6 +208,18 @@ def probe() -> BackendStatus:
     return BackendStatus(True, reason, tuple(c.key for c in good))
 
 
+def _finish_at_exit(queue: cl.CommandQueue) -> None:
+    """Let the work queued on a device end before the process does. A process that exited with
+    kernels queued on PoCL crashed now and then (SIGSEGV: a PoCL worker thread compiling a
+    kernel in LLVM while the exit handlers unloaded the libraries)."""
+    if fork.inherited("opencl"):
+        return  # a fork() child cannot use the driver (fork.py): finishing would block forever
+    try:
+        queue.finish()
+    except Exception:
+        pass  # at exit a failure has nobody to report to; the crash it prevents is what matters
+
+
 class OpenCLDevice(Device):
     backend = "opencl"
     conv_algorithms = ("gemm", "direct")
@@ -253,6 +266,7 @@ class OpenCLDevice(Device):
             self.tc_reason = _tc_failures[cand.key]
         self.force_tf32: bool | None = None
         self.reload_params()
+        atexit.register(_finish_at_exit, self.queue)
 
     def reload_params(self) -> None:
         """Kernel parameters: derived, shipped database, tuning cache, and the proof's vector width."""
