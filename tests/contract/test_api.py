@@ -164,6 +164,26 @@ def test_synchronize_runs():
     xdev.synchronize("numpy")
 
 
+def test_queued_work_is_waited_for_at_interpreter_exit():
+    """A script that ends with work still queued exits after every opened device has finished
+    it (PoCL crashed when Python freed the buffers of kernels its threads still ran), and a
+    device that fails to synchronize does not turn the exit into an error."""
+    code = (
+        "import xdev\n"
+        "from xdev._registry import get_device\n"
+        "dev = get_device('numpy')\n"
+        "def sync():\n"
+        "    print('synchronized', flush=True)\n"
+        "    raise RuntimeError('a device that cannot be reached')\n"
+        "dev.synchronize = sync\n"
+        "xdev.matmul([[1.0]], [[2.0]])\n"
+        "print('end of script', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["end of script", "synchronized"], r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
 def test_info_lists_every_backend_with_a_reason():
     r = run_py("import runpy; runpy.run_module('xdev.info', run_name='__main__')")
     assert r.returncode == 0, r.stderr
