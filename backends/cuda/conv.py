@@ -13,7 +13,7 @@ import numpy as np
 from xdev.contract import F16, F32, F64, ConvParams, env, is_exact
 
 from .cudnn_tune import CudnnUnsupported
-from .launch import COLS_BUDGET_BYTES, direct_launch, elem_strides, gemm_blocks, im2col_launch
+from .launch import COLS_BUDGET_BYTES, direct_launch, dtype_name, elem_strides, gemm_blocks, im2col_launch
 
 
 def default_algorithm(dev: Any) -> str:
@@ -87,11 +87,17 @@ def run_gemm(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any,
         wm = xp.concatenate([wm, bias.reshape(G, Og, 1)], axis=2)
         Kp = K + 1
     xs = elem_strides(x)
-    for blk in gemm_blocks(p, Kp, dt.itemsize, budget):
+    name = dtype_name(dt)
+    blocks = gemm_blocks(p, Kp, dt.itemsize, budget)
+    for blk in blocks:
         L = blk.hb * p.Wo
         cols = xp.empty((blk.nb, G, Kp, L), dt)
-        launch(im2col_launch(p, dt.name, xs, blk, Kp), {"x": x[blk.n0 : blk.n0 + blk.nb], "cols": cols})
-        out = y4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * p.Wo : blk.h0 * p.Wo + L]
+        if len(blocks) == 1:  # one block is everything (blk.nb == N, blk.hb == Ho): no views to make
+            xb, out = x, y4
+        else:
+            xb = x[blk.n0 : blk.n0 + blk.nb]
+            out = y4[blk.n0 : blk.n0 + blk.nb, :, :, blk.h0 * p.Wo : blk.h0 * p.Wo + L]
+        launch(im2col_launch(p, name, xs, blk, Kp), {"x": xb, "cols": cols})
         mm(wm, cols, out=out)
         del cols
 
@@ -108,7 +114,7 @@ def matmul_copy(xp: Any) -> Any:
 
 def run_direct(xp: Any, launch: Any, x: Any, w: Any, bias: Any, p: Any, y: Any) -> None:
     """The tiled direct kernel (or its one-thread-per-output fallback)."""
-    plan = direct_launch(p, x.dtype.name, elem_strides(x), bias is not None)
+    plan = direct_launch(p, dtype_name(x.dtype), elem_strides(x), bias is not None)
     arrays = {
         "x": x,
         "w": xp.ascontiguousarray(w),

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import cupy
 import numpy as np
 
 from xdev.contract import F16, F32, F64
+
+from .stream import pointer_function
 
 _lib: Any = None
 
@@ -39,22 +40,29 @@ SCALARS = {np.dtype(np.float32): (_SCALAR_ARRAYS[0].ctypes.data, _SCALAR_ARRAYS[
            np.dtype(np.float64): (_SCALAR_ARRAYS[2].ctypes.data, _SCALAR_ARRAYS[3].ctypes.data)}
 
 
+_stream_ptr: Any = None
+
+
 def handle(dev: Any) -> int:
     """This thread's cuBLAS handle on CudaDevice ``dev``, bound to CuPy's current stream.
 
     cuBLAS runs on its handle's stream, the legacy default until told: the handle follows
     CuPy's current stream (where xdev queues everything else), rebound only when it changes.
     """
+    global _stream_ptr
     tls = dev._tls
     h = getattr(tls, "handle", None)
-    cublas = lib()
     if h is None:
+        cublas = lib()
         with dev._cp:
             h = cublas.create()
             cublas.setMathMode(h, DEFAULT_MATH)  # xdev's handle: nobody else changes its mode
         tls.handle = h
-    stream = cupy.cuda.get_current_stream().ptr
-    if getattr(tls, "stream", None) != stream:
-        cublas.setStream(h, stream)
+        tls.stream = None
+        if _stream_ptr is None:
+            _stream_ptr = pointer_function()
+    stream = _stream_ptr()
+    if tls.stream != stream:
+        lib().setStream(h, stream)
         tls.stream = stream
     return h

@@ -31,6 +31,7 @@ from xdev.contract import F16 as _F16, F32 as _F32
 from xdev.contract import env
 
 from . import cudnn_tune as tune
+from .stream import pointer_function
 from .cudnn_tune import CudnnUnsupported
 
 INSTALL_HINT = 'pip install "xdev[cudnn]"'
@@ -76,18 +77,6 @@ def versions() -> dict[str, Any]:
 @dataclass
 class _Failure:
     message: str
-
-
-def _stream_ptr_function() -> Any:
-    """CuPy's current stream pointer, by the cheapest call this CuPy has (found once)."""
-    try:
-        from cupy_backends.cuda.stream import get_current_stream_ptr  # noqa: PLC0415
-
-        if int(get_current_stream_ptr()) == int(cupy.cuda.get_current_stream().ptr):
-            return get_current_stream_ptr
-    except Exception:  # an older or newer CuPy, or a fake one
-        pass
-    return lambda: cupy.cuda.get_current_stream().ptr
 
 
 class _Exec:
@@ -389,7 +378,7 @@ class CudnnConv:
             t0 = time.perf_counter()
             handle = self._handle_for_device(mod)
             if self._stream_ptr is None:
-                self._stream_ptr = _stream_ptr_function()
+                self._stream_ptr = pointer_function()
             stream = cupy.cuda.get_current_stream()
             mod.set_stream(handle=handle, stream=stream.ptr)
             self._stream = stream.ptr

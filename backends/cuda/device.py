@@ -119,7 +119,8 @@ class CudaDevice(Device):
         self.library_algorithms = ("cudnn",) if mod is not None else ()
         self.cudnn = CudnnConv(index, self.cc, self.name)  # forward and gradients
         self._tls = threading.local()  # this thread's cuBLAS handle (cublas.handle)
-        self._gemm_plans: dict[tuple, Any] = {}  # gemm.gemm_into's plans by operand layout
+        self._gemm_plans: dict[tuple, Any] = {}  # gemm.gemm_into's prepared calls by operand layout
+        self._matmul_calls: dict[tuple, Any] = {}  # gemm.matmul's: output shape, final shape, call
         self.kernels = kernels.Kernels(f"{self.key} {self.name}")
 
     @property
@@ -240,8 +241,9 @@ class CudaDevice(Device):
             raise err from e
 
     def gemm_into(self, a: Any, b: Any, out: Any) -> Any:
-        """out[...] = a @ b through cuBLAS (the GEMM of the "gemm" convolutions)."""
-        return gemm.gemm_into(self, a, b, out)
+        """out[...] = a @ b through cuBLAS (the GEMM of the "gemm" convolutions); returns out."""
+        gemm.gemm_into(self, a, b, out)
+        return out
 
     def launch(self, plan: Launch, arrays: dict[str, Any]) -> None:
         """Run one of xdev's kernels as ``plan`` says, with ``arrays`` for its pointer roles."""

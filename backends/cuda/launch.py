@@ -52,6 +52,14 @@ class Launch:
     shared_mem: int
     args: tuple[tuple[str, Any], ...]
 
+    def __hash__(self) -> int:
+        # Launches key the kernels' prepared-argument table on every call: hash them once.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.source, self.kernel, self.grid, self.block, self.shared_mem, self.args))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 def _geometry(p: Any) -> dict[str, int]:
     (sh, sw), (dh, dw) = p.stride, p.dilation
@@ -150,9 +158,28 @@ def im2col_launch(p: Any, dtype: str, xstrides: tuple[int, int, int, int], blk: 
     return Launch("im2col.cu", f"xdev_im2col_{IM2COL_SUFFIX[dtype]}", grid, (256, 1, 1), 0, tuple(args))
 
 
+_ELEM_STRIDES: dict[tuple[Any, int], tuple[int, ...]] = {}
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def elem_strides(a: Any) -> tuple[int, ...]:
-    """An array's strides in elements (kernels index in elements)."""
-    return tuple(int(s) // a.itemsize for s in a.strides)
+    """An array's strides in elements (kernels index in elements); memoized per (strides, itemsize)."""
+    key = (a.strides, a.itemsize)
+    out = _ELEM_STRIDES.get(key)
+    if out is None:
+        out = tuple(int(s) // a.itemsize for s in a.strides)
+        if len(_ELEM_STRIDES) > 4096:
+            _ELEM_STRIDES.clear()
+        _ELEM_STRIDES[key] = out
+    return out
+
+
+def dtype_name(dt: Any) -> str:
+    """``dt.name`` ("float32", ...), memoized: NumPy computes the name in Python on every access."""
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = dt.name
+    return name
 
 
 # ---- conv2d backward: col2im.cu and conv2d_backward_direct.cu ----------------------------------

@@ -143,7 +143,8 @@ def fake_cuda(request, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, spec.name, mod)
     spec.loader.exec_module(mod)
     yield mod, fe, cp
-    sys.modules.pop("xdev_fake_cuda.cudnn_tune", None)
+    for name in [n for n in sys.modules if n.startswith("xdev_fake_cuda.")]:
+        sys.modules.pop(name, None)  # its modules hold this test's fake cupy
 
 
 def _params(xs, ws, padding=1):

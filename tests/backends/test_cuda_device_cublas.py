@@ -99,7 +99,7 @@ def fake_device(monkeypatch):
     spec.loader.exec_module(mod)
     dev = object.__new__(mod.CudaDevice)
     dev.index, dev.cc, dev.key, dev.name = 0, (9, 0), "cuda:0", "Fake H100"
-    dev._cp, dev._tls, dev._gemm_plans = contextlib.nullcontext(), threading.local(), {}
+    dev._cp, dev._tls, dev._gemm_plans, dev._matmul_calls = contextlib.nullcontext(), threading.local(), {}, {}
     yield dev, cublas
     for name in [n for n in sys.modules if n.startswith("xdev_fake_root.")]:
         sys.modules.pop(name, None)

@@ -52,6 +52,15 @@ class ConvParams:
     Ho: int
     Wo: int
 
+    def __hash__(self) -> int:
+        # Every call's caches are keyed by the params: the hash of 13 fields is computed once.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.N, self.C, self.H, self.W, self.O, self.kh, self.kw, self.groups, self.stride,
+                      self.dilation, self.pad, self.Ho, self.Wo))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def Cg(self) -> int:
         return self.C // self.groups
