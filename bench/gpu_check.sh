@@ -11,14 +11,15 @@
 # The GPU machine's Python 3.12 has numpy, pytest, hypothesis, rich, matplotlib, cupy-cuda13x
 # and cuDNN; the wheels from gpu_prepare.sh add pyopencl and the cuDNN frontend. xdev is not
 # installed there: it is imported from the checkout. Each step runs under a
-# timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 420: 7 min).
-# Order = priority: versions, the test suite, the targets (bench/cuda_targets.py), then the
-# TFLOP/s check and the quick benchmarks while budget is left.
+# timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 350: under 6
+# min). Order = priority: versions, the test suite (pytest -n 8), the conv tests in TF32, the
+# targets with their verdicts (bench/cuda_targets.py: every CUDA target, printed again as the
+# last table), then the TFLOP/s check and the quick benchmarks while budget is left.
 # Sets -uo pipefail, REPO (cwd: the repository root), DRY and PY; defines the helpers below.
 . "$(dirname "$0")/gpu_common.sh"
 RES=${OUT:-$REPO/bench/results}
 WORK=${GPU_CHECK_WORK:-/tmp/xdev_gpu_check}
-BUDGET=${GPU_CHECK_BUDGET_S:-420}
+BUDGET=${GPU_CHECK_BUDGET_S:-350}
 START=$(date +%s)
 mkdir -p "$RES" "$WORK"
 LOG=$RES/gpu_check.log
@@ -83,32 +84,49 @@ EOF
   # -- the whole test suite with CUDA as the default backend ------------------------------------
   # pytest-timeout registers itself through its entry point (as "timeout"); naming it again
   # with -p pytest_timeout made pytest stop with "Plugin already registered under a different
-  # name". Ask pytest whether the option exists instead.
-  local timeout_opt=()
+  # name". Ask pytest whether the option exists instead. pytest-xdist runs it on 8 workers.
+  local timeout_opt=() xdist=()
   "$PY" -m pytest --help 2>/dev/null | grep -q -- "--timeout=" && timeout_opt=(--timeout=150)
+  "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
   # The cuDNN plan search is on by default; the suite's many small random shapes would each
   # build and time up to 2 x 8 plans, so the test run bounds it (the targets below use the default).
+  # Every numeric check logs its error / bound (tests/tolerance.py): the targets summarize them
+  # per numeric mode.
   local tune_env=(XDEV_CUDNN_AUTOTUNE_LIMIT=2 XDEV_CACHE_DIR="$WORK/cache-tests")
+  local logs=("$RES/errors_suite.jsonl" "$RES/errors_tf32.jsonl")
+  rm -f "${logs[@]}"
+  local conv_tests=(tests/contract/test_conv2d.py tests/contract/test_conv2d_backward.py)
   if [ $DRY = 1 ]; then
     echo
-    echo "dry run: the GPU run is: ${tune_env[*]} XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci $PY -m pytest -q -ra ${timeout_opt[*]} --durations=15"
+    echo "dry run: the GPU run is: ${tune_env[*]} XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda XDEV_HYPOTHESIS_PROFILE=ci XDEV_TEST_ERROR_LOG=${logs[0]} $PY -m pytest -q -ra ${xdist[*]} ${timeout_opt[*]} --durations=15"
+    echo "dry run: then the conv tests in TF32: XDEV_CUDA_TF32=1 XDEV_TEST_ERROR_LOG=${logs[1]} ... ${conv_tests[*]}"
     echo "dry run: running the CUDA tests with the default backend instead (no GPU here)"
     step "pytest (dry run: tests/backends/test_cuda*.py)" 240 env "${tune_env[@]}" XDEV_HYPOTHESIS_PROFILE=ci \
       "$PY" -m pytest -q -ra -p no:cacheprovider "${timeout_opt[@]}" tests/backends/test_cuda.py \
-      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_cudnn_tune.py \
-      tests/backends/test_cuda_cudnn_conv.py tests/backends/test_cuda_gemm_plan.py tests/backends/test_cuda_device_cublas.py
+      tests/backends/test_cuda_emulator.py tests/backends/test_cuda_cudnn_tune.py tests/backends/test_cuda_modes.py \
+      tests/backends/test_cuda_cudnn_conv.py tests/backends/test_cuda_cudnn_grad.py \
+      tests/backends/test_cuda_gemm_plan.py tests/backends/test_cuda_device_cublas.py
   else
-    step "pytest (XDEV_BACKEND=cuda)" 200 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
-      XDEV_HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -ra -p no:cacheprovider --durations=15 "${timeout_opt[@]}"
+    step "pytest (XDEV_BACKEND=cuda)" 160 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
+      XDEV_HYPOTHESIS_PROFILE=ci XDEV_TEST_ERROR_LOG="${logs[0]}" \
+      "$PY" -m pytest -q -ra -p no:cacheprovider "${xdist[@]}" --durations=15 "${timeout_opt[@]}"
+    step "conv tests in TF32 (XDEV_CUDA_TF32=1)" 45 env "${tune_env[@]}" XDEV_BACKEND=cuda XDEV_TEST_REQUIRE=cuda \
+      XDEV_HYPOTHESIS_PROFILE=ci XDEV_CUDA_TF32=1 XDEV_TEST_ERROR_LOG="${logs[1]}" \
+      "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" "${timeout_opt[@]}" "${conv_tests[@]}"
   fi
 
-  # -- the CUDA targets: xdev vs torch (and CuPy), interleaved in one process --------------------
-  # A fresh plan cache, so the first calls show the search cost.
+  # -- the CUDA targets with their verdicts: xdev vs torch, CuPy and cuBLAS, interleaved ---------
+  # A fresh plan cache, so the first calls show the search cost; the script skips the sections
+  # its budget (what is left of this one) does not reach and reports them as not measured.
+  local error_logs=() left
+  for f in "${logs[@]}"; do [ -e "$f" ] && error_logs+=(--error-log "$f"); done
+  left=$(( BUDGET - $(elapsed) - 20 ))
   if [ $DRY = 1 ]; then
-    step "cuda targets (dry run)" 60 "$PY" bench/cuda_targets.py --dry-run --out "$RES"
+    step "cuda targets (dry run, on faked CuPy and cuDNN)" 120 "$PY" bench/cuda_targets.py --fake --only host,tf32 \
+      --host-calls 20 --out "$RES" "${error_logs[@]}"
   else
-    step "cuda targets vs torch" 190 env XDEV_CACHE_DIR="$WORK/cache-targets" \
-      "$PY" bench/cuda_targets.py --out "$RES" --budget-s 170
+    step "cuda targets" $(( left > 30 ? left : 30 )) env XDEV_CACHE_DIR="$WORK/cache-targets" \
+      "$PY" bench/cuda_targets.py --out "$RES" --budget-s $(( left > 40 ? left - 10 : 30 )) "${error_logs[@]}"
   fi
 
   # -- matmul TFLOP/s through xdev, timed with CUDA events ----------------------------------------
@@ -182,6 +200,16 @@ json.dump({"dry_run": sys.argv[3] == "1", "seconds": int(sys.argv[4]), "steps": 
 print("wrote", sys.argv[2])
 EOF
   echo "files in $RES:"; ls -l "$RES"
+  # The targets, last: what this run was for.
+  [ -e "$RES/cuda_targets.json" ] && "$PY" - "$RES/cuda_targets.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print(f"\n=== CUDA targets ({doc.get('seconds', 0):.0f} s of measuring) ===")
+for name, r in doc["targets"].items():
+    mark = {True: "MET", False: "NOT MET", None: "NOT MEASURED"}[r["met"]]
+    ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.4g}"
+    print(f"  {name:28s} {ratio:>9s}  need {r['target']:8s} {mark:12s} {r['detail'][:110]}")
+EOF
 }
 
 main "$@" 2>&1 | tee "$LOG"

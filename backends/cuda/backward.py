@@ -12,8 +12,8 @@ from xdev.contract import ConvParams
 
 from .conv import default_algorithm, refusal
 from .cudnn_tune import CudnnUnsupported
-from .launch import (ACC_ITEMSIZE, ACC_NAME, COLS_BUDGET_BYTES, col2im_launch, dgrad_direct_launch, elem_strides,
-                     gemm_blocks, im2col_launch, wgrad_direct_launch)
+from .launch import (ACC_ITEMSIZE, ACC_NAME, COLS_BUDGET_BYTES, col2im_launch, dgrad_direct_launch, dtype_name,
+                     elem_strides, gemm_blocks, im2col_launch, wgrad_direct_launch)
 
 
 def conv2d_backward(dev: Any, grad_y: Any, x: Any, w: Any, p: ConvParams, needs: frozenset[str],
@@ -41,9 +41,25 @@ def conv2d_backward(dev: Any, grad_y: Any, x: Any, w: Any, p: ConvParams, needs:
 
 
 def grad_bias(xp: Any, gy: Any) -> Any:
-    """grad_bias = grad_y summed over N, Ho, Wo, accumulated in float for float16."""
-    acc = ACC_NAME[gy.dtype.name]
-    return gy.sum(axis=(0, 2, 3), dtype=acc).astype(gy.dtype, copy=False)
+    """grad_bias = grad_y summed over N, Ho, Wo, accumulated in float for float16.
+
+    In two steps, each a reduction with many outputs: a reduction over (0, 2, 3) at once
+    has only O outputs (64 for VGG's first layers), which leaves most of a GPU idle while it
+    reads all of grad_y. Packed NCHW: the Ho*Wo pixels of each (image, channel), then the
+    images; packed NHWC: the Wo pixels of each row, then the N*Ho rows.
+    """
+    acc = ACC_NAME[dtype_name(gy.dtype)]
+    N, O, Ho, Wo = gy.shape
+    if gy.size == 0:
+        part = None
+    elif gy.flags.c_contiguous:
+        part = gy.reshape(N, O, Ho * Wo).sum(axis=2, dtype=acc)  # (N, O)
+    elif gy.transpose(0, 2, 3, 1).flags.c_contiguous:
+        part = gy.transpose(0, 2, 3, 1).reshape(N * Ho, Wo, O).sum(axis=1, dtype=acc)  # (N*Ho, O)
+    else:
+        part = None
+    out = gy.sum(axis=(0, 2, 3), dtype=acc) if part is None else part.sum(axis=0)
+    return out.astype(gy.dtype, copy=False)
 
 
 def trivial_backward(xp: Any, x: Any, w: Any, p: Any, need_x: bool, need_w: bool) -> tuple[Any, Any] | None:

@@ -96,3 +96,24 @@ def test_trivial_backward_is_zero():
     assert gx.shape == (0, 3, 5, 5) and (gw == 0).all()
     assert backward.trivial_backward(np, np.zeros((1, 3, 5, 5)), np.ones((4, 3, 3, 3)), P((1, 3, 5, 5), (4, 3, 3, 3)),
                                  True, True) is None
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+def test_grad_bias_in_two_reductions_for_every_layout(layout):
+    """grad_bias sums per (image, channel) or per row first, then the rest: same bound as one sum."""
+    for i, dt in enumerate(DTYPES):
+        N, O, Ho, Wo = 3, 5, 7, 6
+        gy = values(40 + i, (N, O, Ho, Wo), dt)
+        if layout == "nhwc":
+            view = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        elif layout == "strided":
+            view = np.zeros((N, O, 2 * Ho, Wo), dt)[:, :, ::2]
+            view[...] = gy
+        else:
+            view = gy
+        got = backward.grad_bias(np, view)
+        ref = conv2d_backward_ref(gy, np.zeros((N, 2, Ho, Wo)), np.zeros((O, 2, 1, 1)))["bias"]
+        acc = np.dtype(np.float32) if dt == np.float16 else dt
+        assert got.dtype == dt and got.shape == (O,)
+        assert_agrees(got, *ref, N * Ho * Wo, acc, dt, f"grad_bias {layout} {dt}")
+    assert backward.grad_bias(np, np.zeros((0, 4, 3, 3), np.float32)).tolist() == [0.0] * 4
