@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cupy
@@ -333,6 +333,9 @@ class CudnnConv:
         mod, why = frontend()
         if mod is None:
             raise CudnnUnsupported(why or "cuDNN unavailable")
+        pt, pb, pl, pr = p.pad
+        if (pt, pl) != (pb, pr):
+            return self._backward_symmetric(gy, x, w, p, need_x, need_w)
         out = []
         for op, need, other in (("dgrad", need_x, w), ("wgrad", need_w, x)):
             if not need:
@@ -345,6 +348,30 @@ class CudnnConv:
                     raise
                 out.append(self._gradient(mod, op, gy.astype(_F32), other.astype(_F32), p).astype(_F16))
         return out[0], out[1]
+
+    def _backward_symmetric(self, gy: Any, x: Any, w: Any, p: Any, need_x: bool,
+                            need_w: bool) -> tuple[Any, Any]:
+        """The gradients of a convolution padded asymmetrically ('same' with an even kernel
+        extent), computed by graphs that are padded symmetrically.
+
+        On an H200 (cuDNN 9.19) a wgrad engine the autotuner chose for such a convolution
+        returned a wrong grad_w (its first kernel row). So the gradient graphs never see
+        pre-padding != post-padding: x gets the extra rows/columns as zeros, explicitly, and the
+        padding becomes the smaller of the two on each side. The convolution is the same (the
+        same padded input, the same output size); grad_w is unchanged by the zeros, and grad_x
+        is that of the larger input, cropped back."""
+        pt, pb, pl, pr = p.pad
+        top, bottom, left, right = max(0, pt - pb), max(0, pb - pt), max(0, pl - pr), max(0, pr - pl)
+        H2, W2 = p.H + top + bottom, p.W + left + right
+        sym = replace(p, H=H2, W=W2, pad=(min(pt, pb), min(pt, pb), min(pl, pr), min(pl, pr)))
+        xs = None
+        if need_w:
+            xs = cupy.zeros((p.N, p.C, H2, W2), x.dtype)
+            xs[:, :, top:top + p.H, left:left + p.W] = x
+        gx, gw = self.backward(gy, xs, w, sym, need_x, need_w)
+        if gx is not None:
+            gx = cupy.ascontiguousarray(gx[:, :, top:top + p.H, left:left + p.W])
+        return gx, gw
 
     def _gradient(self, mod: Any, op: str, gy: Any, other: Any, p: Any) -> Any:
         """grad_x (op "dgrad", other = w) or grad_w ("wgrad", other = x)."""
