@@ -83,7 +83,7 @@ class _Exec:
     """Per-key execution state: everything a call needs that does not depend on the operands."""
 
     __slots__ = ("graph", "index", "uids", "decl", "workspace", "ws_ptr", "nhwc", "fused", "bias_after",
-                 "out_store", "spec", "choice", "call", "form")
+                 "out_store", "spec", "choice", "call", "form", "lowered")
 
     def __init__(self, g: tune.Graph, index: int, spec: tune.ConvSpec, choice: tune.Choice | None) -> None:
         self.graph = g.graph
@@ -103,6 +103,7 @@ class _Exec:
         self.choice = choice
         # Until pick_form runs (the plan search's timed calls): the form every frontend has.
         self.form, self.call = "_array_dict", None
+        self.lowered: tuple[Any, ...] | None = None  # (handle, C++ entry, C++ plan index, backend handle)
 
     # -- the frontend's execute-by-index entry points, cheapest first -----------------------------
     # Frontends differ: up to 1.2x the graph is a pybind class whose _execute_plan_at_index takes
@@ -110,6 +111,34 @@ class _Exec:
     # (a tuple of buffers + tensor_uids) that stays in C++. Which ones exist, and which is
     # cheapest, is found out once per key (pick_form), never per call. ``arrays`` are the
     # graph's tensors in declared order.
+    def _lowered(self, h: Any, arrays: tuple[Any, ...]) -> None:
+        # Frontends whose graph is a Python class (1.3x) keep the C++ graph they lower to; their
+        # execute_plan_at_index checks, per call, every engine of the plan list against the
+        # deselection filters (305 engines on an H200: ~50 us) before calling it. The plan was
+        # built and its index checked when it was chosen, so the C++ entry is called directly,
+        # with the C++ plan index the frontend itself maps this plan to.
+        low = self.lowered
+        if low is None or low[0] is not h:
+            low = self.lowered = self._lower(h)
+        pack = {u: a.data.ptr for u, a in zip(self.uids, arrays)}
+        low[1](pack, self.ws_ptr, low[2], low[3])
+
+    def _lower(self, h: Any) -> tuple[Any, ...]:
+        """(handle, the lowered graph's _execute_plan_at_index, the plan's C++ index, the backend
+        handle); AttributeError/LookupError where this frontend has no such layer."""
+        g = self.graph
+        cfg = g._materialize_backend_plan(self.index)
+        cpp = getattr(cfg, "cpp_index", None)
+        if cpp is None:
+            raise LookupError("the plan has no C++ plan index of its own")
+        try:
+            from cudnn._handle import to_backend_handle  # noqa: PLC0415  (frontends with Handle objects)
+        except ImportError:
+            backend_handle = h
+        else:
+            backend_handle = to_backend_handle(h)
+        return (h, g._lowered_graph._execute_plan_at_index, int(cpp), backend_handle)
+
     def _classic(self, h: Any, arrays: tuple[Any, ...]) -> None:
         pack = {u: a.data.ptr for u, a in zip(self.uids, arrays)}
         self.graph._execute_plan_at_index(pack, self.ws_ptr, self.index, h)
@@ -192,6 +221,7 @@ class _Exec:
 
 # (method, when it applies), in order of preference.
 _FORMS = (
+    ("_lowered", "Python graph (frontend 1.3x): its lowered C++ graph's plan at the C++ index, {uid: pointer}"),
     ("_classic", "pybind graph (frontend <= 1.2x): {uid: pointer}"),
     ("_ordered", "Python graph (frontend 1.3x): tuple of pointers + tensor_uids, stays in C++"),
     ("_ptr_dict", "public execute_plan_at_index with {uid: pointer}"),

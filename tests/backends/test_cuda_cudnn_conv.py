@@ -56,7 +56,7 @@ class ComputingGraph(FakeGraph):
     def execute_plan_at_index(self, tensor_dict, workspace, index, handle, tensor_uids=None):
         """The public entry: {uid: array or pointer}; the new frontend also takes buffers + tensor_uids."""
         if tensor_uids is not None:
-            if self.fe.api != "new":
+            if self.fe.api not in ("new", "lowered"):
                 raise TypeError("execute_plan_at_index() got an unexpected keyword argument 'tensor_uids'")
             tensor_dict = dict(zip(tensor_uids, tensor_dict))
         by_uid = {t.uid: t for t in self.tensors}
@@ -78,6 +78,28 @@ class ComputingGraph(FakeGraph):
     def _compute(self, pack, index):
         FakeGraph._execute_plan_at_index(self, pack, 0, index, None)
         self._conv(pack, index)
+
+    # The Python graph of frontend 1.3x lowers to a C++ graph whose plan list is its own: plan i
+    # of the Python list is C++ plan i + 1000 here, so a wrong index would fail loudly.
+    def _materialize_backend_plan(self, index):
+        if self.fe.api != "lowered":
+            raise AttributeError("'pygraph' object has no attribute '_materialize_backend_plan'")
+        assert index in self.built
+        return SimpleNamespace(cpp_index=index + 1000)
+
+    @property
+    def _lowered_graph(self):
+        if self.fe.api != "lowered":
+            raise AttributeError("'pygraph' object has no attribute '_lowered_graph'")
+        graph = self
+
+        class Lowered:
+            def _execute_plan_at_index(self, pack, ws, cpp_index, handle):
+                assert all(type(v) is int for v in pack.values()) and handle == 4242
+                graph.fe.forms.append("lowered")
+                graph._compute(pack, cpp_index - 1000)
+
+        return Lowered()
 
 
 class ComputingFrontend(FakeFrontend):
@@ -105,12 +127,14 @@ class ComputingFrontend(FakeFrontend):
         return self.log
 
 
-@pytest.fixture(params=["classic", "new"])
+@pytest.fixture(params=["classic", "new", "lowered"])
 def fake_cuda(request, monkeypatch, tmp_path):
     """(cudnn_conv module, fake frontend, fake cupy) with the GPU libraries replaced.
 
-    Both frontend generations: "classic" (<= 1.2x, a pybind graph with _execute_plan_at_index)
-    and "new" (1.3x, a Python graph whose execute_plan_at_index takes buffers + tensor_uids).
+    The frontend generations: "classic" (<= 1.2x, a pybind graph with _execute_plan_at_index),
+    "new" (a Python graph whose execute_plan_at_index takes buffers + tensor_uids) and
+    "lowered" (1.3x: the Python graph also exposes the C++ graph it lowers to, with its own
+    plan indices).
     """
     fe = ComputingFrontend({}, api=request.param)
     state = SimpleNamespace(stream=7)
@@ -192,10 +216,11 @@ def test_cudnn_conv_strict_fp32_with_bias_added_after_the_fastest_plan(fake_cuda
     np.testing.assert_array_equal(y2, y)
     assert len(fe.executions()) == n_exec + 1 and fe.streams == [7]
     # The hot path uses the entry picked once per key among those this frontend has.
-    usable = {"classic": {"_classic", "_ordered", "_ptr_dict", "_array_dict"} - {"_ordered"},
-              "new": {"_ordered", "_ptr_dict", "_array_dict"}}[fe.api]
+    usable = {"classic": {"_classic", "_ptr_dict", "_array_dict"}, "new": {"_ordered", "_ptr_dict", "_array_dict"},
+              "lowered": {"_lowered", "_ordered", "_ptr_dict", "_array_dict"}}[fe.api]
     assert conv.last.form in usable
-    assert fe.forms[-1] == {"_classic": "classic", "_ordered": "ordered"}.get(conv.last.form, "dict")
+    assert fe.forms[-1] == {"_classic": "classic", "_ordered": "ordered", "_lowered": "lowered"}.get(conv.last.form,
+                                                                                                   "dict")
     cp.state.stream = 9  # another stream: the handle is bound again, once
     conv.conv2d(as_fa(x), as_fa(w), as_fa(b), _params(xs, ws))
     conv.conv2d(as_fa(x), as_fa(w), as_fa(b), _params(xs, ws))
@@ -322,3 +347,23 @@ def test_gpu_channels_last_input_and_result(cuda, dtype):
     acc = np.dtype(np.float32) if dtype == np.float16 else cuda.acc_dtype(np.dtype(dtype))
     assert_agrees(y.numpy(), ref, ref_abs, 16 * 9 + 1, acc, np.dtype(dtype), "channels-last cuDNN")
     assert cuda.cudnn_choice()["input_layout"] == "nhwc"
+
+
+def test_the_lowered_form_runs_the_chosen_plan_at_its_cpp_index(fake_cuda):
+    """Frontend 1.3x: the C++ graph's own entry, the plan mapped to the C++ list's index once."""
+    mod, fe, _cp = fake_cuda
+    fe.table = SMALL
+    xs, ws = (1, 3, 6, 5), (4, 3, 3, 3)
+    x, w = values(11, xs, np.float32), values(12, ws, np.float32)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    conv.conv2d(as_fa(x), as_fa(w), None, _params(xs, ws))
+    ex = conv.last
+    y = as_fa(np.full((1, 4, 6, 5), np.nan, np.float32))
+    if fe.api != "lowered":
+        with pytest.raises(AttributeError):
+            ex._lowered(4242, (as_fa(x), as_fa(w), y))
+        return
+    ex._lowered(4242, (as_fa(x), as_fa(w), y))
+    assert fe.forms[-1] == "lowered" and fe.executions()[-1][2] == ex.index  # the plan that was chosen
+    _check(y, x, w, None, np.float32)
+    assert ex.lowered[2] == ex.index + 1000
