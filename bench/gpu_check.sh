@@ -118,14 +118,20 @@ EOF
   # -- the CUDA targets with their verdicts: xdev vs torch, CuPy and cuBLAS, interleaved ---------
   # A fresh plan cache, so the first calls show the search cost; the script skips the sections
   # its budget (what is left of this one) does not reach and reports them as not measured.
-  local error_logs=() left
+  local error_logs=() left tcache=$WORK/cache-targets proof_dir
   for f in "${logs[@]}"; do [ -e "$f" ] && error_logs+=(--error-log "$f"); done
+  # The targets' cache is fresh (no cuDNN plan, no OpenCL tuning: "untuned" means it), but the
+  # OpenCL device proof the versions step made is reused: its verdict is per device, driver and
+  # kernel source, and proving NVIDIA's OpenCL device again would cost the budget seconds.
+  rm -rf "$tcache"; mkdir -p "$tcache"
+  proof_dir=$("$PY" -c "from xdev.contract import env; print(env.cache_dir() / 'opencl-proof')" 2>/dev/null)
+  [ -n "$proof_dir" ] && [ -d "$proof_dir" ] && cp -r "$proof_dir" "$tcache/"
   left=$(( BUDGET - $(elapsed) - 20 ))
   if [ $DRY = 1 ]; then
     step "cuda targets (dry run, on faked CuPy and cuDNN)" 120 "$PY" bench/cuda_targets.py --fake --only host,tf32 \
       --host-calls 20 --out "$RES" "${error_logs[@]}"
   else
-    step "cuda targets" $(( left > 30 ? left : 30 )) env XDEV_CACHE_DIR="$WORK/cache-targets" \
+    step "cuda targets" $(( left > 30 ? left : 30 )) env XDEV_CACHE_DIR="$tcache" \
       "$PY" bench/cuda_targets.py --out "$RES" --budget-s $(( left > 40 ? left - 10 : 30 )) "${error_logs[@]}"
   fi
 
