@@ -48,8 +48,9 @@ class _Prepared:
     def run(self, dev: Any, pa: int, pb: int, pc: int) -> None:
         """The planned cuBLAS call(s) on raw pointers: this thread's handle, CuPy's current stream."""
         h = cublas.handle(dev)
-        # TF32 on GPUs that have it (compute capability 8.0+), when XDEV_CUDA_TF32=1 now.
-        tail = self.tails[1] if (self.f32 and env.cuda_switches()[0] and dev.cc >= (8, 0)) else self.tails[0]
+        # TF32 on GPUs that have it (compute capability 8.0+), when XDEV_CUDA_TF32=1 now. (Not
+        # env.cuda_switches(): a bad XDEV_CUDNN_FAST must not stop a matmul.)
+        tail = self.tails[1] if (self.f32 and env.cuda_tf32() and dev.cc >= (8, 0)) else self.tails[0]
         head, mid1, mid2 = self.head, self.mid1, self.mid2
         fn = cublas.lib().gemmStridedBatchedEx if self.batched else cublas.lib().gemmEx
         for ob, oa, oc in self.offsets:

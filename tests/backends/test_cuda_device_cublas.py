@@ -215,3 +215,12 @@ def test_device_matmul_of_integers_is_cupys_exact_matmul_not_cublas(fake_device,
     with pytest.raises(TypeError, match=r"cuda:0 \(Fake H100\) computes in float16/32/64, signed and unsigned integers "
                                         r"of 8 to 64 bits, or bool; received complex64"):
         dev.check_dtype(np.dtype(np.complex64))
+
+
+def test_a_bad_cudnn_switch_does_not_stop_a_matmul(fake_device, monkeypatch):
+    """XDEV_CUDNN_FAST is cuDNN's switch: refused by cuDNN convolutions, ignored by cuBLAS."""
+    dev, cublas = fake_device
+    monkeypatch.setenv("XDEV_CUDNN_FAST", "sometimes")
+    a = values(1, (4, 4), np.float32)
+    for _ in range(2):  # the first call plans, the second takes the remembered call
+        np.testing.assert_allclose(dev.matmul(as_fa(a), as_fa(a)), a @ a, rtol=1e-5)
