@@ -93,25 +93,48 @@ def main(argv: list[str] | None = None) -> int:
     if not shared:
         print("no rows in common (rows match on device, op, shape, dtype and algorithm)")
         return 1
-    head = ["op", "shape / layer", "device", "algorithm"] + [f"{n} ms" for n in names] + \
-        [f"{n}/A" for n in names[1:]]
-    table = []
-    for s in shared:
-        op, layer, shape, dtype, dev, algo = s["key"]
-        cells = [op, layer or shape, dev, algo]
-        cells += [f"{r['median_s'] * 1e3:.3f}±{r['spread_s'] * 1e3:.3f}" for r in s["rows"]]
-        cells += [fmt_ratio(*rt) for rt in s["ratios"]]
-        table.append(cells)
-    widths = [max(len(h), *(len(c[i]) for c in table)) for i, h in enumerate(head)]
     print(f"{len(shared)} shared rows; {'/'.join(names[1:])}/A: throughput over A's (above 1 = faster), "
           "± spread, ~ = within noise")
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for c in table:
-        print("  ".join(x.ljust(w) if i < 4 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))))
+    table(shared, names)
     if a.plot:
         plot(a.plot, shared, names, a.files)
         print(f"wrote {a.plot}")
     return 0
+
+
+def table(shared: list[dict[str, Any]], names: list[str], console: Any = None) -> None:
+    """The shared rows, narrowed to the terminal as the benchmark's own tables are (report.fit)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .report import PIPED_WIDTH, Column, _shape, fit
+
+    if console is None:
+        console = Console() if Console().is_terminal else Console(width=PIPED_WIDTH)
+
+    def text(i: int) -> Any:
+        return lambda s, st: escape(s["key"][i])
+
+    def ms(j: int) -> Any:
+        def cell(s: dict[str, Any], steps: set[str]) -> str:
+            r = s["rows"][j]
+            if "spread" in steps:  # narrowed: the ratio's ± carries the spreads
+                return f"{r['median_s'] * 1e3:.3f}"
+            return f"{r['median_s'] * 1e3:.3f}±{r['spread_s'] * 1e3:.3f}"
+        return cell
+
+    def ratio_cell(j: int) -> Any:
+        def cell(s: dict[str, Any], steps: set[str]) -> str:
+            r, sp, noise = s["ratios"][j]
+            return escape(fmt_ratio(r, None if "ratio" in steps else sp, noise))
+        return cell
+
+    fit(console, "", [Column("op", text(0), left=True),
+                      Column("shape / layer", lambda s, st: escape(s["key"][1] or _shape({"shape": s["key"][2]}, st)),
+                             left=True),
+                      Column("device", text(4), left=True), Column("algorithm", text(5), left=True),
+                      *[Column(f"{n} ms", ms(j)) for j, n in enumerate(names)],
+                      *[Column(f"{n}/A", ratio_cell(j)) for j, n in enumerate(names[1:])]], shared)
 
 
 def plot(path: str, shared: list[dict[str, Any]], names: list[str], files: list[str]) -> None:
