@@ -11,11 +11,18 @@ The conventions (docs/testing.md):
   with the reason; ``<!-- doc-test: skip: REASON -->``: never run (a block that needs a
   cluster or files the reader has), only compiled.
 - A block runs in a fresh interpreter from an empty folder, as a reader who pastes it into a
-  file would run it: it imports what it uses and guards what starts processes.
+  file would run it: it imports what it uses and guards what starts processes. It imports
+  the xdev (and the packages) this test process imports, installed or from a checkout on
+  PYTHONPATH.
+- A block that imports an optional package that is not installed here (dask without the
+  dask extra, torch) is skipped with the reason, as the rest of the suite skips an absent
+  package; a missing module that is no known optional package (a typo) fails.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+import xdev
 from availability import backend_status, usable_backend
 from child import child_env
 
@@ -34,6 +42,17 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)(?P<lang>[^`\s]*)\s*
 MARK = re.compile(r"^\s*<!--\s*doc-test:\s*(?P<body>.*?)\s*-->\s*$")
 BACKENDS = ("numpy", "opencl", "cuda")
 TIMEOUT_S = 300
+# Packages a doc example may import that an install need not have, with what brings them; a
+# block importing one that is absent is skipped. Any other absent module fails the block.
+OPTIONAL = {
+    "dask": 'pip install "xdev[dask]"', "distributed": 'pip install "xdev[dask]"',
+    "dask_cuda": "pip install dask-cuda", "torch": "pip install torch",
+    "cupy": 'pip install "xdev[cuda]"', "pyopencl": 'pip install "xdev[opencl]"',
+    "matplotlib": 'pip install "xdev[bench]"', "rich": 'pip install "xdev[bench]"',
+    "threadpoolctl": 'pip install "xdev[bench]"',
+}
+# xdev modules that import optional packages themselves.
+XDEV_NEEDS = {"xdev.dask": ("dask", "distributed")}
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,64 @@ def _missing(name: str) -> str | None:
     return None if importlib.util.find_spec(name) is not None else f"module {name!r} is not installed"
 
 
+def _imports(code: str) -> list[str]:
+    """The absolute module names a block imports, in order."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _absent_imports(block: Block) -> list[tuple[str, str]]:
+    """(module, how to install it) for each optional package the block imports that is absent;
+    fails on an absent module that is no known optional package."""
+    absent: dict[str, str] = {}
+    for name in _imports(block.code):
+        for top in (name.split(".")[0], *XDEV_NEEDS.get(name, ())):
+            if top in absent or importlib.util.find_spec(top) is not None:
+                continue
+            if top not in OPTIONAL:
+                pytest.fail(f"{block.id} imports {top!r}, which is not installed and is no known optional "
+                            f"package: a typo, or add it to OPTIONAL in {Path(__file__).name}")
+            absent[top] = OPTIONAL[top]
+    return list(absent.items())
+
+
+def _reader_env(backend: str) -> dict[str, str]:
+    """The environment of a reader's script run from an empty folder: it imports the xdev and
+    the packages this process imports. PYTHONPATH's entries are made absolute (the child does
+    not run from here), and a checkout this xdev was imported from without an install (the GPU
+    scripts' PYTHONPATH=<checkout>:<site>, or pytest run from the repository root) is put first."""
+    env = child_env(XDEV_BACKEND=backend)
+    path = [os.path.abspath(p or os.curdir) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    home = Path(xdev.__file__).resolve().parents[1]
+    if (home / "backends" / "__init__.py").is_file() and str(home) not in path:
+        path.insert(0, str(home))
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
+
+
+def test_the_reader_env_imports_this_xdev_from_an_empty_folder(tmp_path):
+    # As on the GPU machine: xdev from the checkout through PYTHONPATH, not installed.
+    r = subprocess.run([sys.executable, "-c", "import xdev; print(xdev.__file__)"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, env=_reader_env("numpy"))
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == Path(xdev.__file__).resolve()
+
+
+def test_absent_optional_imports_skip_and_unknown_ones_fail():
+    block = Block(ROOT / "README.md", 1, "python", "import numpy\nimport xdev.dask\nimport torch\n", None)
+    absent = {m for m, _ in _absent_imports(block)}
+    assert absent == {m for m in ("dask", "distributed", "torch") if importlib.util.find_spec(m) is None}
+    typo = Block(ROOT / "README.md", 1, "python", "import nmupy_xdev_typo\n", None)
+    with pytest.raises(pytest.fail.Exception, match="nmupy_xdev_typo"):
+        _absent_imports(typo)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "opencl"])
 @pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.id)
 def test_python_block_runs(block, backend, tmp_path):
@@ -124,12 +201,13 @@ def test_python_block_runs(block, backend, tmp_path):
         why = _missing(name)
         if why is not None:
             pytest.skip(f"{block.id} needs {name}: {why}")
+    absent = _absent_imports(block)
+    if absent:
+        pytest.skip(f"{block.id} imports " + ", ".join(f"{m} (not installed: {how})" for m, how in absent))
     script = tmp_path / "example.py"
     script.write_text(block.code)
-    env = child_env(XDEV_BACKEND=backend)
-    env.pop("PYTHONPATH", None)  # the installed xdev, as a reader has it
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S,
-                       cwd=tmp_path, env=env)
+                       cwd=tmp_path, env=_reader_env(backend))
     assert r.returncode == 0, (
         f"{block.id} failed under XDEV_BACKEND={backend} (exit {r.returncode}):\n{block.code}\n"
         f"--- stderr (end) ---\n{r.stderr[-3000:]}")
