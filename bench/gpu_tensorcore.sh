@@ -12,6 +12,7 @@
 # Results land in $OUT when set (the device tool), else bench/results/gpu-tensorcore-<date>/
 # (a dry run: /tmp/xdev_gpu_tc/results-dry/): gpu_tensorcore.log, tc-f16.json, tc-tf32.json,
 # device.json, and gemm_tc-<mode>.ptx (what NVIDIA's OpenCL compiler made of the default tiles).
+# GPU_TC_INNER=4 times 4 back-to-back GEMMs per call (host launch costs overlap the GPU's work).
 # Budget: GPU_TC_BUDGET_S (default 100 s) for the whole script; each mode builds and checks
 # variants in priority order for 70% of its share, then times those that passed.
 # Sets -uo pipefail, REPO (cwd: the repository root), DRY and PY; defines the helpers below.
@@ -55,7 +56,7 @@ PYEOF
 
   for mode in f16 tf32; do
     step "tensor-core GEMM $mode" $share "$PY" "$REPO/bench/tc_check.py" --mode $mode --opencl "$OCL_SEL" \
-      --n $n --rounds $rounds --repeat $repeat --budget $(( share - 5 )) --json "$RES/tc-$mode.json" \
+      --n $n --rounds $rounds --repeat $repeat --inner ${GPU_TC_INNER:-1} --budget $(( share - 5 )) --json "$RES/tc-$mode.json" \
       $( [ $DRY = 0 ] && echo --ptx "$RES/gemm_tc-$mode.ptx" )
   done
   echo; echo "=== done after $(elapsed)s (budget ${BUDGET}s); files in $RES:"; ls -l "$RES"

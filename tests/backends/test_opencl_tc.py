@@ -297,7 +297,7 @@ def test_tc_kernel_compiles_as_cuda_for_sm80_and_sm90(tmp_path, key):
     src.write_text("\n".join(p.read_text() for p in
                              (PRELUDE, OPENCL_DIR / "tc_ptx.cl", OPENCL_DIR / "gemm_tc.cl")))
     mode = 32 if key == "gemm_tc32" else 16
-    for extra in ({}, {"ASYNC": 0, "LDSM": 0, "STAGES": 2}):
+    for extra in ({}, {"ASYNC": 0, "LDSM": 0, "STAGES": 2, "WN": 4}):  # (register path: 64 x 32 warp tiles)
         opts = {"TC_MODE": mode, **tc.DEFAULTS[key], **extra}
         for arch in ARCHS:
             r = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-Xptxas", "-v",
@@ -371,7 +371,7 @@ def test_tc_kernel_compiles_as_opencl_c_through_clang_and_ptxas(tmp_path, key):
     src = tmp_path / "k.cl"
     src.write_text(CLANG_SHIM + (OPENCL_DIR / "tc_ptx.cl").read_text() + "\n" + (OPENCL_DIR / "gemm_tc.cl").read_text())
     mode = 32 if key == "gemm_tc32" else 16
-    for extra in ({}, {"ASYNC": 0, "LDSM": 0, "STAGES": 2}):
+    for extra in ({}, {"ASYNC": 0, "LDSM": 0, "STAGES": 2, "WN": 4}):  # (register path: 64 x 32 warp tiles)
         opts = [f"-D{k}={v}" for k, v in {"TC_MODE": mode, **tc.DEFAULTS[key], **extra}.items()]
         r = subprocess.run([clang, "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl",
                             "-O3", "-S", "-emit-llvm", "-Xclang", "-finclude-default-header", *opts, str(src),
@@ -657,7 +657,7 @@ def test_tuned_tc_entries_are_validated():
     pytest.importorskip("pyopencl")
     from xdev.backends.opencl import params
 
-    assert params.validate_entry({"gemm_tc16": {"BN": 256, "STAGES": 2}}) is None
+    assert params.validate_entry({"gemm_tc16": {"BN": 256, "WN": 4, "STAGES": 2}}) is None
     assert "not a valid tensor-core GEMM tiling" in params.validate_entry({"gemm_tc32": {"BK": 12}})
     assert "expected an int in" in params.validate_entry({"gemm_tc16": {"STAGES": 9}})
     assert "unknown parameter" in params.validate_entry({"gemm_tc16": {"XYZ": 1}})
@@ -701,3 +701,31 @@ def test_tc_check_selects_the_tc_family_for_every_shape_it_checks(mode, monkeypa
         assert dev.params[key] == t
         for batch, M, K, N, _ in tc_check.ODD_SHAPES + [((), 4096, 4096, 4096, False)]:
             assert gemm.family(dev, M, N, K, dt) == "tc", (name, M, N, K)
+
+
+# ---- on a device that has the tc family (an NVIDIA GPU of compute capability 8.0+) ----------
+def test_tc_family_on_a_real_device_in_both_modes(monkeypatch):
+    """Runs only where the default OpenCL device runs the tc family (skipped elsewhere with
+    the reason): ragged, transposed (packed) and batched products in float16 and TF32,
+    against the contract's bound in each mode."""
+    import xdev
+    from availability import require
+
+    dev = require("opencl")
+    if dev.tc_reason is not None or dev.family != "gpu":
+        pytest.skip(f"{dev.key} ({dev.name}) has no tensor-core GEMM: {dev.tc_reason or dev.family + ' family'}")
+    monkeypatch.setitem(dev.params, "small_work", 0)
+    monkeypatch.delenv("XDEV_OPENCL_TF32", raising=False)
+    rng = np.random.default_rng(11)
+    for dt, tf32 in ((F16, "0"), (F32, "1")):
+        monkeypatch.setenv("XDEV_OPENCL_TF32", tf32)
+        for sa, sb, trans in (((37, 45), (45, 70), False), ((2, 129, 257), (257, 255), False),
+                              ((33, 29), (29, 21), True)):
+            a, b = rng.uniform(-1, 1, sa).astype(dt), rng.uniform(-1, 1, sb).astype(dt)
+            xa = xdev.asarray(np.ascontiguousarray(np.swapaxes(a, -1, -2)), backend=dev.key).mT if trans else \
+                xdev.asarray(a, backend=dev.key)
+            y = xdev.matmul(xa, xdev.asarray(b, backend=dev.key)).numpy()
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            assert_agrees(y, a64 @ b64, np.abs(a64) @ np.abs(b64), sa[-1], dev.acc_dtype(dt), dt,
+                          f"tc family {dt} {sa} @ {sb}")
+        assert dev.tc_reason is None, dev.tc_reason
