@@ -38,6 +38,7 @@ use (xdev.contract.staging).
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import weakref
@@ -131,6 +132,10 @@ class _State:
         self.in_source = False  # the producer is inside the source (next() or close()): may block forever
         self.busy = False  # the producer is using the stager
         self.stager_closed = False
+        self.pid = os.getpid()  # a fork() child has the state but not the thread or the driver
+
+    def forked(self) -> bool:
+        return os.getpid() != self.pid
 
     # -- background thread ------------------------------------------------------------------
     def run(self) -> None:
@@ -221,6 +226,11 @@ class _State:
 
     # -- shutdown (any thread) ---------------------------------------------------------------
     def shutdown(self) -> None:
+        if self.forked():
+            # The thread, the queued batches and the staging buffers are the parent's: touching
+            # them here would free the parent's memory twice, or block in the driver (fork.py).
+            self.closed = True
+            return
         with self.mu:
             if self.closed:
                 return
@@ -286,6 +296,11 @@ class Prefetch(Iterator[Any]):
 
     def __next__(self) -> Any:
         st = self._state
+        if st.forked():
+            raise RuntimeError(
+                f"this xdev.prefetch iterator was created in process {st.pid} and does not survive "
+                f"fork(): its background thread runs only in the process that created it (this is "
+                f"process {os.getpid()}); create the prefetch iterator in the child process instead")
         if st.closed:
             raise StopIteration
         item = st.out.get()

@@ -41,9 +41,18 @@ class OpenCLStager:
         self.mapped = True  # False once the driver refused a host-mapped buffer
         self.pool = SlotPool(slots, self._alloc, lambda ev: ev.wait(), self._unmap)
 
+    def _check_host_memory(self, nbytes: int) -> None:
+        # A CPU device's buffers are the process's memory (host_memory.py): MemoryError before
+        # PoCL aborts. Not dev.check_host_memory: its pool belongs to the consumer's thread.
+        if self.dev.host_memory is not None:
+            self.dev.host_memory.check(nbytes, lambda: None)
+
     def _alloc(self, nbytes: int) -> np.ndarray | None:
+        if not self.mapped:
+            return None
+        self._check_host_memory(nbytes)
         # Mapped on the copy queue: a reader thread must not wait for the compute queue's kernels.
-        view = map_host_buffer(self.dev, nbytes, self.queue) if self.mapped else None
+        view = map_host_buffer(self.dev, nbytes, self.queue)
         self.mapped = view is not None
         return view
 
@@ -58,6 +67,7 @@ class OpenCLStager:
         if nbytes > self.dev.max_alloc:
             raise MemoryError(f"{self.dev.key} ({self.dev.name}): a batch of {nbytes} bytes exceeds the device's "
                               f"largest buffer ({self.dev.max_alloc} bytes)")
+        self._check_host_memory(nbytes)
         try:
             # Not from the device's memory pool: that pool belongs to the consumer's thread.
             return cl.Buffer(self.dev.ctx, cl.mem_flags.READ_WRITE, nbytes)

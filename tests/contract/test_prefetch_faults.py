@@ -409,3 +409,70 @@ def test_big_endian_batches_are_uploaded_in_native_order(device, tmp_path):
     got = [b.numpy() for b in xdev.prefetch(xdev.npy_batches([tmp_path / "be.npy"], batch_size=1),
                                             backend=device.key)]
     np.testing.assert_array_equal(np.concatenate(got), x)
+
+
+# -- CPU OpenCL memory: the stager's buffers are the process's memory too ---------------------------
+def test_opencl_staging_checks_host_memory(monkeypatch, tmp_path):
+    # From faults' review: the stager made its device and staging buffers directly, past the
+    # check a CPU device makes before PoCL (which aborts when the process's memory runs out).
+    from availability import require
+
+    dev = require("opencl")
+    if dev.host_memory is None:
+        pytest.skip(f"{dev.key} is a GPU: its memory is not the process's")
+    asked: list[int] = []
+
+    class Limit:
+        def __init__(self, most: int) -> None:
+            self.most = most
+
+        def check(self, nbytes: int, free_held) -> None:
+            asked.append(nbytes)
+            if nbytes > self.most:
+                raise MemoryError(f"test limit: cannot allocate {nbytes:,} bytes")
+
+    x = np.ones((256, 1024), np.float32)  # 1 MiB
+    monkeypatch.setattr(dev, "host_memory", Limit(1 << 30))
+    (b,) = list(xdev.prefetch([x], backend=dev.key))
+    np.testing.assert_array_equal(b.numpy(), x)
+    assert asked.count(x.nbytes) == 2, asked  # the staging buffer and the device buffer
+    monkeypatch.setattr(dev, "host_memory", Limit(x.nbytes // 2))
+    with pytest.raises(MemoryError, match="cannot allocate 1,048,576 bytes"):
+        list(xdev.prefetch([x], backend=dev.key))
+    np.save(tmp_path / "b.npy", x)  # the readers' staging buffer is refused too: same error, no crash
+    with pytest.raises(MemoryError, match="cannot allocate 1,048,576 bytes"):
+        list(xdev.prefetch(xdev.npy_batches([tmp_path / "b.npy"]), backend=dev.key))
+
+
+# -- fork() ------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this OS")
+@pytest.mark.parametrize("backend", _backends())
+def test_a_prefetch_from_before_fork_refuses_in_the_child(backend):
+    # From faults' review: the child has no producer thread, so next() waited forever; and
+    # closing it there must not touch the parent's staging buffers or driver.
+    code = textwrap.dedent(f"""
+        import os, sys, numpy as np, xdev
+        it = xdev.prefetch([np.full(4, i, np.float32) for i in range(6)], backend={backend!r})
+        first = next(it).numpy()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                next(it)
+                print("child: no error", flush=True)
+            except RuntimeError as e:
+                print("child:", e, flush=True)
+            it.close()
+            del it
+            import gc; gc.collect()
+            print("child: closed", flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        rest = [float(b.numpy()[0]) for b in it]  # the parent's pipeline is untouched
+        print("parent:", float(first[0]), rest, flush=True)
+    """)
+    r = run_child(code, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "child: no error" not in r.stdout
+    assert "fork" in r.stdout and "in the process that created it" in r.stdout, r.stdout
+    assert "child: closed" in r.stdout
+    assert "parent: 0.0 [1.0, 2.0, 3.0, 4.0, 5.0]" in r.stdout, r.stdout
