@@ -184,6 +184,8 @@ def verdicts(rows: list[dict[str, Any]], devices: list[dict[str, Any]], skipped:
 
     def verdict(claim: int, nums: list[dict[str, Any]], reason: str | None, extra: str = "") -> None:
         status = _status(nums) if not reason or nums else "untested"
+        if not nums and not reason:  # nothing measured always says why
+            reason = "the run has no rows both sides of this comparison ran"
         summary = "; ".join(_fmt(n) for n in nums) + (("; " if nums and extra else "") + extra if extra else "")
         out.append({"claim": claim, "says": CLAIMS[claim], "status": status,
                      "summary": summary or reason or "", "numbers": nums, "reason": reason})
@@ -273,10 +275,12 @@ INCONCLUSIVE = "inconclusive (busy machine)"
 
 def judge_load(found: list[dict[str, Any]], load: dict[str, Any]) -> list[dict[str, Any]]:
     """On a busy machine (noise.summarize_load's ``busy``) every measured verdict becomes
-    "inconclusive (busy machine)", keeping what the numbers said as ``measured_status``."""
+    "inconclusive (busy machine)", keeping what the numbers said as ``measured_status``. A claim
+    nothing measured (no GPU here, no like-for-like pair) stays "untested" with its reason,
+    whatever the load: there are no numbers the load could have spoilt."""
     if load.get("busy"):
         for v in found:
-            if v["status"] != "untested":
+            if v["status"] != "untested" and v["numbers"]:
                 v["measured_status"], v["status"] = v["status"], INCONCLUSIVE
                 v["busy"] = load["busy_reason"]
     return found
