@@ -42,6 +42,7 @@ from xdev._prefetch import _Plain, _Staging
 
 from . import noise
 from .run import Settings, _row
+from .sides import BASELINE
 from .timing import Timing
 from .workloads import VGG16, conv_flops
 
@@ -252,7 +253,7 @@ def _measure(dev, s: Settings, shape: tuple[int, ...], paths: list[str], epochs:
     n_steady = len(paths) - FILL
     common = dict(batch_shape=shape_s, layers=layers, batch_bytes=nbytes, steps=len(paths), steady_batches=n_steady,
                   fill_batches=FILL, epochs=epochs, depth=DEPTH, workers=WORKERS, device_is_cpu=dev.is_cpu,
-                  blas_threads=_blas_threads() if dev.backend == "numpy" else None,
+                  blas_threads=_blas_threads() if dev.backend == BASELINE else None,
                   cold=not drop_fail,
                   cold_note=drop_fail)
     rows = []
