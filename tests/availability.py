@@ -41,3 +41,19 @@ def usable_backend(name: str) -> str:
     if name != "numpy":
         require(name)
     return name
+
+
+def cpu_devices(name: str) -> list[str]:
+    """Keys of backend `name`'s devices that are CPUs, in the backend's order (opened to ask).
+
+    A test that means "OpenCL on the CPU" names one of these: ``opencl`` alone selects a GPU
+    first where the machine has one (NVIDIA's OpenCL on a GPU machine)."""
+    status = backend_status(name)
+    keys = []
+    for key in status.devices if status.available else ():
+        try:
+            if get_device(key).is_cpu:
+                keys.append(key)
+        except (xdev.BackendUnavailable, ValueError):  # listed but not openable here: not a CPU to use
+            continue
+    return keys

@@ -3,7 +3,9 @@ this folder on PYTHONPATH: the test process, and the benchmark and test runs it 
 
 ``XDEV_TEST_FAKES=toy``: a backend "toy" (xdev_fakes.toy), added the way docs/architecture.md's
 "Adding a backend" adds one. ``XDEV_TEST_FAKES=cuda``: the cuda backend replaced by a fake GPU
-(xdev_fakes.gpu), so tests meet a machine that has one.
+(xdev_fakes.gpu), so tests meet a machine that has one. ``XDEV_TEST_FAKES=opencl-gpu``: a fake
+OpenCL GPU (xdev_fakes.opencl_gpu) in front of the real OpenCL devices, the default device as
+NVIDIA's OpenCL GPU is on a GPU machine. Comma-separated to combine.
 """
 import importlib.machinery
 import importlib.util

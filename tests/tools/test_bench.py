@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from availability import backend_status
+from availability import backend_status, cpu_devices
 from xdev.bench import compare, noise, verdict
 from xdev.bench import workloads as wl
 from xdev.bench.run import Settings, _row, add_speedups, roundtrip_case
@@ -41,11 +41,12 @@ FAKE_TORCH = Path(__file__).resolve().parent / "fake_torch"
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    # The backends are pinned: what this run measures must not depend on the machine's hardware
-    # (a GPU's rows are tested against a fake GPU in test_bench_backends.py). OpenCL when
-    # installed (CI requires it). opencl:99:0 exists nowhere: named but absent, it is skipped
-    # with its reason. An explicit --batch: the defaults differ between CPUs and GPUs.
-    backends = ["numpy"] + (["opencl"] if backend_status("opencl").available else [])
+    # The backends are pinned to CPUs: what this run measures must not depend on the machine's
+    # hardware (a GPU's rows are tested against a fake GPU in test_bench_backends.py). OpenCL on
+    # the CPU when there is one (CI requires OpenCL), named by its key: "opencl" alone selects a
+    # GPU first where the machine has one. opencl:99:0 exists nowhere: named but absent, it is
+    # skipped with its reason. An explicit --batch: the defaults differ between CPUs and GPUs.
+    backends = ["numpy"] + cpu_devices("opencl")[:1]
     cmd = [sys.executable, "-m", "xdev.bench", "--quick", "--sizes", "16,33", "--image", "16",
            "--repeat", "2", "--batch", "8", "--backends", ",".join(backends + ["opencl:99:0"]),
            "--reference", "torch", "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
@@ -71,9 +72,11 @@ def test_cli_quick_runs_and_prints_tables(quick_run):
     assert [w for _, w, _ in done][:2] == ["matmul 16", "matmul 33"], r.stdout[:3000]
     assert "conv2d conv5_3" in [w for _, w, _ in done] and "pipeline" in [w for _, w, _ in done]
     assert [int(s) for s, _, _ in done] == sorted(int(s) for s, _, _ in done)
-    assert all(devs.split(", ")[0] == "numpy" for _, w, devs in done if w.startswith("matmul"))
-    if "opencl" in backends:  # first use of the OpenCL device is announced
-        assert "first use of opencl" in r.stdout and "s building kernels for" in r.stdout
+    # The square sweep runs on every device, listed in the order of --backends (then torch).
+    sweep = [devs.split(", ") for _, w, devs in done if w in ("matmul 16", "matmul 33")]
+    assert sweep == [backends + ["torch:cpu"]] * 2, sweep
+    if len(backends) > 1:  # first use of the OpenCL device is announced
+        assert f"first use of {backends[1]}" in r.stdout and "s building kernels for" in r.stdout
     # Verdicts come last, after the summary line and its explanation of "vs NumPy".
     flat = " ".join(r.stdout.split())  # piped output is 80 columns wide: long lines wrap
     assert "above 1 = faster" in flat
@@ -90,11 +93,11 @@ def test_cli_json_is_complete_and_consistent(quick_run):
         r_ for r_ in dict.fromkeys(x["device"] for x in doc["results"])]
     # named but unavailable: reported, skipped
     assert any(s["backend"] == "opencl:99:0" and s["reason"] for s in doc["skipped"])
-    # present but not measured (a second OpenCL device): said, with how to include it
-    others = [k for k in backend_status("opencl").devices if k != "opencl:0:0"] if "opencl" in backends else []
+    # present but not measured (another OpenCL device): said, with how to include them all
+    others = [k for k in backend_status("opencl").devices if k not in backends] if len(backends) > 1 else []
     for k in others:
         entry = next(s for s in doc["skipped"] if s["backend"] == k)
-        assert entry["present"] is True and f"--backends numpy,opencl:0:0,{k}" in entry["reason"]
+        assert entry["present"] is True and f"--backends {','.join(backends + others)}" in entry["reason"]
         assert f"{k} skipped: present but not measured" in " ".join(r.stdout.split())
     rows = [x for x in doc["results"] if not x["reference"]]
     for row in rows:
@@ -107,9 +110,9 @@ def test_cli_json_is_complete_and_consistent(quick_run):
             assert row["gflops"] == pytest.approx(row["flops"] / row["median_s"] / 1e9)
         if row["peak_fraction"] is not None:
             assert 0 < row["peak_fraction"]
-    for backend in backends:
+    for key in backends:
         for op in ("matmul", "conv2d", "transfer", "roundtrip"):
-            assert any(x["backend"] == backend and x["op"] == op for x in doc["results"]), (backend, op)
+            assert any(x["device"] == key and x["op"] == op for x in doc["results"]), (key, op)
     mm = [x for x in doc["results"] if x["op"] == "matmul" and x["shape"] == "33x33x33"]
     assert mm and all(x["flops"] == 2 * 33**3 for x in mm)
     conv = [x for x in doc["results"] if x["op"] == "conv2d" and x["layer"] == "conv1_1"]
@@ -154,7 +157,7 @@ def test_cli_json_records_run_metadata_and_verdicts(quick_run):
     # CPU devices only in this run, whatever the machine has:
     assert claims[1]["status"] == "untested" and "no GPU here" in claims[1]["reason"]
     assert claims[2]["status"] == "untested" and "no GPU with a convolution library here" in claims[2]["reason"]
-    if "opencl" in backends:  # OpenCL vs NumPy on the CPU: measured, with spreads and both ISAs
+    if len(backends) > 1:  # OpenCL vs NumPy on the CPU: measured, with spreads and both ISAs
         nums = [n for n in claims[3]["numbers"] if "CPU" in n["what"]]
         assert nums and all(n["spread"] >= 0 and isinstance(n["within_noise"], bool) for n in nums)
         assert all(n["isa_a"] and n["isa_b"] and isinstance(n["like_for_like"], bool) for n in nums)
@@ -581,12 +584,33 @@ def test_busy_machine_makes_measured_verdicts_inconclusive():
     busy = noise.summarize_load(before, dict(before, time=10.0, self_cpu_s=10.0,
                                              stat={"busy": 1700, "idle": 300, "steal": 0}))
     assert busy["busy"] is True and "35% of the 2 CPUs" in busy["busy_reason"]
-    found = [{"claim": 3, "status": "supported"}, {"claim": 1, "status": "untested"}]
+    found = [{"claim": 3, "status": "supported", "numbers": [{"ratio": 1.5}]},
+             {"claim": 1, "status": "untested", "numbers": []}]
     verdict.judge_load(found, quiet)
     assert [v["status"] for v in found] == ["supported", "untested"]
     verdict.judge_load(found, busy)
     assert found[0]["status"] == "inconclusive (busy machine)" and found[0]["measured_status"] == "supported"
     assert found[1]["status"] == "untested" and "measured_status" not in found[1]
+
+
+def test_a_claim_nothing_measured_stays_untested_on_a_busy_machine():
+    """Busy or not, a claim without numbers is "untested" with its reason: on CPUs only
+    (claims 1, 2: no GPU here), and with a GPU and a CPU that ran no workload in common."""
+    busy = {"busy": True, "busy_reason": "others used 60% of the 2 CPUs"}
+    cpu_rows = [_mm("numpy", "numpy", 0.10, n=512), _mm("opencl:1:0", "opencl", 0.12, n=512)]
+    cpus = [{"device": "numpy", "backend": "numpy", "is_cpu": True},
+            {"device": "opencl:1:0", "backend": "opencl", "is_cpu": True}]
+    gpu = {"device": "opencl:0:0", "backend": "opencl", "is_cpu": False}
+    skipped = [{"backend": "opencl:0:0", "present": True, "reason": "present but not measured"}]
+    found = {v["claim"]: v for v in verdict.judge_load(verdict.verdicts(cpu_rows, cpus, skipped), busy)}
+    assert found[1]["status"] == "untested" and found[1]["reason"].startswith("no GPU here")
+    assert found[2]["status"] == "untested" and "no GPU with a convolution library" in found[2]["reason"]
+    assert found[3]["status"] == "inconclusive (busy machine)" and found[3]["measured_status"] == "supported"
+    # a GPU in the run, but no size both it and a CPU ran: nothing to compare, and it says so
+    rows = cpu_rows + [_mm("opencl:0:0", "opencl", 0.01, n=4096)]
+    found = {v["claim"]: v for v in verdict.judge_load(verdict.verdicts(rows, cpus + [gpu], []), busy)}
+    assert found[1]["status"] == "untested" and not found[1]["numbers"] and found[1]["reason"]
+    assert "measured_status" not in found[1] and "busy" not in found[1]
 
 
 def test_a_busy_loop_beside_the_run_makes_it_inconclusive(tmp_path):

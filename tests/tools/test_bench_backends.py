@@ -3,8 +3,9 @@
 tests/fakes registers fake backends (NumPy underneath) in every process started with it on
 PYTHONPATH: ``XDEV_TEST_FAKES=toy`` adds a backend "toy" with the one registry entry
 docs/architecture.md's "Adding a backend" lists; ``XDEV_TEST_FAKES=cuda`` replaces the cuda
-backend by a fake GPU. .ci/run also runs all of tests/tools with the fake GPU, so a tool test
-that assumes the machine has no GPU fails on every CI run, not first on a machine with one.
+backend by a fake GPU; ``XDEV_TEST_FAKES=opencl-gpu`` puts a fake OpenCL GPU in front of the real
+OpenCL devices. .ci/run also runs the benchmark's CLI tests with both, so a tool test that assumes
+the machine has no GPU fails on every CI run, not first on a machine with one.
 """
 from __future__ import annotations
 

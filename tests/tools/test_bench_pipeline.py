@@ -119,7 +119,7 @@ def test_table(pipeline_run):
         assert label in text, label
     if "opencl" in backends:  # the staged upload against a plain one from pinned memory, with its spread
         line = next(ln for ln in text.splitlines() if "opencl" in ln and "upload, staged" in ln)
-        assert re.search(r"\d\.\d\d±\d\.\d\dx a plain upload from pinned memory", line), line
+        assert re.search(r"\d+\.\d\d±\d+\.\d\dx a plain upload from pinned memory", line), line
 
 
 def test_target_verdict_is_noise_aware():

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-# name -> module: what the registry entry of each fake points at
-FAKES = {"toy": "xdev_fakes.toy", "cuda": "xdev_fakes.gpu"}
+# fake -> (the backend name it registers, its module, the registry entry's pip extra and packages)
+FAKES = {
+    "toy": ("toy", "xdev_fakes.toy", None, ()),
+    "cuda": ("cuda", "xdev_fakes.gpu", None, ()),
+    # the real opencl backend with a fake GPU in front (its default device), as on a GPU machine
+    "opencl-gpu": ("opencl", "xdev_fakes.opencl_gpu", "opencl", ("pyopencl",)),
+}
 
 
 def install(names: str) -> None:
@@ -18,8 +23,9 @@ def install(names: str) -> None:
         return
     from xdev import _registry
 
-    for name in wanted:
-        _registry._BACKENDS[name] = (FAKES[name], None, ())
+    for fake in wanted:
+        name, module, extra, packages = FAKES[fake]
+        _registry._BACKENDS[name] = (module, extra, packages)
     _registry.BACKEND_NAMES = tuple(_registry._BACKENDS)
 
 
