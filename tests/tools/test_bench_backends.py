@@ -97,6 +97,51 @@ def test_the_benchmark_on_a_machine_with_a_gpu(tmp_path):
     assert {x["device"] for x in doc["results"] if x["reference"]} == {"torch:cpu"}
 
 
+def _claim3_on_a_gpu_machine(tmp_path: Path, **extra: str) -> tuple[dict, str]:
+    """The run bench/gpu_reference_torch.sh's step 2 makes on a GPU machine (numpy, cuda and the
+    OpenCL GPU, --reference torch), on fakes: cuda:0 with cuBLAS, opencl:9:0 with own kernels."""
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "xdev.bench", "--quick", "--ops", "matmul,conv2d", "--backends",
+                        "numpy,cuda,opencl", "--sizes", "16,32", "--image", "16", "--repeat", "2",
+                        "--reference", "torch", "--json", str(out)],
+                       cwd=ROOT, env=fake_env("cuda,opencl-gpu", FAKE_TORCH, **extra), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [d["device"] for d in doc["machine"]["devices"] if not d.get("reference")] == [
+        "numpy", "cuda:0", "opencl:9:0"]
+    return next(v for v in doc["verdicts"] if v["claim"] == 3), " ".join(r.stdout.split())
+
+
+def test_claim3_on_a_gpu_machine_shows_both_halves_and_why(tmp_path):
+    """OpenCL without tensor cores: the float32 rows vote (units against units); TF32 and float16
+    of cuBLAS stand beside OpenCL's best, each with the reason, and do not vote."""
+    v, text = _claim3_on_a_gpu_machine(tmp_path)
+    gpu = [n for n in v["numbers"] if n["what"].startswith("GPU")]
+    assert [n["mode"] for n in gpu] == ["strict-fp32", "strict-fp32", "tf32", "fp16"], gpu
+    assert "units against units" in gpu[0]["what"] and gpu[0]["a"] == "opencl:9:0" and gpu[0]["b"] == "cuda:0"
+    assert gpu[0]["like_for_like"] and gpu[1]["like_for_like"] and "VGG-16" in gpu[1]["what"]
+    for n in gpu[2:]:
+        assert n["like_for_like"] is False and n["b"].startswith("cuda:0 cuBLAS ")
+        assert "no standard way to reach the tensor cores" in n["why_not"]
+        assert "FMA units" in n["why_not"] and "a fake GPU without tensor cores" in n["why_not"]
+    # the float32 half votes (on a busy machine the verdict is inconclusive, the vote kept beside it)
+    assert v.get("measured_status", v["status"]) in ("supported", "contradicted", "within noise", "mixed")
+    assert "OpenCL vs NumPy on the CPU: untested" in v["summary"]  # no OpenCL CPU device in this run
+    assert "claim 3" in text and "not like-for-like" in text
+
+
+def test_claim3_on_a_gpu_machine_with_opencl_tensor_cores(tmp_path):
+    """OpenCL with tensor cores (the tc family on NVIDIA): TF32 and float16 against cuBLAS in
+    the same mode, like for like."""
+    v, _ = _claim3_on_a_gpu_machine(tmp_path, XDEV_TEST_FAKE_OPENCL_TC="1")
+    gpu = {n["mode"]: n for n in v["numbers"] if n["what"].startswith("GPU") and n["mode"] in ("tf32", "fp16")}
+    assert set(gpu) == {"tf32", "fp16"}
+    for mode, n in gpu.items():
+        assert n["like_for_like"] is True and "tensor cores on both" in n["what"] and "why_not" not in n
+        assert n["a"] == f"opencl:9:0 opencl {mode}" and n["b"] == f"cuda:0 cuBLAS {mode}"
+
+
 # -- no backend is special-cased in the benchmark ------------------------------------------
 
 NAMES = {"numpy", "opencl", "cuda", "torch"}

@@ -9,6 +9,7 @@ GPU is ``opencl:9:0``, a platform index no real device takes on these machines.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,9 @@ GPU_KEY, GPU_SELECTORS = "opencl:9:0", ("9:0", "9")
 
 
 class FakeOpenCLGpu(NumpyDevice):
-    """What the benchmark reads of an OpenCL GPU: not a CPU, xdev's own kernels (no library)."""
+    """What the benchmark reads of an OpenCL GPU: not a CPU, xdev's own kernels (no library),
+    and the numerics the real OpenCL device reports: on FMA units, or with
+    ``XDEV_TEST_FAKE_OPENCL_TC=1`` TF32/float16 on tensor cores (the tc family on NVIDIA)."""
 
     backend = "opencl"
     key = GPU_KEY
@@ -31,6 +34,20 @@ class FakeOpenCLGpu(NumpyDevice):
 
     def __init__(self) -> None:
         self.name = "Fake OpenCL GPU (NumPy underneath)"
+        self.tensor_cores = os.environ.get("XDEV_TEST_FAKE_OPENCL_TC") == "1"
+
+    def matmul_numerics(self, dtype: np.dtype) -> dict[str, Any]:
+        dtype = np.dtype(dtype)
+        if self.tensor_cores and (dtype == np.float16 or (dtype == np.float32 and env.opencl_tf32())):
+            mode = "fp16" if dtype == np.float16 else "tf32"
+            return {"numeric_mode": mode, "numerics": f"{mode}, tensor cores (fake)"}
+        mode = {np.dtype(np.float16): "fp16-storage-fp32-compute", np.dtype(np.float64): "fp64"}.get(
+            dtype, "strict-fp32")
+        return {"numeric_mode": mode, "numerics": f"{mode}, FMA units"}
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "device": self.key, "name": self.name, "tensor_cores": self.tensor_cores,
+                "tensor_core_reason": "" if self.tensor_cores else "a fake GPU without tensor cores"}
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A GPU's host memory for fast transfers (plain memory here): its upload rows exist."""
