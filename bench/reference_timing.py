@@ -4,11 +4,15 @@
 
 Runs ``python -m xdev.bench ARGS --json`` and ``python -m xdev.bench ARGS --reference torch
 --json`` alternately (A B, then B A, ... for --rounds), times each run's wall clock, and prints
-last a short table: each run's seconds, the with/without ratio (target: at most 1.5), the
-pauses between CPU sides (run.settle), and NumPy's figures in both runs (largest matmul,
-VGG-16 total) with their ratio and whether it is within noise: torch beside NumPy must not
-slow NumPy down. Run it under the heavy lock on a shared machine. The table is also written
-to OUT/summary.txt. Exit status 0 when every run finished, 1 otherwise.
+last a short table: per run its seconds, the pauses between CPU sides (run.settle), the share
+of the CPUs other processes took and whether the run's own load check called it busy, and
+NumPy's figures (largest matmul, VGG-16 total); then the with/without ratio of mean wall times
+(target for the full default run: at most 1.5; over the quiet runs when some were busy), and
+NumPy's time beside torch over its time alone for each pair of neighbouring runs, with its
+spread and whether it is within noise: torch beside NumPy must not slow NumPy down. NumPy's
+4096^3 matmul drifted by up to 20% from run to run on a quiet 2-core VM (746-890 ms), so one
+pair decides little: use --rounds 2 or more. Run it under the heavy lock on a shared machine. The table is
+also written to OUT/summary.txt. Exit status 0 when every run finished, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -53,6 +57,57 @@ def numpy_figures(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _load(doc: dict[str, Any] | None) -> dict[str, Any]:
+    return (doc or {}).get("run", {}).get("load") or {}
+
+
+def summary(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """The table: per run its wall time, pauses, load and NumPy's figures; then the with/without
+    ratio of wall times and NumPy's time beside torch over its time alone, pair by pair (a pair:
+    two neighbouring runs, one of each kind), over the quiet runs when some were busy."""
+    lines: list[str] = []
+    say = lines.append
+    figs = {id(r): numpy_figures(r["doc"]) if r["doc"] else {} for _, r in runs}
+    whats = list(dict.fromkeys(w for f in figs.values() for w in f))
+    say(f"{'run':12s} {'wall s':>7s} {'pauses':>7s} {'waits':>5s} {'others':>6s} {'busy':>4s}  "
+        + "  ".join(f"NumPy {w} ms" for w in whats))
+    for name, r in runs:
+        st = (r["doc"] or {}).get("run", {}).get("settle") or {}
+        load = _load(r["doc"])
+        others = load.get("others_share")
+        cells = []
+        for w in whats:
+            x = figs[id(r)].get(w)
+            cells.append(f"{x['median_s'] * 1e3:.1f}±{x['spread_s'] * 1e3:.1f}" if x else "-")
+        say(f"{name:12s} {r['wall_s']:7.1f} {st.get('total_s', 0):6.1f}s {st.get('waits', 0):5d} "
+            f"{'' if others is None else f'{100 * others:.0f}%':>6s} {'yes' if load.get('busy') else 'no':>4s}  "
+            + "  ".join(f"{c:>{len(w) + 9}s}" for w, c in zip(whats, cells)))
+    quiet = [(n, r) for n, r in runs if r["doc"] and not _load(r["doc"]).get("busy")]
+    use = quiet if len(quiet) < len(runs) and {n for n, _ in quiet} == {"without", "with torch"} else runs
+    note = f" (the {len(use)} quiet runs; busy: the run's own load check)" if use is not runs else ""
+    walls = {n: [r["wall_s"] for m, r in use if m == n] for n in ("without", "with torch")}
+    if all(walls.values()):
+        x = (sum(walls["with torch"]) / len(walls["with torch"])) / (sum(walls["without"]) / len(walls["without"]))
+        say(f"with/without, mean wall time{note}: {x:.2f}x (the target, for the full default run: <= 1.5x) -> "
+            f"{'met' if x <= 1.5 else 'NOT met'}")
+    pairs = [(runs[i], runs[i + 1]) for i in range(len(runs) - 1)
+             if {runs[i][0], runs[i + 1][0]} == {"without", "with torch"}]
+    if pairs:
+        say("NumPy's time beside torch over its time alone, per pair of neighbouring runs (± spread; "
+            "~ = within noise):")
+    for first, second in pairs:
+        alone, beside = (first, second) if first[0] == "without" else (second, first)
+        busy = [n for n, r in (alone, beside) if _load(r["doc"]).get("busy")]
+        for what, base in figs[id(alone[1])].items():
+            other = figs[id(beside[1])].get(what)
+            if other:
+                r, sp, noise = ratio(other["median_s"], other["spread_s"], base["median_s"], base["spread_s"])
+                say(f"  runs {runs.index(first) + 1}-{runs.index(second) + 1} {what:26s} {r:.3f}x±{sp:.3f}"
+                    f"{' ~' if noise else ''}  ({other.get('isa') or ''})"
+                    + (f"  [busy: {', '.join(busy)}]" if busy else ""))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     bench_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -81,25 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lines.append  # the table goes to the terminal and to summary.txt
     say("")
     say(f"python -m xdev.bench {' '.join(bench_args)} [--reference torch]  ({a.rounds} pair(s), alternating)")
-    say(f"{'run':12s} {'wall s':>8s} {'pauses':>8s} {'waits':>6s} {'longest':>8s}")
-    for name, r in runs:
-        st = (r["doc"] or {}).get("run", {}).get("settle") or {}
-        say(f"{name:12s} {r['wall_s']:8.1f} {st.get('total_s', 0):7.1f}s {st.get('waits', 0):6d} "
-              f"{(st.get('max_s') or 0) * 1e3:6.0f}ms")
-    walls = {n: [r["wall_s"] for m, r in runs if m == n] for n in ("without", "with torch")}
-    if all(walls.values()):
-        x = sum(walls["with torch"]) / sum(walls["without"])
-        say(f"with/without: {x:.2f}x (target <= 1.5x) -> {'met' if x <= 1.5 else 'NOT met'}")
-    docs = {n: [r["doc"] for m, r in runs if m == n and r["doc"]] for n in ("without", "with torch")}
-    if all(docs.values()):
-        say("NumPy's time beside torch over its time alone (± spread; ~ = within noise):")
-        for what, base in numpy_figures(docs["without"][0]).items():
-            beside = numpy_figures(docs["with torch"][0]).get(what)
-            if beside:
-                r, sp, noise = ratio(beside["median_s"], beside["spread_s"], base["median_s"], base["spread_s"])
-                say(f"  {what:28s} alone {base['median_s'] * 1e3:9.2f}±{base['spread_s'] * 1e3:.2f} ms, beside torch "
-                      f"{beside['median_s'] * 1e3:9.2f}±{beside['spread_s'] * 1e3:.2f} ms: {r:.3f}x±{sp:.3f}"
-                      f"{' ~' if noise else ''}  ({beside.get('isa') or ''})")
+    say(summary(runs))
     text = "\n".join(lines)
     sys.stdout.write(text + "\n")
     (out / "summary.txt").write_text(text + "\n")

@@ -779,3 +779,34 @@ def test_numeric_mode_block_sets_and_restores_tf32(monkeypatch):
     with env.numeric_mode(False):
         assert not env.cuda_tf32() and not env.opencl_tf32()
     assert env.cuda_tf32()
+
+
+def _reference_timing():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_timing_under_test", ROOT / "bench" / "reference_timing.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reference_timing_summary_pairs_neighbours_and_sets_busy_runs_aside():
+    """bench/reference_timing.py: NumPy beside torch over NumPy alone per pair of neighbouring
+    runs (A B B A: pairs 1-2 and 3-4); the wall-time ratio over the quiet runs when the run's own
+    load check called one busy."""
+    rt = _reference_timing()
+
+    def doc(mm_ms, busy=False):
+        rows = [{"device": "numpy", "op": "matmul", "kind": "square", "M": 4096, "shape": "4096x4096x4096",
+                 "median_s": mm_ms / 1e3, "spread_s": mm_ms / 1e5, "isa": "AVX2"}]
+        return {"results": rows, "run": {"load": {"busy": busy, "others_share": 0.4 if busy else 0.01},
+                                          "settle": {"total_s": 1.0, "waits": 10}}}
+    runs = [("without", {"wall_s": 200.0, "doc": doc(2000.0, busy=True)}),
+            ("with torch", {"wall_s": 110.0, "doc": doc(800.0)}),
+            ("with torch", {"wall_s": 120.0, "doc": doc(780.0)}),
+            ("without", {"wall_s": 100.0, "doc": doc(780.0)})]
+    text = rt.summary(runs)
+    assert "with/without, mean wall time (the 3 quiet runs" in text and "1.15x" in text and "-> met" in text
+    pair = [ln for ln in text.splitlines() if ln.strip().startswith("runs ")]
+    assert len(pair) == 2 and "runs 1-2" in pair[0] and "[busy: without]" in pair[0]
+    assert "runs 3-4" in pair[1] and "1.000x±0.007 ~" in pair[1] and "busy" not in pair[1]
