@@ -2,9 +2,9 @@
 # The input pipeline on one NVIDIA GPU (no network), in about a minute: the benchmark's
 # pipeline op on CUDA (disk -> pinned staging -> GPU -> VGG-16 conv1_1+conv1_2, steady state)
 # with the transfer section beside it, the prefetch tests on CUDA, and NumPy's pipeline on
-# the host's cores with OpenBLAS three ways (issue 23: why a 16-core CPU missed). Prints
-# last a short table: the pipeline's stages, its efficiency, and the staged upload against a
-# plain upload from pinned memory with the 0.8x target of issue 25.
+# the host's cores with OpenBLAS three ways (why a thread-per-core BLAS and the readers
+# contend: docs/pipeline.md). Prints last a short table: the pipeline's stages, its
+# efficiency, and the staged upload against a plain upload from pinned memory (target >= 0.8x).
 #
 #   there:  bash bench/gpu_pipeline.sh              # from the repository root
 #   here:   PYTHON=.venv-test/bin/python bash bench/gpu_pipeline.sh --dry-run

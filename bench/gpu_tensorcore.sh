@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The OpenCL tensor-core GEMM (issue 26) on one NVIDIA GPU, under 2 minutes: the device proof
+# The OpenCL tensor-core GEMM (gemm_tc.cl) on one NVIDIA GPU, under 2 minutes: the device proof
 # (which runs the tc family in both modes), then bench/tc_check.py for float16 and for TF32:
 # every tile variant built through NVIDIA's OpenCL and as CUDA (the same kernel text), checked
 # against float64 on odd shapes, and GEMM 4096^3 timed interleaved with cuBLAS in the same mode.
