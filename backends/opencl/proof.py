@@ -66,6 +66,10 @@ timeout_s = env.opencl_proof_timeout
 # fixed 60 s limit would make every proof of that device wait the whole minute.
 STEP_FLOOR_S = 15.0
 STEP_FACTOR = 10.0
+# How long a process waits for another one proving the same device before it proves the
+# device itself: a proof tries up to three widths and the tensor-core check, each child
+# hung at the latest after env.DEFAULT_OPENCL_PROOF_TIMEOUT without progress.
+CLAIM_WAIT_S = 5 * env.DEFAULT_OPENCL_PROOF_TIMEOUT
 
 
 def step_limit(slowest: float | None, fixed: float | None) -> float:
@@ -185,18 +189,30 @@ def prove(cand, family: str, params: dict[str, Any],
     """
     if not enabled():
         return params["gemm"]["VW"], None
-    vw0 = int(params["gemm"]["VW"])
     ident = identity(cand, family, params)
     cached = _read_verdict(ident)
-    if cached is not None:
-        comp = cached.get("compiler")
-        if isinstance(comp, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in comp.items()):
-            compiler_targets[cand.key] = comp
-        if cached.get("tc"):
-            _tc_failures[cand.key] = cached["tc"]
-        else:
-            _tc_failures.pop(cand.key, None)
-        return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
+    if cached is None:
+        # Processes that start at once on a fresh machine (test workers, dask workers) prove a
+        # device once: the others wait for its verdict, bounded by what a proof may take.
+        with _verdict_file(ident).claimed(CLAIM_WAIT_S):
+            cached = _read_verdict(ident)  # proven by another process while this one waited
+            if cached is None:
+                return _prove(cand, family, params, params_at, ident)
+    comp = cached.get("compiler")
+    if isinstance(comp, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in comp.items()):
+        compiler_targets[cand.key] = comp
+    if cached.get("tc"):
+        _tc_failures[cand.key] = cached["tc"]
+    else:
+        _tc_failures.pop(cand.key, None)
+    return (cached["vw"], None) if cached["ok"] else (None, cached["reason"])
+
+
+def _prove(cand, family: str, params: dict[str, Any],
+           params_at: Callable[[int, dict[str, str]], dict[str, Any]] | None,
+           ident: dict[str, Any]) -> tuple[int | None, str | None]:
+    """prove() without a cached verdict: run the checks, cache what is worth keeping."""
+    vw0 = int(params["gemm"]["VW"])
     first_error = None
     verdict: dict[str, Any] | None = None
     transient = False  # a hang or a kill without a compiler error: not worth remembering

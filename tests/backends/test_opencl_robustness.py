@@ -281,6 +281,42 @@ def test_proof_child_checks_a_real_device(tmp_path):
     assert proof.run_child(c, dev.params["gemm"]["VW"], first=False) is None
 
 
+def test_processes_proving_a_device_at_once_prove_it_once(tmp_path, monkeypatch):
+    """Test workers or dask workers starting together on a fresh machine: one proves the device,
+    the others wait for its verdict. (The lock is a file lock: threads stand in for processes.)"""
+    import threading
+    import time
+
+    from xdev.backends.opencl import proof
+
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    tried = []
+
+    def child(cand, vw, first):
+        tried.append(vw)
+        time.sleep(0.5)
+        return None
+
+    monkeypatch.setattr(proof, "run_child", child)
+    params = {"gemm": {"VW": 8, "VWD": 4}, "conv": {"VW": 8, "VWD": 4}}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(proof.prove(_fake_cand(), "cpu", params)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [(8, None)] * 3 and tried == [8]
+    # A holder that keeps the claim past the wait (a proof stuck elsewhere): proven here instead.
+    for f in (tmp_path / "opencl-proof").glob("*.json"):
+        f.unlink()
+    monkeypatch.setattr(proof, "CLAIM_WAIT_S", 0.2)
+    with proof._verdict_file(proof.identity(_fake_cand(), "cpu", params)).claimed(1) as held:
+        assert held
+        assert proof.prove(_fake_cand(), "cpu", params) == (8, None)
+    assert tried == [8, 8]
+
+
 # -- tuning cache -----------------------------------------------------------------------------
 @pytest.fixture
 def tuning_env(tmp_path, monkeypatch):

@@ -132,3 +132,30 @@ def test_an_unwritable_folder_raises_oserror_without_leftovers(tmp_path):
     with pytest.raises(OSError):
         s.check_writable()
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_claim_is_held_by_one_holder_at_a_time_and_waits_are_bounded(tmp_path):
+    import threading
+    import time
+
+    s = _store(tmp_path / "c.json")
+    order = []
+
+    def second():
+        with s.claimed(30) as held:
+            order.append(("second", held, time.monotonic()))
+
+    with s.claimed(30) as held:
+        assert held
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append(("first done", True, time.monotonic()))
+    t.join(30)
+    assert [o[:2] for o in order] == [("first done", True), ("second", True)]  # it waited for the first
+    with s.claimed(30), s.claimed(0.1) as held:  # held elsewhere past the wait: not had, and no hang
+        assert held is False
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with _store(blocker / "sub" / "c.json").claimed(30) as held:  # nowhere to put the lock file
+        assert held is False

@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,26 @@ class JsonStore:
             finally:
                 os.close(fd)  # releases the lock
 
+    @contextlib.contextmanager
+    def claimed(self, wait_s: float) -> Iterator[bool]:
+        """Hold the lock file ``<file>.lock`` while doing the work whose result this file will
+        hold, so that a second process (or thread) starting the same work waits and reads the
+        first one's result instead of doing it again. Yields True once held; False when it
+        could not be had within ``wait_s`` seconds or created (an unwritable folder, no flock):
+        the caller then does the work itself. Only the folder's own file lock is held, never
+        the lock ``update`` takes, so other stores are not held up."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield False
+            return
+        try:
+            yield fcntl is not None and _flock_within(fd, wait_s)
+        finally:
+            os.close(fd)  # releases the lock
+
     def check_writable(self) -> Path:
         """The file's path, after checking a file can be created in its folder (OSError if not)."""
         folder = self.path.parent
@@ -162,3 +183,21 @@ class JsonStore:
         os.close(fd)
         os.unlink(tmp)
         return self.path
+
+
+def _flock_within(fd: int, wait_s: float) -> bool:
+    """An exclusive flock on ``fd`` within ``wait_s`` seconds (polled: a blocking flock cannot
+    time out); False if another holder kept it that long."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.02
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[union-attr]
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(0.25, pause * 2)
+        except OSError:  # a file system without flock
+            return False
