@@ -1,4 +1,4 @@
-"""Backend fixture and hypothesis profiles shared by the whole suite."""
+"""Backend fixture, hypothesis profiles and report hooks shared by the whole suite."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from availability import require
+from availability import fold_skip, require
 from xdev._registry import BACKEND_NAMES
 
 _common = dict(
@@ -28,3 +28,12 @@ _ONLY = {b.strip() for b in os.environ.get("XDEV_TEST_BACKENDS", "").split(",") 
 def device(request):
     """Each registered backend's default device, skipped with its reason when unavailable."""
     return require(request.param)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # One -ra line per absent backend, with its count, not one per test (availability.fold_skip).
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        report.longrepr = fold_skip(report.longrepr)
