@@ -321,14 +321,12 @@ def test_processes_proving_a_device_at_once_prove_it_once(tmp_path, monkeypatch)
 @pytest.fixture
 def tuning_env(tmp_path, monkeypatch):
     """An OpenCL device with a private tuning cache (the proof verdicts copied along)."""
-    import shutil
+    from availability import copy_proof_verdicts
 
     dev = require("opencl")
     from xdev.backends.opencl import params as tuning
 
-    src = tuning.cache_dir() / "opencl-proof"
-    if src.is_dir():
-        shutil.copytree(src, tmp_path / "opencl-proof")
+    copy_proof_verdicts(tmp_path)
     monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
     json_store._warned.clear()
     return dev, tuning, tmp_path / "opencl-tuning.json"
