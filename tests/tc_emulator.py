@@ -16,11 +16,13 @@ import os
 import shutil
 import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 
 import tc_layouts as L
+from once import build_once
 import xdev.backends
 
 OPENCL_DIR = Path(xdev.backends.__file__).resolve().parent / "opencl"
@@ -255,25 +257,26 @@ def build(workdir: Path, options: dict[str, int]) -> Path:
     if cxx is None:
         raise FileNotFoundError("no C++ compiler (g++ or clang++)")
     tag = "_".join(f"{k}{v}" for k, v in sorted(options.items()))
-    exe = workdir / f"tc_emu_{tag}"
-    if exe.exists():
-        return exe
-    src = workdir / "tc_harness.cpp"
-    if not src.exists():
+
+    def compile_(out: Path) -> None:
+        src = out.with_suffix(".cpp")
         src.write_text(HARNESS.replace("@TABLES@", tables()))
-    r = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-w",
-                        f"-I{OPENCL_DIR}", *(f"-D{k}={v}" for k, v in sorted(options.items())),
-                        str(src), "-o", str(exe)], capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"the tc emulator does not build with {options}:\n{r.stderr[-4000:]}")
-    return exe
+        r = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-w",
+                            f"-I{OPENCL_DIR}", *(f"-D{k}={v}" for k, v in sorted(options.items())),
+                            str(src), "-o", str(out)], capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"the tc emulator does not build with {options}:\n{r.stderr[-4000:]}")
+
+    # Built once per folder, whichever test worker asks first (tests/once.py).
+    return build_once(workdir / f"tc_emu_{tag}", compile_)
 
 
 def run(exe: Path, workdir: Path, a_buf: np.ndarray, b_buf: np.ndarray, *, M: int, N: int, K: int,
         lda: int, ldb: int, batch: tuple[int, int, int] = (1, 1, 1), pa=(0, 0, 0), pb=(0, 0, 0),
         a_off: int = 0, b_off: int = 0, late: bool = False, out_dtype=np.float32) -> np.ndarray:
     """C (batch, M, N) from raw operand buffers laid out as gemm_tc.cl reads them."""
-    fa, fb, fc = workdir / "a.bin", workdir / "b.bin", workdir / "c.bin"
+    # Named per process and thread: the folder is shared by the run's test workers.
+    fa, fb, fc = (workdir / f"{n}-{os.getpid()}-{threading.get_ident()}.bin" for n in "abc")
     a_buf.tofile(fa)
     b_buf.tofile(fb)
     args = [M, N, K, lda, ldb, *batch, *pa, *pb, a_off, b_off, int(late)]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cuda_sources import CU_FILES, kernel_names, load, source_text
+from once import build_once, shared_dir
 from strategies import values
 from tolerance import assert_conv_agrees
 from xdev.contract import FLOAT_DTYPES as DTYPES
@@ -141,29 +142,32 @@ HARNESS = textwrap.dedent(r'''
 ''')
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
-    """{file name: executable} of the host-emulated kernels; skips without a C++20 compiler."""
+    """{file name: executable} of the host-emulated kernels, built once per test run (this
+    module and test_cuda_backward.py, every xdist worker); skips without a C++20 compiler."""
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation of the CUDA kernels")
-    d = tmp_path_factory.mktemp("cuda_emulation")
-    (d / "harness.cpp").write_text(HARNESS)
+    d = shared_dir(tmp_path_factory, "cuda_emulation")
     exes = {}
     for cu in CU_FILES:
         table = " ".join(f"X({n})" for n in kernel_names(cu))
-        exe = d / cu.stem
-        src = d / cu.name  # common.cuh + the file, as the backend compiles it
-        src.write_text(source_text(cu))
-        r = subprocess.run(
-            [cxx, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas",
-             f'-DXDEV_SOURCE="{src}"', f"-DXDEV_TABLE={table}", str(d / "harness.cpp"), "-o", str(exe)],
-            capture_output=True, text=True, timeout=600,
-        )
-        if r.returncode != 0 and "barrier" in r.stderr and "No such file" in r.stderr:
-            pytest.skip(f"{cxx} lacks C++20 <barrier>: {r.stderr[:300]}")
-        assert r.returncode == 0, f"host emulation of {cu.name} does not build:\n{r.stderr}"
-        exes[cu.name] = exe
+
+        def build(out: Path, cu: Path = cu, table: str = table) -> None:
+            harness, src = out.with_suffix(".harness.cpp"), out.with_suffix(cu.suffix)
+            harness.write_text(HARNESS)
+            src.write_text(source_text(cu))  # common.cuh + the file, as the backend compiles it
+            r = subprocess.run(
+                [cxx, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas",
+                 f'-DXDEV_SOURCE="{src}"', f"-DXDEV_TABLE={table}", str(harness), "-o", str(out)],
+                capture_output=True, text=True, timeout=600,
+            )
+            if r.returncode != 0 and "barrier" in r.stderr and "No such file" in r.stderr:
+                pytest.skip(f"{cxx} lacks C++20 <barrier>: {r.stderr[:300]}")
+            assert r.returncode == 0, f"host emulation of {cu.name} does not build:\n{r.stderr}"
+
+        exes[cu.name] = build_once(d / cu.stem, build)
     return exes
 
 

@@ -20,6 +20,7 @@ import pytest
 import tc_emulator
 from tc_emulator import load_tc
 import tc_layouts as L
+from once import shared_dir
 from tolerance import assert_agrees
 
 tc = load_tc()
@@ -126,9 +127,10 @@ def _vid(v):
 
 @pytest.fixture(scope="module")
 def emu_dir(tmp_path_factory):
+    """The emulator builds, one per set of options, shared by the run's xdist workers."""
     if tc_emulator.compiler() is None:
         pytest.skip("no C++ compiler (g++ or clang++) for the host emulation")
-    return tmp_path_factory.mktemp("tc_emu")
+    return shared_dir(tmp_path_factory, "tc_emu")
 
 
 def _exe(emu_dir, options):
