@@ -50,15 +50,18 @@ def grad_bias(xp: Any, gy: Any) -> Any:
     """
     acc = ACC_NAME[dtype_name(gy.dtype)]
     N, O, Ho, Wo = gy.shape
-    if gy.size == 0:
-        part = None
-    elif gy.flags.c_contiguous:
-        part = gy.reshape(N, O, Ho * Wo).sum(axis=2, dtype=acc)  # (N, O)
-    elif gy.transpose(0, 2, 3, 1).flags.c_contiguous:
-        part = gy.transpose(0, 2, 3, 1).reshape(N * Ho, Wo, O).sum(axis=1, dtype=acc)  # (N*Ho, O)
-    else:
-        part = None
-    out = gy.sum(axis=(0, 2, 3), dtype=acc) if part is None else part.sum(axis=0)
+    out = None
+    try:
+        if gy.size == 0:
+            pass
+        elif gy.flags.c_contiguous:
+            out = gy.reshape(N, O, Ho * Wo).sum(axis=2, dtype=acc).sum(axis=0)  # (N, O), then O
+        elif gy.transpose(0, 2, 3, 1).flags.c_contiguous:
+            out = gy.transpose(0, 2, 3, 1).reshape(N * Ho, Wo, O).sum(axis=1, dtype=acc).sum(axis=0)  # (N*Ho, O)
+    except Exception:
+        out = None  # e.g. no memory for the partial sums: the one reduction needs none
+    if out is None:
+        out = gy.sum(axis=(0, 2, 3), dtype=acc)
     return out.astype(gy.dtype, copy=False)
 
 

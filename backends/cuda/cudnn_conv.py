@@ -27,7 +27,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from xdev.contract import F16 as _F16, F32 as _F32
+from xdev.contract import F16 as _F16, F32 as _F32, F64 as _F64
 from xdev.contract import env
 
 from . import cudnn_tune as tune
@@ -83,7 +83,7 @@ class _Exec:
     """Per-key execution state: everything a call needs that does not depend on the operands."""
 
     __slots__ = ("graph", "index", "uids", "decl", "workspace", "ws_ptr", "nhwc", "fused", "bias_after",
-                 "out_store", "spec", "choice", "call", "form", "lowered")
+                 "out_store", "spec", "choice", "call", "form", "spare", "dropped", "lowered")
 
     def __init__(self, g: tune.Graph, index: int, spec: tune.ConvSpec, choice: tune.Choice | None) -> None:
         self.graph = g.graph
@@ -102,7 +102,9 @@ class _Exec:
         self.spec = spec
         self.choice = choice
         # Until pick_form runs (the plan search's timed calls): the form every frontend has.
-        self.form, self.call = "_array_dict", None
+        self.form, self.call = _PUBLIC, None
+        self.spare: list[str] = []  # forms that passed pick_form's check, next choice first (_Exec.fall_back)
+        self.dropped: tuple[str, ...] = ()  # why pick_form dropped the others (this frontend's lacks, failures)
         self.lowered: tuple[Any, ...] | None = None  # (handle, C++ entry, C++ plan index, backend handle)
 
     # -- the frontend's execute-by-index entry points, cheapest first -----------------------------
@@ -125,9 +127,21 @@ class _Exec:
 
     def _lower(self, h: Any) -> tuple[Any, ...]:
         """(handle, the lowered graph's _execute_plan_at_index, the plan's C++ index, the backend
-        handle); AttributeError/LookupError where this frontend has no such layer."""
+        handle); AttributeError/LookupError where this frontend has no such layer, or where its
+        public entry would do more for this plan than call that C++ entry (then a public form
+        runs instead)."""
         g = self.graph
+        if getattr(g, "_planning_done", True) is False:
+            raise LookupError("the graph's plan list is the C++ one (a deserialized graph)")
+        if getattr(g, "_data_bindings", None):
+            raise LookupError("the graph binds tensors of its own, which only its public entry adds to a call")
         cfg = g._materialize_backend_plan(self.index)
+        engine_for = getattr(g, "_engine_for", None)
+        if engine_for is not None and engine_for(cfg) is not None:
+            raise LookupError("the plan is a Python engine's, which only the public entry dispatches")
+        barred = getattr(g, "_barred_indices", None)
+        if barred is not None and self.index in barred():
+            raise LookupError(f"plan {self.index} is deselected")
         cpp = getattr(cfg, "cpp_index", None)
         if cpp is None:
             raise LookupError("the plan has no C++ plan index of its own")
@@ -184,39 +198,113 @@ class _Exec:
         return out
 
     def pick_form(self, run_once: Any, synchronize: Any) -> None:
-        """Keep the cheapest execute form that works with this frontend.
+        """Keep the cheapest execute form that works with this frontend and computes what its
+        public entry computes; the other forms that do are kept as fallbacks (``spare``).
 
-        ``run_once()`` makes one whole call. A form that raises is skipped; when one call
-        takes long enough for the GPU to hide the host (over 0.2 ms) the first that works is
-        kept, else each gets 20 calls of wall-clock time.
+        ``run_once()`` makes one whole call and returns its output. The reference runs first:
+        the public entry with arrays (what the plan search timed), else the first of the other
+        forms the frontend had before the lowered one. Every other form runs once into an output
+        filled with NaN, and is dropped if it raises or its result differs from the reference
+        (``_same_result``): a form that reads the wrong pointers, writes nothing or runs another
+        graph is never kept. Then, while one call takes long enough for the GPU to hide the host
+        (over 0.2 ms), the forms are kept in the order of ``_FORMS``; otherwise each gets 20
+        calls of wall-clock time and the fastest goes first.
         """
-        best: tuple[float, str] | None = None
-        errors = []
-        for name, _why in _FORMS:
+        errors: list[str] = []
+        ref, ref_name = None, None
+        for name in _REFERENCE_FORMS:
             self.form, self.call = name, getattr(self, name)
             try:
+                ref = run_once()
                 synchronize()
-                t0 = time.perf_counter()
-                run_once()
-                synchronize()
-                one = time.perf_counter() - t0
-                if one > 2e-4:
-                    return  # GPU-bound: host cost is hidden; the first form that works
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    run_once()
-                synchronize()
-                t = (time.perf_counter() - t0) / 20
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
             except Exception as e:  # this frontend lacks the form (AttributeError), or refuses its arguments
                 errors.append(f"{name}: {type(e).__name__}: {e}")
                 continue
-            if best is None or t < best[0]:
-                best = (t, name)
-        if best is None:
+            ref_name = name
+            break
+        if ref_name is None:
             raise RuntimeError("no execute form of this cuDNN frontend ran the plan: " + "; ".join(errors))
-        self.form, self.call = best[1], getattr(self, best[1])
+        passed: list[str] = []
+        times: dict[str, float] = {}
+        gpu_bound = False
+        for name, _why in _FORMS:
+            form = getattr(self, name)
+            try:
+                if name != ref_name:
+                    self.form, self.call = name, _poisoned(form)
+                    got = run_once()
+                    synchronize()
+                    if not _same_result(got, ref):
+                        errors.append(f"{name}: its result differs from the {ref_name} form's")
+                        continue
+                    del got
+                self.form, self.call = name, form
+                if not gpu_bound:
+                    synchronize()
+                    t0 = time.perf_counter()
+                    run_once()
+                    synchronize()
+                    one = time.perf_counter() - t0
+                    if one > 2e-4:
+                        gpu_bound = True  # the host cost is hidden: the order of preference decides
+                    else:
+                        t0 = time.perf_counter()
+                        for _ in range(20):
+                            run_once()
+                        synchronize()
+                        times[name] = (time.perf_counter() - t0) / 20
+            except Exception as e:  # out of memory for a second output included: the reference form remains
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            passed.append(name)
+        if ref_name not in passed:
+            passed.append(ref_name)  # it ran the reference call
+        if not gpu_bound:
+            passed.sort(key=lambda n: times.get(n, float("inf")))
+        self.form, self.call, self.spare = passed[0], getattr(self, passed[0]), passed[1:]
+        self.dropped = tuple(errors)
+
+    def fall_back(self, handle: Any, operands: tuple[Any, ...], error: Exception) -> Any:
+        """``run`` again with the next form that passed pick_form's check, after the current one
+        raised ``error``; the first that runs is kept. Raises RuntimeError naming every failure
+        when none is left."""
+        errors = [f"{self.form}: {type(error).__name__}: {error}"]
+        while self.spare:
+            self.form = self.spare.pop(0)
+            self.call = getattr(self, self.form)
+            try:
+                return self.run(handle, *operands)
+            except cupy.cuda.memory.OutOfMemoryError:
+                raise
+            except Exception as e:
+                errors.append(f"{self.form}: {type(e).__name__}: {e}")
+        raise RuntimeError("; ".join(errors))
+
+
+def _poisoned(form: Any) -> Any:
+    """``form`` with the output (the last array) filled with NaN first: a form that writes
+    nothing cannot pass for one that wrote the reference's values left in reused memory."""
+    def call(h: Any, arrays: tuple[Any, ...]) -> None:
+        arrays[-1].fill(float("nan"))
+        form(h, arrays)
+    return call
+
+
+def _same_result(got: Any, ref: Any) -> bool:
+    """Whether two execute forms computed the same output: every element within 1% of the
+    reference's largest finite magnitude (room for an engine whose summation order varies from
+    run to run), NaN where it has NaN, its infinities where it has them."""
+    if got.shape != ref.shape:
+        return False
+    if ref.size == 0:
+        return True
+    wide = _F64 if ref.dtype == _F64 else _F32  # float16 differences could overflow
+    g, r = got.astype(wide, copy=False), ref.astype(wide, copy=False)
+    scale = float(cupy.max(cupy.where(cupy.isfinite(r), cupy.abs(r), 0)))
+    ok = (cupy.abs(g - r) <= 0.01 * scale) | (g == r) | (cupy.isnan(g) & cupy.isnan(r))
+    return bool(cupy.all(ok))
 
 
 # (method, when it applies), in order of preference.
@@ -227,6 +315,10 @@ _FORMS = (
     ("_ptr_dict", "public execute_plan_at_index with {uid: pointer}"),
     ("_array_dict", "public execute_plan_at_index with {uid: array} (DLPack per operand)"),
 )
+_PUBLIC = "_array_dict"  # every frontend has it; the plan search's timed calls run it
+# The forms a reference result may come from (pick_form): the public ones, then the older private
+# ones (a GPU ran the conv tests through _ordered and _classic); never the lowered graph's entry.
+_REFERENCE_FORMS = (_PUBLIC, "_ptr_dict", "_ordered", "_classic")
 
 
 @dataclass
@@ -330,8 +422,10 @@ class CudnnConv:
         return self._execute(mod, ex, x, x_nhwc, w, w_nhwc, bias)
 
     def _execute(self, mod: Any, ex: _Exec, *operands: Any) -> Any:
-        """``ex.run(handle, *operands)`` with the handle bound to CuPy's current stream; an execution
-        failure is remembered for the state's key (then "auto" goes straight to another algorithm)."""
+        """``ex.run(handle, *operands)`` with the handle bound to CuPy's current stream. When the
+        execute form raises, the next form that passed pick_form's check runs the call (and later
+        ones); when none is left, the failure is remembered for the state's key (then "auto" goes
+        straight to another algorithm)."""
         handle = self._handle
         stream = self._stream_ptr()
         # One handle per device: threads on different streams take turns binding it.
@@ -343,13 +437,18 @@ class CudnnConv:
                 out = ex.run(handle, *operands)
             except cupy.cuda.memory.OutOfMemoryError:
                 raise
-            except Exception as e:
-                failure = _Failure(f"execution failed: {type(e).__name__}: {e}")
-                for k, v in list(self._cache.items()):
-                    if v is ex:
-                        self._cache[k] = failure
-                self._hot.clear()
-                raise CudnnUnsupported(failure.message) from e
+            except Exception as first:
+                try:
+                    out = ex.fall_back(handle, operands, first)  # the next execute form that passed its check
+                except cupy.cuda.memory.OutOfMemoryError:
+                    raise
+                except Exception as e:
+                    failure = _Failure(f"execution failed: {type(e).__name__}: {e}")
+                    for k, v in list(self._cache.items()):
+                        if v is ex:
+                            self._cache[k] = failure
+                    self._hot.clear()
+                    raise CudnnUnsupported(failure.message) from e
             if ex.spec.op == "fprop":
                 self.last = ex
         return out
@@ -393,14 +492,20 @@ class CudnnConv:
         pt, pb, pl, pr = p.pad
         top, bottom, left, right = max(0, pt - pb), max(0, pb - pt), max(0, pl - pr), max(0, pr - pl)
         H2, W2 = p.H + top + bottom, p.W + left + right
-        sym = replace(p, H=H2, W=W2, pad=(min(pt, pb), min(pt, pb), min(pl, pr), min(pl, pr)))
-        xs = None
-        if need_w:
-            xs = cupy.zeros((p.N, p.C, H2, W2), x.dtype)
-            xs[:, :, top:top + p.H, left:left + p.W] = x
-        gx, gw = self.backward(gy, xs, w, sym, need_x, need_w)
-        if gx is not None:
-            gx = cupy.ascontiguousarray(gx[:, :, top:top + p.H, left:left + p.W])
+        try:
+            sym = replace(p, H=H2, W=W2, pad=(min(pt, pb), min(pt, pb), min(pl, pr), min(pl, pr)))
+            xs = None
+            if need_w:
+                xs = cupy.zeros((p.N, p.C, H2, W2), x.dtype)
+                xs[:, :, top:top + p.H, left:left + p.W] = x
+            gx, gw = self.backward(gy, xs, w, sym, need_x, need_w)
+            if gx is not None:
+                gx = cupy.ascontiguousarray(gx[:, :, top:top + p.H, left:left + p.W])
+        except (CudnnUnsupported, cupy.cuda.memory.OutOfMemoryError):
+            raise
+        except Exception as e:
+            # Never the asymmetric graphs: "auto" computes these gradients with "gemm" instead.
+            raise CudnnUnsupported(f"the symmetrically padded gradient graphs failed ({type(e).__name__}: {e})") from e
         return gx, gw
 
     def _gradient(self, mod: Any, op: str, gy: Any, other: Any, p: Any) -> Any:

@@ -64,12 +64,20 @@ def matmul(dev: Any, a: Any, b: Any) -> Any:
     runs the prepared cuBLAS call: no shape logic, no planning (``dev._matmul_calls``).
     """
     dt = a.dtype
-    hit = dev._matmul_calls.get((a.shape, a.strides, b.shape, b.strides, dt))
+    key = (a.shape, a.strides, b.shape, b.strides, dt)
+    hit = dev._matmul_calls.get(key)
     if hit is not None:
         out_shape, final, prep = hit
-        c = cupy.empty(out_shape, dt)
-        prep.run(dev, a.data.ptr, b.data.ptr, c.data.ptr)
-        return c if final is None else c.reshape(final)
+        try:
+            c = cupy.empty(out_shape, dt)
+            prep.run(dev, a.data.ptr, b.data.ptr, c.data.ptr)
+            return c if final is None else c.reshape(final)
+        except cupy.cuda.memory.OutOfMemoryError:
+            raise
+        except Exception:
+            # The remembered call is only a shortcut: forget it, and plan this call from scratch
+            # (whose own errors, if any, are the ones raised).
+            dev._matmul_calls.pop(key, None)
     return _matmul_first(dev, a, b)
 
 

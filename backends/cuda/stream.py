@@ -13,12 +13,31 @@ import cupy
 
 def pointer_function() -> Callable[[], int]:
     """A function returning the current stream's pointer: CuPy's own C-level accessor (what its
-    kernel launches use) when it agrees with ``cupy.cuda.get_current_stream().ptr``, else that."""
-    try:
-        from cupy_backends.cuda.stream import get_current_stream_ptr  # noqa: PLC0415
+    kernel launches use) where it follows ``with cupy.cuda.Stream():`` exactly as
+    ``cupy.cuda.get_current_stream().ptr`` does, else that. Should the accessor raise later, the
+    pointer is read the plain way."""
+    def plain() -> int:
+        return cupy.cuda.get_current_stream().ptr
 
-        if int(get_current_stream_ptr()) == int(cupy.cuda.get_current_stream().ptr):
-            return get_current_stream_ptr
-    except Exception:  # another CuPy's layout, or a fake CuPy
-        pass
-    return lambda: cupy.cuda.get_current_stream().ptr
+    try:
+        from cupy_backends.cuda.stream import get_current_stream_ptr as fast  # noqa: PLC0415
+
+        agrees = int(fast()) == int(plain())
+        if agrees:
+            # A stream of its own made current: an accessor that missed it would put cuBLAS and
+            # cuDNN on another stream than the rest of xdev's work.
+            with cupy.cuda.Stream() as s:
+                agrees = int(fast()) == int(plain()) == int(s.ptr) != 0
+            agrees = agrees and int(fast()) == int(plain())
+    except Exception:  # another CuPy's layout (CuPy 14: no Python-level accessor), or a fake CuPy
+        agrees = False
+    if not agrees:
+        return plain
+
+    def read() -> int:
+        try:
+            return fast()
+        except Exception:
+            return plain()
+
+    return read

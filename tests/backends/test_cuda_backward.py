@@ -117,3 +117,20 @@ def test_grad_bias_in_two_reductions_for_every_layout(layout):
         assert got.dtype == dt and got.shape == (O,)
         assert_agrees(got, *ref, N * Ho * Wo, acc, dt, f"grad_bias {layout} {dt}")
     assert backward.grad_bias(np, np.zeros((0, 4, 3, 3), np.float32)).tolist() == [0.0] * 4
+
+
+def test_grad_bias_falls_back_to_one_reduction_when_the_partial_sums_fail():
+    """No memory for the partial sums (or any failure of that step): the one reduction over
+    (N, Ho, Wo), which needs none, computes grad_bias."""
+
+    class NoPartials(np.ndarray):
+        def reshape(self, *a, **k):
+            raise MemoryError("Out of memory allocating 1,024 bytes")
+
+    for layout in ("nchw", "nhwc"):
+        gy = values(50, (2, 3, 4, 5), np.float32)
+        if layout == "nhwc":
+            gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        got = backward.grad_bias(np, gy.view(NoPartials))
+        assert got.dtype == np.float32 and got.shape == (3,)
+        np.testing.assert_array_equal(np.asarray(got), gy.sum(axis=(0, 2, 3), dtype=np.float32))

@@ -3,6 +3,7 @@ frontend that computes the convolution through the pointers it is given; and, on
 choice reused by a new process and channels-last operands."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -97,7 +98,16 @@ class ComputingGraph(FakeGraph):
             def _execute_plan_at_index(self, pack, ws, cpp_index, handle):
                 assert all(type(v) is int for v in pack.values()) and handle == 4242
                 graph.fe.forms.append("lowered")
+                fault = graph.fe.lowered_fault  # how a C++ entry reached past the public one could misbehave
+                if fault == "raises":
+                    raise RuntimeError("CUDNN_STATUS_BAD_PARAM")
+                if fault == "writes nothing":
+                    return
                 graph._compute(pack, cpp_index - 1000)
+                if fault == "wrong values":
+                    y = graph.tensors[-1]
+                    dt = {"half": np.float16, "float": np.float32, "double": np.float64}[graph.kw["io_data_type"]]
+                    raw_view(pack[y.uid], y.dim, y.stride, dt)[...] *= 2
 
         return Lowered()
 
@@ -108,6 +118,7 @@ class ComputingFrontend(FakeFrontend):
     def __init__(self, table, api="classic"):
         super().__init__(table)
         self.streams, self.last_seconds, self.api, self.forms = [], 0.0, api, []
+        self.lowered_fault = None
 
     def pygraph(self, **kw):
         g = ComputingGraph(self, kw)
@@ -157,6 +168,8 @@ def fake_cuda(request, monkeypatch, tmp_path):
                               Event=Event,
                               get_elapsed_time=lambda s, e: fe.last_seconds * 1e3,
                               memory=SimpleNamespace(OutOfMemoryError=OOM))
+    for name in ("abs", "isfinite", "isnan", "where", "max", "all"):  # what the execute-form check computes with
+        setattr(cp, name, getattr(np, name))
     cp.state = state
     cp.ndarray = lambda shape, dtype, memptr, strides: raw_view(
         memptr.ptr, shape, [v // np.dtype(dtype).itemsize for v in strides], dtype).view(FA)
@@ -367,3 +380,85 @@ def test_the_lowered_form_runs_the_chosen_plan_at_its_cpp_index(fake_cuda):
     assert fe.forms[-1] == "lowered" and fe.executions()[-1][2] == ex.index  # the plan that was chosen
     _check(y, x, w, None, np.float32)
     assert ex.lowered[2] == ex.index + 1000
+
+
+# ==== the execute forms: each checked against the public entry, and a fallback when one fails =======
+
+FORMS_OF = {"classic": {"_classic", "_ptr_dict", "_array_dict"}, "new": {"_ordered", "_ptr_dict", "_array_dict"},
+            "lowered": {"_lowered", "_ordered", "_ptr_dict", "_array_dict"}}
+
+
+def _small_conv(mod, fe, seed=11):
+    fe.table = SMALL
+    xs, ws = (1, 3, 6, 5), (4, 3, 3, 3)
+    x, w = values(seed, xs, np.float32), values(seed + 1, ws, np.float32)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    return conv, (lambda: conv.conv2d(as_fa(x), as_fa(w), None, _params(xs, ws))), x, w
+
+
+def test_every_execute_form_that_computes_what_the_public_entry_computes_is_kept(fake_cuda):
+    """The fastest goes first; every other form this frontend has is a checked fallback."""
+    mod, fe, _cp = fake_cuda
+    conv, call, x, w = _small_conv(mod, fe)
+    _check(call(), x, w, None, np.float32)
+    ex = conv.last
+    assert {ex.form, *ex.spare} == FORMS_OF[fe.api] and len(ex.spare) == len(FORMS_OF[fe.api]) - 1
+    # The benchmark's record of the choice says how it is executed, and why the other forms are not.
+    choice = importlib.import_module("xdev_fake_cuda.conv").cudnn_choice(SimpleNamespace(cudnn=conv))
+    assert (choice["execute"], choice["execute_fallbacks"]) == (ex.form, ex.spare)
+    assert len(choice["execute_dropped"]) == 5 - len(FORMS_OF[fe.api])  # the forms this frontend lacks
+
+
+@pytest.mark.parametrize("fake_cuda", ["lowered"], indirect=True)
+@pytest.mark.parametrize("fault", ["raises", "writes nothing", "wrong values"])
+def test_a_lowered_entry_that_fails_or_computes_otherwise_is_never_kept(fake_cuda, fault):
+    """The C++ entry runs first into a NaN-filled output; what it wrote is compared with the
+    public entry's result of the same plan, and the form is dropped unless they agree."""
+    mod, fe, _cp = fake_cuda
+    fe.lowered_fault = fault
+    conv, call, x, w = _small_conv(mod, fe)
+    for _ in range(2):
+        _check(call(), x, w, None, np.float32)
+    ex = conv.last
+    assert "lowered" in fe.forms  # it was tried
+    assert "_lowered" not in (ex.form, *ex.spare) and {ex.form, *ex.spare} == FORMS_OF["new"]
+    assert fe.forms[-1] == ("ordered" if ex.form == "_ordered" else "dict")
+
+
+@pytest.mark.parametrize("fake_cuda", ["lowered"], indirect=True)
+@pytest.mark.parametrize("missing", ["_data_bindings", "_engine_for", "_barred_indices", "_planning_done"])
+def test_the_lowered_entry_is_not_used_where_the_public_one_would_do_more(fake_cuda, monkeypatch, missing):
+    """Auto-bound tensors, a Python engine's plan, a deselected plan, a plan list owned by C++:
+    the public entry handles these, so the C++ entry is skipped and a public form runs."""
+    mod, fe, _cp = fake_cuda
+    value = {"_data_bindings": {999: 0}, "_engine_for": lambda self, cfg: "a python engine",
+             "_barred_indices": lambda self: set(range(100)), "_planning_done": False}[missing]
+    monkeypatch.setattr(ComputingGraph, missing, value, raising=False)
+    conv, call, x, w = _small_conv(mod, fe)
+    _check(call(), x, w, None, np.float32)
+    ex = conv.last
+    assert "_lowered" not in (ex.form, *ex.spare) and "lowered" not in fe.forms
+
+
+def test_an_execute_form_that_starts_failing_hands_the_call_to_the_next_checked_form(fake_cuda):
+    """A form that raises after it was chosen: the call, and the later ones, run the next form
+    that passed the check; with none left, the key fails (then "auto" runs another algorithm)."""
+    mod, fe, _cp = fake_cuda
+    conv, call, x, w = _small_conv(mod, fe)
+    call()
+    ex = conv.last
+    first, spare = ex.form, list(ex.spare)
+
+    def broken(h, arrays):
+        raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED")
+
+    ex.call = broken
+    _check(call(), x, w, None, np.float32)
+    assert (ex.form, ex.spare) == (spare[0], spare[1:]) and ex.call is not broken and first not in ex.spare
+    _check(call(), x, w, None, np.float32)  # stays on the fallback
+    ex.call, ex.spare = broken, []
+    n = len(fe.executions())
+    for _ in range(2):
+        with pytest.raises(mod.CudnnUnsupported, match="execution failed.*CUDNN_STATUS_EXECUTION_FAILED"):
+            call()
+    assert len(fe.executions()) == n  # remembered: the second call does not execute again

@@ -206,3 +206,51 @@ def test_asymmetric_padding_never_reaches_a_gradient_graph(grad_cuda, xs, ws, di
     grads = [g for g in fe.graphs if g.kind in ("dgrad", "wgrad")]
     assert {g.kind for g in grads} == {"dgrad", "wgrad"}
     assert all(g.conv_kw["pre_padding"] == g.conv_kw["post_padding"] for g in grads)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("need", ["x", "w"])
+def test_one_gradient_of_an_asymmetrically_padded_convolution(grad_cuda, need, dt):
+    """grad_x alone needs no padded copy of x; grad_w alone crops nothing; float16 as float32."""
+    mod, fe, _cp = grad_cuda
+    fe.table = TABLE
+    from xdev.contract import conv_params
+
+    xs, ws = (2, 3, 7, 6), (4, 3, 2, 4)
+    p = conv_params(xs, ws, None, 1, "same", 1, 1)
+    x, w = values(31, xs, dt), values(32, ws, dt)
+    gy = values(33, p.out_shape, dt)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    gx, gw = conv.backward(_fa(gy), _fa(x), _fa(w), p, need == "x", need == "w")
+    assert (gx is None) == (need == "w") and (gw is None) == (need == "x")
+    ref = conv2d_backward_ref(gy, x, w, padding="same")
+    Ks = backward_K(ws, gy.shape, 1)
+    acc = np.dtype(np.float32) if dt == np.float16 else np.dtype(dt)
+    got = gx if need == "x" else gw
+    assert got.dtype == dt and got.shape == ref[need][0].shape
+    assert_agrees(np.asarray(got), *ref[need], Ks[need], acc, np.dtype(dt), f"grad_{need} alone, padding 'same'")
+    grads = [g for g in fe.graphs if g.kind in ("dgrad", "wgrad")]
+    assert {g.kind for g in grads} == {"dgrad" if need == "x" else "wgrad"}
+    assert all(g.conv_kw["pre_padding"] == g.conv_kw["post_padding"] for g in grads)
+
+
+def test_a_failure_of_the_symmetric_route_is_unsupported_never_the_asymmetric_graphs(grad_cuda, monkeypatch):
+    """Whatever fails while padding x or cropping grad_x, the asymmetric graphs are not the
+    fallback (an H200 computed grad_w wrongly through one): CudnnUnsupported, so "auto" runs
+    "gemm" (conv2d_backward's dispatch, test_cuda_emulator.py)."""
+    mod, fe, cp = grad_cuda
+    fe.table = TABLE
+    from xdev.contract import conv_params
+
+    xs, ws = (1, 2, 6, 5), (3, 2, 2, 2)
+    p = conv_params(xs, ws, None, 1, "same", 1, 1)
+    x, w, gy = values(41, xs, np.float32), values(42, ws, np.float32), values(43, p.out_shape, np.float32)
+
+    def fails(*a, **k):
+        raise RuntimeError("cudaErrorIllegalAddress")
+
+    monkeypatch.setattr(cp, "zeros", fails)
+    conv = mod.CudnnConv(0, (9, 0), "Fake H100")
+    with pytest.raises(mod.CudnnUnsupported, match="symmetrically padded gradient graphs failed.*IllegalAddress"):
+        conv.backward(_fa(gy), _fa(x), _fa(w), p, True, True)
+    assert not [g for g in fe.graphs if g.kind in ("dgrad", "wgrad")]

@@ -34,6 +34,7 @@ class FakeCublas(types.ModuleType):
         super().__init__("cupy_backends.cuda.libs.cublas")
         self.calls, self.modes, self.streams = [], {}, []
         self.current_stream = 0  # CuPy's current stream, as the fake cupy reports it
+        self.failures = 0  # the next this many GEMM calls raise, as a failing cuBLAS call does
 
     def create(self):
         return 77
@@ -51,6 +52,9 @@ class FakeCublas(types.ModuleType):
     def gemmStridedBatchedEx(self, h, ta, tb, m, n, k, alpha, A, At, lda, sA, B, Bt, ldb, sB, beta, C, Ct, ldc, sC,
                              batch, compute, algo):
         assert At == Bt == Ct and algo == -1
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
         dt = np.dtype(_CUDA_DT[At])
         sdt = np.dtype(_COMPUTE_SCALAR[compute])
         self.calls.append(dict(dtype=dt.name, compute=compute, batch=batch))
@@ -118,7 +122,12 @@ def test_device_matmul_has_numpy_semantics_on_cublas(fake_device, ashape, bshape
             views.append((np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2),
                           np.ascontiguousarray(b.swapaxes(-1, -2)).swapaxes(-1, -2)))
         for va, vb in views:
+            n0 = len(cublas.calls)
             got = dev.matmul(as_fa(va), as_fa(vb))
+            n1 = len(cublas.calls)
+            again = dev.matmul(as_fa(va), as_fa(vb))  # the remembered call, where there is one
+            assert again.shape == got.shape and again.dtype == got.dtype and np.array_equal(again, got)
+            assert cublas.calls[n1:] == cublas.calls[n0:n1]  # the same cuBLAS calls
             ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
             assert got.shape == ref.shape and got.dtype == dt
             if ref.size:
@@ -224,3 +233,88 @@ def test_a_bad_cudnn_switch_does_not_stop_a_matmul(fake_device, monkeypatch):
     a = values(1, (4, 4), np.float32)
     for _ in range(2):  # the first call plans, the second takes the remembered call
         np.testing.assert_allclose(dev.matmul(as_fa(a), as_fa(a)), a @ a, rtol=1e-5)
+
+
+def test_a_remembered_matmul_call_that_fails_is_planned_again(fake_device):
+    """The remembered cuBLAS call is a shortcut: when it raises, the call is planned from scratch
+    (and remembered again); an error that planning meets too is the one raised."""
+    dev, cublas = fake_device
+    a, b = values(1, (6, 5), np.float32), values(2, (5, 3), np.float32)
+    dev.matmul(as_fa(a), as_fa(b))
+    key = next(iter(dev._matmul_calls))
+    cublas.failures = 1
+    np.testing.assert_allclose(dev.matmul(as_fa(a), as_fa(b)), a @ b, rtol=1e-5)
+    assert key in dev._matmul_calls
+    cublas.failures = 2
+    with pytest.raises(RuntimeError, match="CUBLAS_STATUS_EXECUTION_FAILED"):
+        dev.matmul(as_fa(a), as_fa(b))
+    np.testing.assert_allclose(dev.matmul(as_fa(a), as_fa(b)), a @ b, rtol=1e-5)
+
+
+# ==== stream.py: CuPy's current stream pointer, by its C-level accessor only where it is right ======
+
+@pytest.fixture
+def stream_module(monkeypatch):
+    """(load, state): load(accessor) imports stream.py on a fake CuPy whose ``with Stream():``
+    makes a stream current, with ``accessor`` as cupy_backends.cuda.stream.get_current_stream_ptr
+    (None: CuPy 14, which has no Python-level accessor)."""
+    state = SimpleNamespace(current=0, made=0)
+
+    class Stream:
+        def __init__(self):
+            state.made += 1
+            self.ptr = 0x1000 + state.made
+
+        def __enter__(self):
+            self.prev, state.current = state.current, self.ptr
+            return self
+
+        def __exit__(self, *a):
+            state.current = self.prev
+
+    cp = types.ModuleType("cupy")
+    cp.cuda = SimpleNamespace(Stream=Stream, get_current_stream=lambda: SimpleNamespace(ptr=state.current))
+
+    def load(accessor):
+        backend_stream = types.ModuleType("cupy_backends.cuda.stream")
+        if accessor is not None:
+            backend_stream.get_current_stream_ptr = accessor
+        for name, m in (("cupy", cp), ("cupy_backends", types.ModuleType("cupy_backends")),
+                        ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                        ("cupy_backends.cuda.stream", backend_stream)):
+            monkeypatch.setitem(sys.modules, name, m)
+        spec = importlib.util.spec_from_file_location("xdev_fake_stream", CUDA_DIR / "stream.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.pointer_function()
+
+    return load, state
+
+
+def test_the_stream_accessor_is_used_only_where_it_follows_the_current_stream(stream_module):
+    load, state = stream_module
+    right = lambda: state.current  # noqa: E731  (what CuPy's accessor returns)
+    for accessor, fast in ((None, False), (right, True), (lambda: 0, False),  # stuck on the default stream
+                           (lambda: 1 / 0, False)):  # raises at once
+        read = load(accessor)
+        assert (read.__name__ == "read") == fast, accessor
+        for current in (0, 0x7777):
+            state.current = current
+            assert read() == current
+        state.current = 0
+
+
+def test_an_accessor_that_raises_later_gives_way_to_the_plain_read(stream_module):
+    load, state = stream_module
+    calls = SimpleNamespace(n=0)
+
+    def flaky():
+        calls.n += 1
+        if calls.n > 4:  # it passed the checks, then stops working
+            raise RuntimeError("no current device")
+        return state.current
+
+    read = load(flaky)
+    assert read.__name__ == "read"
+    state.current = 0x4242
+    assert [read() for _ in range(3)] == [0x4242] * 3
