@@ -92,16 +92,20 @@ def verdict(name: str, ratio: float | None) -> dict[str, Any]:
 
 
 class Run:
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, fake: bool = False) -> None:
         self.t0 = time.perf_counter()
         self.budget = budget_s
+        self.fake = fake  # --fake: the code paths run, the figures mean nothing and get no verdict
         self.results: dict[str, Any] = {}
 
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.t0)
 
     def report(self, name: str, ratio: float | None, detail: str, **extra: Any) -> None:
-        v = verdict(name, ratio)
+        v = verdict(name, None if self.fake else ratio)
+        if self.fake:
+            v["ratio"] = ratio
+            detail = f"fake CuPy and cuDNN, figures meaningless: {detail}"
         mark = {True: "MET", False: "NOT MET", None: "NOT MEASURED"}[v["met"]]
         r = "n/a" if ratio is None else f"{ratio:.4g}"
         if name in MOONSHOT and ratio is not None:
@@ -299,13 +303,18 @@ def host_costs(run: Run, torch: Any, calls: int = 2000) -> None:
     if torch is not None:
         tx, tw = torch.as_tensor(x.data, device="cuda"), torch.as_tensor(w.data, device="cuda")
         fns["torch"] = lambda: host_cost(lambda: torch.nn.functional.conv2d(tx, tw), sync, calls)
+    choice = None
     for algo in dev.conv_algorithms:
         xdev.conv2d(x, w, algorithm=algo)
+        if algo == "cudnn":
+            choice = dev.cudnn_choice()  # which execute form the cuDNN calls use, and why not the others
     med = interleaved(fns, 5)
     us = {k: v * 1e6 for k, v in med.items()}
     ratio = med["cudnn"] / med["torch"] if ("cudnn" in med and "torch" in med) else None
+    form = "" if not choice else (f"; cuDNN execute form {choice.get('execute')}, fallbacks "
+                                  f"{choice.get('execute_fallbacks')}, dropped {choice.get('execute_dropped')}")
     run.report("conv-host-cudnn", ratio, ", ".join(f"{k} {v:.1f} us/call" for k, v in us.items())
-               + f" (1x3x32x32 * 8x3x3x3 float32, {calls} calls + 1 sync)", us_per_call=us)
+               + f" (1x3x32x32 * 8x3x3x3 float32, {calls} calls + 1 sync){form}", us_per_call=us, cudnn=choice)
 
 
 # ---- VGG-16 forward + backward (bench/gpu_backward.py) ---------------------------------------------
@@ -329,7 +338,7 @@ def fwd_bwd(run: Run, torch: Any) -> None:
 
 
 # ---- OpenCL sgemm on the same GPU, untuned ---------------------------------------------------------
-def opencl_sgemm(run: Run, n: int = 4096) -> None:
+def opencl_sgemm(run: Run, n: int = 4096, selector: str = "opencl:nvidia") -> None:
     """xdev's OpenCL float32 GEMM n^3 against xdev's cuBLAS matmul, on a fresh cache (no xdev.tune)."""
     st = xdev.available_backends().get("opencl")
     if st is None or not st.available:
@@ -339,9 +348,9 @@ def opencl_sgemm(run: Run, n: int = 4096) -> None:
 
     cu = get_device("cuda")
     try:
-        ocl = get_device("opencl:nvidia")
+        ocl = get_device(selector)
     except Exception as e:
-        run.report("opencl-sgemm-untuned", None, f"no NVIDIA OpenCL device: {type(e).__name__}: {e}")
+        run.report("opencl-sgemm-untuned", None, f"no OpenCL device {selector!r}: {type(e).__name__}: {e}")
         return
     info = ocl.info()
     sources = {k: v for k, v in info.items() if "source" in k or "provenance" in k or k.startswith("params")}
@@ -379,7 +388,8 @@ def pipeline_upload(run: Run, out: Path) -> None:
         run.report("pipeline-upload", None, f"{' '.join(cmd[1:])} timed out")
         return
     if r.returncode != 0 or not path.exists():
-        run.report("pipeline-upload", None, f"the benchmark failed (exit {r.returncode}): {r.stderr[-400:]}")
+        said = (r.stderr.strip() or r.stdout.strip())[-400:]
+        run.report("pipeline-upload", None, f"the benchmark failed (exit {r.returncode}): {said}")
         return
     doc = json.loads(path.read_text())
     rows = doc.get("results", doc.get("rows", doc)) if isinstance(doc, dict) else doc
@@ -463,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host-calls", type=int, default=2000, help="calls per host-cost measurement")
     ap.add_argument("--error-log", action="append", default=[], metavar="FILE",
                     help="an XDEV_TEST_ERROR_LOG file of a CUDA test run: its worst error / bound per numeric mode")
+    ap.add_argument("--opencl-device", default="opencl:nvidia", help="the OpenCL device of opencl-sgemm-untuned")
+    ap.add_argument("--sgemm-n", type=int, default=4096, help="its GEMM size (the target is for 4096)")
     ap.add_argument("--dry-run", action="store_true", help="check the script and list the targets; no GPU needed")
     ap.add_argument("--fake", action="store_true",
                     help="run the sections on bench/cuda_host_cost.py's do-nothing CuPy and cuDNN: the script's own "
@@ -496,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"torch not importable ({type(e).__name__}: {e}): xdev alone, no yardstick")
         torch = None
-    run = Run(a.budget_s)
+    run = Run(a.budget_s, fake=a.fake)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = xdev.asarray(np.zeros(1, np.float32), backend="cuda")._dev
@@ -514,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         "tf32": ("vgg16 tf32", lambda: vgg(run, "vgg16-tf32", "float32", torch, {"XDEV_CUDA_TF32": "1"}, False),
                  ["vgg16-tf32", "vgg16-tf32-error"]),
         "fwdbwd": ("vgg16 forward + backward", lambda: fwd_bwd(run, torch), ["vgg16-fwd-bwd", "conv1_1-fwd-bwd"]),
-        "opencl": ("opencl sgemm untuned", lambda: opencl_sgemm(run), ["opencl-sgemm-untuned"]),
+        "opencl": ("opencl sgemm untuned", lambda: opencl_sgemm(run, a.sgemm_n, a.opencl_device),
+                   ["opencl-sgemm-untuned"]),
         "pipeline": ("pipeline upload", lambda: pipeline_upload(run, out), ["pipeline-upload"]),
     }
     for key in SECTIONS:
@@ -548,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.4g}"
         print(f"  {n:28s} {ratio:>7s}  need {r['target']:8s} {mark}")
     met = [n for n, r in run.results.items() if r["met"]]
-    print(f"targets met: {len(met)} of {len(run.results)} measured ({len(TARGETS)} defined); wrote {path}")
+    measured = [n for n, r in run.results.items() if r["met"] is not None]
+    print(f"targets met: {len(met)} of {len(measured)} measured ({len(run.results)} reported, {len(TARGETS)} defined"
+          f"{'; --fake: no verdicts' if a.fake else ''}); wrote {path}")
     return 0
 
 
