@@ -13,7 +13,7 @@
 # installed there: it is imported from the checkout. Each step runs under a
 # timeout and the whole script stops within GPU_CHECK_BUDGET_S seconds (default 350: under 6
 # min). Order = priority: versions, the conv tests on CUDA (pytest -n 8) in the default modes
-# and in TF32, every target of issue 25 with its verdict (bench/cuda_targets.py, at most
+# and in TF32, every CUDA target with its verdict (bench/cuda_targets.py, at most
 # GPU_CHECK_TARGETS_S = 150 s; printed again as the last table), the rest of the test suite
 # with what is left (at most 160 s), then the TFLOP/s check and the quick benchmarks while
 # budget is left.
