@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         # Works whatever the cache file holds, without opening the device (opening proves
         # its kernels, and reads the very file being reset).
         try:
-            done = backend.device.reset_tuning(split_selector(device)[1], every=a.all)
+            done = backend.discovery.reset_tuning(split_selector(device)[1], every=a.all)
         except (ValueError, BackendUnavailable) as e:
             print(f"python -m xdev.tune --reset: {e}", file=sys.stderr)
             return 2

@@ -13,7 +13,8 @@ from typing import Any
 
 from xdev.contract import env
 
-from .device import OpenCLDevice, candidates
+from .device import OpenCLDevice
+from .discovery import candidates
 from .proof import ENV_FAULT  # noqa: F401  (documented there)
 
 

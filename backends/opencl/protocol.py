@@ -1,8 +1,9 @@
 """What the modules below device.py use of an OpenCL device, as protocols.
 
-The floor plan: device.py (OpenCLDevice, discovery) on top; the kernel modules (gemm.py,
-conv.py, backward.py, staging.py, clblast.py) below it, handed the device as an argument;
-the helpers (array.py, kernels.py, params.py, proof.py, this module) at the bottom. The
+The floor plan: device.py (OpenCLDevice) on top, discovery.py (the devices found, the
+selector, the proof's verdict) below it; the kernel modules (gemm.py, conv.py, backward.py,
+staging.py, clblast.py) below device.py, handed the device as an argument; the helpers
+(array.py, kernels.py, params.py, proof.py, this module) at the bottom. The
 kernel modules and params.py name the device by these protocols rather than importing
 OpenCLDevice, so no module imports one above it.
 """
@@ -17,10 +18,10 @@ from .array import CLArray
 
 
 class DeviceDescription(Protocol):
-    """A device as params.py reads it: an OpenCLDevice, or device.py's description of one
+    """A device as params.py reads it: an OpenCLDevice, or discovery.py's description of one
     that is not open yet (the proof chooses parameters before the device is opened)."""
 
-    cand: Any  # device.Candidate: platform, device and their indexes
+    cand: Any  # discovery.Candidate: platform, device and their indexes
     cl_device: cl.Device
     is_cpu: bool
     target: Any  # isa.Target: what a CPU device's compiler emits (None on GPUs)

@@ -173,7 +173,7 @@ def test_float64_refused_without_fp64(cl_dev, monkeypatch):
 
 
 def test_selector_forms(cl_dev):
-    from xdev.backends.opencl.device import _select
+    from xdev.backends.opencl.discovery import _select
 
     c = cl_dev.cand
     assert _select(f"{c.p}:{c.d}")[0] is c
@@ -183,7 +183,7 @@ def test_selector_forms(cl_dev):
 
 
 def test_two_pocls_with_one_platform_name_are_told_apart():
-    from xdev.backends.opencl.device import candidates
+    from xdev.backends.opencl.discovery import candidates
 
     names = [c.platform.name for c in candidates()]
     keys = [c.key for c in candidates()]

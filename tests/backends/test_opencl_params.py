@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("pyopencl")
 
 from xdev.backends.opencl import autotune, database, isa, params, proof  # noqa: E402
-from xdev.backends.opencl.device import _Shim  # noqa: E402
+from xdev.backends.opencl.discovery import _Shim  # noqa: E402
 
 H200_GEMM = {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 8, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 0}
 H200_CONV = {"MWG": 64, "NWG": 128, "KWG": 16, "MDIMC": 8, "NDIMC": 16, "VWM": 4, "VWN": 4, "PAD": 0, "DB": 1}

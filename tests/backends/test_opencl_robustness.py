@@ -22,7 +22,7 @@ BACKENDS = ("numpy", "opencl")
 # -- OpenCL device errors, pool, synchronize --------------------------------------------------
 def test_selector_index_out_of_range_says_so():
     require("opencl")
-    from xdev.backends.opencl.device import _select
+    from xdev.backends.opencl.discovery import _select
 
     with pytest.raises(ValueError, match="platform index 7 is out of range"):
         _select("7:7")
@@ -107,7 +107,7 @@ def test_stale_pocl_cache_entry_is_rebuilt(monkeypatch):
     import pyopencl as cl
 
     dev = require("opencl")
-    from xdev.backends.opencl.device import PROBE_SOURCE
+    from xdev.backends.opencl.discovery import PROBE_SOURCE
 
     from xdev.backends.opencl.kernels import build_program
 
@@ -131,7 +131,7 @@ def test_stale_pocl_cache_entry_is_rebuilt(monkeypatch):
 
 # -- the device proof -------------------------------------------------------------------------
 def _first_candidate_code() -> str:
-    return ("from xdev.backends.opencl import device as d\n"
+    return ("from xdev.backends.opencl import discovery as d\n"
             "c = d.candidates()[0]\n"
             "print('REASON', d.unusable_reason(c))\n")
 
@@ -380,9 +380,9 @@ def test_tune_reset_without_device_forgets_the_default_device_only(tuning_env):
     """--reset is the default device's (the one `python -m xdev.tune` tunes), --reset --all every
     device's; with two OpenCL devices (two PoCLs) the other device's entry must survive the first."""
     dev, tuning, path = tuning_env
-    from xdev.backends.opencl import device as cl_device
+    from xdev.backends.opencl import discovery
 
-    ids = {c.key: tuning.device_id(cl_device._Shim(c)) for c in cl_device.candidates()}
+    ids = {c.key: tuning.device_id(discovery._Shim(c)) for c in discovery.candidates()}
     # Empty entries: the devices' parameters stay the built-in ones, whose proof verdicts the
     # fixture copied (a tuned value would cost a fresh proof per device in the child).
     path.write_text(json.dumps({**{i: {} for i in ids.values()}, "other": {}}))
