@@ -309,7 +309,7 @@ def profile(fn: Callable[[], Any], calls: int, top: int = 14) -> str:
 def _layers_conv(xdev: Any, dev: Any, algo: str, x: Any, w: Any) -> dict[str, Callable[[], Any]]:
     """conv2d 1x3x32x32 * 8x3x3x3 at each layer of the call path, outermost first."""
     from xdev.backends.cuda import conv as cconv
-    from xdev.backends.cuda.cudnn_conv import _FORMS
+    from xdev.backends.cuda.cudnn_exec import _FORMS
 
     xd, wd = x.data, w.data
     p = xdev._ops._conv_params(tuple(xd.shape), tuple(wd.shape), None, 1, 0, 1, 1)

@@ -156,6 +156,6 @@ def cudnn_choice(dev: Any) -> dict[str, Any] | None:
         if ex.spec.has_bias else None, "plan": None if c is None else c.name,
         "plan_index": ex.index, "autotuned": bool(c is not None and c.candidates),
         "candidates": None if c is None else c.candidates,
-        # How the plan is executed (_Exec.pick_form): the form, the checked fallbacks, why no other was kept.
+        # How the plan is executed (cudnn_exec._Exec.pick_form): the form, the checked fallbacks, why no other was kept.
         "execute": ex.form, "execute_fallbacks": list(ex.spare), "execute_dropped": list(ex.dropped),
     }

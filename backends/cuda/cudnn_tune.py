@@ -1,7 +1,7 @@
 """cuDNN plan autotuning: candidate graphs and plans, timing, and the choice's disk cache.
 
 Pure Python: no CuPy here, so the test suite drives all of it with a fake cuDNN frontend.
-``cudnn_conv.py`` supplies the GPU parts (arrays, CUDA events, execution).
+``cudnn_conv.py`` supplies the GPU parts (arrays, CUDA events), ``cudnn_exec.py`` the execution.
 
 For one convolution key xdev considers several *variants*: the compute layout (NCHW, and
 NHWC where tensor cores run: float16 and TF32) and, with a bias, the bias fused into the
