@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import operator
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from functools import reduce
 from pathlib import Path
@@ -116,6 +118,31 @@ def _unguarded_main_line(method: str) -> tuple[str, int] | None:
     return path, line
 
 
+class _ClosingHeartbeat(logging.Filter):
+    """Drops the heartbeat failure a worker logs while it is itself closing.
+
+    A worker closing its connection pool under a heartbeat still in flight (on a busy machine,
+    when the cluster shuts down) logs "Failed to communicate with scheduler during heartbeat"
+    with three chained tracebacks, although nothing failed: the worker was on its way out.
+    The same message from a running worker (a scheduler gone missing) still shows.
+    """
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__()
+        self._worker = weakref.ref(worker)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat"):
+            return True
+        w = self._worker()
+        return w is not None and getattr(w.status, "name", "") not in ("closing", "closing_gracefully", "closed")
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, run in each worker process ``local_cluster`` starts."""
+    logging.getLogger("distributed.worker").addFilter(_ClosingHeartbeat(worker))
+
+
 def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None = COMPUTE_CONFIG,
                   **kwargs: Any) -> LocalCluster:
     """A ``distributed.LocalCluster`` for xdev's block products on this machine's CPU.
@@ -167,7 +194,10 @@ def local_cluster(n_workers: int = 2, *, dask_config: Mapping[str, Any] | None =
     cfg = dict(dask_config or {})
     kwargs.pop("processes", None)  # checked above: True or None
     kwargs.pop("asynchronous", None)  # ... False or None
-    opts: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, **kwargs, "processes": True, "env": worker_env}
+    preload = kwargs.pop("preload", None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    opts: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, **kwargs, "processes": True, "env": worker_env,
+                            "preload": [*preload, __name__]}  # dask_setup above, in every worker
     if cfg or "config" in kwargs:
         # A nanny reads the global config when it is created; this reaches the worker processes
         # of later scale-ups, which start after the `with` below has ended. Dotted keys: the

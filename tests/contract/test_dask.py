@@ -311,7 +311,9 @@ def test_local_cluster_blas_threads_reach_the_library_and_its_settings_win(spawn
     spawn_env.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with xd.local_cluster(1, dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         (seen,) = client.run(_dask_settings, keys).values()
+        (quiet,) = client.run(_has_closing_heartbeat_filter).values()
     _check_blas(seen, xd._cores())
+    assert quiet  # dask_setup ran in the worker (Dask's preload)
     trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
     with xd.local_cluster(1, dask_config={trim: 131072}, env={"OPENBLAS_NUM_THREADS": "1"},
                           dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
@@ -319,6 +321,37 @@ def test_local_cluster_blas_threads_reach_the_library_and_its_settings_win(spawn
     assert seen["config"] == {**{k: dask.config.get(k) for k in keys}, trim: 131072}  # Dask's, but for trim
     assert seen["malloc_trim"] == "131072"
     _check_blas(seen, 1)
+
+
+def _has_closing_heartbeat_filter():
+    import logging
+
+    return any(isinstance(f, xd._ClosingHeartbeat) for f in logging.getLogger("distributed.worker").filters)
+
+
+def test_a_closing_worker_does_not_report_its_last_heartbeat_as_an_error():
+    """On a busy machine a worker closing under a heartbeat in flight logged "Failed to
+    communicate with scheduler during heartbeat" with three tracebacks (seen in the doc
+    example's run beside another test process); a running worker's failure still shows."""
+    import logging
+
+    from distributed.core import Status
+
+    class Worker:
+        status = Status.running
+
+    worker = Worker()
+    f = xd._ClosingHeartbeat(worker)
+
+    def record(msg):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, None, None)
+
+    assert f.filter(record("Failed to communicate with scheduler during heartbeat."))
+    assert f.filter(record("Unexpected exception during heartbeat. Closing worker."))
+    for status in (Status.closing, Status.closing_gracefully, Status.closed):
+        worker.status = status
+        assert not f.filter(record("Failed to communicate with scheduler during heartbeat."))
+        assert f.filter(record("Unexpected exception during heartbeat. Closing worker."))
 
 
 def test_local_cluster_refuses_what_it_cannot_honour():
