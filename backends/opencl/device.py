@@ -25,6 +25,32 @@ from .kernels import build_program, convert_options, type_options
 from .staging import OpenCLStager, map_host_buffer
 
 
+# PoCL compiles a kernel once per work-group size. Left to choose, it takes sizes that divide
+# the grid (24 x 15, 1 x 683, 16 x 171, ...), so nearly every new shape compiled each kernel it
+# ran again (0.1-0.3 s apiece on the CPU; 1022 builds in one run of the test suite). Powers of
+# two from a cap keep it to a few sizes per kernel; a CPU runs a work-group as a loop on one
+# thread, so its shape only sets how the grid is shared out.
+CPU_GROUP_ITEMS = 256
+# The compute kernels whose speed was measured and tuned with PoCL's own work-group choice (it
+# sets the order in which one thread walks the tiles, and with it what stays in cache); a run
+# with these sizes too was 3-12% slower (within noise, but on every layer). One build per shape.
+POCL_GROUPS = frozenset({"gemm_packed", "conv_packed", "grad_w_rows"})
+
+
+def cpu_local_size(global_size: tuple[int, ...]) -> tuple[int, ...]:
+    """The work-group size for a grid on a CPU device: per dimension, first to last, the largest
+    power of two that divides it and keeps the group within CPU_GROUP_ITEMS work-items."""
+    left = CPU_GROUP_ITEMS
+    local = []
+    for g in global_size:
+        n = 1
+        while n * 2 <= left and g % (n * 2) == 0:
+            n *= 2
+        local.append(n)
+        left //= n
+    return tuple(local)
+
+
 def open_device(selector: str | None) -> OpenCLDevice:
     if selector is None and env.pyopencl_ctx():
         selector = env.pyopencl_ctx()
@@ -229,6 +255,8 @@ class OpenCLDevice(Device):
         """Enqueue kernel `name` of `file` (built with `options`) on this device's queue."""
         fork.check("opencl")
         k = self.kernel(file, name, options)
+        if local_size is None and self.is_cpu and name not in POCL_GROUPS:
+            local_size = cpu_local_size(global_size)
         # A cl.Kernel holds its arguments: setting them and enqueueing must not interleave
         # between threads that share this device.
         with self._lock:

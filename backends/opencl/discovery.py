@@ -4,6 +4,7 @@ reset_tuning, which need no open device. device.py opens what the selector picks
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -102,9 +103,11 @@ def unusable_reason(c: Candidate) -> str | None:
         return _usable[c.key]
     reason = None
     try:
-        ctx = cl.Context([c.device])
-        # A compiler that fails politely (e.g. "unknown target CPU") says so here, in-process.
-        cl.Program(ctx, PROBE_SOURCE).build()
+        # (one driver compiles in this process at a time: check_all runs this in threads)
+        with _in_process:
+            ctx = cl.Context([c.device])
+            # A compiler that fails politely (e.g. "unknown target CPU") says so here, in-process.
+            cl.Program(ctx, PROBE_SOURCE).build()
     except cl.Error as e:
         msg = str(e)
         reason = f"{c.key} {c.label} cannot build kernels: " + _first_error_line(msg)
@@ -122,6 +125,25 @@ def unusable_reason(c: Candidate) -> str | None:
                 _tc_failures[c.key] = tc_failure
     _usable[c.key] = reason
     return reason
+
+
+_in_process = threading.Lock()
+
+
+def check_all(cands: list[Candidate] | tuple[Candidate, ...]) -> None:
+    """unusable_reason for each candidate not yet checked, their proofs side by side.
+
+    A proof is a child process (15-35 s on a 2-core CPU); one after another, two PoCLs made a
+    fresh machine's first call wait for both. Each runs in its own thread here."""
+    todo = [c for c in cands if c.key not in _usable]
+    if len(todo) < 2:
+        return
+    threads = [threading.Thread(target=unusable_reason, args=(c,), name=f"xdev-proof-{c.key}", daemon=True)
+               for c in todo]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()  # (a proof's own limits bound each; an error is raised again by the caller's own call)
 
 
 def _first_error_line(msg: str) -> str:
@@ -172,6 +194,7 @@ def probe() -> BackendStatus:
         cands = candidates()
     except BackendUnavailable as e:
         return BackendStatus(False, str(e), ())
+    check_all(cands)
     good = [c for c in cands if unusable_reason(c) is None]
     bad = [unusable_reason(c) for c in cands if unusable_reason(c) is not None]
     if not good:
@@ -202,6 +225,7 @@ def reset_tuning(selector: str | None, every: bool = False) -> list[tuple[str, s
     matches = _select(selector)
     if not every and len(matches) > 1:
         # As open_device: the first that runs xdev's kernels (its proof verdict is cached).
+        check_all(matches)
         usable = [c for c in matches if unusable_reason(c) is None]
         if not usable:
             listing = "; ".join(f"{c.key} = {c.label}" for c in matches)

@@ -291,3 +291,47 @@ def test_elapsed_times_with_profiling_events(cl_dev):
     # More work takes longer on the device clock too.
     four = cl_dev.elapsed(lambda: [xdev.matmul(a, a) for _ in range(4)], 3)
     assert min(four) > min(times)
+
+
+def test_cpu_work_group_sizes_come_from_a_small_set():
+    """PoCL builds a kernel once per work-group size: xdev's choice on a CPU is a power of two
+    per dimension that divides the grid, at most CPU_GROUP_ITEMS work-items in all, so shapes
+    share builds (PoCL's own choice gave 271 sizes of gemm_small in one test run)."""
+    from xdev.backends.opencl.device import CPU_GROUP_ITEMS, cpu_local_size
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(2000):
+        g = (int(rng.integers(1, 300)) * int(rng.choice([1, 8, 16, 64])), int(rng.integers(1, 700)),
+             int(rng.integers(1, 40)))
+        loc = cpu_local_size(g)
+        assert all(gi % li == 0 and li & (li - 1) == 0 for gi, li in zip(g, loc)), (g, loc)
+        assert np.prod(loc) <= CPU_GROUP_ITEMS
+        seen.add(loc)
+    assert len(seen) <= 165  # however many grids: the splits of 2^8 over 3 dimensions, C(11, 3)
+    assert cpu_local_size((2048,)) == (256,) and cpu_local_size((683, 1, 1)) == (1, 1, 1)
+    assert cpu_local_size((16, 224, 64)) == (16, 16, 1)
+
+
+def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
+    """Every launch without a size of its own gets cpu_local_size's, except the tuned compute
+    kernels (POCL_GROUPS), and the results stay right on ragged shapes."""
+    from availability import cpu_devices
+    from xdev.backends.opencl import device as D
+
+    keys = cpu_devices("opencl")
+    if not keys:
+        pytest.skip("no OpenCL CPU device")
+    asked = []
+    real = D.cpu_local_size
+    monkeypatch.setattr(D, "cpu_local_size", lambda g: asked.append(tuple(g)) or real(g))
+    rng = np.random.default_rng(1)
+    for m, k, n in ((7, 13, 5), (33, 17, 129), (300, 70, 90)):
+        a, b = rng.random((m, k)), rng.random((k, n))
+        c = xdev.matmul(a.astype(np.float32), xdev.asarray(b, dtype=np.float32, backend=keys[0]))
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+        assert_agrees(c.numpy(), *matmul_ref(a32, b32), k, np.float32, np.float32, f"matmul {m}x{k}x{n}")
+    x, w = rng.random((2, 3, 11, 9)).astype(np.float32), rng.random((4, 3, 3, 3)).astype(np.float32)
+    y = xdev.conv2d(xdev.asarray(x, backend=keys[0]), w, padding=1)
+    assert_agrees(y.numpy(), *conv2d_ref(x, w, padding=1), 27, np.float32, np.float32, "conv2d")
+    assert asked  # the copies, packs and padding went through it

@@ -453,3 +453,38 @@ last.append(cl.enqueue_marker(w._dev.queue))
     r = run_child(code, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert "status complete" in r.stdout, r.stdout
+
+
+def test_devices_are_proven_side_by_side(monkeypatch):
+    """A fresh machine's first call proves every OpenCL device: the proofs (child processes)
+    run at once, one thread each, not one after another; a device already checked is not
+    checked again."""
+    import threading
+    import time
+
+    from xdev.backends.opencl import discovery
+
+    monkeypatch.setattr(discovery, "_usable", {"opencl:9:0": None})
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake_reason(c):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.5)
+        with lock:
+            running[0] -= 1
+        discovery._usable[c.key] = None
+        return None
+
+    monkeypatch.setattr(discovery, "unusable_reason", fake_reason)
+    cands = []
+    for p in range(3):
+        c = _fake_cand()
+        c.p, c.key = p, f"opencl:{p}:0"
+        cands.append(c)
+    done = _fake_cand()
+    done.key = "opencl:9:0"
+    discovery.check_all([*cands, done])
+    assert peak[0] == 3
+    assert set(discovery._usable) == {"opencl:0:0", "opencl:1:0", "opencl:2:0", "opencl:9:0"}
