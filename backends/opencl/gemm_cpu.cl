@@ -12,18 +12,21 @@ __kernel void gemm_packed(__global out_t* restrict C,
                           const int M, const int N, const int K,
                           const int n1, const int n2,
                           const long pa0, const long pa1, const long pa2,
-                          const long pb0, const long pb1, const long pb2)
+                          const long pb0, const long pb1, const long pb2,
+                          const int k0, const int kc, const int add)
 {
     const int nt = get_global_id(0);
     const int mt = get_global_id(1);
     const int bt = get_global_id(2);
     BATCH3(bt, n1, n2);
-    __global const real* a = Ap + i0 * pa0 + i1 * pa1 + i2 * pa2 + (size_t)mt * K * MR;
-    __global const real* b = Bp + i0 * pb0 + i1 * pb1 + i2 * pb2 + (size_t)nt * K * NR;
+    // K block [k0, k0 + kc) of the panels; add: C += this block's product (the host asks
+    // for it only where C has the compute type, so the sum rounds as one accumulation).
+    __global const real* a = Ap + i0 * pa0 + i1 * pa1 + i2 * pa2 + ((size_t)mt * K + k0) * MR;
+    __global const real* b = Bp + i0 * pb0 + i1 * pb1 + i2 * pb2 + ((size_t)nt * K + k0) * NR;
 
     realv acc[MR][NV];
     MICRO_ZERO(acc);
-    for (int k = 0; k < K; ++k) {
+    for (int k = 0; k < kc; ++k) {
         realv bv[NV];
         #pragma unroll
         for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, b);
@@ -38,6 +41,21 @@ __kernel void gemm_packed(__global out_t* restrict C,
     for (int i = 0; i < MR; ++i) {
         if (m0 + i < M) {
             const size_t row = (size_t)(m0 + i) * N + n0;
+#if OUT_BITS == REAL_BITS
+            if (add) {
+                if (n0 + NR <= N) {
+                    #pragma unroll
+                    for (int v = 0; v < NV; ++v) VSTORE(acc[i][v] + VLOAD(0, c + row + v * VW), 0, c + row + v * VW);
+                } else {
+                    real tmp[NR];
+                    #pragma unroll
+                    for (int v = 0; v < NV; ++v) CAT(vstore, VW)(acc[i][v], v, tmp);
+                    const int nn = min(NR, N - n0);
+                    for (int j = 0; j < nn; ++j) c[row + j] += tmp[j];
+                }
+                continue;
+            }
+#endif
             if (n0 + NR <= N) {
                 #pragma unroll
                 for (int v = 0; v < NV; ++v) VSTORE(acc[i][v], 0, c + row + v * VW);

@@ -335,3 +335,33 @@ def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
     y = xdev.conv2d(xdev.asarray(x, backend=keys[0]), w, padding=1)
     assert_agrees(y.numpy(), *conv2d_ref(x, w, padding=1), 27, np.float32, np.float32, "conv2d")
     assert asked  # the copies, packs and padding went through it
+
+
+@pytest.mark.parametrize("dt", [np.float16, np.float32, np.float64])
+def test_packed_gemm_in_k_blocks(cl_dev, monkeypatch, dt):
+    """Past the cache, the CPU GEMM runs K in blocks and adds them into C (float32/float64
+    outputs; float16 output in one block, to round once): forced here on small ragged shapes,
+    K not a multiple of the block."""
+    from xdev.backends.opencl import gemm as G
+
+    if cl_dev.family != "cpu":
+        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
+    if np.dtype(dt) not in supported_dtypes(cl_dev):
+        pytest.skip(f"{cl_dev.key} lacks {np.dtype(dt)}")
+    monkeypatch.setattr(G, "B_WHOLE_BYTES", 0)
+    monkeypatch.setattr(G, "B_BLOCK_BYTES", 1)  # the smallest block: 64
+    launches = []
+    real = cl_dev.launch
+    monkeypatch.setattr(cl_dev, "launch", lambda f, name, *a: (launches.append(name), real(f, name, *a))[1])
+    saved = cl_dev.params["small_work"]
+    cl_dev.params["small_work"] = 0
+    try:
+        for M, K, N in ((37, 300, 45), (13, 64, 70), (5, 0, 9)):
+            launches.clear()
+            a, b = values(M, (M, K), dt), values(N, (K, N), dt)
+            check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
+                  f"K blocks {np.dtype(dt)} {M}x{K}x{N}")
+            want = 0 if K == 0 else 1 if dt == np.float16 else -(-K // 64)  # (K = 0: a fill)
+            assert launches.count("gemm_packed") == want, (launches, want)
+    finally:
+        cl_dev.params["small_work"] = saved
