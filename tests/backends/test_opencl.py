@@ -26,14 +26,22 @@ def family(request, cl_dev):
     """Run a test with one kernel family forced on the device (restored afterwards).
     "gpu" is the xl GEMM (packed panels, register tiles) and its convolution; "gpu-tiled"
     the unpacked tiled GEMM the GPU family uses for mid-sized products."""
-    saved = (cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"])
+    saved = (cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"], cl_dev.params["gemm_xl"],
+             cl_dev.params["conv_xl"])
+    if cl_dev.is_cpu:
+        # The GPU family forced on a CPU: 32 x 32 tiles of 4 x 4 per work-item, where the
+        # parameters derived for a CPU (never used for its own work) are 64 x 64 of 8 x 8,
+        # whose builds took PoCL 5 s each; more tiles per test shape cover more edges.
+        small = {**cl_dev.params["gemm_xl"], "MWG": 32, "NWG": 32}
+        cl_dev.params["gemm_xl"], cl_dev.params["conv_xl"] = small, {**cl_dev.params["conv_xl"], "MWG": 32, "NWG": 32}
     if request.param == "small":
         cl_dev.params["small_work"] = 1 << 62
     else:
         cl_dev.family, cl_dev.params["small_work"] = request.param[:3], 0
         cl_dev.params["xl_work"] = 1 << 62 if request.param == "gpu-tiled" else 0
     yield request.param
-    cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"] = saved
+    (cl_dev.family, cl_dev.params["small_work"], cl_dev.params["xl_work"], cl_dev.params["gemm_xl"],
+     cl_dev.params["conv_xl"]) = saved
 
 
 def check(dev, a, b, xa, xb, what):
