@@ -37,10 +37,10 @@ CPU_GROUP_ITEMS = 256
 POCL_GROUPS = frozenset({"gemm_packed", "conv_packed", "grad_w_rows"})
 
 
-def cpu_local_size(global_size: tuple[int, ...]) -> tuple[int, ...]:
+def cpu_local_size(global_size: tuple[int, ...], items: int = CPU_GROUP_ITEMS) -> tuple[int, ...]:
     """The work-group size for a grid on a CPU device: per dimension, first to last, the largest
-    power of two that divides it and keeps the group within CPU_GROUP_ITEMS work-items."""
-    left = CPU_GROUP_ITEMS
+    power of two that divides it and keeps the group within `items` work-items."""
+    left = items
     local = []
     for g in global_size:
         n = 1
@@ -256,7 +256,7 @@ class OpenCLDevice(Device):
         fork.check("opencl")
         k = self.kernel(file, name, options)
         if local_size is None and self.is_cpu and name not in POCL_GROUPS:
-            local_size = cpu_local_size(global_size)
+            local_size = cpu_local_size(global_size, min(CPU_GROUP_ITEMS, self.cl_device.max_work_group_size))
         # A cl.Kernel holds its arguments: setting them and enqueueing must not interleave
         # between threads that share this device.
         with self._lock:

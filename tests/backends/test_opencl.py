@@ -319,6 +319,7 @@ def test_cpu_work_group_sizes_come_from_a_small_set():
     assert len(seen) <= 165  # however many grids: the splits of 2^8 over 3 dimensions, C(11, 3)
     assert cpu_local_size((2048,)) == (256,) and cpu_local_size((683, 1, 1)) == (1, 1, 1)
     assert cpu_local_size((16, 224, 64)) == (16, 16, 1)
+    assert cpu_local_size((16, 224, 64), 128) == (16, 8, 1)  # a device's smaller limit
 
 
 def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
@@ -332,7 +333,7 @@ def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
         pytest.skip("no OpenCL CPU device")
     asked = []
     real = D.cpu_local_size
-    monkeypatch.setattr(D, "cpu_local_size", lambda g: asked.append(tuple(g)) or real(g))
+    monkeypatch.setattr(D, "cpu_local_size", lambda g, n: asked.append(tuple(g)) or real(g, n))
     rng = np.random.default_rng(1)
     for m, k, n in ((7, 13, 5), (33, 17, 129), (300, 70, 90)):
         a, b = rng.random((m, k)), rng.random((k, n))
