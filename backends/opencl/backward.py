@@ -210,7 +210,8 @@ def _grad_w_packed(dev: KernelDevice, g: CLArray, xp, p: ConvParams, n0: int, nb
     opts = {**type_options(real, real), "MR": MR, "NV": NV, "VW": vw}
     dev.launch("gemm_cpu.cl", "gemm_packed", opts, (cdiv(K, NR), cdiv(Og, MR), G * S), None,
                part.buf, pa, pb, i32(Og), i32(K), i32(Lc), i32(shape3[1]), i32(shape3[2]),
-               *(i64(v) for v in pa3), *(i64(v) for v in pb3), i32(0), i32(Lc), i32(0))
+               *(i64(v) for v in pa3), *(i64(v) for v in pb3), i32(0), i32(Lc), i32(0),
+               i64(0), i64(Lc * NR), i64(NR))
     if S == 1:
         return part.with_view(0, (G, Og, K), cla.c_strides((G, Og, K)))
     out = dev.empty((G, Og, K), real)

@@ -13,7 +13,8 @@ __kernel void gemm_packed(__global out_t* restrict C,
                           const int n1, const int n2,
                           const long pa0, const long pa1, const long pa2,
                           const long pb0, const long pb1, const long pb2,
-                          const int k0, const int kc, const int add)
+                          const int k0, const int kc, const int add,
+                          const long boff, const long b_tile, const long b_k)
 {
     const int nt = get_global_id(0);
     const int mt = get_global_id(1);
@@ -22,7 +23,9 @@ __kernel void gemm_packed(__global out_t* restrict C,
     // K block [k0, k0 + kc) of the panels; add: C += this block's product (the host asks
     // for it only where C has the compute type, so the sum rounds as one accumulation).
     __global const real* a = Ap + i0 * pa0 + i1 * pa1 + i2 * pa2 + ((size_t)mt * K + k0) * MR;
-    __global const real* b = Bp + i0 * pb0 + i1 * pb1 + i2 * pb2 + ((size_t)nt * K + k0) * NR;
+    // B: packed panels (b_tile = K * NR between tiles, b_k = NR between k), or B itself, read
+    // in place (b_tile = NR, b_k = its row stride) where it is row-major and N a multiple of NR.
+    __global const real* b = Bp + boff + i0 * pb0 + i1 * pb1 + i2 * pb2 + nt * b_tile + k0 * b_k;
 
     realv acc[MR][NV];
     MICRO_ZERO(acc);
@@ -32,7 +35,7 @@ __kernel void gemm_packed(__global out_t* restrict C,
         for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, b);
         MICRO_STEP(acc, a, bv);
         a += MR;
-        b += NR;
+        b += b_k;
     }
 
     const int m0 = mt * MR, n0 = nt * NR;

@@ -374,3 +374,32 @@ def test_packed_gemm_in_k_blocks(cl_dev, monkeypatch, dt):
             assert launches.count("gemm_packed") == want, (launches, want)
     finally:
         cl_dev.params["small_work"] = saved
+
+
+def test_packed_gemm_reads_a_row_major_b_in_place(cl_dev, monkeypatch):
+    """Few rows of A: B is read where it lies, not packed (its rows must hold whole tiles);
+    on a view with an offset and a row stride wider than N, with ragged M and K blocks."""
+    from xdev.backends.opencl import gemm as G
+
+    if cl_dev.family != "cpu":
+        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
+    g = cl_dev.params["gemm"]
+    NR = g["VW"] * g["NV"]
+    launches = []
+    real = cl_dev.launch
+    monkeypatch.setattr(cl_dev, "launch", lambda f, name, *a: (launches.append(name), real(f, name, *a))[1])
+    saved = cl_dev.params["small_work"]
+    cl_dev.params["small_work"] = 0
+    try:
+        for M, K, N, blocks in ((1, 70, 2 * NR, False), (g["MR"] * 6 - 1, 130, 3 * NR, True), (7, 33, 3 * NR + 1, False)):
+            monkeypatch.setattr(G, "B_WHOLE_BYTES", 0 if blocks else 16 << 20)
+            monkeypatch.setattr(G, "B_BLOCK_BYTES", 1)
+            a, wide = values(M, (M, K), np.float32), values(N, (K + 1, N + 5), np.float32)
+            b = wide[1:, 2:N + 2]  # an offset, rows N + 5 apart
+            xb = xdev.asarray(wide, backend=cl_dev.key)[1:, 2:N + 2]
+            launches.clear()
+            check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xb, f"B in place {M}x{K}x{N}")
+            packs = launches.count("pack")
+            assert packs == (1 if N % NR == 0 else 2), (M, N, launches)  # A's, and B's only when ragged
+    finally:
+        cl_dev.params["small_work"] = saved
