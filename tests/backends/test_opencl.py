@@ -346,60 +346,55 @@ def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
     assert asked  # the copies, packs and padding went through it
 
 
+@pytest.fixture
+def packed_launches(cl_dev, monkeypatch):
+    """The CPU family's packed GEMM for every size (small_work 0), and the names of the kernels
+    each call launches."""
+    if cl_dev.family != "cpu":
+        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
+    launches: list[str] = []
+    real = cl_dev.launch
+    monkeypatch.setattr(cl_dev, "launch", lambda f, name, *a: (launches.append(name), real(f, name, *a))[1])
+    saved = cl_dev.params["small_work"]
+    cl_dev.params["small_work"] = 0
+    yield launches
+    cl_dev.params["small_work"] = saved
+
+
 @pytest.mark.parametrize("dt", [np.float16, np.float32, np.float64])
-def test_packed_gemm_in_k_blocks(cl_dev, monkeypatch, dt):
+def test_packed_gemm_in_k_blocks(cl_dev, monkeypatch, packed_launches, dt):
     """Past the cache, the CPU GEMM runs K in blocks and adds them into C (float32/float64
     outputs; float16 output in one block, to round once): forced here on small ragged shapes,
     K not a multiple of the block."""
     from xdev.backends.opencl import gemm as G
 
-    if cl_dev.family != "cpu":
-        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
     if np.dtype(dt) not in supported_dtypes(cl_dev):
         pytest.skip(f"{cl_dev.key} lacks {np.dtype(dt)}")
     monkeypatch.setattr(G, "B_WHOLE_BYTES", 0)
     monkeypatch.setattr(G, "B_BLOCK_BYTES", 1)  # the smallest block: 64
-    launches = []
-    real = cl_dev.launch
-    monkeypatch.setattr(cl_dev, "launch", lambda f, name, *a: (launches.append(name), real(f, name, *a))[1])
-    saved = cl_dev.params["small_work"]
-    cl_dev.params["small_work"] = 0
-    try:
-        for M, K, N in ((37, 300, 45), (13, 64, 70), (5, 0, 9)):
-            launches.clear()
-            a, b = values(M, (M, K), dt), values(N, (K, N), dt)
-            check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
-                  f"K blocks {np.dtype(dt)} {M}x{K}x{N}")
-            want = 0 if K == 0 else 1 if dt == np.float16 else -(-K // 64)  # (K = 0: a fill)
-            assert launches.count("gemm_packed") == want, (launches, want)
-    finally:
-        cl_dev.params["small_work"] = saved
+    for M, K, N in ((37, 300, 45), (13, 64, 70), (5, 0, 9)):
+        packed_launches.clear()
+        a, b = values(M, (M, K), dt), values(N, (K, N), dt)
+        check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xdev.asarray(b, backend=cl_dev.key),
+              f"K blocks {np.dtype(dt)} {M}x{K}x{N}")
+        want = 0 if K == 0 else 1 if dt == np.float16 else -(-K // 64)  # (K = 0: a fill)
+        assert packed_launches.count("gemm_packed") == want, (packed_launches, want)
 
 
-def test_packed_gemm_reads_a_row_major_b_in_place(cl_dev, monkeypatch):
+def test_packed_gemm_reads_a_row_major_b_in_place(cl_dev, monkeypatch, packed_launches):
     """Few rows of A: B is read where it lies, not packed (its rows must hold whole tiles);
     on a view with an offset and a row stride wider than N, with ragged M and K blocks."""
     from xdev.backends.opencl import gemm as G
 
-    if cl_dev.family != "cpu":
-        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
     g = cl_dev.params["gemm"]
     NR = g["VW"] * g["NV"]
-    launches = []
-    real = cl_dev.launch
-    monkeypatch.setattr(cl_dev, "launch", lambda f, name, *a: (launches.append(name), real(f, name, *a))[1])
-    saved = cl_dev.params["small_work"]
-    cl_dev.params["small_work"] = 0
-    try:
-        for M, K, N, blocks in ((1, 70, 2 * NR, False), (g["MR"] * 6 - 1, 130, 3 * NR, True), (7, 33, 3 * NR + 1, False)):
-            monkeypatch.setattr(G, "B_WHOLE_BYTES", 0 if blocks else 16 << 20)
-            monkeypatch.setattr(G, "B_BLOCK_BYTES", 1)
-            a, wide = values(M, (M, K), np.float32), values(N, (K + 1, N + 5), np.float32)
-            b = wide[1:, 2:N + 2]  # an offset, rows N + 5 apart
-            xb = xdev.asarray(wide, backend=cl_dev.key)[1:, 2:N + 2]
-            launches.clear()
-            check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xb, f"B in place {M}x{K}x{N}")
-            packs = launches.count("pack")
-            assert packs == (1 if N % NR == 0 else 2), (M, N, launches)  # A's, and B's only when ragged
-    finally:
-        cl_dev.params["small_work"] = saved
+    for M, K, N, blocks in ((1, 70, 2 * NR, False), (g["MR"] * 6 - 1, 130, 3 * NR, True), (7, 33, 3 * NR + 1, False)):
+        monkeypatch.setattr(G, "B_WHOLE_BYTES", 0 if blocks else 16 << 20)
+        monkeypatch.setattr(G, "B_BLOCK_BYTES", 1)
+        a, wide = values(M, (M, K), np.float32), values(N, (K + 1, N + 5), np.float32)
+        b = wide[1:, 2:N + 2]  # an offset, rows N + 5 apart
+        xb = xdev.asarray(wide, backend=cl_dev.key)[1:, 2:N + 2]
+        packed_launches.clear()
+        check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xb, f"B in place {M}x{K}x{N}")
+        packs = packed_launches.count("pack")
+        assert packs == (1 if N % NR == 0 else 2), (M, N, packed_launches)  # A's, and B's only when ragged
