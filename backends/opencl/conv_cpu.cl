@@ -16,7 +16,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
                           const int C, const int Cg, const int O, const int Og, const int G,
                           const int Hp, const int Wp, const int kh, const int kw,
                           const int dh, const int dw, const int sh, const int sw,
-                          const int Ho, const int Wo)
+                          const int Ho, const int Wo, const int c0, const int cc, const int add)
 {
     // Output-channel tiles vary fastest, so the work-items sharing a pixel tile run
     // back to back and find its input in cache.
@@ -27,8 +27,10 @@ __kernel void conv_packed(__global out_t* restrict Y,
     const int K = Cg * kh * kw;
     const int Ot = (Og + MR - 1) / MR;
     const long HW = (long)Hp * Wp;
-    __global const real* a = Wk + ((size_t)g * Ot + ot) * K * MR;
-    __global const real* x = Xp + ((size_t)n * C + (size_t)g * Cg) * HW;
+    // Input channels [c0, c0 + cc) of the group; add: Y += this block's sum, the bias left to
+    // the first block (the host asks for blocks only where Y has the compute type).
+    __global const real* a = Wk + (((size_t)g * Ot + ot) * K + (size_t)c0 * kh * kw) * MR;
+    __global const real* x = Xp + ((size_t)n * C + (size_t)g * Cg + c0) * HW;
     const int p0 = pt * NR;
 
 #if !S1
@@ -43,7 +45,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
     realv acc[MR][NV];
     MICRO_ZERO(acc);
 
-    for (int c = 0; c < Cg; ++c) {
+    for (int c = 0; c < cc; ++c) {
         for (int ki = 0; ki < kh; ++ki) {
             for (int kj = 0; kj < kw; ++kj) {
                 const long off = c * HW + (long)ki * dh * Wp + kj * dw;
@@ -83,8 +85,18 @@ __kernel void conv_packed(__global out_t* restrict Y,
         const int o = o0 + i;
         if (o < Og) {
             const int oc = g * Og + o;
-            const real bb = bias ? LOAD_IN(bias, b_off + oc * b_str) : (real)0;
             __global out_t* y = Y + ((size_t)n * O + oc) * Ho * Wo;
+#if OUT_BITS == REAL_BITS
+            if (add) {  // a later block: its sum only (the first block stored the bias)
+                real t[NR];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) CAT(vstore, VW)(acc[i][v], v, t);
+                for (int l = 0; l < NR; ++l)
+                    if (yoff[l] >= 0) y[yoff[l]] += t[l];
+                continue;
+            }
+#endif
+            const real bb = bias ? LOAD_IN(bias, b_off + oc * b_str) : (real)0;
             if (run) {
                 #pragma unroll
                 for (int v = 0; v < NV; ++v) VSTORE(acc[i][v] + bb, 0, y + yoff[0] + v * VW);

@@ -381,6 +381,32 @@ def test_packed_gemm_in_k_blocks(cl_dev, monkeypatch, packed_launches, dt):
         assert packed_launches.count("gemm_packed") == want, (packed_launches, want)
 
 
+@pytest.mark.parametrize("dt", [np.float16, np.float32, np.float64])
+def test_packed_conv_in_channel_blocks(cl_dev, monkeypatch, packed_launches, dt):
+    """Past the cache, the CPU convolution runs its input channels in equal blocks and adds
+    them into the output after the first block's bias (float32/float64; a float16 output in
+    one launch, to round once): forced here on ragged, strided and grouped convolutions."""
+    from xdev.backends.opencl import conv as C
+
+    if np.dtype(dt) not in supported_dtypes(cl_dev):
+        pytest.skip(f"{cl_dev.key} lacks {np.dtype(dt)}")
+    monkeypatch.setattr(C, "W_BLOCK_BYTES", 1)  # one input channel per block
+    monkeypatch.setattr(C, "BLOCK_TILES", 0)
+    cases = [((2, 5, 13, 17), (13, 5, 3, 3), 1, 1, 1), ((1, 6, 20, 21), (8, 3, 5, 3), (2, 3), (2, 0), 2),
+             ((1, 3, 9, 9), (7, 3, 1, 1), 1, "same", 1)]
+    for xs, ws, stride, padding, groups in cases:
+        x, w, b = values(1, xs, dt), values(2, ws, dt), values(3, (ws[0],), dt)
+        kw = dict(stride=stride, padding=padding, groups=groups)
+        packed_launches.clear()
+        y = xdev.conv2d(xdev.asarray(x, backend=cl_dev.key), xdev.asarray(w, backend=cl_dev.key),
+                        xdev.asarray(b, backend=cl_dev.key), algorithm="gemm", **kw)
+        ref, ref_abs = conv2d_ref(x, w, b, **kw)
+        K = ws[1] * ws[2] * ws[3] + 1
+        assert_agrees(y.numpy(), ref, ref_abs, K, cl_dev.acc_dtype(dt), dt, f"channel blocks {np.dtype(dt)} {xs} {ws}")
+        want = 1 if dt == np.float16 else ws[1]
+        assert packed_launches.count("conv_packed") == want, (packed_launches, want)
+
+
 def test_packed_gemm_reads_a_row_major_b_in_place(cl_dev, monkeypatch, packed_launches):
     """Few rows of A: B is read where it lies, not packed (its rows must hold whole tiles);
     on a view with an offset and a row stride wider than N, with ragged M and K blocks."""
