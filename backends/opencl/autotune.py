@@ -177,26 +177,30 @@ def verify_gemm(dev: OpenCLDevice) -> str | None:
 
 
 def verify_conv(dev: OpenCLDevice) -> str | None:
-    """Like verify_gemm for the conv kernel: two groups, stride 2, dilation, bias."""
+    """Like verify_gemm for the conv kernel, two groups with bias-free outputs: stride 2 with
+    dilation 2 (the general taps), then stride 1 (the 3 x 3 taps unrolled at build time)."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 6, 19, 23), dtype=np.float32)
     w = rng.standard_normal((10, 3, 3, 3), dtype=np.float32)
-    p = conv_params(x.shape, w.shape, None, 2, 2, 2, 2)
-    y = dev.download(dev.conv2d(dev.upload(x), dev.upload(w), None, p, "gemm")[0]).astype(np.float64)
-    # float64 reference by explicit taps
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (2, 2), (2, 2)))
-    ref = np.zeros(y.shape)
-    mag = np.zeros(y.shape)
-    Ho, Wo = y.shape[2:]
-    for g in range(2):
-        for i in range(3):
-            for j in range(3):
-                patch = xp[:, g * 3:(g + 1) * 3, 2 * i: 2 * i + 2 * Ho: 2, 2 * j: 2 * j + 2 * Wo: 2]
-                wt = w[g * 5:(g + 1) * 5, :, i, j].astype(np.float64)
-                ref[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", patch, wt)
-                mag[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", np.abs(patch), np.abs(wt))
-    bad = np.abs(y - ref) > 29 * 2.0**-24 * mag + 2.0**-24 * np.abs(ref)
-    return f"{int(bad.sum())} of {bad.size} outputs outside the error bound" if bad.any() else None
+    for s, d in ((2, 2), (1, 1)):
+        p = conv_params(x.shape, w.shape, None, s, d, d, 2)
+        y = dev.download(dev.conv2d(dev.upload(x), dev.upload(w), None, p, "gemm")[0]).astype(np.float64)
+        # float64 reference by explicit taps
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (d, d), (d, d)))
+        ref = np.zeros(y.shape)
+        mag = np.zeros(y.shape)
+        Ho, Wo = y.shape[2:]
+        for g in range(2):
+            for i in range(3):
+                for j in range(3):
+                    patch = xp[:, g * 3:(g + 1) * 3, d * i: d * i + s * Ho: s, d * j: d * j + s * Wo: s]
+                    wt = w[g * 5:(g + 1) * 5, :, i, j].astype(np.float64)
+                    ref[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", patch, wt)
+                    mag[:, g * 5:(g + 1) * 5] += np.einsum("nchw,oc->nohw", np.abs(patch), np.abs(wt))
+        bad = np.abs(y - ref) > 29 * 2.0**-24 * mag + 2.0**-24 * np.abs(ref)
+        if bad.any():
+            return f"stride {s}, dilation {d}: {int(bad.sum())} of {bad.size} outputs outside the error bound"
+    return None
 
 
 def verify_tc(dev: OpenCLDevice, dtype: np.dtype) -> str | None:

@@ -35,10 +35,11 @@ def pad_input(dev: KernelDevice, x: CLArray, p: ConvParams, slack: int) -> tuple
     buf = dev.alloc((p.N * p.C * Hp * Wp + slack) * real.itemsize)
     if p.N * p.C:
         i64, i32 = np.int64, np.int32
-        dev.launch("conv_pad.cl", "pad_input", type_options(x.dtype, real),
-                   (cdiv(Wp, 8) * 8, Hp, p.N * p.C), None, buf, x.buf, i64(x.offset),
-                   *(i64(s) for s in x.strides), i32(p.C), i32(p.H), i32(p.W), i32(Hp), i32(Wp),
-                   i32(pt), i32(pl))
+        rows = dev.family == "cpu"
+        grid = (Hp, p.N * p.C) if rows else (cdiv(Wp, 8) * 8, Hp, p.N * p.C)
+        dev.launch("conv_pad.cl", "pad_rows" if rows else "pad_input", type_options(x.dtype, real),
+                   grid, None, buf, x.buf, i64(x.offset), *(i64(s) for s in x.strides),
+                   i32(p.C), i32(p.H), i32(p.W), i32(Hp), i32(Wp), i32(pt), i32(pl))
     return buf, Hp, Wp
 
 
@@ -116,7 +117,10 @@ def _packed(dev: KernelDevice, x: CLArray, w: CLArray, bias: CLArray | None, p: 
     w, ks = _weights_matrix(dev, w)
     wk, _ = pack(dev, w, (p.groups,), (p.Og * w.strides[0],), w.strides[0], ks, p.Og, p.K, MR)
     npix = p.Ho * Wp if s1 else p.Ho * p.Wo
-    opts = {**type_options(x.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw, "S1": int(s1)}
+    # 3 x 3 at stride and dilation 1 (most CNN layers) gets its taps unrolled at build time:
+    # VGG-16 at batch 1 1.14x faster (conv5 1.5x) in an interleaved A/B on an AVX2 Zen 4.
+    k3 = s1 and (p.kh, p.kw, *p.dilation) == (3, 3, 1, 1)
+    opts = {**type_options(x.dtype, out.dtype), "MR": MR, "NV": NV, "VW": vw, "S1": int(s1), "K3": int(k3)}
     i32 = np.int32
     real = F64 if x.dtype == F64 else F32
     tiles = cdiv(npix, NR)

@@ -45,6 +45,23 @@ __kernel void conv_packed(__global out_t* restrict Y,
     realv acc[MR][NV];
     MICRO_ZERO(acc);
 
+#if K3
+    // 3 x 3 taps, stride and dilation 1: the taps unrolled, their offsets ki*Wp + kj.
+    for (int c = 0; c < cc; ++c) {
+        __global const real* xc = x + c * HW + p0;
+        #pragma unroll
+        for (int ki = 0; ki < 3; ++ki) {
+            #pragma unroll
+            for (int kj = 0; kj < 3; ++kj) {
+                realv bv[NV];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) bv[v] = VLOAD(0, xc + ki * Wp + kj + v * VW);
+                MICRO_STEP(acc, a, bv);
+                a += MR;
+            }
+        }
+    }
+#else
     for (int c = 0; c < cc; ++c) {
         for (int ki = 0; ki < kh; ++ki) {
             for (int kj = 0; kj < kw; ++kj) {
@@ -66,6 +83,7 @@ __kernel void conv_packed(__global out_t* restrict Y,
             }
         }
     }
+#endif
 
     // Where each lane's output goes inside one output plane (-1: dropped).
     int yoff[NR];

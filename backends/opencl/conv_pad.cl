@@ -18,3 +18,31 @@ __kernel void pad_input(__global real* restrict dst,
         v = LOAD_IN(src, off + n * sn + c * sc + h * sh + w * sw);
     dst[((size_t)nc * Hp + hq) * Wp + wq] = v;
 }
+
+// The same copy for CPU devices, a padded row per work-item: the copy along a row is one
+// loop the compiler vectorizes where sw == 1, where pad_input's work-item per element
+// reads through a runtime stride and computes each element's index on its own.
+__kernel void pad_rows(__global real* restrict dst,
+                       __global const in_t* restrict src, const long off,
+                       const long sn, const long sc, const long sh, const long sw,
+                       const int C, const int H, const int W,
+                       const int Hp, const int Wp, const int pt, const int pl)
+{
+    const int hq = get_global_id(0);
+    const int nc = get_global_id(1);
+    const int n = nc / C, c = nc - (nc / C) * C;
+    const int h = hq - pt;
+    __global real* d = dst + ((size_t)nc * Hp + hq) * Wp;
+    if (h < 0 || h >= H) {
+        for (int w = 0; w < Wp; ++w) d[w] = 0;
+        return;
+    }
+    for (int w = 0; w < pl; ++w) d[w] = 0;
+    const long s0 = off + n * sn + c * sc + h * sh;
+    if (sw == 1) {
+        for (int w = 0; w < W; ++w) d[pl + w] = LOAD_IN(src, s0 + w);
+    } else {
+        for (int w = 0; w < W; ++w) d[pl + w] = LOAD_IN(src, s0 + w * sw);
+    }
+    for (int w = pl + W; w < Wp; ++w) d[w] = 0;
+}

@@ -424,3 +424,20 @@ def test_packed_gemm_reads_a_row_major_b_in_place(cl_dev, monkeypatch, packed_la
         check(cl_dev, a, b, xdev.asarray(a, backend=cl_dev.key), xb, f"B in place {M}x{K}x{N}")
         packs = packed_launches.count("pack")
         assert packs == (1 if N % NR == 0 else 2), (M, N, packed_launches)  # A's, and B's only when ragged
+
+
+def test_tuner_verifies_both_conv_tap_paths(cl_dev, monkeypatch):
+    """xdev.tune rejects a tile whose general taps (stride 2, dilation 2) or unrolled 3 x 3
+    taps (stride 1) compute wrong results; the built-in tile passes both."""
+    from xdev.backends.opencl import autotune as A
+
+    assert A.verify_conv(cl_dev) is None
+    real = cl_dev.conv2d
+    for broken in (1, 2):
+        def conv2d(x, w, b, p, algorithm, broken=broken):
+            y, algo = real(x, w, b, p, algorithm)
+            if p.stride == (broken, broken):
+                y = cl_dev.upload(cl_dev.download(y) + np.float32(1e-3))
+            return y, algo
+        monkeypatch.setattr(cl_dev, "conv2d", conv2d)
+        assert f"stride {broken}" in (A.verify_conv(cl_dev) or ""), broken
