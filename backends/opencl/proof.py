@@ -114,6 +114,7 @@ def identity(cand, family: str, params: dict[str, Any]) -> dict[str, Any]:
         "kernels": sources_hash(),
         "family": family,
         "params": _kernel_params(params),
+        "pocl_env": env.pocl_codegen(),
     }
 
 

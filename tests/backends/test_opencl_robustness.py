@@ -167,6 +167,27 @@ def _fake_cand():
     return Cand()
 
 
+def test_a_proof_holds_only_for_the_pocl_code_generation_it_ran_under(tmp_path, monkeypatch):
+    """A verdict proven with PoCL's work-group specialization off (the test suite's setting) is
+    not reused by a process with it on, or with other code generation variables."""
+    from xdev.backends.opencl import proof
+
+    monkeypatch.setenv("XDEV_CACHE_DIR", str(tmp_path))
+    tried = []
+    monkeypatch.setattr(proof, "run_child", lambda cand, vw, first: tried.append(vw))
+    params = {"gemm": {"VW": 8, "VWD": 4}, "conv": {"VW": 8, "VWD": 4}}
+    settings = [("POCL_WORK_GROUP_SPECIALIZATION", "0"), ("POCL_WORK_GROUP_SPECIALIZATION", "1"),
+                ("POCL_WORK_GROUP_METHOD", "cbs"), ("POCL_EXTRA_BUILD_FLAGS", "-O1")]
+    for name, value in settings:
+        for n in ("POCL_WORK_GROUP_SPECIALIZATION", "POCL_WORK_GROUP_METHOD", "POCL_EXTRA_BUILD_FLAGS"):
+            monkeypatch.delenv(n, raising=False)
+        monkeypatch.setenv(name, value)
+        for _ in range(2):  # the second from the cache
+            assert proof.prove(_fake_cand(), "cpu", params) == (8, None)
+    assert len(tried) == len(settings)
+    assert len(list((tmp_path / "opencl-proof").glob("*.json"))) == len(settings)
+
+
 def test_proof_falls_back_to_a_narrower_vector_width(tmp_path, monkeypatch):
     from xdev.backends.opencl import proof
 

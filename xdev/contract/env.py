@@ -224,6 +224,16 @@ def environ_copy() -> dict[str, str]:
     return dict(os.environ)
 
 
+# PoCL variables that change the code its compiler generates: an OpenCL proof made under one
+# setting says nothing of another (the test suite sets the first).
+POCL_CODEGEN = ("POCL_WORK_GROUP_SPECIALIZATION", "POCL_WORK_GROUP_METHOD", "POCL_EXTRA_BUILD_FLAGS")
+
+
+def pocl_codegen() -> dict[str, str]:
+    """The POCL_CODEGEN variables that are set, for the OpenCL proof's cache key."""
+    return {k: os.environ[k] for k in POCL_CODEGEN if k in os.environ}
+
+
 def prepare_pocl() -> None:
     """Pin PoCL's worker threads (``POCL_AFFINITY=1``) unless the user chose otherwise.
 
