@@ -1,11 +1,13 @@
 // Zero-padded copy of the input in the compute type: xp[n][c][Hp][Wp] from a strided x.
 // The conv kernels then read xp without bounds checks. It is an input-sized copy, not
 // an im2col buffer (which would be kH*kW times larger).
-__kernel void pad_input(__global real* restrict dst,
-                        __global const in_t* restrict src, const long off,
-                        const long sn, const long sc, const long sh, const long sw,
-                        const int C, const int H, const int W,
-                        const int Hp, const int Wp, const int pt, const int pl)
+// The arguments of both copies: dst, the strided source, its sizes, the padded sizes.
+#define PAD_ARGS __global real* restrict dst, __global const in_t* restrict src, const long off, \
+                 const long sn, const long sc, const long sh, const long sw,                  \
+                 const int C, const int H, const int W, const int Hp, const int Wp,          \
+                 const int pt, const int pl
+
+__kernel void pad_input(PAD_ARGS)
 {
     const int wq = get_global_id(0);
     const int hq = get_global_id(1);
@@ -22,11 +24,7 @@ __kernel void pad_input(__global real* restrict dst,
 // The same copy for CPU devices, a padded row per work-item: the copy along a row is one
 // loop the compiler vectorizes where sw == 1, where pad_input's work-item per element
 // reads through a runtime stride and computes each element's index on its own.
-__kernel void pad_rows(__global real* restrict dst,
-                       __global const in_t* restrict src, const long off,
-                       const long sn, const long sc, const long sh, const long sw,
-                       const int C, const int H, const int W,
-                       const int Hp, const int Wp, const int pt, const int pl)
+__kernel void pad_rows(PAD_ARGS)
 {
     const int hq = get_global_id(0);
     const int nc = get_global_id(1);
