@@ -564,6 +564,25 @@ def test_tables_fit_80_columns_without_cutting_values():
     assert "torch (reference)" in wide and "dual Xeon E5-2630 v3 (published)" in wide
 
 
+def test_dask_summary_fits_80_columns_without_cutting_values():
+    from xdev.bench import dask_bench
+
+    rows = [{"op": "matmul", "shape": "4096^2 in 1024^2 chunks", "one_process_s": 0.70213, "dask_s": 0.85791,
+             "speedup": 0.8184, "ideal_speedup": 1, "efficiency": 0.8184, "efficiency_spread": 0.0412,
+             "dask_overhead": 0.2219, "tasks": 16, "target": "within noise"},
+            {"op": "conv2d", "shape": "VGG-16 conv layers, batch 16 at 224", "one_process_s": 12.3456,
+             "dask_s": 11.2345, "speedup": 1.0989, "ideal_speedup": 1, "efficiency": 1.0989,
+             "efficiency_spread": 0.0712, "dask_overhead": -0.09, "tasks": 112, "target": "met"}]
+    narrow = _render(80, lambda c: dask_bench.table(rows, c))
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow, narrow
+    for value in ("0.702", "0.858", "0.82±0.04", "12.346", "11.235", "1.10±0.07", "within noise", "met",
+                  "4096^2 / 1024^2", "VGG-16 b16 @224", "target >= 0.80"):
+        assert value in narrow, (value, narrow)
+    wide = _render(200, lambda c: dask_bench.table(rows, c))
+    for value in ("4096^2 in 1024^2 chunks", "VGG-16 conv layers, batch 16 at 224", "22.2%", "-9.0%", "112"):
+        assert value in wide, (value, wide)
+
+
 def test_lecture_table_names_the_torch_row_once():
     from xdev.bench import report
 

@@ -121,6 +121,19 @@ def test_table(pipeline_run):
         line = next(ln for ln in text.splitlines() if "opencl" in ln and "upload, staged" in ln)
         assert re.search(r"\d+\.\d\d±\d+\.\d\dx a plain upload from pinned memory", line), line
 
+    # On an 80-column terminal the table narrows as the others do: nothing is cut with an
+    # ellipsis, and every row keeps its device, median and efficiency figures.
+    buf = io.StringIO()
+    pl.table(Console(file=buf, width=80, highlight=False, color_system=None, force_terminal=False), doc["results"])
+    narrow = buf.getvalue()
+    assert max(len(ln) for ln in narrow.splitlines()) <= 80 and "…" not in narrow, narrow
+    flat = " ".join(narrow.split())
+    for x in (x for x in doc["results"] if x["op"] == "pipeline"):
+        assert x["device"] in flat and x["batch_shape"] in flat
+        assert f"{x['median_s'] * 1e3:.3f}" in flat or f"{x['median_s'] * 1e3:.1f}" in flat, (x["stage"], flat)
+        if x["stage"] == "prefetched step":
+            assert f"{x['efficiency']:.2f}±{x['efficiency_spread']:.2f}" in flat
+
 
 def test_target_verdict_is_noise_aware():
     # bottleneck stage 10 ms: the target is 11.5 ms

@@ -250,6 +250,35 @@ def _cluster_config(client: Any, keys: Any) -> dict[str, Any]:
             "worker_dask_config": client.run(_dask_settings, sorted(keys))}
 
 
+def _short_shape(r: dict[str, Any], steps: set[str]) -> str:
+    if "short" not in steps:
+        return r["shape"]
+    return r["shape"].replace(" in ", " / ").replace(" chunks", "").replace(
+        "VGG-16 conv layers, batch ", "VGG-16 b").replace(" at ", " @")
+
+
+def table(rows: list[dict[str, Any]], console: Any = None) -> None:
+    """The summary, narrowed to the terminal as the benchmark's other tables are (80 columns
+    when piped); no value is cut."""
+    from rich.console import Console
+
+    from .report import PIPED_WIDTH, Column, fit
+
+    if console is None:
+        console = Console() if Console().is_terminal else Console(width=PIPED_WIDTH)
+    fit(console, f"xdev.dask against one process (medians; efficiency target >= {TARGET_EFFICIENCY:.2f})", [
+        Column("op", lambda r, st: r["op"], left=True),
+        Column("shape", _short_shape, left=True),
+        Column("one process s", lambda r, st: f"{r['one_process_s']:.3f}", head_short="one s"),
+        Column("dask s", lambda r, st: f"{r['dask_s']:.3f}"),
+        Column("speedup", lambda r, st: f"{r['speedup']:.2f}"),
+        Column("ideal", lambda r, st: f"{r['ideal_speedup']:.0f}", drop="peak"),  # said below the table
+        Column("efficiency", lambda r, st: f"{r['efficiency']:.2f}±{r['efficiency_spread']:.2f}"),
+        Column("overhead", lambda r, st: f"{r['dask_overhead']:.1%}", drop="ratio"),  # 1 / efficiency - 1
+        Column("tasks", lambda r, st: str(r["tasks"]), drop="build"),
+        Column("target", lambda r, st: r["target"], left=True)], rows)
+
+
 def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Entry point for ``python -m xdev.bench --dask N`` (options parsed by xdev.bench.cli)."""
     da, distributed, xd = _needs()
@@ -373,13 +402,9 @@ def run(a: argparse.Namespace, argv: list[str] | None = None) -> int:
         rows.append(_row("conv2d", f"VGG-16 conv layers, batch {batch} at {image}", *total,
                          sum(layer.flops for layer in layers), ideal, sum(r["tasks"] for r in per), layer="total"))
 
-    print(f"\n{'op':8s} {'shape':36s} {'one process':>12s} {'dask':>10s} {'speedup':>8s} {'ideal':>6s} "
-          f"{'efficiency':>12s} {'overhead':>9s} {'tasks':>6s}  target >= {TARGET_EFFICIENCY:.2f}")
     shown = [r for r in rows if r["op"] != "conv2d" or r.get("layer") == "total"]  # not each conv layer
-    for r in shown:
-        print(f"{r['op']:8s} {r['shape']:36s} {r['one_process_s']:10.3f} s {r['dask_s']:8.3f} s "
-              f"{r['speedup']:8.2f} {r['ideal_speedup']:6.0f} {r['efficiency']:7.2f}±{r['efficiency_spread']:.2f} "
-              f"{r['dask_overhead']:9.1%} {r['tasks']:6d}  {r['target']}")
+    print()
+    table(shown)
     for r in shown:
         print(f"{r['op']} {r['shape']}: one process alone (before the cluster started and after it closed) "
               f"{r['one_process_s']:.3f} s; beside the idle cluster, alternating with Dask, "

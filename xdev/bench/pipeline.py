@@ -58,7 +58,7 @@ FILL = DEPTH + WORKERS  # batches at the start of an epoch left out: the readers
 STEADY, STEADY_QUICK = 32, 16  # batches timed per epoch, after the fill
 EPOCHS, EPOCHS_QUICK = 3, 2  # of each kind, interleaved
 UPLOAD_ROUNDS, UPLOAD_ROUNDS_QUICK = 20, 10
-# Issue targets: a prefetched step costs at most TARGET x the bottleneck stage; on a GPU the
+# Targets: a prefetched step costs at most TARGET x the bottleneck stage; on a GPU the
 # staged upload reaches at least UPLOAD_TARGET x a plain upload from pinned memory.
 TARGET = 1.15
 UPLOAD_TARGET = 0.8
@@ -408,45 +408,53 @@ def table(console: Any, results: list[dict[str, Any]]) -> None:
     rows = [r for r in results if r["op"] == "pipeline"]
     if not rows:
         return
-    from rich.table import Table
-
-    from .report import _f, _ms
+    from .report import Column, _f, _ms, _time_cell, fit
 
     r0 = rows[0]
-    t = Table(title="pipeline (claim 4): disk -> RAM -> device -> VGG-16 " + "/".join(
-              dict.fromkeys(r["layers"] for r in rows)) + f", per batch; cold reads (page cache dropped); steps and "
-              f"the disk stage at steady state, batches {r0['fill_batches'] + 1}-{r0['steps']} of each epoch, "
-              f"spread over {r0['epochs']} epochs; disk: {r0['workers']} readers at once, alone; upload: the prefetch "
-              f"staging path; efficiency = bottleneck stage / prefetched step, target <= {TARGET}x",
-              title_justify="left", header_style="bold")
-    for c in ("device", "batch", "stage", "median ms", "spread ms", "GB/s", "notes"):
-        t.add_column(c, justify="left" if c in ("device", "batch", "stage", "notes") else "right")
-    for r in rows:
-        t.add_row(r["device"], r["batch_shape"], _stage_label(r), _ms(r["median_s"]), _ms(r["spread_s"]),
-                  _f(r.get("gbps"), ".2f"), _note(r), style="bold" if r["stage"] == "prefetched step" else None)
-    console.print(t)
+    title = ("pipeline (claim 4): disk -> RAM -> device -> VGG-16 " + "/".join(dict.fromkeys(r["layers"] for r in rows))
+             + f", per batch; cold reads (page cache dropped); steps and the disk stage at steady state, batches "
+             f"{r0['fill_batches'] + 1}-{r0['steps']} of each epoch, spread over {r0['epochs']} epochs; disk: "
+             f"{r0['workers']} readers at once, alone; upload: the prefetch staging path; efficiency = bottleneck "
+             f"stage / prefetched step, target <= {TARGET}x")
+    # Narrowed like the other tables (report.STEPS): on 80 columns the spread joins the median,
+    # labels shorten and the notes wrap; no value is cut.
+    fit(console, title, [
+        Column("device", lambda r, st: r["device"], left=True),
+        Column("batch", lambda r, st: r["batch_shape"], left=True),
+        Column("stage", lambda r, st: _stage_label(r, short="short" in st), left=True),
+        Column("median ms", _time_cell("median_s"), head_short="ms ±spread"),
+        Column("spread ms", lambda r, st: _ms(r["spread_s"]), drop="spread"),
+        Column("GB/s", lambda r, st: _f(r.get("gbps"), ".2f")),
+        Column("notes", lambda r, st: _note(r, short="short" in st), left=True)],
+        rows, style=lambda r: "bold" if r["stage"] == "prefetched step" else None)
 
 
-def _stage_label(r: dict[str, Any]) -> str:
+def _stage_label(r: dict[str, Any], short: bool = False) -> str:
+    if short:
+        return {"disk read cold": "cold read", "disk read warm": "warm read", "disk stage": f"disk x{r['workers']}",
+                "upload": "upload", "upload pinned": "pinned upload", "serial step": "serial",
+                "prefetched step": "prefetched"}.get(r["stage"], r["stage"])
     return {"disk read cold": "disk read cold, 1 reader", "disk stage": f"disk, {r['workers']} readers",
             "upload": "upload, staged", "upload pinned": "upload from pinned"}.get(r["stage"], r["stage"])
 
 
-def _note(r: dict[str, Any]) -> str:
+def _note(r: dict[str, Any], short: bool = False) -> str:
+    """The row's note; short: the same figures in fewer words, for a narrow terminal."""
     st = r["stage"]
     if st == "prefetched step":
-        eff = f"efficiency {r['efficiency']:.2f}±{r['efficiency_spread']:.2f} ({r['bottleneck_stage']})"
+        eff = f"{'eff.' if short else 'efficiency'} {r['efficiency']:.2f}±{r['efficiency_spread']:.2f} ({r['bottleneck_stage']})"
         if r.get("measurement_error"):
             return f"[red]{eff}: above 1 beyond its spread, a measurement error[/red]"
         beside = r.get("compute_beside_readers_s")
         return (f"{eff}, {r['speedup']:.2f}x serial, target {r['target']}"
-                + (f"; compute {beside * 1e3:.3g} ms beside the readers" if beside else ""))
+                + (f"; compute {beside * 1e3:.3g} ms {'w/' if short else 'beside the'} readers" if beside else ""))
     if st in ("disk read cold", "disk stage") and not r["cold"]:
         return f"not cold: {r['cold_note']}"
     if st == "upload":
         if r.get("vs_pinned") is None:
             return ""
-        v = f"{r['vs_pinned']:.2f}±{r['vs_pinned_spread']:.2f}x a plain upload from pinned memory"
+        v = (f"{r['vs_pinned']:.2f}±{r['vs_pinned_spread']:.2f}x "
+             + ("pinned" if short else "a plain upload from pinned memory"))
         return v + (f", target >= {UPLOAD_TARGET}x {r['upload_target']}" if r.get("upload_target") else "")
     if st == "compute" and r.get("gflops"):
         return f"{r['gflops']:.1f} GFLOP/s" + (f", {r['blas_threads']} BLAS threads" if r.get("blas_threads") else "")
