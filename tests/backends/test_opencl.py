@@ -346,6 +346,53 @@ def test_kernels_on_a_cpu_device_run_with_xdevs_work_group_sizes(monkeypatch):
     assert asked  # the copies, packs and padding went through it
 
 
+def test_tuned_kernels_whose_grid_fits_one_group_get_one_group_per_compute_unit():
+    """PoCL makes a grid that fits one work-group a single group and splits it for its compute
+    units only where the parts keep its SIMD grain: conv_packed's (8, 266, 1) grid stayed one
+    group on one core. units_split gives such grids one group per compute unit and leaves
+    every other grid to PoCL."""
+    from xdev.backends.opencl.device import units_split
+
+    assert units_split((8, 266, 1), 2, 4096) == (8, 133, 1)  # the last dimension that divides
+    assert units_split((64, 5, 1), 2, 4096) == (32, 5, 1)  # conv5 at 14 x 14: as PoCL splits it
+    assert units_split((8, 200, 2), 2, 4096) == (8, 200, 1)
+    assert units_split((8, 1055, 1), 2, 4096) is None  # more than one group's worth: PoCL's choice
+    assert units_split((5, 7, 1), 2, 4096) is None  # nothing divides evenly
+    assert units_split((8, 266, 1), 1, 4096) is None  # one compute unit
+    assert units_split((48, 32, 1), 16, 4096) == (48, 2, 1)
+
+
+def test_a_small_packed_conv_grid_is_shared_by_every_compute_unit(cl_dev, monkeypatch):
+    """The 64 -> 64 3x3 conv at 112 x 112 that ran on one core (conv_packed grid (8, 266, 1)
+    with 8 x 3 tiles of width 16): launched with one group per compute unit, and right."""
+    if cl_dev.family != "cpu":
+        pytest.skip(f"{cl_dev.key} runs the {cl_dev.family} family")
+    units = int(cl_dev.cl_device.max_compute_units)
+    if units < 2:
+        pytest.skip("one compute unit: nothing to share")
+    seen = []
+    real = cl_dev.launch
+    monkeypatch.setattr(cl_dev, "launch", lambda f, name, opts, g, loc, *a: (
+        seen.append((name, g, loc)) if name == "conv_packed" else None, real(f, name, opts, g, loc, *a))[1])
+    spied = []
+    real_k = cl_dev.kernel
+
+    def kernel(file, name, options):
+        k = real_k(file, name, options)
+        if name != "conv_packed":
+            return k
+        return lambda q, g, loc, *a: (spied.append(loc), k(q, g, loc, *a))[1]
+    monkeypatch.setattr(cl_dev, "kernel", kernel)
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((1, 8, 40, 40), np.float32), rng.standard_normal((2 * units, 8, 3, 3), np.float32)
+    monkeypatch.setitem(cl_dev.params, "conv", {**cl_dev.params["conv"], "MR": 1})
+    y = xdev.conv2d(xdev.asarray(x, backend=cl_dev.key), w, padding=1, algorithm="gemm")
+    assert_agrees(y.numpy(), *conv2d_ref(x, w, padding=1), 72, np.float32, np.float32, "conv2d")
+    (g,) = {g for _, g, _ in seen}
+    assert np.prod(g) <= cl_dev._cpu_limits[1] and spied, (g, spied)
+    assert all(int(np.prod(g)) // int(np.prod(loc)) == units for loc in spied), (g, spied)
+
+
 @pytest.fixture
 def packed_launches(cl_dev, monkeypatch):
     """The CPU family's packed GEMM for every size (small_work 0), and the names of the kernels
