@@ -42,6 +42,20 @@ def test_fp16_peak_calibration_does_not_overrun_its_buffer():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_a_fresh_peak_calibration_keeps_the_higher_figure():
+    dev = require("opencl")
+    saved = dict(dev._peak)
+    try:
+        dev._peak[np.dtype(np.float32)] = 1e9  # no real calibration reaches this
+        assert dev.peak_gflops(np.float32) == 1e9  # cached
+        assert dev.peak_gflops(np.float32, fresh=True) == 1e9  # measured again, the higher kept
+        dev._peak.pop(np.dtype(np.float32))
+        assert 0 < dev.peak_gflops(np.float32, fresh=True) < 1e9
+    finally:
+        dev._peak.clear()
+        dev._peak.update(saved)
+
+
 def test_memory_pool_keeps_held_bytes_under_its_cap(monkeypatch):
     dev = require("opencl")
     saved = dev.pool_cap

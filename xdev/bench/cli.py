@@ -21,8 +21,8 @@ from .meta import SCHEMA, run_block
 from .noise import sample_load, summarize_load
 from .progress import STARTUP_NOTICE, Ticker, with_notice
 from .reference import REFERENCES
-from .run import (TENSOR_MODES, Settings, Workload, add_speedups, arrange, conv_case, matmul_case, roundtrip_case,
-                  run_workload, tensor_case, transfer_case)
+from .run import (TENSOR_MODES, Settings, Workload, add_speedups, arrange, conv_case, matmul_case, peak_fields,
+                  roundtrip_case, run_workload, tensor_case, transfer_case)
 from .sides import DeviceSide, Side
 from .verdict import judge_load, verdicts
 
@@ -242,6 +242,37 @@ def _devices(a: argparse.Namespace, status: dict[str, Any], dtype: np.dtype
     return supported, skipped
 
 
+
+def recalibrate(results: list[dict[str, Any]], settings: Settings, calibrator: Any, dtype: np.dtype,
+                doc_machine: dict[str, Any]) -> str | None:
+    """Calibrate the CPU's peak again when a row on it came out above it: a calibration of
+    3 x ~50 ms can meet another process's burst (on a 2-core VM one read half the rate
+    measured before and after). The higher calibration is the peak; rows still above it stay
+    flagged. The JSON keeps both (machine.devices[].peak_calibrations). Returns a line
+    saying so when the peak changed."""
+    if calibrator is None:
+        return None
+    first = calibrator.peak_gflops(dtype)
+    keys = {k for k, (_, how) in settings.peak.items() if how.startswith("calibrated")}
+    if not any(r.get("peak_error") and r["device"] in keys for r in results):
+        return None
+    second = calibrator.peak_gflops(dtype, fresh=True)
+    peak = max(first, second)
+    for d in doc_machine["devices"]:
+        if d["device"] in keys:
+            d["peak_calibrations"], d["peak_gflops"] = [first, second], peak
+    for k in keys:
+        settings.peak[k] = (peak, settings.peak[k][1])
+    for r in results:
+        if r["device"] in keys:
+            r.update(peak_fields(r.get("gflops"), peak))
+    if peak <= first:
+        return None
+    return (f"peak calibrated again after the run: {first:.0f} -> {second:.0f} GFLOP/s (rows were above the first "
+            f"figure: it met another process); % peak uses {peak:.0f}")
+
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["compare"]:
@@ -285,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
     doc_machine = mach.machine(sides, a.dtype)
     cpu = doc_machine["cpu"]
-    calibrated = None
+    calibrated, calibrator = None, None
     for dev in devices:
         calibrated = dev.peak_gflops(dtype) if dev.is_cpu else None
         if calibrated is not None:  # a device that calibrates the CPU (OpenCL on the CPU)
+            calibrator = dev
             break
     a.settings = Settings(dtype, 0.15 if a.quick else 0.5, a.repeat)
     a.settings.announce = say
@@ -324,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             progress.advance(task)
             if ticker and rows:
                 ticker.finished(w.label, list(dict.fromkeys(r["device"] for r in rows)))
+    recalibrated = recalibrate(results, a.settings, calibrator, dtype, doc_machine)
+    if recalibrated:
+        say(recalibrated)
     results = arrange(results, a.settings, by_key)
     for r in results:
         if r["op"] == "conv2d":

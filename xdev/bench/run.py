@@ -37,6 +37,15 @@ def _time(dev, fn: Callable[[], Any], s: Settings) -> Timing:
     return measure_interleaved([Case(dev, fn)], s.target_s, s.repeat)[0]
 
 
+def peak_fields(gflops: float | None, peak: float | None) -> dict[str, Any]:
+    """A row's share of its device's peak; above 100% is impossible: a timing or peak error,
+    flagged, not hidden."""
+    return {"peak_fraction": (gflops / peak) if (gflops and peak) else None,
+            "peak_error": (gflops and peak and gflops > peak and
+                           f"{100 * gflops / peak:.0f}% of peak is impossible: the timing or the peak "
+                           "(calibrated on a busy machine?) is wrong") or None}
+
+
 def _row(dev: Side | Any, s: Settings, op: str, shape: str, algorithm: str, t: Timing, flops: int | None,
          **extra: Any) -> dict[str, Any]:
     """A result row of ``dev`` (a Side, or an xdev Device for workloads that measure one)."""
@@ -56,11 +65,7 @@ def _row(dev: Side | Any, s: Settings, op: str, shape: str, algorithm: str, t: T
         "repeats": t.repeats,
         "flops": flops,
         "gflops": gflops,
-        "peak_fraction": (gflops / peak) if (gflops and peak) else None,
-        # Above 100% of peak is impossible: a timing or peak error, flagged, not hidden.
-        "peak_error": (gflops and peak and gflops > peak and
-                       f"{100 * gflops / peak:.0f}% of peak is impossible: the timing or the peak "
-                       "(calibrated on a busy machine?) is wrong") or None,
+        **peak_fields(gflops, peak),
         "build_s": t.build_s,
         "first_call_s": t.first_s,
         "speedup_vs_numpy": None,
