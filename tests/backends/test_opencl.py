@@ -384,7 +384,9 @@ def test_a_small_packed_conv_grid_is_shared_by_every_compute_unit(cl_dev, monkey
         return lambda q, g, loc, *a: (spied.append(loc), k(q, g, loc, *a))[1]
     monkeypatch.setattr(cl_dev, "kernel", kernel)
     rng = np.random.default_rng(2)
-    x, w = rng.standard_normal((1, 8, 40, 40), np.float32), rng.standard_normal((2 * units, 8, 3, 3), np.float32)
+    # 16 x 16 pixels: a grid of 2 x units output-channel tiles by a few pixel tiles, within one
+    # work-group's worth on any CPU device
+    x, w = rng.standard_normal((1, 8, 16, 16), np.float32), rng.standard_normal((2 * units, 8, 3, 3), np.float32)
     monkeypatch.setitem(cl_dev.params, "conv", {**cl_dev.params["conv"], "MR": 1})
     y = xdev.conv2d(xdev.asarray(x, backend=cl_dev.key), w, padding=1, algorithm="gemm")
     assert_agrees(y.numpy(), *conv2d_ref(x, w, padding=1), 72, np.float32, np.float32, "conv2d")
