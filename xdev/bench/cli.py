@@ -242,7 +242,6 @@ def _devices(a: argparse.Namespace, status: dict[str, Any], dtype: np.dtype
     return supported, skipped
 
 
-
 def recalibrate(results: list[dict[str, Any]], settings: Settings, calibrator: Any, dtype: np.dtype,
                 doc_machine: dict[str, Any]) -> str | None:
     """Calibrate the CPU's peak again when a row on it came out above it: a calibration of
@@ -270,7 +269,6 @@ def recalibrate(results: list[dict[str, Any]], settings: Settings, calibrator: A
         return None
     return (f"peak calibrated again after the run: {first:.0f} -> {second:.0f} GFLOP/s (rows were above the first "
             f"figure: it met another process); % peak uses {peak:.0f}")
-
 
 
 def main(argv: list[str] | None = None) -> int:
