@@ -442,7 +442,8 @@ def _note(r: dict[str, Any], short: bool = False) -> str:
     """The row's note; short: the same figures in fewer words, for a narrow terminal."""
     st = r["stage"]
     if st == "prefetched step":
-        eff = f"{'eff.' if short else 'efficiency'} {r['efficiency']:.2f}±{r['efficiency_spread']:.2f} ({r['bottleneck_stage']})"
+        word = "eff." if short else "efficiency"
+        eff = f"{word} {r['efficiency']:.2f}±{r['efficiency_spread']:.2f} ({r['bottleneck_stage']})"
         if r.get("measurement_error"):
             return f"[red]{eff}: above 1 beyond its spread, a measurement error[/red]"
         beside = r.get("compute_beside_readers_s")

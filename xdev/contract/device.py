@@ -143,10 +143,11 @@ class Device(abc.ABC):
 
     peak_method: str = ""  # how peak_gflops() gets its figure, for reports
 
-    def peak_gflops(self, dtype: np.dtype) -> float | None:
+    def peak_gflops(self, dtype: np.dtype, fresh: bool = False) -> float | None:
         """This device's peak multiply-add rate in GFLOP/s for ``dtype``, or None if unknown.
 
         The benchmark divides measured GFLOP/s by it; ``peak_method`` says where it comes from.
+        ``fresh``: where the figure is measured, measure it again and keep the higher one.
         """
         return None
 
